@@ -1,0 +1,180 @@
+//! Database access shared by the services: one `sqlx::AnyPool` over SQLite (embedded default,
+//! one file per service under the data dir) or PostgreSQL (`DATABASE_URL`, one schema per
+//! service so the suite can share a database). SQL is written once with `$1` placeholders,
+//! which both backends accept; DDL differs and lives in `migrations/{sqlite,postgres}`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, AssertSqlSafe, Executor};
+
+/// Which engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl Db {
+    /// Connects to `database_url`, or to `<data_dir>/<service>.db` when none is given.
+    pub async fn connect(
+        database_url: Option<&str>,
+        data_dir: &Path,
+        service: &'static str,
+    ) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        match database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Self::connect_postgres(url, service).await
+            }
+            Some(url) if url.starts_with("sqlite:") => Self::connect_sqlite(url).await,
+            Some(other) => anyhow::bail!(
+                "DATABASE_URL must start with postgres:// or sqlite:, got {:?}",
+                other.split(':').next().unwrap_or_default()
+            ),
+            None => {
+                std::fs::create_dir_all(data_dir).with_context(|| {
+                    format!("cannot create data dir {}", data_dir.display())
+                })?;
+                let path = data_dir.join(format!("{service}.db"));
+                Self::connect_sqlite(&format!("sqlite://{}?mode=rwc", path.display())).await
+            }
+        }
+    }
+
+    async fn connect_sqlite(url: &str) -> anyhow::Result<Self> {
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets Store replicas in separate processes share one file; the busy
+                    // timeout makes a writer wait for the lock instead of failing at once.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .with_context(|| format!("cannot open SQLite database {url}"))?;
+        Ok(Self { pool, backend: Backend::Sqlite })
+    }
+
+    async fn connect_postgres(url: &str, service: &'static str) -> anyhow::Result<Self> {
+        // Create the service's schema first, on a one-off connection, so the pool's
+        // search_path can point at it.
+        let schema = format!("ftshop_{service}");
+        let bootstrap = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        bootstrap
+            .execute(sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}"))))
+            .await
+            .or_else(|e| {
+                // Two replicas racing to create the schema: the loser sees a unique violation.
+                if e.to_string().contains("already exists") || e.to_string().contains("duplicate key") {
+                    Ok(Default::default())
+                } else {
+                    Err(e)
+                }
+            })
+            .with_context(|| format!("cannot create schema {schema}"))?;
+        bootstrap.close().await;
+        let set_path = format!("SET search_path TO {schema}");
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _meta| {
+                let set_path = set_path.clone();
+                Box::pin(async move {
+                    conn.execute(sqlx::raw_sql(AssertSqlSafe(set_path))).await?;
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        Ok(Self { pool, backend: Backend::Postgres })
+    }
+
+    /// Runs the migrations for this backend.
+    pub async fn migrate(&self, sqlite: &Migrator, postgres: &Migrator) -> anyhow::Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => sqlite,
+            Backend::Postgres => postgres,
+        };
+        migrator.run(&self.pool).await.context("migrations failed")?;
+        Ok(())
+    }
+
+    /// A cheap round trip for readiness checks.
+    pub async fn ping(&self) -> Result<String, String> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| format!("{:?} reachable", self.backend))
+            .map_err(|e| format!("{:?}: {e}", self.backend))
+    }
+}
+
+/// True when the error is a unique-constraint violation (both backends).
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.is_unique_violation(),
+        _ => false,
+    }
+}
+
+/// Milliseconds since the Unix epoch, the timestamp format stored in every table.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Helpers for tests that need a real PostgreSQL: each call creates a fresh, uniquely named
+/// database so tests run in parallel without sharing state.
+pub mod testing {
+    use super::*;
+
+    /// Server used by the PostgreSQL tests; override with `FTSHOP_TEST_POSTGRES_URL`.
+    pub fn admin_url() -> String {
+        std::env::var("FTSHOP_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    }
+
+    /// Creates `ftshop_test_<uuid>` and returns its URL.
+    pub async fn fresh_postgres_database() -> anyhow::Result<String> {
+        sqlx::any::install_default_drivers();
+        let admin = admin_url();
+        let name = format!("ftshop_test_{}", uuid::Uuid::new_v4().simple());
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&admin)
+            .await
+            .with_context(|| {
+                format!("PostgreSQL tests need a server at {admin} (set FTSHOP_TEST_POSTGRES_URL)")
+            })?;
+        pool.execute(sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))).await?;
+        pool.close().await;
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        Ok(format!("{base}/{name}"))
+    }
+}
