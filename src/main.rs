@@ -1,1 +1,58 @@
-fn main() {}
+//! `ftshop`: one binary, many roles. This file only parses the command line; the work lives in
+//! the service crates (`serve`) and in [`up`] (the supervisor).
+
+mod up;
+
+use clap::{Parser, Subcommand};
+use ftshop_platform::server::shutdown_signal;
+
+#[derive(Parser)]
+#[command(name = "ftshop", version, about = "A fault-tolerant e-commerce suite: one binary, many roles")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one service in the foreground.
+    Serve {
+        #[command(subcommand)]
+        service: Service,
+    },
+    /// Run the whole suite (store x2, exchange x2, fidelity, ecommerce) as supervised processes.
+    Up(up::UpArgs),
+}
+
+#[derive(Subcommand)]
+enum Service {
+    /// The orchestrator: POST /buy (default port 8080).
+    Ecommerce(ftshop_ecommerce::Config),
+    /// Catalog, stock and sales (default port 8081).
+    Store(ftshop_store::Config),
+    /// USD→BRL rates with cache and stale fallback (default port 8082).
+    Exchange(ftshop_exchange::Config),
+    /// Bonus points ledger (default port 8083).
+    Fidelity(ftshop_fidelity::Config),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { service } => {
+            ftshop_platform::telemetry::init();
+            let result = match service {
+                Service::Ecommerce(config) => ftshop_ecommerce::run(config, shutdown_signal()).await,
+                Service::Store(config) => ftshop_store::run(config, shutdown_signal()).await,
+                Service::Exchange(config) => ftshop_exchange::run(config, shutdown_signal()).await,
+                Service::Fidelity(config) => ftshop_fidelity::run(config, shutdown_signal()).await,
+            };
+            if let Err(err) = &result {
+                tracing::error!(error = format!("{err:#}"), "service stopped with an error");
+            }
+            result
+        }
+        Command::Up(args) => up::run(args).await,
+    }
+}

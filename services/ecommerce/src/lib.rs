@@ -1,1 +1,99 @@
+//! Ecommerce: the orchestrator behind `POST /buy`. It asks Store for the product, Exchange for
+//! the USD→BRL rate, sells through Store and credits the bonus at Fidelity, then stores the
+//! order so an `Idempotency-Key` replay gets the same answer and never a second sale.
 
+mod downstream;
+mod money;
+mod orders;
+mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ftshop_platform::config::CommonArgs;
+use ftshop_platform::db::Db;
+use ftshop_platform::health::Readiness;
+use ftshop_platform::server::{self, Service};
+use utoipa::OpenApi;
+
+pub use downstream::Downstreams;
+pub use routes::{ApiDoc, router};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// `ftshop serve ecommerce` settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    /// Store replicas, comma-separated.
+    #[arg(
+        long = "store-url",
+        env = "FTSHOP_STORE_URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8081,http://127.0.0.1:8091"
+    )]
+    pub store_urls: Vec<String>,
+
+    /// Exchange replicas, comma-separated.
+    #[arg(
+        long = "exchange-url",
+        env = "FTSHOP_EXCHANGE_URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8082,http://127.0.0.1:8092"
+    )]
+    pub exchange_urls: Vec<String>,
+
+    /// Fidelity base URL.
+    #[arg(long = "fidelity-url", env = "FTSHOP_FIDELITY_URL", default_value = "http://127.0.0.1:8083")]
+    pub fidelity_url: String,
+
+    /// Timeout of each downstream call, in milliseconds (the exercise fixes it at 1 s).
+    #[arg(long, env = "FTSHOP_CALL_TIMEOUT_MS", default_value_t = 1000)]
+    pub call_timeout_ms: u64,
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub downstreams: Arc<Downstreams>,
+}
+
+/// Connects, migrates and returns the full ecommerce application.
+pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
+    let db = Db::connect(config.common.database_url.as_deref(), &config.common.data_dir, "ecommerce").await?;
+    db.migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS).await?;
+    let downstreams = Arc::new(Downstreams::new(
+        &config.store_urls,
+        &config.exchange_urls,
+        &config.fidelity_url,
+        Duration::from_millis(config.call_timeout_ms),
+    )?);
+    let state = AppState { db: db.clone(), downstreams: downstreams.clone() };
+
+    let readiness = Readiness::new()
+        .check("database", move || {
+            let db = db.clone();
+            async move { db.ping().await }
+        })
+        .check("downstreams", move || {
+            let downstreams = downstreams.clone();
+            async move { downstreams.check_live().await }
+        });
+    Ok(Service::new("ecommerce", router(state), ApiDoc::openapi()).readiness(readiness).into_router())
+}
+
+/// Serves ecommerce on `host:port` until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let app = app(&config).await?;
+    let listener = server::bind(config.common.host, config.port).await?;
+    tracing::info!(address = %listener.local_addr()?, "ecommerce listening");
+    server::serve(listener, app, shutdown).await
+}

@@ -1,0 +1,246 @@
+//! HTTP calls to Store, Exchange and Fidelity. Each call has its own timeout, carries the
+//! request id, is measured (`http_client_request_duration_seconds`) and fails with a
+//! [`StepError`] that names the step, so the client learns which hop broke.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use ftshop_platform::{Problem, REQUEST_ID_HEADER};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The four calls of a purchase, as named in problems, metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Product,
+    Exchange,
+    Sell,
+    Bonus,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Product => "product",
+            Step::Exchange => "exchange",
+            Step::Sell => "sell",
+            Step::Bonus => "bonus",
+        }
+    }
+}
+
+/// Why a downstream call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{}: no answer within {after:?}", step.as_str())]
+    Timeout { step: Step, after: Duration },
+    #[error("{}: answered {status}", step.as_str())]
+    Status { step: Step, status: StatusCode, detail: Option<String> },
+    #[error("{}: unreachable: {cause}", step.as_str())]
+    Transport { step: Step, cause: String },
+    #[error("{}: unreadable answer: {cause}", step.as_str())]
+    Decode { step: Step, cause: String },
+}
+
+impl StepError {
+    pub fn step(&self) -> Step {
+        match self {
+            StepError::Timeout { step, .. }
+            | StepError::Status { step, .. }
+            | StepError::Transport { step, .. }
+            | StepError::Decode { step, .. } => *step,
+        }
+    }
+
+    /// The client's answer: the downstream's own 404/409 pass through, everything else is a
+    /// gateway error naming the step.
+    pub fn to_problem(&self) -> Problem {
+        let step = self.step();
+        let problem = match self {
+            StepError::Status { status, detail, .. } if *status == StatusCode::NOT_FOUND && step == Step::Product => {
+                Problem::not_found(detail.clone().unwrap_or_else(|| "unknown product".to_owned()))
+            }
+            StepError::Status { status, detail, .. } if *status == StatusCode::CONFLICT && step == Step::Sell => {
+                Problem::conflict("out-of-stock", detail.clone().unwrap_or_else(|| "out of stock".to_owned()))
+            }
+            StepError::Timeout { .. } => Problem::new(StatusCode::GATEWAY_TIMEOUT, "downstream-timeout", self.to_string()),
+            _ => Problem::new(StatusCode::BAD_GATEWAY, "downstream-failed", self.to_string()),
+        };
+        problem.with_step(step.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Product {
+    pub id: String,
+    pub name: String,
+    pub value_cents: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Rate {
+    pub rate: f64,
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Sale {
+    pub transaction_id: String,
+}
+
+/// Where the downstream services live and how to reach them.
+pub struct Downstreams {
+    http: reqwest::Client,
+    stores: Vec<String>,
+    exchanges: Vec<String>,
+    fidelity: String,
+    timeout: Duration,
+    next_store: AtomicUsize,
+    next_exchange: AtomicUsize,
+}
+
+impl Downstreams {
+    pub fn new(
+        stores: &[String],
+        exchanges: &[String],
+        fidelity: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(!stores.is_empty(), "at least one --store-url is needed");
+        anyhow::ensure!(!exchanges.is_empty(), "at least one --exchange-url is needed");
+        let trim = |u: &String| u.trim().trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .connect_timeout(timeout)
+            .build()?;
+        Ok(Self {
+            http,
+            stores: stores.iter().map(trim).collect(),
+            exchanges: exchanges.iter().map(trim).collect(),
+            fidelity: fidelity.trim().trim_end_matches('/').to_owned(),
+            timeout,
+            next_store: AtomicUsize::new(0),
+            next_exchange: AtomicUsize::new(0),
+        })
+    }
+
+    /// Round-robin over replicas: the naive path spreads load but never fails over.
+    fn pick<'a>(urls: &'a [String], next: &AtomicUsize) -> &'a str {
+        let i = next.fetch_add(1, Ordering::Relaxed) % urls.len();
+        &urls[i]
+    }
+
+    pub async fn product(&self, id: &str, request_id: &str) -> Result<Product, StepError> {
+        let base = Self::pick(&self.stores, &self.next_store);
+        // Ids are validated to URL-safe characters (`validate_id`), so no encoding is needed.
+        let req = self.http.get(format!("{base}/product?product={id}"));
+        self.call(Step::Product, req, request_id).await
+    }
+
+    pub async fn exchange(&self, request_id: &str) -> Result<Rate, StepError> {
+        let base = Self::pick(&self.exchanges, &self.next_exchange);
+        let rate: Rate = self.call(Step::Exchange, self.http.get(format!("{base}/exchange")), request_id).await?;
+        if !(rate.rate.is_finite() && rate.rate > 0.0) {
+            return Err(StepError::Decode { step: Step::Exchange, cause: format!("rate {} is not positive", rate.rate) });
+        }
+        Ok(rate)
+    }
+
+    pub async fn sell(&self, product: &str, idempotency_key: &str, request_id: &str) -> Result<Sale, StepError> {
+        let base = Self::pick(&self.stores, &self.next_store);
+        let req = self
+            .http
+            .post(format!("{base}/sell"))
+            .header("idempotency-key", idempotency_key)
+            .json(&serde_json::json!({ "product": product }));
+        self.call(Step::Sell, req, request_id).await
+    }
+
+    pub async fn bonus(&self, user: &str, points: i64, transaction_id: &str, request_id: &str) -> Result<(), StepError> {
+        let req = self.http.post(format!("{}/bonus", self.fidelity)).json(&serde_json::json!({
+            "user": user, "bonus": points, "transaction_id": transaction_id,
+        }));
+        let _: serde_json::Value = self.call(Step::Bonus, req, request_id).await?;
+        Ok(())
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        step: Step,
+        request: reqwest::RequestBuilder,
+        request_id: &str,
+    ) -> Result<T, StepError> {
+        let started = Instant::now();
+        let result = self.send(step, request, request_id).await;
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(StepError::Timeout { .. }) => "timeout",
+            Err(StepError::Status { status, .. }) if status.is_client_error() => "client_error",
+            Err(StepError::Status { .. }) => "server_error",
+            Err(StepError::Transport { .. }) => "unreachable",
+            Err(StepError::Decode { .. }) => "decode_error",
+        };
+        metrics::histogram!(
+            "http_client_request_duration_seconds",
+            "service" => "ecommerce", "target" => step.as_str(), "outcome" => outcome,
+        )
+        .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        step: Step,
+        request: reqwest::RequestBuilder,
+        request_id: &str,
+    ) -> Result<T, StepError> {
+        let request = request.timeout(self.timeout).header(REQUEST_ID_HEADER, request_id);
+        let response = request.send().await.map_err(|e| self.transport_error(step, e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let detail = response.json::<Problem>().await.ok().and_then(|p| p.detail);
+            return Err(StepError::Status { step, status, detail });
+        }
+        response.json::<T>().await.map_err(|e| {
+            if e.is_timeout() {
+                StepError::Timeout { step, after: self.timeout }
+            } else {
+                StepError::Decode { step, cause: e.to_string() }
+            }
+        })
+    }
+
+    fn transport_error(&self, step: Step, err: reqwest::Error) -> StepError {
+        if err.is_timeout() {
+            StepError::Timeout { step, after: self.timeout }
+        } else {
+            let cause = std::error::Error::source(&err).map_or_else(|| err.to_string(), |s| s.to_string());
+            StepError::Transport { step, cause }
+        }
+    }
+
+    /// Readiness: every kind of downstream has at least one live replica.
+    pub async fn check_live(&self) -> Result<String, String> {
+        let groups = [("store", &self.stores[..]), ("exchange", &self.exchanges[..]), ("fidelity", std::slice::from_ref(&self.fidelity))];
+        let mut summary = Vec::new();
+        let mut down = Vec::new();
+        for (name, urls) in groups {
+            let probes = urls.iter().map(|u| {
+                self.http.get(format!("{u}/health/live")).timeout(Duration::from_millis(300)).send()
+            });
+            let live = futures::future::join_all(probes)
+                .await
+                .into_iter()
+                .filter(|r| r.as_ref().is_ok_and(|r| r.status().is_success()))
+                .count();
+            summary.push(format!("{name} {live}/{}", urls.len()));
+            if live == 0 {
+                down.push(name);
+            }
+        }
+        let summary = summary.join(", ");
+        if down.is_empty() { Ok(summary) } else { Err(format!("no live replica of {}: {summary}", down.join(", "))) }
+    }
+}

@@ -1,0 +1,254 @@
+//! `POST /buy` and `GET /orders/{id}`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ftshop_platform::extract::{IdempotencyKey, Json, Path, validate_id};
+use ftshop_platform::{Problem, REQUEST_ID_HEADER};
+use serde::{Deserialize, Serialize};
+use utoipa::OpenApi;
+
+use crate::AppState;
+use crate::downstream::{Product, StepError};
+use crate::money::{bonus_points, cents_to_number, convert};
+use crate::orders::{self, Claim, Completion, NewOrder, OrderView};
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(buy, get_order),
+    components(schemas(BuyRequest, BuyResponse, ProductView, BonusView, OrderView, Problem)),
+    tags((name = "ecommerce", description = "Purchases across Store, Exchange and Fidelity"))
+)]
+pub struct ApiDoc;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/buy", post(buy))
+        .route("/orders/{id}", get(get_order))
+        .with_state(state)
+}
+
+/// `POST /buy` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuyRequest {
+    /// Product id in Store's catalog.
+    pub product: String,
+    /// Customer id; receives the bonus points.
+    pub user: String,
+    /// Fault tolerance for this request (default true). `false` makes the four calls naively.
+    #[serde(default = "default_ft")]
+    pub ft: bool,
+}
+
+fn default_ft() -> bool {
+    true
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProductView {
+    pub id: String,
+    pub name: String,
+    /// Price in USD.
+    pub value: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BonusView {
+    pub points: i64,
+    /// `credited` or `pending`.
+    pub status: String,
+}
+
+/// A completed purchase.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BuyResponse {
+    pub order_id: String,
+    pub transaction_id: String,
+    pub product: ProductView,
+    /// USD→BRL rate used.
+    pub rate: f64,
+    /// `value × rate` in BRL, rounded to cents.
+    pub total: f64,
+    pub bonus: BonusView,
+    /// Every fallback that saved this purchase (empty on the happy path).
+    pub degraded: Vec<String>,
+}
+
+/// Buy one unit of a product.
+#[utoipa::path(
+    post, path = "/buy", tag = "ecommerce",
+    request_body = BuyRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body give the same answer and never a second sale")),
+    responses(
+        (status = 200, description = "Purchase completed", body = BuyResponse),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Out of stock, or the same key is being processed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields or key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "A downstream step failed", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "A downstream step timed out", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn buy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(request): Json<BuyRequest>,
+) -> Result<Response, Problem> {
+    validate_id("product", &request.product)?;
+    validate_id("user", &request.user)?;
+    let request_id = headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let fingerprint = format!("{}\n{}\n{}", request.product, request.user, request.ft);
+
+    let new_id = uuid::Uuid::now_v7().to_string();
+    let claim = orders::claim(
+        &state.db,
+        &NewOrder {
+            order_id: &new_id,
+            idempotency_key: key.as_deref(),
+            fingerprint: &fingerprint,
+            user: &request.user,
+            product: &request.product,
+            ft: request.ft,
+        },
+    )
+    .await?;
+    let order_id = match claim {
+        Claim::Fresh => new_id,
+        Claim::Resume { order_id } => {
+            orders::touch(&state.db, &order_id).await?;
+            order_id
+        }
+        Claim::Replay { status, body } => return Ok(replay(status, body)),
+        Claim::InProgress => {
+            return Err(Problem::conflict(
+                "request-in-progress",
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+            ));
+        }
+        Claim::KeyReused => {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "this Idempotency-Key was used with a different request body",
+            ));
+        }
+    };
+
+    match purchase(&state, &order_id, &request, &request_id).await {
+        Ok(answer) => {
+            let body = serde_json::to_string(&answer).map_err(Problem::internal)?;
+            let completion = Completion {
+                order_id: &order_id,
+                transaction_id: &answer.transaction_id,
+                value_cents: (answer.product.value * 100.0).round() as i64,
+                rate: answer.rate,
+                total_cents: (answer.total * 100.0).round() as i64,
+                bonus_points: answer.bonus.points,
+                bonus_status: &answer.bonus.status,
+                response: &body,
+            };
+            orders::complete(&state.db, &completion).await?;
+            metrics::counter!("shop_orders_total", "outcome" => "completed", "ft" => ft_label(request.ft)).increment(1);
+            Ok(replay(200, body))
+        }
+        Err(failure) => {
+            let problem = failure.error.to_problem();
+            let final_answer = problem.status_code().is_client_error();
+            let body = serde_json::to_string(&problem).map_err(Problem::internal)?;
+            orders::finish_unsuccessfully(
+                &state.db,
+                &order_id,
+                failure.error.step().as_str(),
+                final_answer,
+                problem.status,
+                &body,
+                failure.transaction_id.as_deref(),
+            )
+            .await?;
+            let outcome = if final_answer { "rejected" } else { "failed" };
+            metrics::counter!("shop_orders_total", "outcome" => outcome, "ft" => ft_label(request.ft)).increment(1);
+            tracing::warn!(order_id, error = %failure.error, "purchase failed");
+            Err(problem)
+        }
+    }
+}
+
+fn ft_label(ft: bool) -> &'static str {
+    if ft { "on" } else { "off" }
+}
+
+struct PurchaseFailure {
+    error: StepError,
+    /// Set when the sale happened before a later step failed.
+    transaction_id: Option<String>,
+}
+
+impl From<StepError> for PurchaseFailure {
+    fn from(error: StepError) -> Self {
+        Self { error, transaction_id: None }
+    }
+}
+
+/// The four calls, in the exercise's order. Store's idempotency key is derived from the order
+/// id, so re-driving an order can never sell twice.
+async fn purchase(
+    state: &AppState,
+    order_id: &str,
+    request: &BuyRequest,
+    request_id: &str,
+) -> Result<BuyResponse, PurchaseFailure> {
+    let calls = &state.downstreams;
+    let Product { id, name, value_cents } = calls.product(&request.product, request_id).await?;
+    let rate = calls.exchange(request_id).await?;
+    let sale = calls.sell(&id, &format!("order-{order_id}"), request_id).await?;
+    let points = bonus_points(value_cents);
+    calls
+        .bonus(&request.user, points, &sale.transaction_id, request_id)
+        .await
+        .map_err(|error| PurchaseFailure { error, transaction_id: Some(sale.transaction_id.clone()) })?;
+    let mut degraded = Vec::new();
+    if rate.source.as_deref() == Some("stale") {
+        degraded.push("exchange:stale-rate".to_owned());
+    }
+    Ok(BuyResponse {
+        order_id: order_id.to_owned(),
+        transaction_id: sale.transaction_id,
+        product: ProductView { id, name, value: cents_to_number(value_cents) },
+        rate: rate.rate,
+        total: cents_to_number(convert(value_cents, rate.rate)),
+        bonus: BonusView { points, status: "credited".to_owned() },
+        degraded,
+    })
+}
+
+/// A stored answer, byte for byte.
+fn replay(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let content_type = if status.is_success() { "application/json" } else { ftshop_platform::problem::PROBLEM_JSON };
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Where an order stands.
+#[utoipa::path(
+    get, path = "/orders/{id}", tag = "ecommerce",
+    params(("id" = String, Path, description = "Order id from /buy")),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_order(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<OrderView>, Problem> {
+    validate_id("id", &id)?;
+    orders::find(&state.db, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(format!("no order {id}")))
+}

@@ -1,0 +1,128 @@
+//! The seed catalog: the products (with opening stock) written into an empty database at
+//! start. The default is `catalog.json`, compiled into the binary; `--catalog FILE` replaces it.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::money::usd_to_cents;
+
+/// The catalog compiled into the binary.
+pub const DEFAULT_CATALOG: &str = include_str!("../catalog.json");
+
+/// One product as seeded: validated, price in cents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedProduct {
+    pub id: String,
+    pub name: String,
+    pub value_cents: i64,
+    pub stock: i64,
+}
+
+/// Reads the catalog from `path`, or the built-in one when `None`.
+pub fn load(path: Option<&Path>) -> anyhow::Result<Vec<SeedProduct>> {
+    match path {
+        None => parse(DEFAULT_CATALOG).context("built-in catalog.json is invalid"),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read catalog {}", path.display()))?;
+            parse(&text).with_context(|| format!("invalid catalog {}", path.display()))
+        }
+    }
+}
+
+/// Parses and validates a catalog: a JSON array of `{"id", "name", "value", "stock"}` with
+/// `value` in dollars (at most two decimals), unique valid ids and at least one product.
+pub fn parse(json: &str) -> anyhow::Result<Vec<SeedProduct>> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        id: String,
+        name: String,
+        value: f64,
+        stock: u32,
+    }
+
+    let entries: Vec<Entry> = serde_json::from_str(json).context("not a JSON array of products")?;
+    if entries.is_empty() {
+        bail!("the catalog has no products");
+    }
+    let mut seen = HashSet::new();
+    entries
+        .into_iter()
+        .map(|entry| {
+            ftshop_platform::extract::validate_id("id", &entry.id)
+                .map_err(|p| anyhow::anyhow!("product {:?}: {p}", entry.id))?;
+            if !seen.insert(entry.id.clone()) {
+                bail!("product {:?} appears twice", entry.id);
+            }
+            let name = entry.name.trim();
+            if name.is_empty() {
+                bail!("product {:?} has an empty name", entry.id);
+            }
+            let value_cents = usd_to_cents(entry.value)
+                .map_err(|e| anyhow::anyhow!("product {:?}: value {e}", entry.id))?;
+            if value_cents == 0 {
+                bail!("product {:?} has a zero price", entry.id);
+            }
+            Ok(SeedProduct {
+                id: entry.id,
+                name: name.to_owned(),
+                value_cents,
+                stock: i64::from(entry.stock),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_catalog_has_twelve_products() {
+        let products = load(None).expect("built-in catalog parses");
+        let ids: Vec<&str> = products.iter().map(|p| p.id.as_str()).collect();
+        let expected: Vec<String> = (1..=12).map(|i| i.to_string()).collect();
+        assert_eq!(ids, expected);
+        assert!(products.iter().all(|p| p.value_cents > 0 && p.stock > 0));
+        let low = products.iter().find(|p| p.id == "12").expect("product 12");
+        assert!(low.stock <= 10, "product 12 is the low-stock demo product");
+    }
+
+    #[test]
+    fn prices_are_read_as_cents() {
+        let products =
+            parse(r#"[{"id": "a", "name": "Lamp", "value": 49.90, "stock": 3}]"#).expect("parses");
+        assert_eq!(
+            products,
+            vec![SeedProduct {
+                id: "a".into(),
+                name: "Lamp".into(),
+                value_cents: 4990,
+                stock: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn invalid_catalogs_are_rejected() {
+        for bad in [
+            "[]",
+            "{}",
+            r#"[{"id": "a", "name": "Lamp", "value": 49.999, "stock": 3}]"#,
+            r#"[{"id": "a", "name": "Lamp", "value": -1, "stock": 3}]"#,
+            r#"[{"id": "a", "name": "Lamp", "value": 0, "stock": 3}]"#,
+            r#"[{"id": "a", "name": "Lamp", "value": 1, "stock": -3}]"#,
+            r#"[{"id": "a b", "name": "Lamp", "value": 1, "stock": 3}]"#,
+            r#"[{"id": "a", "name": " ", "value": 1, "stock": 3}]"#,
+            r#"[{"id": "a", "name": "Lamp", "value": "1.00", "stock": 3}]"#,
+            r#"[{"id": "a", "name": "Lamp", "value": 1, "stock": 3},
+                {"id": "a", "name": "Lamp 2", "value": 1, "stock": 3}]"#,
+        ] {
+            assert!(parse(bad).is_err(), "accepted {bad}");
+        }
+    }
+}

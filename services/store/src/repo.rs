@@ -1,0 +1,223 @@
+//! All SQL of the Store: the catalog with its stock, and the sales ledger.
+//!
+//! The one rule that matters is in [`Inventory::sell`]: stock is decremented by a single
+//! conditional `UPDATE`, so it can never go below zero whatever the concurrency, and the sale is
+//! recorded in the same transaction. With SQLite shared by several processes, a transaction
+//! must write first: a deferred transaction that reads and then writes can fail with
+//! `SQLITE_BUSY_SNAPSHOT` when another process wrote in between.
+
+use ftshop_platform::db::{Db, is_unique_violation, now_millis};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::catalog::SeedProduct;
+
+/// Products, stock and sales, over the service's database.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    db: Db,
+}
+
+/// A product as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    pub id: String,
+    pub name: String,
+    pub value_cents: i64,
+    pub stock: i64,
+}
+
+/// A recorded sale of one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sale {
+    pub transaction_id: String,
+    pub product_id: String,
+    pub value_cents: i64,
+    /// Stock of the product right after this sale.
+    pub stock_left: i64,
+}
+
+/// How a sell request ended, when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SellOutcome {
+    /// A unit was sold now.
+    Sold(Sale),
+    /// The idempotency key was already used for this product: the earlier sale, unchanged.
+    Replayed(Sale),
+}
+
+impl SellOutcome {
+    pub fn sale(&self) -> &Sale {
+        match self {
+            SellOutcome::Sold(sale) | SellOutcome::Replayed(sale) => sale,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SellError {
+    #[error("no product with id {0:?}")]
+    UnknownProduct(String),
+    #[error("product {0:?} is out of stock")]
+    OutOfStock(String),
+    #[error("this Idempotency-Key was already used to buy product {sold:?}")]
+    KeyReused { sold: String },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl Inventory {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Writes the catalog when no product exists yet; returns how many products were inserted.
+    /// Replicas starting together may both see an empty table: `ON CONFLICT DO NOTHING` makes
+    /// the second insert a no-op instead of an error.
+    pub async fn seed(&self, catalog: &[SeedProduct]) -> Result<u64, sqlx::Error> {
+        let existing: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products")
+            .fetch_one(&self.db.pool)
+            .await?;
+        if existing > 0 {
+            return Ok(0);
+        }
+        let mut tx = self.db.pool.begin().await?;
+        let mut inserted = 0;
+        for product in catalog {
+            inserted += sqlx::query(
+                "INSERT INTO products (id, name, value_cents, stock) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&product.id)
+            .bind(&product.name)
+            .bind(product.value_cents)
+            .bind(product.stock)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    pub async fn product(&self, id: &str) -> Result<Option<Product>, sqlx::Error> {
+        sqlx::query("SELECT id, name, value_cents, stock FROM products WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&self.db.pool)
+        .await?
+        .map(|row| product_from_row(&row))
+        .transpose()
+    }
+
+    /// Every product, numeric ids in numeric order ("2" before "10"), others lexically.
+    pub async fn products(&self) -> Result<Vec<Product>, sqlx::Error> {
+        sqlx::query("SELECT id, name, value_cents, stock FROM products ORDER BY LENGTH(id), id")
+        .fetch_all(&self.db.pool)
+        .await?
+        .iter()
+        .map(product_from_row)
+        .collect()
+    }
+
+    /// Sells one unit of `product_id`. With an idempotency key, the first request sells and
+    /// every later one (even a concurrent one) gets that same sale back.
+    pub async fn sell(&self, product_id: &str, key: Option<&str>) -> Result<SellOutcome, SellError> {
+        // A separate statement, before the transaction: the transaction itself must write first.
+        if let Some(key) = key
+            && let Some(sale) = self.sale_by_key(key).await?
+        {
+            return replay(sale, product_id);
+        }
+
+        let mut tx = self.db.pool.begin().await?;
+        let sold = sqlx::query(
+            "UPDATE products SET stock = stock - 1 WHERE id = $1 AND stock > 0 \
+             RETURNING value_cents, stock",
+        )
+        .bind(product_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = sold else {
+            tx.rollback().await?;
+            return Err(match self.product(product_id).await? {
+                Some(_) => SellError::OutOfStock(product_id.to_owned()),
+                None => SellError::UnknownProduct(product_id.to_owned()),
+            });
+        };
+        let sale = Sale {
+            transaction_id: uuid::Uuid::now_v7().to_string(),
+            product_id: product_id.to_owned(),
+            value_cents: row.try_get("value_cents")?,
+            stock_left: row.try_get("stock")?,
+        };
+        let recorded = sqlx::query(
+            "INSERT INTO sales \
+             (transaction_id, product_id, value_cents, stock_left, idempotency_key, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&sale.transaction_id)
+        .bind(&sale.product_id)
+        .bind(sale.value_cents)
+        .bind(sale.stock_left)
+        .bind(key)
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await;
+        match (recorded, key) {
+            (Ok(_), _) => {
+                tx.commit().await?;
+                Ok(SellOutcome::Sold(sale))
+            }
+            // A concurrent request with the same key committed first: undo our decrement and
+            // answer with its sale.
+            (Err(err), Some(key)) if is_unique_violation(&err) => {
+                tx.rollback().await?;
+                match self.sale_by_key(key).await? {
+                    Some(earlier) => replay(earlier, product_id),
+                    None => Err(err.into()),
+                }
+            }
+            (Err(err), _) => Err(err.into()),
+        }
+    }
+
+    async fn sale_by_key(&self, key: &str) -> Result<Option<Sale>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT transaction_id, product_id, value_cents, stock_left FROM sales \
+             WHERE idempotency_key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        row.map(|row| {
+            Ok(Sale {
+                transaction_id: row.try_get("transaction_id")?,
+                product_id: row.try_get("product_id")?,
+                value_cents: row.try_get("value_cents")?,
+                stock_left: row.try_get("stock_left")?,
+            })
+        })
+        .transpose()
+    }
+}
+
+fn replay(sale: Sale, requested: &str) -> Result<SellOutcome, SellError> {
+    if sale.product_id == requested {
+        Ok(SellOutcome::Replayed(sale))
+    } else {
+        Err(SellError::KeyReused { sold: sale.product_id })
+    }
+}
+
+fn product_from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
+    Ok(Product {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        value_cents: row.try_get("value_cents")?,
+        stock: row.try_get("stock")?,
+    })
+}
