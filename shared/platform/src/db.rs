@@ -159,11 +159,13 @@ pub mod testing {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
     }
 
-    /// Creates `ftshop_test_<uuid>` and returns its URL.
+    /// Creates `ftshop_test_<unix seconds>_<uuid>` and returns its URL. Test databases older
+    /// than an hour (left by earlier runs) are dropped on the way, so the server does not fill up.
     pub async fn fresh_postgres_database() -> anyhow::Result<String> {
         sqlx::any::install_default_drivers();
         let admin = admin_url();
-        let name = format!("ftshop_test_{}", uuid::Uuid::new_v4().simple());
+        let now = now_millis() / 1000;
+        let name = format!("ftshop_test_{now}_{}", uuid::Uuid::new_v4().simple());
         let pool = AnyPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
@@ -172,6 +174,19 @@ pub mod testing {
             .with_context(|| {
                 format!("PostgreSQL tests need a server at {admin} (set FTSHOP_TEST_POSTGRES_URL)")
             })?;
+        let old: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'ftshop_test_%'",
+        )
+        .fetch_all(&pool)
+        .await?;
+        for db in old {
+            let created = db.split('_').nth(2).and_then(|t| t.parse::<i64>().ok());
+            if created.is_some_and(|t| now - t > 3600) {
+                let _ = pool
+                    .execute(sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))))
+                    .await;
+            }
+        }
         pool.execute(sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))).await?;
         pool.close().await;
         let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
