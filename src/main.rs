@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use ftshop_platform::server::shutdown_signal;
 
 #[derive(Parser)]
-#[command(name = "ftshop", version, about = "A fault-tolerant e-commerce suite: one binary, many roles")]
+#[command(
+    name = "ftshop",
+    version,
+    about = "A fault-tolerant e-commerce suite: one binary, many roles"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,7 +47,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { service } => {
             ftshop_platform::telemetry::init();
             let result = match service {
-                Service::Ecommerce(config) => ftshop_ecommerce::run(config, shutdown_signal()).await,
+                Service::Ecommerce(config) => {
+                    ftshop_ecommerce::run(config, shutdown_signal()).await
+                }
                 Service::Store(config) => ftshop_store::run(config, shutdown_signal()).await,
                 Service::Exchange(config) => ftshop_exchange::run(config, shutdown_signal()).await,
                 Service::Fidelity(config) => ftshop_fidelity::run(config, shutdown_signal()).await,

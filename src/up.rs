@@ -103,10 +103,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             exe: exe.clone(),
             token: token.clone(),
             database_url: args.database_url.clone(),
-            log_file: (args.logs == "files").then(|| data_dir.join("logs").join(format!("{}.log", member.name))),
+            log_file: (args.logs == "files")
+                .then(|| data_dir.join("logs").join(format!("{}.log", member.name))),
         };
-        let write = UpWriter { member: member.name.clone(), path: data_dir.join("up.json"), token: token.clone(), data_dir: data_dir.clone(), members: members.clone() };
-        tasks.push(tokio::spawn(supervise(member.clone(), env, registry.clone(), write, stop_rx.clone())));
+        let write = UpWriter {
+            member: member.name.clone(),
+            path: data_dir.join("up.json"),
+            token: token.clone(),
+            data_dir: data_dir.clone(),
+            members: members.clone(),
+        };
+        tasks.push(tokio::spawn(supervise(
+            member.clone(),
+            env,
+            registry.clone(),
+            write,
+            stop_rx.clone(),
+        )));
     }
 
     let ready = wait_until_live(&members, Duration::from_secs(60)).await;
@@ -125,22 +138,38 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 fn generate_token() -> String {
     use rand::RngExt;
     let mut rng = rand::rng();
-    (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+    (0..32)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect()
 }
 
 /// The six processes, their ports and arguments.
 fn plan(args: &UpArgs, data_dir: &Path) -> anyhow::Result<Vec<Member>> {
-    let offsets = [("ecommerce", "ecommerce", 0u16), ("store-1", "store", 1), ("store-2", "store", 11),
-        ("exchange-1", "exchange", 2), ("exchange-2", "exchange", 12), ("fidelity", "fidelity", 3)];
+    let offsets = [
+        ("ecommerce", "ecommerce", 0u16),
+        ("store-1", "store", 1),
+        ("store-2", "store", 11),
+        ("exchange-1", "exchange", 2),
+        ("exchange-2", "exchange", 12),
+        ("fidelity", "fidelity", 3),
+    ];
     let ports: Vec<u16> = if args.port_base == 0 {
         free_ports(args.host, offsets.len())?
     } else {
         offsets
             .iter()
-            .map(|(_, _, off)| args.port_base.checked_add(*off).context("--port-base too high"))
+            .map(|(_, _, off)| {
+                args.port_base
+                    .checked_add(*off)
+                    .context("--port-base too high")
+            })
             .collect::<anyhow::Result<_>>()?
     };
-    let shown_host = if args.host.is_unspecified() { "127.0.0.1".to_owned() } else { args.host.to_string() };
+    let shown_host = if args.host.is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        args.host.to_string()
+    };
     let url_of = |port: u16| format!("http://{shown_host}:{port}");
     let mut members: Vec<Member> = offsets
         .iter()
@@ -151,18 +180,37 @@ fn plan(args: &UpArgs, data_dir: &Path) -> anyhow::Result<Vec<Member>> {
             url: url_of(*port),
             port: *port,
             args: vec![
-                "serve".into(), (*service).into(),
-                "--port".into(), port.to_string(),
-                "--host".into(), args.host.to_string(),
-                "--data-dir".into(), data_dir.display().to_string(),
-                "--instance".into(), (*name).into(),
+                "serve".into(),
+                (*service).into(),
+                "--port".into(),
+                port.to_string(),
+                "--host".into(),
+                args.host.to_string(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--instance".into(),
+                (*name).into(),
             ],
         })
         .collect();
-    let urls = |service: &str| members.iter().filter(|m| m.service == service).map(|m| m.url.clone()).collect::<Vec<_>>().join(",");
+    let urls = |service: &str| {
+        members
+            .iter()
+            .filter(|m| m.service == service)
+            .map(|m| m.url.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let (stores, exchanges, fidelity) = (urls("store"), urls("exchange"), urls("fidelity"));
     if let Some(ecommerce) = members.iter_mut().find(|m| m.service == "ecommerce") {
-        ecommerce.args.extend(["--store-url".into(), stores, "--exchange-url".into(), exchanges, "--fidelity-url".into(), fidelity]);
+        ecommerce.args.extend([
+            "--store-url".into(),
+            stores,
+            "--exchange-url".into(),
+            exchanges,
+            "--fidelity-url".into(),
+            fidelity,
+        ]);
     }
     Ok(members)
 }
@@ -172,7 +220,11 @@ fn free_ports(host: IpAddr, n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| std::net::TcpListener::bind((host, 0)))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()).collect())
+    Ok(listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.port())
+        .collect())
 }
 
 struct ChildEnv {
@@ -193,7 +245,9 @@ struct UpWriter {
 
 impl UpWriter {
     fn write(&self, registry: &Registry) {
-        let Ok(states) = registry.lock().map(|r| r.clone()) else { return };
+        let Ok(states) = registry.lock().map(|r| r.clone()) else {
+            return;
+        };
         let file = UpFile {
             supervisor_pid: std::process::id(),
             admin_token: &self.token,
@@ -203,14 +257,22 @@ impl UpWriter {
                 .iter()
                 .map(|m| {
                     let (pid, restarts) = states.get(&m.name).copied().unwrap_or((None, 0));
-                    MemberState { member: m, pid, restarts }
+                    MemberState {
+                        member: m,
+                        pid,
+                        restarts,
+                    }
                 })
                 .collect(),
         };
-        let Ok(json) = serde_json::to_vec_pretty(&file) else { return };
+        let Ok(json) = serde_json::to_vec_pretty(&file) else {
+            return;
+        };
         // Write then rename, so readers never see half a file.
         // One temporary file per member task, so concurrent writers never interleave.
-        let tmp = self.path.with_extension(format!("json.{}.tmp", self.member));
+        let tmp = self
+            .path
+            .with_extension(format!("json.{}.tmp", self.member));
         if std::fs::write(&tmp, json).is_ok() {
             restrict_permissions(&tmp);
             let _ = std::fs::rename(&tmp, &self.path);
@@ -227,7 +289,13 @@ fn restrict_permissions(path: &Path) {
 fn restrict_permissions(_path: &Path) {}
 
 /// Keeps one member running until `stop` turns true.
-async fn supervise(member: Member, env: ChildEnv, registry: Registry, writer: UpWriter, mut stop: watch::Receiver<bool>) {
+async fn supervise(
+    member: Member,
+    env: ChildEnv,
+    registry: Registry,
+    writer: UpWriter,
+    mut stop: watch::Receiver<bool>,
+) {
     let new_backoff = || {
         ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
@@ -245,7 +313,8 @@ async fn supervise(member: Member, env: ChildEnv, registry: Registry, writer: Up
             Ok(child) => child,
             Err(err) => {
                 eprintln!("[up] cannot start {}: {err:#}", member.name);
-                if wait_or_stop(backoff.next().unwrap_or(Duration::from_secs(10)), &mut stop).await {
+                if wait_or_stop(backoff.next().unwrap_or(Duration::from_secs(10)), &mut stop).await
+                {
                     return;
                 }
                 continue;
@@ -300,14 +369,18 @@ fn spawn(member: &Member, env: &ChildEnv) -> anyhow::Result<Child> {
         cmd.env("DATABASE_URL", url);
     }
     if let Some(path) = &env.log_file {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         cmd.stdout(file.try_clone()?).stderr(file);
     }
     // Own process group: a Ctrl-C in the terminal reaches only the supervisor, which then
     // stops the children in order instead of racing them.
     #[cfg(unix)]
     cmd.process_group(0);
-    cmd.spawn().with_context(|| format!("spawning {}", member.name))
+    cmd.spawn()
+        .with_context(|| format!("spawning {}", member.name))
 }
 
 /// SIGTERM, then SIGKILL after [`STOP_GRACE`].
@@ -332,7 +405,12 @@ async fn wait_until_live(members: &[Member], limit: Duration) -> bool {
     for member in members {
         loop {
             let url = format!("{}/health/live", member.url);
-            let ok = client.get(&url).timeout(Duration::from_millis(500)).send().await.is_ok_and(|r| r.status().is_success());
+            let ok = client
+                .get(&url)
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
             if ok {
                 break;
             }

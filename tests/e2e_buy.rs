@@ -9,7 +9,11 @@ use serde_json::{Value, json};
 
 async fn get_json(suite: &Suite, url: String) -> Value {
     let response = suite.http.get(&url).send().await.expect("GET");
-    assert!(response.status().is_success(), "GET {url}: {}", response.status());
+    assert!(
+        response.status().is_success(),
+        "GET {url}: {}",
+        response.status()
+    );
     response.json().await.expect("json")
 }
 
@@ -24,7 +28,9 @@ async fn buy_sells_one_unit_credits_the_bonus_and_honours_the_idempotency_key() 
     let before = get_json(&suite, format!("{store}/product?product=1")).await;
     let stock_before = before["stock"].as_i64().expect("stock");
     let value = before["value"].as_f64().expect("value");
-    let balance_before = get_json(&suite, format!("{fidelity}/balance/{user}")).await["points"].as_i64().expect("points");
+    let balance_before = get_json(&suite, format!("{fidelity}/balance/{user}")).await["points"]
+        .as_i64()
+        .expect("points");
     assert_eq!(balance_before, 0);
 
     let key = uuid::Uuid::new_v4().to_string();
@@ -41,17 +47,32 @@ async fn buy_sells_one_unit_credits_the_bonus_and_honours_the_idempotency_key() 
     let first: Value = first.json().await.expect("json");
     assert_eq!(first["product"]["id"], "1");
     assert_eq!(first["bonus"]["status"], "credited");
-    assert_eq!(first["bonus"]["points"].as_i64(), Some(value.round() as i64));
+    assert_eq!(
+        first["bonus"]["points"].as_i64(),
+        Some(value.round() as i64)
+    );
     let rate = first["rate"].as_f64().expect("rate");
     assert!(rate > 0.0);
     let expected_total = ((value * 100.0).round() * rate).round() / 100.0;
     assert!((first["total"].as_f64().expect("total") - expected_total).abs() < 0.005);
-    assert!(first["transaction_id"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(
+        first["transaction_id"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
 
     let after = get_json(&suite, format!("{store}/product?product=1")).await;
-    assert_eq!(after["stock"].as_i64(), Some(stock_before - 1), "stock falls by one");
+    assert_eq!(
+        after["stock"].as_i64(),
+        Some(stock_before - 1),
+        "stock falls by one"
+    );
     let balance = get_json(&suite, format!("{fidelity}/balance/{user}")).await["points"].as_i64();
-    assert_eq!(balance, Some(value.round() as i64), "balance rises by round(value)");
+    assert_eq!(
+        balance,
+        Some(value.round() as i64),
+        "balance rises by round(value)"
+    );
 
     // Same key, same body: the same answer and no second sale.
     let second = buy().await.expect("buy again");
@@ -59,13 +80,32 @@ async fn buy_sells_one_unit_credits_the_bonus_and_honours_the_idempotency_key() 
     let second: Value = second.json().await.expect("json");
     assert_eq!(second["order_id"], first["order_id"]);
     assert_eq!(second["transaction_id"], first["transaction_id"]);
-    let replica = get_json(&suite, format!("{}/product?product=1", suite.url("store-2"))).await;
-    assert_eq!(replica["stock"].as_i64(), Some(stock_before - 1), "replayed key sells nothing");
+    let replica = get_json(
+        &suite,
+        format!("{}/product?product=1", suite.url("store-2")),
+    )
+    .await;
+    assert_eq!(
+        replica["stock"].as_i64(),
+        Some(stock_before - 1),
+        "replayed key sells nothing"
+    );
     let balance = get_json(&suite, format!("{fidelity}/balance/{user}")).await["points"].as_i64();
-    assert_eq!(balance, Some(value.round() as i64), "replayed key credits nothing");
+    assert_eq!(
+        balance,
+        Some(value.round() as i64),
+        "replayed key credits nothing"
+    );
 
     // The order is on record.
-    let order = get_json(&suite, format!("{ecommerce}/orders/{}", first["order_id"].as_str().expect("id"))).await;
+    let order = get_json(
+        &suite,
+        format!(
+            "{ecommerce}/orders/{}",
+            first["order_id"].as_str().expect("id")
+        ),
+    )
+    .await;
     assert_eq!(order["status"], "completed");
 }
 
@@ -74,15 +114,32 @@ async fn bad_purchase_requests_get_problems_and_change_nothing() {
     let suite = Suite::start(&[]).await;
     let ecommerce = suite.url("ecommerce");
     let store = suite.url("store-1");
-    let stock_before = get_json(&suite, format!("{store}/product?product=1")).await["stock"].as_i64();
+    let stock_before =
+        get_json(&suite, format!("{store}/product?product=1")).await["stock"].as_i64();
 
     let cases: Vec<(&str, String, u16)> = vec![
         ("malformed json", "{\"product\": ".to_owned(), 400),
         ("missing user", json!({"product": "1"}).to_string(), 422),
-        ("wrong type", json!({"product": 1, "user": "u"}).to_string(), 422),
-        ("empty product", json!({"product": "", "user": "u"}).to_string(), 422),
-        ("unknown product", json!({"product": "no-such-product", "user": "u", "ft": false}).to_string(), 404),
-        ("huge body", json!({"product": "1", "user": "u", "pad": "x".repeat(70 * 1024)}).to_string(), 413),
+        (
+            "wrong type",
+            json!({"product": 1, "user": "u"}).to_string(),
+            422,
+        ),
+        (
+            "empty product",
+            json!({"product": "", "user": "u"}).to_string(),
+            422,
+        ),
+        (
+            "unknown product",
+            json!({"product": "no-such-product", "user": "u", "ft": false}).to_string(),
+            404,
+        ),
+        (
+            "huge body",
+            json!({"product": "1", "user": "u", "pad": "x".repeat(70 * 1024)}).to_string(),
+            413,
+        ),
     ];
     for (what, body, status) in cases {
         let response = suite
@@ -95,14 +152,22 @@ async fn bad_purchase_requests_get_problems_and_change_nothing() {
             .expect("post");
         assert_eq!(response.status().as_u16(), status, "{what}");
         assert_eq!(
-            response.headers().get("content-type").and_then(|v| v.to_str().ok()),
+            response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
             Some("application/problem+json"),
             "{what}"
         );
         let problem: Value = response.json().await.expect("problem body");
-        assert_eq!(problem["status"].as_u64(), Some(u64::from(status)), "{what}");
+        assert_eq!(
+            problem["status"].as_u64(),
+            Some(u64::from(status)),
+            "{what}"
+        );
     }
-    let stock_after = get_json(&suite, format!("{store}/product?product=1")).await["stock"].as_i64();
+    let stock_after =
+        get_json(&suite, format!("{store}/product?product=1")).await["stock"].as_i64();
     assert_eq!(stock_before, stock_after);
 }
 
@@ -112,21 +177,39 @@ async fn up_restarts_a_killed_process_and_stops_everything_on_sigterm() {
     let old_pid = suite.pid("exchange-1").expect("exchange-1 pid");
     signal(old_pid, nix::sys::signal::Signal::SIGKILL);
 
-    eventually(Duration::from_secs(30), "exchange-1 restarted with a new pid", || async {
-        suite.pid("exchange-1").is_some_and(|p| p != old_pid)
-    })
+    eventually(
+        Duration::from_secs(30),
+        "exchange-1 restarted with a new pid",
+        || async { suite.pid("exchange-1").is_some_and(|p| p != old_pid) },
+    )
     .await;
     let exchange = suite.url("exchange-1");
-    eventually(Duration::from_secs(30), "restarted exchange-1 serves /exchange", || async {
-        suite.http.get(format!("{exchange}/exchange")).send().await.is_ok_and(|r| r.status().is_success())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "restarted exchange-1 serves /exchange",
+        || async {
+            suite
+                .http
+                .get(format!("{exchange}/exchange"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
     .await;
     assert_eq!(suite.member("exchange-1")["restarts"].as_u64(), Some(1));
 
-    let pids: Vec<i32> = ["ecommerce", "store-1", "store-2", "exchange-1", "exchange-2", "fidelity"]
-        .iter()
-        .filter_map(|n| suite.pid(n))
-        .collect();
+    let pids: Vec<i32> = [
+        "ecommerce",
+        "store-1",
+        "store-2",
+        "exchange-1",
+        "exchange-2",
+        "fidelity",
+    ]
+    .iter()
+    .filter_map(|n| suite.pid(n))
+    .collect();
     assert_eq!(pids.len(), 6);
     let status = suite.stop();
     assert!(status.success(), "supervisor exit status {status}");

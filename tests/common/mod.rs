@@ -32,8 +32,15 @@ impl Suite {
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn ftshop up");
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-        let suite = Suite { dir, supervisor, http };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let suite = Suite {
+            dir,
+            supervisor,
+            http,
+        };
         suite.wait_until_ready(Duration::from_secs(90)).await;
         suite
     }
@@ -68,14 +75,23 @@ impl Suite {
                 let mut all = !members.is_empty();
                 for m in &members {
                     let url = format!("{}/health/ready", m["url"].as_str().unwrap_or_default());
-                    let ok = self.http.get(&url).send().await.is_ok_and(|r| r.status().is_success());
+                    let ok = self
+                        .http
+                        .get(&url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
                     all &= ok;
                 }
                 if all {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "suite not ready within {limit:?}; logs in {}", self.logs_dir().display());
+            assert!(
+                Instant::now() < deadline,
+                "suite not ready within {limit:?}; logs in {}",
+                self.logs_dir().display()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -86,13 +102,19 @@ impl Suite {
 
     /// Sends SIGTERM to the supervisor and waits for it to exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        signal(self.supervisor.id() as i32, nix::sys::signal::Signal::SIGTERM);
+        signal(
+            self.supervisor.id() as i32,
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.supervisor.try_wait() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "supervisor did not stop within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "supervisor did not stop within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -36,7 +36,11 @@ pub enum StepError {
     #[error("{}: no answer within {after:?}", step.as_str())]
     Timeout { step: Step, after: Duration },
     #[error("{}: answered {status}", step.as_str())]
-    Status { step: Step, status: StatusCode, detail: Option<String> },
+    Status {
+        step: Step,
+        status: StatusCode,
+        detail: Option<String>,
+    },
     #[error("{}: unreachable: {cause}", step.as_str())]
     Transport { step: Step, cause: String },
     #[error("{}: unreadable answer: {cause}", step.as_str())]
@@ -58,14 +62,33 @@ impl StepError {
     pub fn to_problem(&self) -> Problem {
         let step = self.step();
         let problem = match self {
-            StepError::Status { status, detail, .. } if *status == StatusCode::NOT_FOUND && step == Step::Product => {
-                Problem::not_found(detail.clone().unwrap_or_else(|| "unknown product".to_owned()))
+            StepError::Status { status, detail, .. }
+                if *status == StatusCode::NOT_FOUND && step == Step::Product =>
+            {
+                Problem::not_found(
+                    detail
+                        .clone()
+                        .unwrap_or_else(|| "unknown product".to_owned()),
+                )
             }
-            StepError::Status { status, detail, .. } if *status == StatusCode::CONFLICT && step == Step::Sell => {
-                Problem::conflict("out-of-stock", detail.clone().unwrap_or_else(|| "out of stock".to_owned()))
+            StepError::Status { status, detail, .. }
+                if *status == StatusCode::CONFLICT && step == Step::Sell =>
+            {
+                Problem::conflict(
+                    "out-of-stock",
+                    detail.clone().unwrap_or_else(|| "out of stock".to_owned()),
+                )
             }
-            StepError::Timeout { .. } => Problem::new(StatusCode::GATEWAY_TIMEOUT, "downstream-timeout", self.to_string()),
-            _ => Problem::new(StatusCode::BAD_GATEWAY, "downstream-failed", self.to_string()),
+            StepError::Timeout { .. } => Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "downstream-timeout",
+                self.to_string(),
+            ),
+            _ => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "downstream-failed",
+                self.to_string(),
+            ),
         };
         problem.with_step(step.as_str())
     }
@@ -109,7 +132,10 @@ impl Downstreams {
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(!stores.is_empty(), "at least one --store-url is needed");
-        anyhow::ensure!(!exchanges.is_empty(), "at least one --exchange-url is needed");
+        anyhow::ensure!(
+            !exchanges.is_empty(),
+            "at least one --exchange-url is needed"
+        );
         let trim = |u: &String| u.trim().trim_end_matches('/').to_owned();
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
@@ -141,14 +167,28 @@ impl Downstreams {
 
     pub async fn exchange(&self, request_id: &str) -> Result<Rate, StepError> {
         let base = Self::pick(&self.exchanges, &self.next_exchange);
-        let rate: Rate = self.call(Step::Exchange, self.http.get(format!("{base}/exchange")), request_id).await?;
+        let rate: Rate = self
+            .call(
+                Step::Exchange,
+                self.http.get(format!("{base}/exchange")),
+                request_id,
+            )
+            .await?;
         if !(rate.rate.is_finite() && rate.rate > 0.0) {
-            return Err(StepError::Decode { step: Step::Exchange, cause: format!("rate {} is not positive", rate.rate) });
+            return Err(StepError::Decode {
+                step: Step::Exchange,
+                cause: format!("rate {} is not positive", rate.rate),
+            });
         }
         Ok(rate)
     }
 
-    pub async fn sell(&self, product: &str, idempotency_key: &str, request_id: &str) -> Result<Sale, StepError> {
+    pub async fn sell(
+        &self,
+        product: &str,
+        idempotency_key: &str,
+        request_id: &str,
+    ) -> Result<Sale, StepError> {
         let base = Self::pick(&self.stores, &self.next_store);
         let req = self
             .http
@@ -158,10 +198,19 @@ impl Downstreams {
         self.call(Step::Sell, req, request_id).await
     }
 
-    pub async fn bonus(&self, user: &str, points: i64, transaction_id: &str, request_id: &str) -> Result<(), StepError> {
-        let req = self.http.post(format!("{}/bonus", self.fidelity)).json(&serde_json::json!({
-            "user": user, "bonus": points, "transaction_id": transaction_id,
-        }));
+    pub async fn bonus(
+        &self,
+        user: &str,
+        points: i64,
+        transaction_id: &str,
+        request_id: &str,
+    ) -> Result<(), StepError> {
+        let req = self
+            .http
+            .post(format!("{}/bonus", self.fidelity))
+            .json(&serde_json::json!({
+                "user": user, "bonus": points, "transaction_id": transaction_id,
+            }));
         let _: serde_json::Value = self.call(Step::Bonus, req, request_id).await?;
         Ok(())
     }
@@ -196,39 +245,65 @@ impl Downstreams {
         request: reqwest::RequestBuilder,
         request_id: &str,
     ) -> Result<T, StepError> {
-        let request = request.timeout(self.timeout).header(REQUEST_ID_HEADER, request_id);
-        let response = request.send().await.map_err(|e| self.transport_error(step, e))?;
+        let request = request
+            .timeout(self.timeout)
+            .header(REQUEST_ID_HEADER, request_id);
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(step, e))?;
         let status = response.status();
         if !status.is_success() {
             let detail = response.json::<Problem>().await.ok().and_then(|p| p.detail);
-            return Err(StepError::Status { step, status, detail });
+            return Err(StepError::Status {
+                step,
+                status,
+                detail,
+            });
         }
         response.json::<T>().await.map_err(|e| {
             if e.is_timeout() {
-                StepError::Timeout { step, after: self.timeout }
+                StepError::Timeout {
+                    step,
+                    after: self.timeout,
+                }
             } else {
-                StepError::Decode { step, cause: e.to_string() }
+                StepError::Decode {
+                    step,
+                    cause: e.to_string(),
+                }
             }
         })
     }
 
     fn transport_error(&self, step: Step, err: reqwest::Error) -> StepError {
         if err.is_timeout() {
-            StepError::Timeout { step, after: self.timeout }
+            StepError::Timeout {
+                step,
+                after: self.timeout,
+            }
         } else {
-            let cause = std::error::Error::source(&err).map_or_else(|| err.to_string(), |s| s.to_string());
+            let cause =
+                std::error::Error::source(&err).map_or_else(|| err.to_string(), |s| s.to_string());
             StepError::Transport { step, cause }
         }
     }
 
     /// Readiness: every kind of downstream has at least one live replica.
     pub async fn check_live(&self) -> Result<String, String> {
-        let groups = [("store", &self.stores[..]), ("exchange", &self.exchanges[..]), ("fidelity", std::slice::from_ref(&self.fidelity))];
+        let groups = [
+            ("store", &self.stores[..]),
+            ("exchange", &self.exchanges[..]),
+            ("fidelity", std::slice::from_ref(&self.fidelity)),
+        ];
         let mut summary = Vec::new();
         let mut down = Vec::new();
         for (name, urls) in groups {
             let probes = urls.iter().map(|u| {
-                self.http.get(format!("{u}/health/live")).timeout(Duration::from_millis(300)).send()
+                self.http
+                    .get(format!("{u}/health/live"))
+                    .timeout(Duration::from_millis(300))
+                    .send()
             });
             let live = futures::future::join_all(probes)
                 .await
@@ -241,6 +316,10 @@ impl Downstreams {
             }
         }
         let summary = summary.join(", ");
-        if down.is_empty() { Ok(summary) } else { Err(format!("no live replica of {}: {summary}", down.join(", "))) }
+        if down.is_empty() {
+            Ok(summary)
+        } else {
+            Err(format!("no live replica of {}: {summary}", down.join(", ")))
+        }
     }
 }

@@ -51,7 +51,11 @@ pub struct Config {
     pub exchange_urls: Vec<String>,
 
     /// Fidelity base URL.
-    #[arg(long = "fidelity-url", env = "FTSHOP_FIDELITY_URL", default_value = "http://127.0.0.1:8083")]
+    #[arg(
+        long = "fidelity-url",
+        env = "FTSHOP_FIDELITY_URL",
+        default_value = "http://127.0.0.1:8083"
+    )]
     pub fidelity_url: String,
 
     /// Timeout of each downstream call, in milliseconds (the exercise fixes it at 1 s).
@@ -68,7 +72,12 @@ pub struct AppState {
 
 /// Connects, migrates and returns the full ecommerce application.
 pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
-    let db = Db::connect(config.common.database_url.as_deref(), &config.common.data_dir, "ecommerce").await?;
+    let db = Db::connect(
+        config.common.database_url.as_deref(),
+        &config.common.data_dir,
+        "ecommerce",
+    )
+    .await?;
     db.migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS).await?;
     let downstreams = Arc::new(Downstreams::new(
         &config.store_urls,
@@ -76,7 +85,10 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
         &config.fidelity_url,
         Duration::from_millis(config.call_timeout_ms),
     )?);
-    let state = AppState { db: db.clone(), downstreams: downstreams.clone() };
+    let state = AppState {
+        db: db.clone(),
+        downstreams: downstreams.clone(),
+    };
 
     let readiness = Readiness::new()
         .check("database", move || {
@@ -87,11 +99,16 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
             let downstreams = downstreams.clone();
             async move { downstreams.check_live().await }
         });
-    Ok(Service::new("ecommerce", router(state), ApiDoc::openapi()).readiness(readiness).into_router())
+    Ok(Service::new("ecommerce", router(state), ApiDoc::openapi())
+        .readiness(readiness)
+        .into_router())
 }
 
 /// Serves ecommerce on `host:port` until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let app = app(&config).await?;
     let listener = server::bind(config.common.host, config.port).await?;
     tracing::info!(address = %listener.local_addr()?, "ecommerce listening");

@@ -53,16 +53,16 @@ pub async fn claim(db: &Db, order: &NewOrder<'_>) -> Result<Claim, sqlx::Error> 
     .bind(order.fingerprint.to_owned())
     .bind(order.user.to_owned())
     .bind(order.product.to_owned())
-    .bind(order.ft)
+    .bind(i64::from(order.ft))
     .bind(now)
     .execute(&db.pool)
     .await;
     match (inserted, order.idempotency_key) {
         (Ok(_), _) => Ok(Claim::Fresh),
         // Lost a race with a concurrent request carrying the same key.
-        (Err(e), Some(key)) if is_unique_violation(&e) => {
-            Ok(existing(db, key, order.fingerprint).await?.unwrap_or(Claim::InProgress))
-        }
+        (Err(e), Some(key)) if is_unique_violation(&e) => Ok(existing(db, key, order.fingerprint)
+            .await?
+            .unwrap_or(Claim::InProgress)),
         (Err(e), _) => Err(e),
     }
 }
@@ -85,11 +85,16 @@ async fn existing(db: &Db, key: &str, fingerprint: &str) -> Result<Option<Claim>
             let code: Option<i64> = row.try_get("response_status")?;
             let body: Option<String> = row.try_get("response")?;
             match (code, body) {
-                (Some(code), Some(body)) => Claim::Replay { status: code as u16, body },
+                (Some(code), Some(body)) => Claim::Replay {
+                    status: code as u16,
+                    body,
+                },
                 _ => Claim::Resume { order_id },
             }
         }
-        "processing" if now_millis() - row.try_get::<i64, _>("updated_at")? < ABANDONED_AFTER_MS => {
+        "processing"
+            if now_millis() - row.try_get::<i64, _>("updated_at")? < ABANDONED_AFTER_MS =>
+        {
             Claim::InProgress
         }
         _ => Claim::Resume { order_id },
@@ -200,10 +205,12 @@ pub async fn find(db: &Db, order_id: &str) -> Result<Option<OrderView>, sqlx::Er
         status: row.try_get("status")?,
         user: row.try_get("user_id")?,
         product: row.try_get("product_id")?,
-        ft: row.try_get("ft")?,
+        ft: row.try_get::<i64, _>("ft")? != 0,
         transaction_id: row.try_get("transaction_id")?,
         failed_step: row.try_get("failed_step")?,
-        total: row.try_get::<Option<i64>, _>("total_cents")?.map(crate::money::cents_to_number),
+        total: row
+            .try_get::<Option<i64>, _>("total_cents")?
+            .map(crate::money::cents_to_number),
         bonus_points: row.try_get("bonus_points")?,
         bonus_status: row.try_get("bonus_status")?,
         created_at_ms: row.try_get("created_at")?,

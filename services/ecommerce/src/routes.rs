@@ -193,7 +193,10 @@ struct PurchaseFailure {
 
 impl From<StepError> for PurchaseFailure {
     fn from(error: StepError) -> Self {
-        Self { error, transaction_id: None }
+        Self {
+            error,
+            transaction_id: None,
+        }
     }
 }
 
@@ -206,14 +209,23 @@ async fn purchase(
     request_id: &str,
 ) -> Result<BuyResponse, PurchaseFailure> {
     let calls = &state.downstreams;
-    let Product { id, name, value_cents } = calls.product(&request.product, request_id).await?;
+    let Product {
+        id,
+        name,
+        value_cents,
+    } = calls.product(&request.product, request_id).await?;
     let rate = calls.exchange(request_id).await?;
-    let sale = calls.sell(&id, &format!("order-{order_id}"), request_id).await?;
+    let sale = calls
+        .sell(&id, &format!("order-{order_id}"), request_id)
+        .await?;
     let points = bonus_points(value_cents);
     calls
         .bonus(&request.user, points, &sale.transaction_id, request_id)
         .await
-        .map_err(|error| PurchaseFailure { error, transaction_id: Some(sale.transaction_id.clone()) })?;
+        .map_err(|error| PurchaseFailure {
+            error,
+            transaction_id: Some(sale.transaction_id.clone()),
+        })?;
     let mut degraded = Vec::new();
     if rate.source.as_deref() == Some("stale") {
         degraded.push("exchange:stale-rate".to_owned());
@@ -221,10 +233,17 @@ async fn purchase(
     Ok(BuyResponse {
         order_id: order_id.to_owned(),
         transaction_id: sale.transaction_id,
-        product: ProductView { id, name, value: cents_to_number(value_cents) },
+        product: ProductView {
+            id,
+            name,
+            value: cents_to_number(value_cents),
+        },
         rate: rate.rate,
         total: cents_to_number(convert(value_cents, rate.rate)),
-        bonus: BonusView { points, status: "credited".to_owned() },
+        bonus: BonusView {
+            points,
+            status: "credited".to_owned(),
+        },
         degraded,
     })
 }
@@ -232,7 +251,11 @@ async fn purchase(
 /// A stored answer, byte for byte.
 fn replay(status: u16, body: String) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    let content_type = if status.is_success() { "application/json" } else { ftshop_platform::problem::PROBLEM_JSON };
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        ftshop_platform::problem::PROBLEM_JSON
+    };
     (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
@@ -245,7 +268,10 @@ fn replay(status: u16, body: String) -> Response {
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn get_order(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<OrderView>, Problem> {
+async fn get_order(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, Problem> {
     validate_id("id", &id)?;
     orders::find(&state.db, &id)
         .await?

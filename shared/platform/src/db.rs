@@ -42,9 +42,8 @@ impl Db {
                 other.split(':').next().unwrap_or_default()
             ),
             None => {
-                std::fs::create_dir_all(data_dir).with_context(|| {
-                    format!("cannot create data dir {}", data_dir.display())
-                })?;
+                std::fs::create_dir_all(data_dir)
+                    .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
                 let path = data_dir.join(format!("{service}.db"));
                 Self::connect_sqlite(&format!("sqlite://{}?mode=rwc", path.display())).await
             }
@@ -69,7 +68,10 @@ impl Db {
             .connect(url)
             .await
             .with_context(|| format!("cannot open SQLite database {url}"))?;
-        Ok(Self { pool, backend: Backend::Sqlite })
+        Ok(Self {
+            pool,
+            backend: Backend::Sqlite,
+        })
     }
 
     async fn connect_postgres(url: &str, service: &'static str) -> anyhow::Result<Self> {
@@ -83,11 +85,15 @@ impl Db {
             .await
             .context("cannot connect to PostgreSQL")?;
         bootstrap
-            .execute(sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}"))))
+            .execute(sqlx::raw_sql(AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}"
+            ))))
             .await
             .or_else(|e| {
                 // Two replicas racing to create the schema: the loser sees a unique violation.
-                if e.to_string().contains("already exists") || e.to_string().contains("duplicate key") {
+                if e.to_string().contains("already exists")
+                    || e.to_string().contains("duplicate key")
+                {
                     Ok(Default::default())
                 } else {
                     Err(e)
@@ -109,7 +115,10 @@ impl Db {
             .connect(url)
             .await
             .context("cannot connect to PostgreSQL")?;
-        Ok(Self { pool, backend: Backend::Postgres })
+        Ok(Self {
+            pool,
+            backend: Backend::Postgres,
+        })
     }
 
     /// Runs the migrations for this backend.
@@ -118,7 +127,10 @@ impl Db {
             Backend::Sqlite => sqlite,
             Backend::Postgres => postgres,
         };
-        migrator.run(&self.pool).await.context("migrations failed")?;
+        migrator
+            .run(&self.pool)
+            .await
+            .context("migrations failed")?;
         Ok(())
     }
 
@@ -175,7 +187,7 @@ pub mod testing {
                 format!("PostgreSQL tests need a server at {admin} (set FTSHOP_TEST_POSTGRES_URL)")
             })?;
         let old: Vec<String> = sqlx::query_scalar(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'ftshop_test_%'",
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 'ftshop_test_%'",
         )
         .fetch_all(&pool)
         .await?;
@@ -183,11 +195,16 @@ pub mod testing {
             let created = db.split('_').nth(2).and_then(|t| t.parse::<i64>().ok());
             if created.is_some_and(|t| now - t > 3600) {
                 let _ = pool
-                    .execute(sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))))
+                    .execute(sqlx::raw_sql(AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                    ))))
                     .await;
             }
         }
-        pool.execute(sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))).await?;
+        pool.execute(sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE DATABASE {name}"
+        ))))
+        .await?;
         pool.close().await;
         let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
         Ok(format!("{base}/{name}"))

@@ -58,7 +58,10 @@ pub fn payload_too_large() -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload-too-large",
-        format!("request bodies are limited to {} bytes", crate::MAX_BODY_BYTES),
+        format!(
+            "request bodies are limited to {} bytes",
+            crate::MAX_BODY_BYTES
+        ),
     )
 }
 
@@ -122,9 +125,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             .ok()
             .filter(|k| !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| b.is_ascii_graphic()))
             .ok_or_else(|| {
-                Problem::bad_request(
-                    "Idempotency-Key must be 1 to 200 visible ASCII characters",
-                )
+                Problem::bad_request("Idempotency-Key must be 1 to 200 visible ASCII characters")
             })?;
         Ok(IdempotencyKey(Some(key.to_owned())))
     }

@@ -65,14 +65,28 @@ impl Readiness {
                     .unwrap_or_else(|_| Err(format!("timed out after {CHECK_TIMEOUT:?}")));
                 let duration_ms = started.elapsed().as_millis() as u64;
                 match outcome {
-                    Ok(detail) => CheckResult { name, status: "ok", detail, duration_ms },
-                    Err(detail) => CheckResult { name, status: "fail", detail, duration_ms },
+                    Ok(detail) => CheckResult {
+                        name,
+                        status: "ok",
+                        detail,
+                        duration_ms,
+                    },
+                    Err(detail) => CheckResult {
+                        name,
+                        status: "fail",
+                        detail,
+                        duration_ms,
+                    },
                 }
             }
         });
         let checks = futures::future::join_all(runs).await;
         let ready = checks.iter().all(|c| c.status == "ok");
-        ReadyReport { service, status: if ready { "ready" } else { "not_ready" }, checks }
+        ReadyReport {
+            service,
+            status: if ready { "ready" } else { "not_ready" },
+            checks,
+        }
     }
 }
 

@@ -36,7 +36,10 @@ pub async fn render() -> ([(axum::http::HeaderName, &'static str); 1], String) {
     let handle = prometheus();
     handle.run_upkeep();
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         handle.render(),
     )
 }

@@ -30,7 +30,12 @@ pub struct Service {
 impl Service {
     /// `router` holds the service's own routes, already given their state.
     pub fn new(name: &'static str, router: Router, openapi: utoipa::openapi::OpenApi) -> Self {
-        Self { name, router, openapi, readiness: Readiness::new() }
+        Self {
+            name,
+            router,
+            openapi,
+            readiness: Readiness::new(),
+        }
     }
 
     pub fn readiness(mut self, readiness: Readiness) -> Self {
@@ -41,7 +46,12 @@ impl Service {
     /// The full application: service routes, `/health/*`, `/metrics`, `/openapi.json`, `/docs`,
     /// problem+json fallbacks, request ids, body limit, panic catcher and HTTP metrics.
     pub fn into_router(self) -> Router {
-        let Service { name, router, mut openapi, readiness } = self;
+        let Service {
+            name,
+            router,
+            mut openapi,
+            readiness,
+        } = self;
         openapi.info.title = format!("ftshop {name}");
         openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
         let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
@@ -88,7 +98,11 @@ fn live(service: &'static str) -> axum::Json<serde_json::Value> {
 }
 
 async fn method_not_allowed() -> Problem {
-    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "method not allowed on this route")
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "method not allowed on this route",
+    )
 }
 
 fn panic_to_problem(err: Box<dyn std::any::Any + Send + 'static>) -> Response {

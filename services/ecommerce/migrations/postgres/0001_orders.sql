@@ -6,7 +6,7 @@ CREATE TABLE orders (
     request_hash    TEXT NOT NULL,
     user_id         TEXT NOT NULL,
     product_id      TEXT NOT NULL,
-    ft              BOOLEAN NOT NULL,
+    ft              BIGINT NOT NULL, -- 0 or 1: the Any driver reads SQLite booleans back as integers
     status          TEXT NOT NULL,
     failed_step     TEXT,
     transaction_id  TEXT,

@@ -1,0 +1,318 @@
+//! Ecommerce against scripted downstreams: a fake Store, Exchange and Fidelity on port 0 whose
+//! behaviour each test sets, so every failure mapping and the idempotency rules are pinned down.
+//! (The real services are exercised together by the end-to-end tests in the root `tests/`.)
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ftshop_ecommerce::Config;
+use ftshop_platform::config::CommonArgs;
+use serde_json::{Value, json};
+
+/// What the fake downstreams do; tests flip these.
+#[derive(Default)]
+struct Script {
+    product_status: Option<u16>,
+    product_delay: Option<Duration>,
+    exchange_status: Option<u16>,
+    sell_status: Option<u16>,
+    bonus_status: Option<u16>,
+    /// Store's idempotency keys → transaction ids, like the real Store.
+    sales: HashMap<String, String>,
+    sell_calls: usize,
+    bonus_calls: Vec<(String, i64, String)>,
+}
+
+type Shared = Arc<Mutex<Script>>;
+
+fn problem(status: u16, detail: &str) -> axum::response::Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [("content-type", "application/problem+json")],
+        json!({"type": "x", "title": "x", "status": status.as_u16(), "detail": detail}).to_string(),
+    )
+        .into_response()
+}
+
+async fn product(
+    State(s): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    let (status, delay) = {
+        let s = s.lock().expect("lock");
+        (s.product_status, s.product_delay)
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    match status {
+        Some(code) => problem(code, "scripted"),
+        None => Json(json!({"id": q.get("product"), "name": "Thing", "value": 49.9, "value_cents": 4990, "stock": 10})).into_response(),
+    }
+}
+
+async fn exchange(State(s): State<Shared>) -> axum::response::Response {
+    match s.lock().expect("lock").exchange_status {
+        Some(code) => problem(code, "scripted"),
+        None => Json(json!({"rate": 5.0, "as_of": "2026-11-23T00:00:00Z", "source": "live"}))
+            .into_response(),
+    }
+}
+
+async fn sell(State(s): State<Shared>, headers: HeaderMap) -> axum::response::Response {
+    let mut s = s.lock().expect("lock");
+    s.sell_calls += 1;
+    if let Some(code) = s.sell_status {
+        return problem(code, "scripted");
+    }
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let next = format!("tx-{}", s.sales.len() + 1);
+    let tx = s.sales.entry(key).or_insert(next).clone();
+    Json(json!({"transaction_id": tx})).into_response()
+}
+
+async fn bonus(State(s): State<Shared>, Json(body): Json<Value>) -> axum::response::Response {
+    let mut s = s.lock().expect("lock");
+    if let Some(code) = s.bonus_status {
+        return problem(code, "scripted");
+    }
+    s.bonus_calls.push((
+        body["user"].as_str().unwrap_or_default().to_owned(),
+        body["bonus"].as_i64().unwrap_or_default(),
+        body["transaction_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    ));
+    Json(json!({"status": "credited"})).into_response()
+}
+
+async fn live() -> &'static str {
+    "ok"
+}
+
+struct TestApp {
+    url: String,
+    script: Shared,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+async fn spawn_app(database_url: Option<String>) -> TestApp {
+    let script: Shared = Arc::default();
+    let fake = Router::new()
+        .route("/product", get(product))
+        .route("/exchange", get(exchange))
+        .route("/sell", post(sell))
+        .route("/bonus", post(bonus))
+        .route("/health/live", get(live))
+        .with_state(script.clone());
+    let downstream = serve(fake).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut common = CommonArgs::for_data_dir(dir.path());
+    common.database_url = database_url;
+    let config = Config {
+        common,
+        port: 0,
+        store_urls: vec![downstream.clone()],
+        exchange_urls: vec![downstream.clone()],
+        fidelity_url: downstream,
+        call_timeout_ms: 300,
+    };
+    let app = ftshop_ecommerce::app(&config).await.expect("app");
+    let url = serve(app).await;
+    TestApp {
+        url,
+        script,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    async fn buy(&self, key: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(format!("{}/buy", self.url)).json(&body);
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        let response = req.send().await.expect("post");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("json body"))
+    }
+
+    fn script(&self) -> std::sync::MutexGuard<'_, Script> {
+        self.script.lock().expect("lock")
+    }
+}
+
+fn order() -> Value {
+    json!({"product": "7", "user": "alice", "ft": false})
+}
+
+async fn happy_path_and_replay(app: TestApp) {
+    let (status, body) = app.buy(Some("k1"), order()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["product"],
+        json!({"id": "7", "name": "Thing", "value": 49.9})
+    );
+    assert_eq!(body["rate"], 5.0);
+    assert_eq!(body["total"], 249.5);
+    assert_eq!(body["bonus"], json!({"points": 50, "status": "credited"}));
+    assert_eq!(body["degraded"], json!([]));
+    assert_eq!(
+        app.script().bonus_calls,
+        vec![("alice".to_owned(), 50, "tx-1".to_owned())]
+    );
+
+    let (status, again) = app.buy(Some("k1"), order()).await;
+    assert_eq!(status, 200);
+    assert_eq!(again, body, "a replay answers exactly the first answer");
+    assert_eq!(app.script().sell_calls, 1, "a replay never sells again");
+
+    let (status, problem) = app
+        .buy(
+            Some("k1"),
+            json!({"product": "8", "user": "alice", "ft": false}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        problem["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("idempotency-key-reused"))
+    );
+
+    let order_id = body["order_id"].as_str().expect("order id");
+    let view: Value = app
+        .http
+        .get(format!("{}/orders/{order_id}", app.url))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(view["status"], "completed");
+    assert_eq!(view["transaction_id"], "tx-1");
+}
+
+#[tokio::test]
+async fn happy_path_and_replay_on_sqlite() {
+    happy_path_and_replay(spawn_app(None).await).await;
+}
+
+#[tokio::test]
+async fn happy_path_and_replay_on_postgres() {
+    let url = ftshop_platform::db::testing::fresh_postgres_database()
+        .await
+        .expect("postgres");
+    happy_path_and_replay(spawn_app(Some(url)).await).await;
+}
+
+#[tokio::test]
+async fn each_failing_step_is_named_with_the_right_status() {
+    let app = spawn_app(None).await;
+    app.script().product_status = Some(404);
+    let (status, problem) = app.buy(None, order()).await;
+    assert_eq!((status, problem["step"].as_str()), (404, Some("product")));
+
+    app.script().product_status = None;
+    app.script().product_delay = Some(Duration::from_millis(600));
+    let (status, problem) = app.buy(None, order()).await;
+    assert_eq!((status, problem["step"].as_str()), (504, Some("product")));
+
+    app.script().product_delay = None;
+    app.script().exchange_status = Some(500);
+    let (status, problem) = app.buy(None, order()).await;
+    assert_eq!((status, problem["step"].as_str()), (502, Some("exchange")));
+
+    app.script().exchange_status = None;
+    app.script().sell_status = Some(409);
+    let (status, problem) = app.buy(None, order()).await;
+    assert_eq!((status, problem["step"].as_str()), (409, Some("sell")));
+
+    app.script().sell_status = Some(500);
+    let (status, problem) = app.buy(None, order()).await;
+    assert_eq!((status, problem["step"].as_str()), (502, Some("sell")));
+    assert_eq!(
+        app.script().sales.len(),
+        0,
+        "no sale was recorded by the failing store"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_order_is_redriven_under_the_same_sale_key() {
+    let app = spawn_app(None).await;
+    app.script().bonus_status = Some(500);
+    let (status, problem) = app.buy(Some("k-bonus"), order()).await;
+    assert_eq!((status, problem["step"].as_str()), (502, Some("bonus")));
+    assert_eq!(
+        app.script().sales.len(),
+        1,
+        "the sale happened before the bonus failed"
+    );
+
+    app.script().bonus_status = None;
+    let (status, body) = app.buy(Some("k-bonus"), order()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["transaction_id"], "tx-1",
+        "re-driving reuses the first sale"
+    );
+    assert_eq!(app.script().sales.len(), 1, "and never sells a second unit");
+    assert_eq!(app.script().sell_calls, 2);
+}
+
+#[tokio::test]
+async fn invalid_requests_are_refused_before_any_call() {
+    let app = spawn_app(None).await;
+    for (body, status) in [
+        (json!({"product": "7"}), 422),
+        (json!({"product": "7", "user": "a b"}), 422),
+        (json!({"product": "7", "user": "u", "ft": "yes"}), 422),
+        (json!({"product": "7", "user": "u", "extra": 1}), 422),
+    ] {
+        let (got, problem) = app.buy(None, body.clone()).await;
+        assert_eq!(got, status, "{body}");
+        assert_eq!(problem["status"], status);
+    }
+    let response = app
+        .http
+        .post(format!("{}/buy", app.url))
+        .header("idempotency-key", "has space")
+        .json(&order())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 400);
+    assert_eq!(app.script().sell_calls, 0);
+    let missing = app
+        .http
+        .get(format!("{}/orders/nope", app.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(missing.status(), 404);
+}
