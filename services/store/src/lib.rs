@@ -1,1 +1,130 @@
+//! Store: the catalog, its stock and the sales ledger. `GET /product`, `GET /products` and
+//! `POST /sell` (idempotent, never oversells, safe with several replicas on one database).
+//!
+//! A library crate: the `ftshop` binary runs it with `ftshop serve store`.
 
+pub mod catalog;
+mod config;
+pub mod money;
+pub mod repo;
+pub mod routes;
+mod telemetry;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use ftshop_platform::db::Db;
+use ftshop_platform::health::Readiness;
+use ftshop_platform::server::{Service, bind, serve};
+use sqlx::migrate::Migrator;
+use utoipa::OpenApi;
+
+pub use config::Config;
+pub use repo::Inventory;
+pub use routes::{ApiDoc, AppState, router};
+
+/// Name used for the database file/schema, logs and metrics.
+pub const SERVICE: &str = "store";
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Connects, migrates, seeds an empty catalog and returns the full application router.
+pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
+    // Install the Prometheus recorder before the first gauge is set, or it would be lost.
+    ftshop_platform::http_metrics::prometheus();
+
+    let catalog = catalog::load(config.catalog.as_deref())?;
+    let db = Db::connect(
+        config.common.database_url.as_deref(),
+        &config.common.data_dir,
+        SERVICE,
+    )
+    .await?;
+    migrate(&db).await?;
+
+    let inventory = Inventory::new(db.clone());
+    let seeded = inventory
+        .seed(&catalog)
+        .await
+        .context("cannot seed the catalog")?;
+    if seeded > 0 {
+        tracing::info!(products = seeded, "seeded the catalog");
+    }
+    let products = inventory
+        .products()
+        .await
+        .context("cannot read the catalog")?;
+    telemetry::record_all_stock(&products);
+
+    let readiness = Readiness::new()
+        .check("database", {
+            let db = db.clone();
+            move || {
+                let db = db.clone();
+                async move { db.ping().await }
+            }
+        })
+        .check("stock", {
+            let inventory = inventory.clone();
+            move || {
+                let inventory = inventory.clone();
+                async move { stock_check(&inventory).await }
+            }
+        });
+
+    Ok(
+        Service::new(SERVICE, router(AppState::new(inventory)), ApiDoc::openapi())
+            .readiness(readiness)
+            .into_router(),
+    )
+}
+
+/// Binds `host:port` and serves until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = app(&config).await?;
+    let listener = bind(config.common.host, config.port).await?;
+    let addr = listener
+        .local_addr()
+        .context("listener has no local address")?;
+    tracing::info!(service = SERVICE, %addr, "listening on http://{addr}");
+    serve(listener, app, shutdown).await
+}
+
+/// Runs the migrations. SQLite has no migration lock, so when replicas start together on one
+/// file the slower one fails on the tables (or bookkeeping row) the other just created; by then
+/// the migration is applied, and running the migrator again finds nothing left to do.
+async fn migrate(db: &Db) -> anyhow::Result<()> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match db.migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS).await {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt < ATTEMPTS => {
+                tracing::warn!(error = %format!("{err:#}"), attempt, "migration failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Readiness of the stock: fails only when the catalog is empty or unreadable. Also refreshes
+/// the stock gauges, which may lag when another replica sells.
+async fn stock_check(inventory: &Inventory) -> Result<String, String> {
+    let products = inventory
+        .products()
+        .await
+        .map_err(|e| format!("cannot read stock: {e}"))?;
+    if products.is_empty() {
+        return Err("the catalog is empty".to_owned());
+    }
+    telemetry::record_all_stock(&products);
+    let out = products.iter().filter(|p| p.stock == 0).count();
+    Ok(format!("{} products, {out} out of stock", products.len()))
+}

@@ -106,26 +106,33 @@ impl Inventory {
 
     pub async fn product(&self, id: &str) -> Result<Option<Product>, sqlx::Error> {
         sqlx::query("SELECT id, name, value_cents, stock FROM products WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&self.db.pool)
-        .await?
-        .map(|row| product_from_row(&row))
-        .transpose()
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?
+            .map(|row| product_from_row(&row))
+            .transpose()
     }
 
-    /// Every product, numeric ids in numeric order ("2" before "10"), others lexically.
+    /// Every product: numeric ids first, in numeric order ("2" before "10"), then the others
+    /// in lexical order. Sorted here rather than in SQL so both backends agree.
     pub async fn products(&self) -> Result<Vec<Product>, sqlx::Error> {
-        sqlx::query("SELECT id, name, value_cents, stock FROM products ORDER BY LENGTH(id), id")
-        .fetch_all(&self.db.pool)
-        .await?
-        .iter()
-        .map(product_from_row)
-        .collect()
+        let mut products = sqlx::query("SELECT id, name, value_cents, stock FROM products")
+            .fetch_all(&self.db.pool)
+            .await?
+            .iter()
+            .map(product_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        products.sort_by(|a, b| id_order(&a.id, &b.id));
+        Ok(products)
     }
 
     /// Sells one unit of `product_id`. With an idempotency key, the first request sells and
     /// every later one (even a concurrent one) gets that same sale back.
-    pub async fn sell(&self, product_id: &str, key: Option<&str>) -> Result<SellOutcome, SellError> {
+    pub async fn sell(
+        &self,
+        product_id: &str,
+        key: Option<&str>,
+    ) -> Result<SellOutcome, SellError> {
         // A separate statement, before the transaction: the transaction itself must write first.
         if let Some(key) = key
             && let Some(sale) = self.sale_by_key(key).await?
@@ -209,7 +216,26 @@ fn replay(sale: Sale, requested: &str) -> Result<SellOutcome, SellError> {
     if sale.product_id == requested {
         Ok(SellOutcome::Replayed(sale))
     } else {
-        Err(SellError::KeyReused { sold: sale.product_id })
+        Err(SellError::KeyReused {
+            sold: sale.product_id,
+        })
+    }
+}
+
+/// Numeric ids (digits only) before the others, numerically; the rest lexically.
+fn id_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let numeric = |id: &str| id.bytes().all(|c| c.is_ascii_digit());
+    match (numeric(a), numeric(b)) {
+        (true, true) => {
+            let (x, y) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+            x.len()
+                .cmp(&y.len())
+                .then_with(|| x.cmp(y))
+                .then_with(|| a.cmp(b))
+        }
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        (false, false) => a.cmp(b),
     }
 }
 
@@ -220,4 +246,16 @@ fn product_from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
         value_cents: row.try_get("value_cents")?,
         stock: row.try_get("stock")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_numerically_then_lexically() {
+        let mut ids = vec!["b", "10", "2", "a", "1", "007", "a10", "a2"];
+        ids.sort_by(|a, b| id_order(a, b));
+        assert_eq!(ids, ["1", "2", "007", "10", "a", "a10", "a2", "b"]);
+    }
 }
