@@ -230,3 +230,31 @@ pub async fn sell(
 fn unknown_product(id: &str) -> Problem {
     Problem::not_found(format!("no product with id {id:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_documents_every_route() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
+        for path in ["/product", "/products", "/sell"] {
+            assert!(doc["paths"][path].is_object(), "{path} undocumented");
+        }
+        let sell = &doc["paths"]["/sell"]["post"];
+        let params = sell["parameters"].as_array().expect("parameters");
+        assert!(
+            params
+                .iter()
+                .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header")
+        );
+        let conflict = &sell["responses"]["409"]["content"];
+        assert!(
+            conflict["application/problem+json"].is_object(),
+            "{conflict}"
+        );
+        let get = &doc["paths"]["/product"]["get"]["parameters"][0];
+        assert_eq!(get["name"], "product");
+        assert_eq!(get["in"], "query");
+    }
+}
