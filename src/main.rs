@@ -46,6 +46,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { service } => {
             ftshop_platform::telemetry::init();
+            // Metrics recorded while a service starts (stock gauges, say) must not be lost.
+            ftshop_platform::http_metrics::prometheus();
             let result = match service {
                 Service::Ecommerce(config) => {
                     ftshop_ecommerce::run(config, shutdown_signal()).await

@@ -11,7 +11,6 @@ pub mod routes;
 mod telemetry;
 
 use std::future::Future;
-use std::time::Duration;
 
 use anyhow::Context;
 use ftshop_platform::db::Db;
@@ -42,7 +41,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
         SERVICE,
     )
     .await?;
-    migrate(&db).await?;
+    db.migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS).await?;
 
     let inventory = Inventory::new(db.clone());
     let seeded = inventory
@@ -93,25 +92,6 @@ pub async fn run(
         .context("listener has no local address")?;
     tracing::info!(service = SERVICE, %addr, "listening on http://{addr}");
     serve(listener, app, shutdown).await
-}
-
-/// Runs the migrations. SQLite has no migration lock, so when replicas start together on one
-/// file the slower one fails on the tables (or bookkeeping row) the other just created; by then
-/// the migration is applied, and running the migrator again finds nothing left to do.
-async fn migrate(db: &Db) -> anyhow::Result<()> {
-    const ATTEMPTS: u32 = 5;
-    let mut attempt = 1;
-    loop {
-        match db.migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS).await {
-            Ok(()) => return Ok(()),
-            Err(err) if attempt < ATTEMPTS => {
-                tracing::warn!(error = %format!("{err:#}"), attempt, "migration failed; retrying");
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
-                attempt += 1;
-            }
-            Err(err) => return Err(err),
-        }
-    }
 }
 
 /// Readiness of the stock: fails only when the catalog is empty or unreadable. Also refreshes

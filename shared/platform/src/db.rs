@@ -122,16 +122,29 @@ impl Db {
     }
 
     /// Runs the migrations for this backend.
+    ///
+    /// SQLite has no migration lock, so when replicas start together on one file the slower one
+    /// fails on the tables (or bookkeeping row) the other just created; by then the migration is
+    /// applied, and running the migrator again finds nothing left to do. Hence a few retries.
+    /// PostgreSQL takes an advisory lock and needs none, but the retry is harmless there.
     pub async fn migrate(&self, sqlite: &Migrator, postgres: &Migrator) -> anyhow::Result<()> {
+        const ATTEMPTS: u32 = 5;
         let migrator = match self.backend {
             Backend::Sqlite => sqlite,
             Backend::Postgres => postgres,
         };
-        migrator
-            .run(&self.pool)
-            .await
-            .context("migrations failed")?;
-        Ok(())
+        let mut attempt = 1;
+        loop {
+            match migrator.run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(err) if attempt < ATTEMPTS => {
+                    tracing::warn!(error = %err, attempt, "migration failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(anyhow::Error::from(err).context("migrations failed")),
+            }
+        }
     }
 
     /// A cheap round trip for readiness checks.

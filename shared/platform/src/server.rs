@@ -30,6 +30,9 @@ pub struct Service {
 impl Service {
     /// `router` holds the service's own routes, already given their state.
     pub fn new(name: &'static str, router: Router, openapi: utoipa::openapi::OpenApi) -> Self {
+        // Install the recorder before anything records (a service that sets gauges while it
+        // starts should call `http_metrics::prometheus()` earlier still).
+        http_metrics::prometheus();
         Self {
             name,
             router,
