@@ -1,1 +1,213 @@
+//! Exchange: the USD→BRL rate behind `GET /exchange`.
+//!
+//! The rate comes from a simulated market (default: a seeded random walk, no network needed) or
+//! from an upstream HTTP API (`--upstream-url`). A TTL cache in front of the source answers most
+//! requests from memory, refreshes once for a burst of misses, and keeps serving the last good
+//! rate (marked `stale`) for a bounded time when the source fails.
 
+mod cache;
+mod duration;
+mod routes;
+mod source;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ftshop_platform::config::CommonArgs;
+use ftshop_platform::health::Readiness;
+use ftshop_platform::server::{self, Service};
+use utoipa::OpenApi;
+
+pub use cache::{Origin, Quote, RatesCache, Unavailable};
+pub use duration::parse_duration;
+pub use routes::{ApiDoc, ExchangeRate, RateSource as RateOrigin, router};
+pub use source::{FetchError, RandomWalk, RateSource};
+
+/// Service name in logs, metrics and docs.
+pub const NAME: &str = "exchange";
+/// Default listening port.
+pub const PORT: u16 = 8082;
+
+/// `ftshop serve exchange` settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    #[arg(long, default_value_t = PORT)]
+    pub port: u16,
+
+    /// How long a fetched rate is served from memory before the source is asked again
+    /// (`2s`, `500ms`, ...). Also the pause before retrying a source that just failed.
+    #[arg(long, env = "FTSHOP_RATE_TTL", default_value = "2s", value_parser = parse_duration)]
+    pub rate_ttl: Duration,
+
+    /// How old the last good rate may be and still be served (as `stale`) while the source
+    /// fails; past it, `GET /exchange` answers 503.
+    #[arg(long, env = "FTSHOP_RATE_MAX_STALE", default_value = "10m", value_parser = parse_duration)]
+    pub max_stale: Duration,
+
+    /// Seed of the simulated rate's random walk (same seed, same rates). Random by default.
+    #[arg(long, env = "FTSHOP_RATE_SEED")]
+    pub rate_seed: Option<u64>,
+
+    /// Fetch the rate from this HTTP API instead of simulating it, e.g.
+    /// `https://api.frankfurter.app/latest?from=USD&to=BRL`.
+    #[arg(long, env = "FTSHOP_EXCHANGE_UPSTREAM")]
+    pub upstream_url: Option<reqwest::Url>,
+
+    /// Timeout of one upstream fetch.
+    #[arg(long, env = "FTSHOP_EXCHANGE_UPSTREAM_TIMEOUT", default_value = "800ms", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// JSON pointer to the rate in the upstream's answer.
+    #[arg(
+        long,
+        env = "FTSHOP_EXCHANGE_UPSTREAM_POINTER",
+        default_value = "/rates/BRL"
+    )]
+    pub upstream_pointer: String,
+}
+
+impl Config {
+    /// The defaults of `ftshop serve exchange` with loopback and `data_dir` (tests, embedding).
+    pub fn for_data_dir(data_dir: impl Into<std::path::PathBuf>) -> Self {
+        Self::new(CommonArgs::for_data_dir(data_dir))
+    }
+
+    /// The defaults of `ftshop serve exchange` around `common`.
+    pub fn new(common: CommonArgs) -> Self {
+        Self {
+            common,
+            port: PORT,
+            rate_ttl: Duration::from_secs(2),
+            max_stale: Duration::from_secs(600),
+            rate_seed: None,
+            upstream_url: None,
+            upstream_timeout: Duration::from_millis(800),
+            upstream_pointer: "/rates/BRL".to_owned(),
+        }
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub cache: Arc<RatesCache>,
+    pub source: Arc<RateSource>,
+}
+
+impl AppState {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let source = match &config.upstream_url {
+            Some(url) => RateSource::upstream(
+                url.clone(),
+                &config.upstream_pointer,
+                config.upstream_timeout,
+            )?,
+            None => RateSource::simulated(config.rate_seed),
+        };
+        Ok(Self {
+            cache: Arc::new(RatesCache::new(config.rate_ttl, config.max_stale)),
+            source: Arc::new(source),
+        })
+    }
+
+    /// Readiness of the rate source. When the cached rate is due for a refresh, one is made
+    /// first (in its own task, so the check's timeout cannot cancel it halfway), which lets an
+    /// idle replica notice that its source came back.
+    async fn check_source(self) -> Result<String, String> {
+        if self.cache.refresh_due() {
+            let (cache, source) = (self.cache.clone(), self.source.clone());
+            let refresh =
+                tokio::spawn(
+                    async move { cache.lookup(|| async move { source.fetch().await }).await },
+                );
+            let _ = refresh.await;
+        }
+        self.cache
+            .status()
+            .map(|detail| format!("{} source: {detail}", self.source.kind()))
+    }
+}
+
+/// Builds the full exchange application.
+pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
+    // Install the Prometheus recorder now: until it exists, metrics are dropped, and the first
+    // scrape of /metrics may come long after the first requests.
+    ftshop_platform::http_metrics::prometheus();
+    let state = AppState::new(config)?;
+    tracing::info!(
+        source = state.source.kind(),
+        ttl = ?config.rate_ttl,
+        max_stale = ?config.max_stale,
+        "exchange rate source configured"
+    );
+    let check_state = state.clone();
+    let readiness = Readiness::new().check("source", move || check_state.clone().check_source());
+    Ok(Service::new(NAME, router(state), ApiDoc::openapi())
+        .readiness(readiness)
+        .into_router())
+}
+
+/// Serves exchange on `host:port` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = app(&config).await?;
+    let listener = server::bind(config.common.host, config.port).await?;
+    tracing::info!(address = %listener.local_addr()?, "exchange listening");
+    server::serve(listener, app, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn flag_defaults_match_config_new() {
+        let parsed = Cli::try_parse_from(["exchange"]).map(|cli| cli.config);
+        let Ok(parsed) = parsed else {
+            panic!("defaults do not parse: {parsed:?}")
+        };
+        let built = Config::new(parsed.common.clone());
+        assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+    }
+
+    #[test]
+    fn flags_parse() {
+        let parsed = Cli::try_parse_from([
+            "exchange",
+            "--rate-ttl",
+            "500ms",
+            "--max-stale",
+            "1m",
+            "--rate-seed",
+            "7",
+            "--upstream-url",
+            "https://api.frankfurter.app/latest?from=USD&to=BRL",
+            "--upstream-timeout",
+            "1s",
+        ])
+        .map(|cli| cli.config);
+        let Ok(config) = parsed else {
+            panic!("flags do not parse: {parsed:?}")
+        };
+        assert_eq!(config.rate_ttl, Duration::from_millis(500));
+        assert_eq!(config.max_stale, Duration::from_secs(60));
+        assert_eq!(config.rate_seed, Some(7));
+        assert_eq!(config.upstream_timeout, Duration::from_secs(1));
+        assert!(config.upstream_url.is_some());
+        assert!(Cli::try_parse_from(["exchange", "--rate-ttl", "2"]).is_err());
+    }
+}
