@@ -1,1 +1,86 @@
+//! Fidelity: the bonus points ledger behind `POST /bonus` and `GET /balance/{user}`.
+//!
+//! Every bonus names the sale it rewards (`transaction_id`) and is credited exactly once: a
+//! retried request (Ecommerce's outbox retries until it gets an answer) changes nothing and says
+//! `duplicate: true`, while reusing a transaction id for another user or amount is a conflict.
 
+mod ledger;
+mod routes;
+
+use std::future::Future;
+
+use ftshop_platform::config::CommonArgs;
+use ftshop_platform::db::Db;
+use ftshop_platform::health::Readiness;
+use ftshop_platform::server::{self, Service};
+use utoipa::OpenApi;
+
+pub use ledger::Credit;
+pub use routes::{ApiDoc, Balance, BonusReceipt, BonusRequest, BonusStatus, MAX_BONUS, router};
+
+/// Service name in logs, metrics, docs and the database (`fidelity.db`, schema `ftshop_fidelity`).
+pub const NAME: &str = "fidelity";
+/// Default listening port.
+pub const PORT: u16 = 8083;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// `ftshop serve fidelity` settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    #[arg(long, default_value_t = PORT)]
+    pub port: u16,
+}
+
+impl Config {
+    /// The defaults of `ftshop serve fidelity` with loopback and `data_dir` (tests, embedding).
+    pub fn for_data_dir(data_dir: impl Into<std::path::PathBuf>) -> Self {
+        Self::new(CommonArgs::for_data_dir(data_dir))
+    }
+
+    /// The defaults of `ftshop serve fidelity` around `common`.
+    pub fn new(common: CommonArgs) -> Self {
+        Self { common, port: PORT }
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+}
+
+/// Connects, migrates and returns the full fidelity application.
+pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
+    ftshop_platform::http_metrics::prometheus();
+    let db = Db::connect(
+        config.common.database_url.as_deref(),
+        &config.common.data_dir,
+        NAME,
+    )
+    .await?;
+    db.migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS).await?;
+    let state = AppState { db: db.clone() };
+    let readiness = Readiness::new().check("database", move || {
+        let db = db.clone();
+        async move { db.ping().await }
+    });
+    Ok(Service::new(NAME, router(state), ApiDoc::openapi())
+        .readiness(readiness)
+        .into_router())
+}
+
+/// Serves fidelity on `host:port` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = app(&config).await?;
+    let listener = server::bind(config.common.host, config.port).await?;
+    tracing::info!(address = %listener.local_addr()?, "fidelity listening");
+    server::serve(listener, app, shutdown).await
+}

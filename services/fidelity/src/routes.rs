@@ -1,0 +1,153 @@
+//! `POST /bonus` and `GET /balance/{user}`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use ftshop_platform::Problem;
+use ftshop_platform::extract::{Json, Path, validate_id};
+use serde::{Deserialize, Serialize};
+use utoipa::OpenApi;
+
+use crate::AppState;
+use crate::ledger::{self, Credit};
+
+/// Largest bonus one transaction may credit.
+pub const MAX_BONUS: i64 = 1_000_000;
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(post_bonus, get_balance),
+    components(schemas(BonusRequest, BonusReceipt, BonusStatus, Balance, Problem)),
+    tags((name = "fidelity", description = "Bonus points, credited exactly once per transaction"))
+)]
+pub struct ApiDoc;
+
+/// The service's own routes (the platform adds health, metrics and docs).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/bonus", post(post_bonus))
+        .route("/balance/{user}", get(get_balance))
+        .with_state(state)
+}
+
+/// `POST /bonus` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct BonusRequest {
+    /// Customer receiving the points.
+    #[schema(example = "alice")]
+    pub user: String,
+    /// Points to credit: a whole number from 1 to 1000000.
+    #[schema(example = 50, minimum = 1, maximum = 1_000_000)]
+    pub bonus: i64,
+    /// The sale this bonus is for; credited at most once.
+    #[schema(example = "0193a5b2-7c1e-7d4f-9a8b-2f6c1d0e9a31")]
+    pub transaction_id: String,
+}
+
+/// The outcome of `POST /bonus`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BonusReceipt {
+    pub transaction_id: String,
+    pub user: String,
+    /// Points this transaction credited.
+    pub points: i64,
+    pub status: BonusStatus,
+    /// True when this transaction had been credited before and nothing changed now.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BonusStatus {
+    Credited,
+}
+
+/// A user's points.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Balance {
+    pub user: String,
+    pub points: i64,
+}
+
+/// Credit a purchase's bonus points, exactly once per transaction id.
+#[utoipa::path(
+    post, path = "/bonus", tag = "fidelity",
+    request_body = BonusRequest,
+    responses(
+        (status = 200, description = "Credited now, or earlier by the same request (`duplicate: true`)", body = BonusReceipt),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The transaction id was credited with another user or amount (type `transaction-conflict`)",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid user, transaction id or bonus", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn post_bonus(
+    State(state): State<AppState>,
+    Json(request): Json<BonusRequest>,
+) -> Result<Json<BonusReceipt>, Problem> {
+    validate_id("user", &request.user)?;
+    validate_id("transaction_id", &request.transaction_id)?;
+    if !(1..=MAX_BONUS).contains(&request.bonus) {
+        return Err(Problem::validation(format!(
+            "`bonus` must be a whole number of points from 1 to {MAX_BONUS}"
+        )));
+    }
+    let BonusRequest {
+        user,
+        bonus,
+        transaction_id,
+    } = request;
+
+    let outcome = ledger::credit(&state.db, &transaction_id, &user, bonus)
+        .await
+        .map_err(|err| Problem::internal(format_args!("{err:#}")))?;
+    let label = match outcome {
+        Credit::Credited => "credited",
+        Credit::Duplicate => "duplicate",
+        Credit::Conflict => "conflict",
+    };
+    metrics::counter!("fidelity_bonus_total", "outcome" => label).increment(1);
+    tracing::info!(%transaction_id, %user, points = bonus, outcome = label, "bonus");
+
+    let duplicate = match outcome {
+        Credit::Credited => false,
+        Credit::Duplicate => true,
+        Credit::Conflict => {
+            return Err(Problem::conflict(
+                "transaction-conflict",
+                format!(
+                    "transaction `{transaction_id}` was already credited with another user or amount"
+                ),
+            ));
+        }
+    };
+    Ok(Json(BonusReceipt {
+        transaction_id,
+        user,
+        points: bonus,
+        status: BonusStatus::Credited,
+        duplicate,
+    }))
+}
+
+/// A user's points balance (0 for a user never credited).
+#[utoipa::path(
+    get, path = "/balance/{user}", tag = "fidelity",
+    params(("user" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The balance", body = Balance),
+        (status = 422, description = "Invalid user id", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_balance(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+) -> Result<Json<Balance>, Problem> {
+    validate_id("user", &user)?;
+    let points = ledger::balance(&state.db, &user)
+        .await
+        .map_err(|err| Problem::internal(format_args!("{err:#}")))?;
+    Ok(Json(Balance { user, points }))
+}
