@@ -21,7 +21,7 @@ use utoipa::OpenApi;
 
 pub use cache::{Origin, Quote, RatesCache, Unavailable};
 pub use duration::parse_duration;
-pub use routes::{ApiDoc, ExchangeRate, RateSource as RateOrigin, router};
+pub use routes::{ApiDoc, ExchangeRate, RateOrigin, router};
 pub use source::{FetchError, RandomWalk, RateSource};
 
 /// Service name in logs, metrics and docs.

@@ -16,7 +16,7 @@ use crate::cache::{Origin, Quote};
 #[derive(OpenApi)]
 #[openapi(
     paths(get_exchange),
-    components(schemas(ExchangeRate, RateSource, Problem)),
+    components(schemas(ExchangeRate, RateOrigin, Problem)),
     tags((name = "exchange", description = "USD→BRL exchange rate with cache and stale fallback"))
 )]
 pub struct ApiDoc;
@@ -37,13 +37,13 @@ pub struct ExchangeRate {
     /// When the rate was fetched from the source (RFC 3339, UTC).
     #[schema(example = "2025-01-31T12:00:00.123Z")]
     pub as_of: String,
-    pub source: RateSource,
+    pub source: RateOrigin,
 }
 
 /// How the rate was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum RateSource {
+pub enum RateOrigin {
     /// Fetched from the source for this request.
     Live,
     /// From memory, younger than the TTL.
@@ -52,12 +52,12 @@ pub enum RateSource {
     Stale,
 }
 
-impl From<Origin> for RateSource {
+impl From<Origin> for RateOrigin {
     fn from(origin: Origin) -> Self {
         match origin {
-            Origin::Live => RateSource::Live,
-            Origin::Cache => RateSource::Cache,
-            Origin::Stale => RateSource::Stale,
+            Origin::Live => RateOrigin::Live,
+            Origin::Cache => RateOrigin::Cache,
+            Origin::Stale => RateOrigin::Stale,
         }
     }
 }
