@@ -19,7 +19,7 @@ use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::Serialize;
 use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// A process that has stayed up this long gets a fresh backoff on its next exit.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
@@ -96,7 +96,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let registry: Registry = Arc::new(Mutex::new(BTreeMap::new()));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     for member in &members {
         let env = ChildEnv {
@@ -118,7 +118,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             env,
             registry.clone(),
             write,
-            stop_rx.clone(),
+            stop.clone(),
         )));
     }
 
@@ -127,7 +127,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     ftshop_platform::server::shutdown_signal().await;
     println!("stopping ftshop...");
-    let _ = stop_tx.send(true);
+    stop.cancel();
     for task in tasks {
         let _ = task.await;
     }
@@ -294,7 +294,7 @@ async fn supervise(
     env: ChildEnv,
     registry: Registry,
     writer: UpWriter,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let new_backoff = || {
         ExponentialBuilder::default()
@@ -313,8 +313,7 @@ async fn supervise(
             Ok(child) => child,
             Err(err) => {
                 eprintln!("[up] cannot start {}: {err:#}", member.name);
-                if wait_or_stop(backoff.next().unwrap_or(Duration::from_secs(10)), &mut stop).await
-                {
+                if wait_or_stop(backoff.next().unwrap_or(Duration::from_secs(10)), &stop).await {
                     return;
                 }
                 continue;
@@ -327,7 +326,7 @@ async fn supervise(
 
         tokio::select! {
             status = child.wait() => {
-                if *stop.borrow() { return; }
+                if stop.is_cancelled() { return; }
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 if started.elapsed() >= HEALTHY_RUN {
                     backoff = new_backoff();
@@ -339,11 +338,11 @@ async fn supervise(
                     r.insert(member.name.clone(), (None, restarts));
                 }
                 writer.write(&registry);
-                if wait_or_stop(delay, &mut stop).await {
+                if wait_or_stop(delay, &stop).await {
                     return;
                 }
             }
-            _ = stop.wait_for(|s| *s) => {
+            () = stop.cancelled() => {
                 terminate(&mut child, &member.name).await;
                 return;
             }
@@ -352,10 +351,10 @@ async fn supervise(
 }
 
 /// Sleeps for `delay`; true when a stop was requested meanwhile.
-async fn wait_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+async fn wait_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
-        () = tokio::time::sleep(delay) => *stop.borrow(),
-        _ = stop.wait_for(|s| *s) => true,
+        () = tokio::time::sleep(delay) => stop.is_cancelled(),
+        () = stop.cancelled() => true,
     }
 }
 
