@@ -38,10 +38,10 @@ pub enum Claim {
 }
 
 pub async fn claim(db: &Db, order: &NewOrder<'_>) -> Result<Claim, sqlx::Error> {
-    if let Some(key) = order.idempotency_key {
-        if let Some(claim) = existing(db, key, order.fingerprint).await? {
-            return Ok(claim);
-        }
+    if let Some(key) = order.idempotency_key
+        && let Some(claim) = existing(db, key, order.fingerprint).await?
+    {
+        return Ok(claim);
     }
     let now = now_millis();
     let inserted = sqlx::query(
