@@ -41,6 +41,7 @@ pub use crate::breaker::{
     StateChange,
 };
 pub use crate::bulkhead::Bulkhead;
+pub use crate::cache::{CacheConfig, CacheError, CacheSource, Cached, RedisL2, TieredCache};
 
 pub use crate::error::{BoxError, ConfigError, ResilienceError};
 pub use crate::hedge::HedgePolicy;
