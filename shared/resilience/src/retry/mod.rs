@@ -190,7 +190,7 @@ impl<E> RetryPolicy<E> {
                 metrics.failed(retries);
                 return Err(err);
             };
-            let delay = self.jitter.apply(delay);
+            let delay = self.jitter.apply(round_to_micros(delay));
             if deadline.is_some_and(|d| Instant::now() + delay >= d) {
                 tracing::debug!(error = err.kind(), "no time left for a retry before the deadline");
                 metrics.failed(retries);
@@ -208,6 +208,14 @@ impl<E> RetryPolicy<E> {
             retries += 1;
         }
     }
+}
+
+/// backon computes delays in `f32` (`100 ms * 2.0` is `200.000003 ms`), and the tokio timer
+/// rounds any fraction of a millisecond up; rounding to whole microseconds keeps
+/// `Jitter::None` schedules exact.
+fn round_to_micros(delay: Duration) -> Duration {
+    let micros = (delay.as_nanos() + 500) / 1_000;
+    Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
 }
 
 /// `resilience_retry_calls_total{name,kind}` handles, registered once per policy.
