@@ -30,6 +30,28 @@ impl Step {
     }
 }
 
+/// Header telling a downstream how many milliseconds the caller will still wait, so it can
+/// give up on work nobody will read.
+pub const DEADLINE_HEADER: &str = "x-ftshop-deadline-ms";
+
+fn transport_error(step: Step, err: reqwest::Error, timeout: Duration) -> StepError {
+    if err.is_timeout() {
+        StepError::Timeout {
+            step,
+            after: timeout,
+        }
+    } else if err.is_decode() {
+        StepError::Decode {
+            step,
+            cause: err.to_string(),
+        }
+    } else {
+        let cause =
+            std::error::Error::source(&err).map_or_else(|| err.to_string(), |s| s.to_string());
+        StepError::Transport { step, cause }
+    }
+}
+
 /// Why a downstream call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -158,20 +180,90 @@ impl Downstreams {
         &urls[i]
     }
 
+    pub fn stores(&self) -> &[String] {
+        &self.stores
+    }
+
+    pub fn exchanges(&self) -> &[String] {
+        &self.exchanges
+    }
+
+    pub fn fidelity(&self) -> &str {
+        &self.fidelity
+    }
+
+    /// The per-call timeout of the naive path.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    // The naive path: one call each, round-robin over replicas, the fixed timeout.
+
     pub async fn product(&self, id: &str, request_id: &str) -> Result<Product, StepError> {
         let base = Self::pick(&self.stores, &self.next_store);
-        // Ids are validated to URL-safe characters (`validate_id`), so no encoding is needed.
-        let req = self.http.get(format!("{base}/product?product={id}"));
-        self.call(Step::Product, req, request_id).await
+        self.product_at(base, id, request_id, self.timeout).await
     }
 
     pub async fn exchange(&self, request_id: &str) -> Result<Rate, StepError> {
         let base = Self::pick(&self.exchanges, &self.next_exchange);
+        self.exchange_at(base, request_id, self.timeout).await
+    }
+
+    pub async fn sell(
+        &self,
+        product: &str,
+        idempotency_key: &str,
+        request_id: &str,
+    ) -> Result<Sale, StepError> {
+        let base = Self::pick(&self.stores, &self.next_store);
+        self.sell_at(base, product, idempotency_key, request_id, self.timeout)
+            .await
+    }
+
+    pub async fn bonus(
+        &self,
+        user: &str,
+        points: i64,
+        transaction_id: &str,
+        request_id: &str,
+    ) -> Result<(), StepError> {
+        self.bonus_at(
+            &self.fidelity,
+            user,
+            points,
+            transaction_id,
+            request_id,
+            self.timeout,
+        )
+        .await
+    }
+
+    // One call to one replica with the given timeout: the building blocks of both paths.
+
+    pub async fn product_at(
+        &self,
+        base: &str,
+        id: &str,
+        request_id: &str,
+        timeout: Duration,
+    ) -> Result<Product, StepError> {
+        // Ids are validated to URL-safe characters (`validate_id`), so no encoding is needed.
+        let req = self.http.get(format!("{base}/product?product={id}"));
+        self.call(Step::Product, req, request_id, timeout).await
+    }
+
+    pub async fn exchange_at(
+        &self,
+        base: &str,
+        request_id: &str,
+        timeout: Duration,
+    ) -> Result<Rate, StepError> {
         let rate: Rate = self
             .call(
                 Step::Exchange,
                 self.http.get(format!("{base}/exchange")),
                 request_id,
+                timeout,
             )
             .await?;
         if !(rate.rate.is_finite() && rate.rate > 0.0) {
@@ -183,35 +275,38 @@ impl Downstreams {
         Ok(rate)
     }
 
-    pub async fn sell(
+    pub async fn sell_at(
         &self,
+        base: &str,
         product: &str,
         idempotency_key: &str,
         request_id: &str,
+        timeout: Duration,
     ) -> Result<Sale, StepError> {
-        let base = Self::pick(&self.stores, &self.next_store);
         let req = self
             .http
             .post(format!("{base}/sell"))
             .header("idempotency-key", idempotency_key)
             .json(&serde_json::json!({ "product": product }));
-        self.call(Step::Sell, req, request_id).await
+        self.call(Step::Sell, req, request_id, timeout).await
     }
 
-    pub async fn bonus(
+    pub async fn bonus_at(
         &self,
+        base: &str,
         user: &str,
         points: i64,
         transaction_id: &str,
         request_id: &str,
+        timeout: Duration,
     ) -> Result<(), StepError> {
         let req = self
             .http
-            .post(format!("{}/bonus", self.fidelity))
+            .post(format!("{base}/bonus"))
             .json(&serde_json::json!({
                 "user": user, "bonus": points, "transaction_id": transaction_id,
             }));
-        let _: serde_json::Value = self.call(Step::Bonus, req, request_id).await?;
+        let _: serde_json::Value = self.call(Step::Bonus, req, request_id, timeout).await?;
         Ok(())
     }
 
@@ -220,9 +315,10 @@ impl Downstreams {
         step: Step,
         request: reqwest::RequestBuilder,
         request_id: &str,
+        timeout: Duration,
     ) -> Result<T, StepError> {
         let started = Instant::now();
-        let result = self.send(step, request, request_id).await;
+        let result = self.send(step, request, request_id, timeout).await;
         let outcome = match &result {
             Ok(_) => "success",
             Err(StepError::Timeout { .. }) => "timeout",
@@ -244,14 +340,16 @@ impl Downstreams {
         step: Step,
         request: reqwest::RequestBuilder,
         request_id: &str,
+        timeout: Duration,
     ) -> Result<T, StepError> {
         let request = request
-            .timeout(self.timeout)
-            .header(REQUEST_ID_HEADER, request_id);
+            .timeout(timeout)
+            .header(REQUEST_ID_HEADER, request_id)
+            .header(DEADLINE_HEADER, timeout.as_millis().to_string());
         let response = request
             .send()
             .await
-            .map_err(|e| self.transport_error(step, e))?;
+            .map_err(|e| transport_error(step, e, timeout))?;
         let status = response.status();
         if !status.is_success() {
             let detail = response.json::<Problem>().await.ok().and_then(|p| p.detail);
@@ -261,32 +359,10 @@ impl Downstreams {
                 detail,
             });
         }
-        response.json::<T>().await.map_err(|e| {
-            if e.is_timeout() {
-                StepError::Timeout {
-                    step,
-                    after: self.timeout,
-                }
-            } else {
-                StepError::Decode {
-                    step,
-                    cause: e.to_string(),
-                }
-            }
-        })
-    }
-
-    fn transport_error(&self, step: Step, err: reqwest::Error) -> StepError {
-        if err.is_timeout() {
-            StepError::Timeout {
-                step,
-                after: self.timeout,
-            }
-        } else {
-            let cause =
-                std::error::Error::source(&err).map_or_else(|| err.to_string(), |s| s.to_string());
-            StepError::Transport { step, cause }
-        }
+        response
+            .json::<T>()
+            .await
+            .map_err(|e| transport_error(step, e, timeout))
     }
 
     /// Readiness: every kind of downstream has at least one live replica.
