@@ -19,6 +19,9 @@ pin_project! {
         #[pin]
         sleep: Option<Sleep>,
         deadline: Option<Instant>,
+        // Also honour the task-local deadline seen when the timer is armed (tower services
+        // create the future before it is polled, possibly outside the `with_deadline` scope).
+        inherit_deadline: bool,
     }
 }
 
@@ -28,6 +31,16 @@ impl<F> TimeoutFuture<F> {
             inner,
             sleep: None,
             deadline,
+            inherit_deadline: false,
+        }
+    }
+
+    pub(crate) fn inheriting(inner: F, deadline: Option<Instant>) -> Self {
+        TimeoutFuture {
+            inner,
+            sleep: None,
+            deadline,
+            inherit_deadline: true,
         }
     }
 }
@@ -39,6 +52,12 @@ impl<F: Future> Future for TimeoutFuture<F> {
         let mut this = self.project();
         if let Poll::Ready(out) = this.inner.poll(cx) {
             return Poll::Ready(Ok(out));
+        }
+        if this.sleep.is_none() && *this.inherit_deadline {
+            *this.inherit_deadline = false;
+            if let Some(task) = super::current_deadline() {
+                *this.deadline = Some(this.deadline.map_or(task, |own| own.min(task)));
+            }
         }
         let Some(deadline) = *this.deadline else {
             return Poll::Pending;

@@ -75,7 +75,8 @@ pub(crate) fn effective_deadline(
 }
 
 /// Tower middleware: fails a call with a boxed [`Elapsed`](crate::error::Elapsed) after a
-/// fixed timeout or at the task-local deadline, whichever comes first.
+/// fixed timeout or at the task-local deadline, whichever comes first (the deadline in scope
+/// when the call is made or when its future is first polled).
 #[derive(Debug, Clone)]
 pub struct Timeout<S> {
     inner: S,
@@ -114,6 +115,6 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let deadline = effective_deadline(Instant::now(), Some(self.timeout), None);
-        ResponseFuture::new(TimeoutFuture::new(self.inner.call(req), deadline))
+        ResponseFuture::new(TimeoutFuture::inheriting(self.inner.call(req), deadline))
     }
 }
