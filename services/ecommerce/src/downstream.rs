@@ -53,7 +53,7 @@ fn transport_error(step: Step, err: reqwest::Error, timeout: Duration) -> StepEr
 }
 
 /// Why a downstream call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StepError {
     #[error("{}: no answer within {after:?}", step.as_str())]
     Timeout { step: Step, after: Duration },
@@ -123,7 +123,7 @@ pub struct Product {
     pub value_cents: i64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Rate {
     pub rate: f64,
     #[serde(default)]

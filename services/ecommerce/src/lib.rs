@@ -3,6 +3,7 @@
 //! order so an `Idempotency-Key` replay gets the same answer and never a second sale.
 
 mod downstream;
+mod ft;
 mod money;
 mod orders;
 mod routes;

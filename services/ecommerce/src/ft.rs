@@ -1,0 +1,418 @@
+//! The fault-tolerant path (`ft=true`): every downstream call goes through the resilience
+//! crate, each Store and Exchange replica has its own circuit breakers (one per route, since
+//! faults are per route), and the whole purchase runs under one deadline.
+//!
+//! - `/product`: catalog cache first (TTL, stale allowed); on a miss, a hedged request: if the
+//!   first replica has not answered after a short delay, the other one is asked too.
+//! - `/exchange`: rate cache first (short TTL); on a miss, failover across replicas whose breaker
+//!   admits calls; when none answers, the last known good rate (bounded age).
+//! - `/sell`: failover across Store replicas with an idempotency key derived from the order, so
+//!   a retried or failed-over sale never sells twice.
+//! - `/bonus`: one short attempt; the caller falls back to the durable outbox.
+//!
+//! Failover between replicas is a retry, so it spends the shared retry budget.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ftshop_resilience::{
+    BreakerConfig, BreakerRegistry, CacheConfig, CacheSource, CircuitBreaker, HedgePolicy, Policy,
+    ResilienceError, RetryBudget, RetryPolicy, State, TieredCache,
+};
+use tokio::time::Instant;
+
+use crate::downstream::{Downstreams, Product, Rate, Sale, Step, StepError};
+
+/// Tunables of the fault-tolerant path (see `Config` for the flags).
+#[derive(Debug, Clone)]
+pub struct FtSettings {
+    pub product_timeout: Duration,
+    pub hedge_after: Duration,
+    pub exchange_timeout: Duration,
+    pub sell_timeout: Duration,
+    pub bonus_timeout: Duration,
+    pub catalog_ttl: Duration,
+    pub catalog_max_stale: Duration,
+    pub rate_ttl: Duration,
+    pub rate_max_stale: Duration,
+}
+
+impl Default for FtSettings {
+    fn default() -> Self {
+        Self {
+            product_timeout: Duration::from_millis(250),
+            hedge_after: Duration::from_millis(40),
+            exchange_timeout: Duration::from_millis(200),
+            sell_timeout: Duration::from_millis(300),
+            bonus_timeout: Duration::from_millis(150),
+            catalog_ttl: Duration::from_secs(30),
+            catalog_max_stale: Duration::from_secs(3600),
+            rate_ttl: Duration::from_secs(1),
+            rate_max_stale: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One replica of a service and the policies guarding each of its routes.
+struct Replica {
+    base: String,
+    /// Per route: (policy with timeout + breaker, the breaker itself for health-aware picking).
+    routes: Vec<(Policy<StepError>, CircuitBreaker)>,
+}
+
+impl Replica {
+    fn route(&self, i: usize) -> &(Policy<StepError>, CircuitBreaker) {
+        &self.routes[i]
+    }
+}
+
+const PRODUCT: usize = 0;
+const SELL: usize = 1;
+const RATE: usize = 0;
+
+/// What the fault-tolerant calls learned besides their value: the fallbacks they used.
+#[derive(Debug, Default)]
+pub struct Degradations(pub Vec<String>);
+
+impl Degradations {
+    pub fn add(&mut self, what: &str) {
+        if !self.0.iter().any(|d| d == what) {
+            self.0.push(what.to_owned());
+        }
+    }
+}
+
+/// Why the fault-tolerant sale did not happen.
+pub enum SellFailure {
+    /// A final answer from Store (unknown product, out of stock): pass it on.
+    Final(StepError),
+    /// No replica could sell in time; the order may be deferred.
+    Unavailable(StepError),
+}
+
+pub struct Resilient {
+    calls: Arc<Downstreams>,
+    registry: BreakerRegistry,
+    stores: Vec<Replica>,
+    exchanges: Vec<Replica>,
+    fidelity: Policy<StepError>,
+    catalog: TieredCache<Product>,
+    rates: TieredCache<Rate>,
+    failover: RetryBudget,
+    hedges: RetryBudget,
+    next: AtomicUsize,
+    settings: FtSettings,
+}
+
+/// 4xx answers are the dependency working correctly: not failures for a breaker, never retried.
+fn is_failure(err: &StepError) -> bool {
+    !matches!(err, StepError::Status { status, .. } if status.is_client_error())
+}
+
+fn breaker_config(wait_in_open: Duration) -> BreakerConfig {
+    // Small windows and a short wait in open: faults here come in windows of seconds, so the
+    // breaker must notice within a handful of calls and probe again soon.
+    BreakerConfig::builder()
+        .failure_rate_threshold(0.5)
+        .count_window(10)
+        .minimum_calls(4)
+        .wait_in_open(wait_in_open)
+        .permitted_calls_in_half_open(2)
+        .build()
+        .unwrap_or_default()
+}
+
+impl Resilient {
+    pub fn new(calls: Arc<Downstreams>, settings: FtSettings) -> anyhow::Result<Self> {
+        let registry = BreakerRegistry::new();
+        let replica = |kind: &str, i: usize, base: &str, routes: &[(&str, Duration)]| Replica {
+            base: base.to_owned(),
+            routes: routes
+                .iter()
+                .map(|(route, timeout)| {
+                    let name = format!("{kind}-{}.{route}", i + 1);
+                    let breaker =
+                        registry.get_or_create(&name, breaker_config(Duration::from_millis(500)));
+                    let policy = Policy::named(name)
+                        .timeout(*timeout)
+                        .breaker(breaker.clone())
+                        .failure_if(is_failure);
+                    (policy, breaker)
+                })
+                .collect(),
+        };
+        let stores = calls
+            .stores()
+            .iter()
+            .enumerate()
+            .map(|(i, base)| {
+                replica(
+                    "store",
+                    i,
+                    base,
+                    &[("product", settings.product_timeout), ("sell", settings.sell_timeout)],
+                )
+            })
+            .collect();
+        let exchanges = calls
+            .exchanges()
+            .iter()
+            .enumerate()
+            .map(|(i, base)| replica("exchange", i, base, &[("exchange", settings.exchange_timeout)]))
+            .collect();
+        let fidelity_breaker =
+            registry.get_or_create("fidelity.bonus", breaker_config(Duration::from_secs(1)));
+        let fidelity = Policy::named("fidelity.bonus")
+            .timeout(settings.bonus_timeout)
+            .breaker(fidelity_breaker)
+            .failure_if(is_failure);
+        let catalog = TieredCache::new(
+            CacheConfig::builder("catalog")
+                .ttl(settings.catalog_ttl)
+                .max_staleness(settings.catalog_max_stale)
+                .capacity(10_000)
+                .build()?,
+        );
+        let rates = TieredCache::new(
+            CacheConfig::builder("exchange_rate")
+                .ttl(settings.rate_ttl)
+                .max_staleness(settings.rate_max_stale)
+                .capacity(16)
+                .build()?,
+        );
+        Ok(Self {
+            calls,
+            registry,
+            stores,
+            exchanges,
+            fidelity,
+            catalog,
+            rates,
+            // Failover may add up to 50 % more calls, with a floor for quiet periods.
+            failover: RetryBudget::new(Duration::from_secs(10), 5, 0.5)?,
+            hedges: RetryBudget::new(Duration::from_secs(10), 5, 0.3)?,
+            next: AtomicUsize::new(0),
+            settings,
+        })
+    }
+
+    pub fn registry(&self) -> &BreakerRegistry {
+        &self.registry
+    }
+
+    pub fn settings(&self) -> &FtSettings {
+        &self.settings
+    }
+
+    /// Replica indices starting at the round-robin position, those whose breaker for `route`
+    /// admits calls first (health-aware balancing; an open breaker is an ejected outlier).
+    fn order(&self, replicas: &[Replica], route: usize) -> Vec<usize> {
+        let n = replicas.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
+        order.sort_by_key(|&i| matches!(replicas[i].route(route).1.state(), State::Open | State::ForcedOpen));
+        order
+    }
+
+    /// The product, from the catalog cache or a hedged request across Store replicas.
+    pub async fn product(
+        self: &Arc<Self>,
+        id: &str,
+        request_id: &str,
+        deadline: Instant,
+        degraded: &mut Degradations,
+    ) -> Result<Product, StepError> {
+        let this = self.clone();
+        let (id_owned, rid) = (id.to_owned(), request_id.to_owned());
+        let loaded = self
+            .catalog
+            .get_or_store(id, move || async move { this.fetch_product(&id_owned, &rid, deadline).await })
+            .await;
+        match loaded {
+            Ok(cached) => {
+                if cached.source == CacheSource::Stale {
+                    degraded.add("product:stale-catalog");
+                }
+                Ok(cached.value)
+            }
+            Err(ftshop_resilience::CacheError::Load(err)) => Err((*err).clone()),
+            Err(other) => Err(StepError::Transport { step: Step::Product, cause: other.to_string() }),
+        }
+    }
+
+    async fn fetch_product(&self, id: &str, request_id: &str, deadline: Instant) -> Result<Product, StepError> {
+        let order = self.order(&self.stores, PRODUCT);
+        let attempt = AtomicUsize::new(0);
+        let hedged: Policy<ResilienceError<StepError>> = Policy::named("store.product")
+            .hedge(HedgePolicy::after(self.settings.hedge_after).budget(self.hedges.clone()));
+        let result = hedged
+            .call_with_deadline(deadline, || {
+                // The first attempt goes to the healthiest replica, the hedge to the next one.
+                let k = attempt.fetch_add(1, Ordering::Relaxed);
+                let replica = &self.stores[order[k % order.len()]];
+                let (policy, _) = replica.route(PRODUCT);
+                policy.call(|| self.calls.product_at(&replica.base, id, request_id, self.settings.product_timeout))
+            })
+            .await;
+        flatten(result, Step::Product)
+    }
+
+    /// The USD→BRL rate: cached briefly, else failover across Exchange replicas, else the last
+    /// known good rate (reported in `degraded`).
+    pub async fn rate(
+        self: &Arc<Self>,
+        request_id: &str,
+        deadline: Instant,
+        degraded: &mut Degradations,
+    ) -> Result<Rate, StepError> {
+        let this = self.clone();
+        let rid = request_id.to_owned();
+        let loaded = self
+            .rates
+            .get_or_store("USD-BRL", move || async move {
+                let order = this.order(&this.exchanges, RATE);
+                let (this, rid) = (&this, &rid);
+                this.failover(&this.exchanges, &order, RATE, Step::Exchange, deadline, |base| async move {
+                    this.calls.exchange_at(&base, rid, this.settings.exchange_timeout).await
+                })
+                .await
+            })
+            .await;
+        match loaded {
+            Ok(cached) => {
+                if cached.source == CacheSource::Stale {
+                    degraded.add("exchange:last-known-rate");
+                }
+                if cached.value.source.as_deref() == Some("stale") {
+                    degraded.add("exchange:stale-upstream-rate");
+                }
+                Ok(cached.value)
+            }
+            Err(ftshop_resilience::CacheError::Load(err)) => Err((*err).clone()),
+            Err(other) => Err(StepError::Transport { step: Step::Exchange, cause: other.to_string() }),
+        }
+    }
+
+    /// Sells one unit through the first Store replica that can, within `deadline`.
+    pub async fn sell(
+        &self,
+        product: &str,
+        idempotency_key: &str,
+        request_id: &str,
+        deadline: Instant,
+        timeout: Duration,
+        degraded: &mut Degradations,
+    ) -> Result<Sale, SellFailure> {
+        let order = self.order(&self.stores, SELL);
+        let first = order[0];
+        let attempts = AtomicUsize::new(0);
+        let result = self
+            .failover_counting(&self.stores, &order, SELL, Step::Sell, deadline, &attempts, |base| async move {
+                self.calls.sell_at(&base, product, idempotency_key, request_id, timeout).await
+            })
+            .await;
+        match result {
+            Ok(sale) => {
+                if attempts.load(Ordering::Relaxed) > 1 || self.stores[first].route(SELL).1.state() != State::Closed {
+                    degraded.add("store:failover");
+                }
+                Ok(sale)
+            }
+            Err(err) if !is_failure(&err) => Err(SellFailure::Final(err)),
+            Err(err) => Err(SellFailure::Unavailable(err)),
+        }
+    }
+
+    /// One short attempt to credit the bonus.
+    pub async fn bonus(&self, user: &str, points: i64, transaction_id: &str, request_id: &str) -> Result<(), StepError> {
+        let fidelity = self.calls.fidelity();
+        let result = self
+            .fidelity
+            .call(|| self.calls.bonus_at(fidelity, user, points, transaction_id, request_id, self.settings.bonus_timeout))
+            .await;
+        result.map_err(|e| from_resilience(e, Step::Bonus))
+    }
+
+    async fn failover<T, F, Fut>(
+        &self,
+        replicas: &[Replica],
+        order: &[usize],
+        route: usize,
+        step: Step,
+        deadline: Instant,
+        call: F,
+    ) -> Result<T, StepError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StepError>>,
+    {
+        let attempts = AtomicUsize::new(0);
+        self.failover_counting(replicas, order, route, step, deadline, &attempts, call).await
+    }
+
+    /// Tries the replicas in `order`, one attempt each, moving on after a failure or an open
+    /// breaker (spending the failover budget), stopping at a final (4xx) answer or the deadline.
+    #[allow(clippy::too_many_arguments)]
+    async fn failover_counting<T, F, Fut>(
+        &self,
+        replicas: &[Replica],
+        order: &[usize],
+        route: usize,
+        step: Step,
+        deadline: Instant,
+        attempts: &AtomicUsize,
+        call: F,
+    ) -> Result<T, StepError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StepError>>,
+    {
+        let failover: Policy<ResilienceError<StepError>> = Policy::named(format!("{}.failover", step.as_str()))
+            .retry(
+                RetryPolicy::exponential(Duration::from_millis(1))
+                    .max_delay(Duration::from_millis(5))
+                    .max_attempts(order.len() as u32)
+                    .budget(self.failover.clone())
+                    .retry_if(|err: &ResilienceError<ResilienceError<StepError>>| match err {
+                        ResilienceError::Inner(inner) => match inner {
+                            ResilienceError::Inner(e) => is_failure(e),
+                            _ => true,
+                        },
+                        ResilienceError::Timeout => true,
+                        _ => false,
+                    }),
+            );
+        let result = failover
+            .call_with_deadline(deadline, || {
+                let k = attempts.fetch_add(1, Ordering::Relaxed);
+                let replica = &replicas[order[k % order.len()]];
+                let (policy, _) = replica.route(route);
+                policy.call(|| call(replica.base.clone()))
+            })
+            .await;
+        flatten(result, step)
+    }
+}
+
+/// Unwraps the two policy layers (outer: hedge or failover, inner: the replica's policy).
+fn flatten<T>(result: Result<T, ResilienceError<ResilienceError<StepError>>>, step: Step) -> Result<T, StepError> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(ResilienceError::Inner(inner)) => Err(from_resilience(inner, step)),
+        Err(outer) => Err(from_resilience(outer.map_inner(|_| unreachable_inner(step)), step)),
+    }
+}
+
+/// The outer layer's own errors never carry an inner value; this only satisfies the types.
+fn unreachable_inner(step: Step) -> StepError {
+    StepError::Transport { step, cause: "no replica answered".to_owned() }
+}
+
+fn from_resilience(err: ResilienceError<StepError>, step: Step) -> StepError {
+    match err {
+        ResilienceError::Inner(e) => e,
+        ResilienceError::Timeout => StepError::Timeout { step, after: Duration::ZERO },
+        other => StepError::Transport { step, cause: other.to_string() },
+    }
+}
