@@ -151,7 +151,10 @@ impl Resilient {
                     "store",
                     i,
                     base,
-                    &[("product", settings.product_timeout), ("sell", settings.sell_timeout)],
+                    &[
+                        ("product", settings.product_timeout),
+                        ("sell", settings.sell_timeout),
+                    ],
                 )
             })
             .collect();
@@ -159,7 +162,14 @@ impl Resilient {
             .exchanges()
             .iter()
             .enumerate()
-            .map(|(i, base)| replica("exchange", i, base, &[("exchange", settings.exchange_timeout)]))
+            .map(|(i, base)| {
+                replica(
+                    "exchange",
+                    i,
+                    base,
+                    &[("exchange", settings.exchange_timeout)],
+                )
+            })
             .collect();
         let fidelity_breaker =
             registry.get_or_create("fidelity.bonus", breaker_config(Duration::from_secs(1)));
@@ -211,7 +221,12 @@ impl Resilient {
         let n = replicas.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
-        order.sort_by_key(|&i| matches!(replicas[i].route(route).1.state(), State::Open | State::ForcedOpen));
+        order.sort_by_key(|&i| {
+            matches!(
+                replicas[i].route(route).1.state(),
+                State::Open | State::ForcedOpen
+            )
+        });
         order
     }
 
@@ -227,7 +242,9 @@ impl Resilient {
         let (id_owned, rid) = (id.to_owned(), request_id.to_owned());
         let loaded = self
             .catalog
-            .get_or_store(id, move || async move { this.fetch_product(&id_owned, &rid, deadline).await })
+            .get_or_store(id, move || async move {
+                this.fetch_product(&id_owned, &rid, deadline).await
+            })
             .await;
         match loaded {
             Ok(cached) => {
@@ -237,11 +254,19 @@ impl Resilient {
                 Ok(cached.value)
             }
             Err(ftshop_resilience::CacheError::Load(err)) => Err((*err).clone()),
-            Err(other) => Err(StepError::Transport { step: Step::Product, cause: other.to_string() }),
+            Err(other) => Err(StepError::Transport {
+                step: Step::Product,
+                cause: other.to_string(),
+            }),
         }
     }
 
-    async fn fetch_product(&self, id: &str, request_id: &str, deadline: Instant) -> Result<Product, StepError> {
+    async fn fetch_product(
+        &self,
+        id: &str,
+        request_id: &str,
+        deadline: Instant,
+    ) -> Result<Product, StepError> {
         let order = self.order(&self.stores, PRODUCT);
         let attempt = AtomicUsize::new(0);
         let hedged: Policy<ResilienceError<StepError>> = Policy::named("store.product")
@@ -252,7 +277,14 @@ impl Resilient {
                 let k = attempt.fetch_add(1, Ordering::Relaxed);
                 let replica = &self.stores[order[k % order.len()]];
                 let (policy, _) = replica.route(PRODUCT);
-                policy.call(|| self.calls.product_at(&replica.base, id, request_id, self.settings.product_timeout))
+                policy.call(|| {
+                    self.calls.product_at(
+                        &replica.base,
+                        id,
+                        request_id,
+                        self.settings.product_timeout,
+                    )
+                })
             })
             .await;
         flatten(result, Step::Product)
@@ -273,9 +305,18 @@ impl Resilient {
             .get_or_store("USD-BRL", move || async move {
                 let order = this.order(&this.exchanges, RATE);
                 let (this, rid) = (&this, &rid);
-                this.failover(&this.exchanges, &order, RATE, Step::Exchange, deadline, |base| async move {
-                    this.calls.exchange_at(&base, rid, this.settings.exchange_timeout).await
-                })
+                this.failover(
+                    &this.exchanges,
+                    &order,
+                    RATE,
+                    Step::Exchange,
+                    deadline,
+                    |base| async move {
+                        this.calls
+                            .exchange_at(&base, rid, this.settings.exchange_timeout)
+                            .await
+                    },
+                )
                 .await
             })
             .await;
@@ -290,7 +331,10 @@ impl Resilient {
                 Ok(cached.value)
             }
             Err(ftshop_resilience::CacheError::Load(err)) => Err((*err).clone()),
-            Err(other) => Err(StepError::Transport { step: Step::Exchange, cause: other.to_string() }),
+            Err(other) => Err(StepError::Transport {
+                step: Step::Exchange,
+                cause: other.to_string(),
+            }),
         }
     }
 
@@ -308,13 +352,25 @@ impl Resilient {
         let first = order[0];
         let attempts = AtomicUsize::new(0);
         let result = self
-            .failover_counting(&self.stores, &order, SELL, Step::Sell, deadline, &attempts, |base| async move {
-                self.calls.sell_at(&base, product, idempotency_key, request_id, timeout).await
-            })
+            .failover_counting(
+                &self.stores,
+                &order,
+                SELL,
+                Step::Sell,
+                deadline,
+                &attempts,
+                |base| async move {
+                    self.calls
+                        .sell_at(&base, product, idempotency_key, request_id, timeout)
+                        .await
+                },
+            )
             .await;
         match result {
             Ok(sale) => {
-                if attempts.load(Ordering::Relaxed) > 1 || self.stores[first].route(SELL).1.state() != State::Closed {
+                if attempts.load(Ordering::Relaxed) > 1
+                    || self.stores[first].route(SELL).1.state() != State::Closed
+                {
                     degraded.add("store:failover");
                 }
                 Ok(sale)
@@ -325,11 +381,26 @@ impl Resilient {
     }
 
     /// One short attempt to credit the bonus.
-    pub async fn bonus(&self, user: &str, points: i64, transaction_id: &str, request_id: &str) -> Result<(), StepError> {
+    pub async fn bonus(
+        &self,
+        user: &str,
+        points: i64,
+        transaction_id: &str,
+        request_id: &str,
+    ) -> Result<(), StepError> {
         let fidelity = self.calls.fidelity();
         let result = self
             .fidelity
-            .call(|| self.calls.bonus_at(fidelity, user, points, transaction_id, request_id, self.settings.bonus_timeout))
+            .call(|| {
+                self.calls.bonus_at(
+                    fidelity,
+                    user,
+                    points,
+                    transaction_id,
+                    request_id,
+                    self.settings.bonus_timeout,
+                )
+            })
             .await;
         result.map_err(|e| from_resilience(e, Step::Bonus))
     }
@@ -348,7 +419,8 @@ impl Resilient {
         Fut: std::future::Future<Output = Result<T, StepError>>,
     {
         let attempts = AtomicUsize::new(0);
-        self.failover_counting(replicas, order, route, step, deadline, &attempts, call).await
+        self.failover_counting(replicas, order, route, step, deadline, &attempts, call)
+            .await
     }
 
     /// Tries the replicas in `order`, one attempt each, moving on after a failure or an open
@@ -368,20 +440,22 @@ impl Resilient {
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = Result<T, StepError>>,
     {
-        let failover: Policy<ResilienceError<StepError>> = Policy::named(format!("{}.failover", step.as_str()))
-            .retry(
+        let failover: Policy<ResilienceError<StepError>> =
+            Policy::named(format!("{}.failover", step.as_str())).retry(
                 RetryPolicy::exponential(Duration::from_millis(1))
                     .max_delay(Duration::from_millis(5))
                     .max_attempts(order.len() as u32)
                     .budget(self.failover.clone())
-                    .retry_if(|err: &ResilienceError<ResilienceError<StepError>>| match err {
-                        ResilienceError::Inner(inner) => match inner {
-                            ResilienceError::Inner(e) => is_failure(e),
-                            _ => true,
+                    .retry_if(
+                        |err: &ResilienceError<ResilienceError<StepError>>| match err {
+                            ResilienceError::Inner(inner) => match inner {
+                                ResilienceError::Inner(e) => is_failure(e),
+                                _ => true,
+                            },
+                            ResilienceError::Timeout => true,
+                            _ => false,
                         },
-                        ResilienceError::Timeout => true,
-                        _ => false,
-                    }),
+                    ),
             );
         let result = failover
             .call_with_deadline(deadline, || {
@@ -396,23 +470,38 @@ impl Resilient {
 }
 
 /// Unwraps the two policy layers (outer: hedge or failover, inner: the replica's policy).
-fn flatten<T>(result: Result<T, ResilienceError<ResilienceError<StepError>>>, step: Step) -> Result<T, StepError> {
+fn flatten<T>(
+    result: Result<T, ResilienceError<ResilienceError<StepError>>>,
+    step: Step,
+) -> Result<T, StepError> {
     match result {
         Ok(value) => Ok(value),
         Err(ResilienceError::Inner(inner)) => Err(from_resilience(inner, step)),
-        Err(outer) => Err(from_resilience(outer.map_inner(|_| unreachable_inner(step)), step)),
+        Err(outer) => Err(from_resilience(
+            outer.map_inner(|_| unreachable_inner(step)),
+            step,
+        )),
     }
 }
 
 /// The outer layer's own errors never carry an inner value; this only satisfies the types.
 fn unreachable_inner(step: Step) -> StepError {
-    StepError::Transport { step, cause: "no replica answered".to_owned() }
+    StepError::Transport {
+        step,
+        cause: "no replica answered".to_owned(),
+    }
 }
 
 fn from_resilience(err: ResilienceError<StepError>, step: Step) -> StepError {
     match err {
         ResilienceError::Inner(e) => e,
-        ResilienceError::Timeout => StepError::Timeout { step, after: Duration::ZERO },
-        other => StepError::Transport { step, cause: other.to_string() },
+        ResilienceError::Timeout => StepError::Timeout {
+            step,
+            after: Duration::ZERO,
+        },
+        other => StepError::Transport {
+            step,
+            cause: other.to_string(),
+        },
     }
 }

@@ -7,6 +7,7 @@ mod ft;
 mod money;
 mod orders;
 mod routes;
+mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use ftshop_platform::server::{self, Service};
 use utoipa::OpenApi;
 
 pub use downstream::Downstreams;
+pub use ft::{FtSettings, Resilient};
 pub use routes::{ApiDoc, router};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -62,6 +64,24 @@ pub struct Config {
     /// Timeout of each downstream call, in milliseconds (the exercise fixes it at 1 s).
     #[arg(long, env = "FTSHOP_CALL_TIMEOUT_MS", default_value_t = 1000)]
     pub call_timeout_ms: u64,
+
+    /// With ft=true, the whole /buy must answer within this many milliseconds; every hop gets
+    /// what is left.
+    #[arg(long, env = "FTSHOP_BUY_BUDGET_MS", default_value_t = 1000)]
+    pub buy_budget_ms: u64,
+
+    /// With ft=true, how long /bonus may take before the bonus goes to the outbox.
+    #[arg(long, env = "FTSHOP_BONUS_TIMEOUT_MS", default_value_t = 150)]
+    pub bonus_timeout_ms: u64,
+
+    /// With ft=true, when to send the hedged /product request to the other Store replica.
+    #[arg(long, env = "FTSHOP_HEDGE_AFTER_MS", default_value_t = 40)]
+    pub hedge_after_ms: u64,
+
+    /// With ft=true, how long a fetched USD→BRL rate is reused before asking Exchange again
+    /// (after that it still serves as the last known good rate for up to 10 minutes).
+    #[arg(long, env = "FTSHOP_RATE_TTL_MS", default_value_t = 1000)]
+    pub rate_ttl_ms: u64,
 }
 
 /// Shared by every handler.
@@ -69,6 +89,10 @@ pub struct Config {
 pub struct AppState {
     pub db: Db,
     pub downstreams: Arc<Downstreams>,
+    /// The fault-tolerant path's policies, breakers and caches.
+    pub resilient: Arc<Resilient>,
+    /// The ft=true deadline of a whole /buy.
+    pub buy_budget: Duration,
 }
 
 /// Connects, migrates and returns the full ecommerce application.
@@ -86,10 +110,20 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
         &config.fidelity_url,
         Duration::from_millis(config.call_timeout_ms),
     )?);
+    let settings = FtSettings {
+        bonus_timeout: Duration::from_millis(config.bonus_timeout_ms),
+        hedge_after: Duration::from_millis(config.hedge_after_ms),
+        rate_ttl: Duration::from_millis(config.rate_ttl_ms),
+        ..FtSettings::default()
+    };
+    let resilient = Arc::new(Resilient::new(downstreams.clone(), settings)?);
     let state = AppState {
         db: db.clone(),
         downstreams: downstreams.clone(),
+        resilient,
+        buy_budget: Duration::from_millis(config.buy_budget_ms),
     };
+    workers::spawn(state.clone());
 
     let readiness = Readiness::new()
         .check("database", move || {

@@ -12,13 +12,14 @@ use utoipa::OpenApi;
 
 use crate::AppState;
 use crate::downstream::{Product, StepError};
+use crate::ft::{Degradations, SellFailure};
 use crate::money::{bonus_points, cents_to_number, convert};
-use crate::orders::{self, Claim, Completion, NewOrder, OrderView};
+use crate::orders::{self, Backlog, Claim, Completion, NewOrder, OrderView};
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(buy, get_order),
-    components(schemas(BuyRequest, BuyResponse, ProductView, BonusView, OrderView, Problem)),
+    paths(buy, get_order, get_backlog, get_breakers),
+    components(schemas(BuyRequest, BuyResponse, ProductView, BonusView, OrderView, Backlog, Problem)),
     tags((name = "ecommerce", description = "Purchases across Store, Exchange and Fidelity"))
 )]
 pub struct ApiDoc;
@@ -27,6 +28,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/buy", post(buy))
         .route("/orders/{id}", get(get_order))
+        .route("/backlog", get(get_backlog))
+        .route("/breakers", get(get_breakers))
         .with_state(state)
 }
 
@@ -47,7 +50,7 @@ fn default_ft() -> bool {
     true
 }
 
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProductView {
     pub id: String,
     pub name: String,
@@ -55,18 +58,21 @@ pub struct ProductView {
     pub value: f64,
 }
 
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BonusView {
     pub points: i64,
     /// `credited` or `pending`.
     pub status: String,
 }
 
-/// A completed purchase.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+/// A purchase: completed (200) or durably accepted with the sale deferred (202).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BuyResponse {
     pub order_id: String,
-    pub transaction_id: String,
+    /// `completed`, or `pending` when the sale is deferred (see `GET /orders/{id}`).
+    pub status: String,
+    /// Store's sale; `null` while the sale is deferred.
+    pub transaction_id: Option<String>,
     pub product: ProductView,
     /// USD→BRL rate used.
     pub rate: f64,
@@ -84,6 +90,7 @@ pub struct BuyResponse {
     params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body give the same answer and never a second sale")),
     responses(
         (status = 200, description = "Purchase completed", body = BuyResponse),
+        (status = 202, description = "Accepted; the sale is deferred and will complete or be cancelled (ft=true only)", body = BuyResponse),
         (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Out of stock, or the same key is being processed", body = Problem, content_type = "application/problem+json"),
@@ -142,22 +149,51 @@ async fn buy(
         }
     };
 
-    match purchase(&state, &order_id, &request, &request_id).await {
-        Ok(answer) => {
+    let outcome = if request.ft {
+        let deadline = tokio::time::Instant::now() + state.buy_budget;
+        ftshop_resilience::with_deadline(
+            deadline,
+            ft_purchase(&state, &order_id, &request, &request_id, deadline),
+        )
+        .await
+    } else {
+        purchase(&state, &order_id, &request, &request_id).await
+    };
+
+    match outcome {
+        Ok(Outcome::Completed(answer)) => {
             let body = serde_json::to_string(&answer).map_err(Problem::internal)?;
+            let transaction_id = answer.transaction_id.clone().unwrap_or_default();
             let completion = Completion {
                 order_id: &order_id,
-                transaction_id: &answer.transaction_id,
+                user: &request.user,
+                transaction_id: &transaction_id,
                 value_cents: (answer.product.value * 100.0).round() as i64,
                 rate: answer.rate,
                 total_cents: (answer.total * 100.0).round() as i64,
                 bonus_points: answer.bonus.points,
                 bonus_status: &answer.bonus.status,
+                completed_sync: true,
                 response: &body,
             };
             orders::complete(&state.db, &completion).await?;
             metrics::counter!("shop_orders_total", "outcome" => "completed", "ft" => ft_label(request.ft)).increment(1);
             Ok(replay(200, body))
+        }
+        Ok(Outcome::Deferred(answer)) => {
+            let body = serde_json::to_string(&answer).map_err(Problem::internal)?;
+            orders::defer(
+                &state.db,
+                &order_id,
+                (answer.product.value * 100.0).round() as i64,
+                answer.rate,
+                (answer.total * 100.0).round() as i64,
+                answer.bonus.points,
+                &body,
+            )
+            .await?;
+            metrics::counter!("shop_orders_total", "outcome" => "accepted_pending", "ft" => ft_label(request.ft)).increment(1);
+            Ok(replay(202, body))
         }
         Err(failure) => {
             let problem = failure.error.to_problem();
@@ -179,6 +215,12 @@ async fn buy(
             Err(problem)
         }
     }
+}
+
+/// How a purchase ended, before it is recorded.
+enum Outcome {
+    Completed(BuyResponse),
+    Deferred(BuyResponse),
 }
 
 fn ft_label(ft: bool) -> &'static str {
@@ -207,7 +249,7 @@ async fn purchase(
     order_id: &str,
     request: &BuyRequest,
     request_id: &str,
-) -> Result<BuyResponse, PurchaseFailure> {
+) -> Result<Outcome, PurchaseFailure> {
     let calls = &state.downstreams;
     let Product {
         id,
@@ -215,9 +257,7 @@ async fn purchase(
         value_cents,
     } = calls.product(&request.product, request_id).await?;
     let rate = calls.exchange(request_id).await?;
-    let sale = calls
-        .sell(&id, &format!("order-{order_id}"), request_id)
-        .await?;
+    let sale = calls.sell(&id, &sale_key(order_id), request_id).await?;
     let points = bonus_points(value_cents);
     calls
         .bonus(&request.user, points, &sale.transaction_id, request_id)
@@ -230,9 +270,10 @@ async fn purchase(
     if rate.source.as_deref() == Some("stale") {
         degraded.push("exchange:stale-rate".to_owned());
     }
-    Ok(BuyResponse {
+    Ok(Outcome::Completed(BuyResponse {
         order_id: order_id.to_owned(),
-        transaction_id: sale.transaction_id,
+        status: "completed".to_owned(),
+        transaction_id: Some(sale.transaction_id),
         product: ProductView {
             id,
             name,
@@ -245,7 +286,92 @@ async fn purchase(
             status: "credited".to_owned(),
         },
         degraded,
-    })
+    }))
+}
+
+/// The fault-tolerant purchase (see `ft.rs` for each call's policies). Always answers within
+/// the budget: when no Store replica can sell in time the order is durably accepted and
+/// deferred (202); when Fidelity does not credit in time the bonus goes to the outbox.
+async fn ft_purchase(
+    state: &AppState,
+    order_id: &str,
+    request: &BuyRequest,
+    request_id: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Outcome, PurchaseFailure> {
+    let ft = &state.resilient;
+    let mut degraded = Degradations::default();
+    let product = ft
+        .product(&request.product, request_id, deadline, &mut degraded)
+        .await?;
+    let rate = ft.rate(request_id, deadline, &mut degraded).await?;
+    let points = bonus_points(product.value_cents);
+    let mut answer = BuyResponse {
+        order_id: order_id.to_owned(),
+        status: "pending".to_owned(),
+        transaction_id: None,
+        product: ProductView {
+            id: product.id.clone(),
+            name: product.name.clone(),
+            value: cents_to_number(product.value_cents),
+        },
+        rate: rate.rate,
+        total: cents_to_number(convert(product.value_cents, rate.rate)),
+        bonus: BonusView {
+            points,
+            status: "pending".to_owned(),
+        },
+        degraded: Vec::new(),
+    };
+
+    // Keep a little of the budget to record a deferral instead of selling to the last moment.
+    let sell_deadline = deadline.checked_sub(SAFETY_MARGIN).unwrap_or(deadline);
+    let key = sale_key(order_id);
+    let sale = ft
+        .sell(
+            &product.id,
+            &key,
+            request_id,
+            sell_deadline,
+            ft.settings().sell_timeout,
+            &mut degraded,
+        )
+        .await;
+    let sale = match sale {
+        Ok(sale) => sale,
+        Err(SellFailure::Final(error)) => return Err(error.into()),
+        Err(SellFailure::Unavailable(error)) => {
+            tracing::info!(order_id, %error, "no Store replica could sell in time; deferring the sale");
+            degraded.add("store:sale-deferred");
+            answer.degraded = degraded.0;
+            return Ok(Outcome::Deferred(answer));
+        }
+    };
+
+    let bonus = ft
+        .bonus(&request.user, points, &sale.transaction_id, request_id)
+        .await;
+    answer.bonus.status = match bonus {
+        Ok(()) => "credited".to_owned(),
+        Err(error) => {
+            tracing::info!(order_id, %error, "bonus not credited in time; queued in the outbox");
+            degraded.add("fidelity:bonus-queued");
+            "pending".to_owned()
+        }
+    };
+    answer.status = "completed".to_owned();
+    answer.transaction_id = Some(sale.transaction_id);
+    answer.degraded = degraded.0;
+    Ok(Outcome::Completed(answer))
+}
+
+/// Left of the /buy budget for recording the outcome after the calls.
+const SAFETY_MARGIN: std::time::Duration = std::time::Duration::from_millis(60);
+
+/// Store's idempotency key for an order: every attempt at selling it, synchronous or by the
+/// order worker, uses the same key, so a unit is sold at most once per order.
+pub fn sale_key(order_id: &str) -> String {
+    format!("order-{order_id}")
 }
 
 /// A stored answer, byte for byte.
@@ -277,4 +403,22 @@ async fn get_order(
         .await?
         .map(Json)
         .ok_or_else(|| Problem::not_found(format!("no order {id}")))
+}
+
+/// Deferred sales and undelivered bonuses: both drain to zero once faults stop.
+#[utoipa::path(
+    get, path = "/backlog", tag = "ecommerce",
+    responses((status = 200, description = "Backlog depth and age", body = Backlog))
+)]
+async fn get_backlog(State(state): State<AppState>) -> Result<Json<Backlog>, Problem> {
+    Ok(Json(orders::backlog(&state.db).await?))
+}
+
+/// Every circuit breaker of the fault-tolerant path: state, failure rate, calls in window.
+#[utoipa::path(
+    get, path = "/breakers", tag = "ecommerce",
+    responses((status = 200, description = "Breaker status snapshot"))
+)]
+async fn get_breakers(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::to_value(state.resilient.registry().snapshot()).unwrap_or_default())
 }

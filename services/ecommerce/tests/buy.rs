@@ -20,6 +20,9 @@ use serde_json::{Value, json};
 struct Script {
     product_status: Option<u16>,
     product_delay: Option<Duration>,
+    /// Only this Store replica (0 or 1) is slow on /product, when set.
+    slow_product_replica: Option<usize>,
+    product_calls: usize,
     exchange_status: Option<u16>,
     sell_status: Option<u16>,
     bonus_status: Option<u16>,
@@ -42,12 +45,17 @@ fn problem(status: u16, detail: &str) -> axum::response::Response {
 }
 
 async fn product(
-    State(s): State<Shared>,
+    State((s, replica)): State<(Shared, usize)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> axum::response::Response {
     let (status, delay) = {
-        let s = s.lock().expect("lock");
-        (s.product_status, s.product_delay)
+        let mut s = s.lock().expect("lock");
+        s.product_calls += 1;
+        let delay = match s.slow_product_replica {
+            Some(slow) if slow != replica => None,
+            _ => s.product_delay,
+        };
+        (s.product_status, delay)
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
@@ -58,7 +66,7 @@ async fn product(
     }
 }
 
-async fn exchange(State(s): State<Shared>) -> axum::response::Response {
+async fn exchange(State((s, _)): State<(Shared, usize)>) -> axum::response::Response {
     match s.lock().expect("lock").exchange_status {
         Some(code) => problem(code, "scripted"),
         None => Json(json!({"rate": 5.0, "as_of": "2026-11-23T00:00:00Z", "source": "live"}))
@@ -66,7 +74,10 @@ async fn exchange(State(s): State<Shared>) -> axum::response::Response {
     }
 }
 
-async fn sell(State(s): State<Shared>, headers: HeaderMap) -> axum::response::Response {
+async fn sell(
+    State((s, _)): State<(Shared, usize)>,
+    headers: HeaderMap,
+) -> axum::response::Response {
     let mut s = s.lock().expect("lock");
     s.sell_calls += 1;
     if let Some(code) = s.sell_status {
@@ -82,7 +93,10 @@ async fn sell(State(s): State<Shared>, headers: HeaderMap) -> axum::response::Re
     Json(json!({"transaction_id": tx})).into_response()
 }
 
-async fn bonus(State(s): State<Shared>, Json(body): Json<Value>) -> axum::response::Response {
+async fn bonus(
+    State((s, _)): State<(Shared, usize)>,
+    Json(body): Json<Value>,
+) -> axum::response::Response {
     let mut s = s.lock().expect("lock");
     if let Some(code) = s.bonus_status {
         return problem(code, "scripted");
@@ -118,26 +132,35 @@ async fn serve(router: Router) -> String {
     url
 }
 
+/// Two fake replicas (index 0 and 1) sharing one script: Store and Exchange calls spread over
+/// both, Fidelity is replica 0.
 async fn spawn_app(database_url: Option<String>) -> TestApp {
     let script: Shared = Arc::default();
-    let fake = Router::new()
-        .route("/product", get(product))
-        .route("/exchange", get(exchange))
-        .route("/sell", post(sell))
-        .route("/bonus", post(bonus))
-        .route("/health/live", get(live))
-        .with_state(script.clone());
-    let downstream = serve(fake).await;
+    let mut replicas = Vec::new();
+    for index in 0..2 {
+        let fake = Router::new()
+            .route("/product", get(product))
+            .route("/exchange", get(exchange))
+            .route("/sell", post(sell))
+            .route("/bonus", post(bonus))
+            .route("/health/live", get(live))
+            .with_state((script.clone(), index));
+        replicas.push(serve(fake).await);
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let mut common = CommonArgs::for_data_dir(dir.path());
     common.database_url = database_url;
     let config = Config {
         common,
         port: 0,
-        store_urls: vec![downstream.clone()],
-        exchange_urls: vec![downstream.clone()],
-        fidelity_url: downstream,
+        store_urls: replicas.clone(),
+        exchange_urls: replicas.clone(),
+        fidelity_url: replicas[0].clone(),
         call_timeout_ms: 300,
+        buy_budget_ms: 1000,
+        bonus_timeout_ms: 150,
+        hedge_after_ms: 40,
+        rate_ttl_ms: 200,
     };
     let app = ftshop_ecommerce::app(&config).await.expect("app");
     let url = serve(app).await;

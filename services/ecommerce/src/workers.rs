@@ -1,0 +1,341 @@
+//! Background work that makes acknowledged orders whole after faults:
+//!
+//! - the **order worker** drives deferred sales (`pending`, answered 202) and abandoned
+//!   `processing` orders (their process died mid-purchase) to `completed`, or to `cancelled`
+//!   when Store says the unit can never be sold. Every attempt uses the order's sale key, so
+//!   a unit is sold at most once however often it retries;
+//! - the **bonus dispatcher** delivers the outbox to Fidelity until it acknowledges (Fidelity
+//!   credits once per transaction id, so a delivery repeated after a lost answer is harmless).
+//!
+//! Both retry with exponential backoff and full jitter, so a recovering dependency is not met
+//! by a thundering herd. All their state is in the database: killing the process at any moment
+//! loses nothing, and the next start carries on.
+
+use std::time::Duration;
+
+use ftshop_platform::db::now_millis;
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use crate::AppState;
+use crate::downstream::StepError;
+use crate::ft::{Degradations, SellFailure};
+use crate::money::{bonus_points, cents_to_number, convert};
+use crate::orders::{self, Completion, DueOrder, OutboxEntry};
+use crate::routes::{BonusView, BuyResponse, ProductView, sale_key};
+
+/// How often each worker looks for due work.
+const POLL: Duration = Duration::from_millis(200);
+/// How many items each worker handles at once.
+const CONCURRENCY: usize = 8;
+/// A background sale attempt may take longer than a customer-facing one.
+const WORKER_SELL_TIMEOUT: Duration = Duration::from_secs(1);
+const WORKER_BUDGET: Duration = Duration::from_secs(3);
+/// Fidelity may be slow (the latency fault adds 2 s); the dispatcher waits for it.
+const BONUS_DELIVERY_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Starts both workers on the current runtime.
+pub fn spawn(state: AppState) {
+    tokio::spawn(run_forever("order worker", state.clone(), drive_due_orders));
+    tokio::spawn(run_forever(
+        "bonus dispatcher",
+        state.clone(),
+        deliver_due_bonuses,
+    ));
+    tokio::spawn(run_forever("backlog gauges", state, record_backlog));
+}
+
+async fn run_forever<F, Fut>(name: &'static str, state: AppState, mut pass: F)
+where
+    F: FnMut(AppState) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<usize>>,
+{
+    loop {
+        match pass(state.clone()).await {
+            // Work was found: look again at once, there may be more.
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(err) => tracing::warn!(worker = name, error = format!("{err:#}"), "pass failed"),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The delay before retry number `attempts + 1`: uniform in [0, min(cap, base * 2^attempts)]
+/// ("full jitter"). Computed from the stored attempt count, so it survives restarts; that is
+/// why this is a formula and not a `backon` iterator held in memory.
+fn full_jitter(attempts: i64, base: Duration, cap: Duration) -> Duration {
+    let exp = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
+    let ceiling = base.saturating_mul(1u32 << exp).min(cap);
+    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::random_range(0..=ms))
+}
+
+fn later(delay: Duration) -> i64 {
+    now_millis() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+async fn drive_due_orders(state: AppState) -> anyhow::Result<usize> {
+    let due = orders::due_orders(&state.db, 32).await?;
+    let n = due.len();
+    futures::stream::iter(due)
+        .for_each_concurrent(CONCURRENCY, |order| {
+            let state = state.clone();
+            async move {
+                let id = order.order_id.clone();
+                if let Err(err) = drive_order(&state, order).await {
+                    tracing::warn!(
+                        order_id = id,
+                        error = format!("{err:#}"),
+                        "order worker: attempt failed"
+                    );
+                }
+            }
+        })
+        .await;
+    Ok(n)
+}
+
+async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
+    let request_id = format!("order-worker-{}", order.order_id);
+    let deadline = Instant::now() + WORKER_BUDGET;
+    let ft = &state.resilient;
+    let mut degraded = Degradations::default();
+
+    // The answer the customer got (202), or, for an order abandoned before it had one, a new
+    // answer from the catalog and the current rate.
+    let stored: Option<BuyResponse> = order
+        .response
+        .as_deref()
+        .and_then(|b| serde_json::from_str(b).ok());
+    let mut answer = match stored {
+        Some(answer) => answer,
+        None => {
+            let product = ft
+                .product(&order.product, &request_id, deadline, &mut degraded)
+                .await;
+            let rate = ft.rate(&request_id, deadline, &mut degraded).await;
+            match (product, rate) {
+                (Ok(product), Ok(rate)) => BuyResponse {
+                    order_id: order.order_id.clone(),
+                    status: "pending".to_owned(),
+                    transaction_id: None,
+                    product: ProductView {
+                        id: product.id.clone(),
+                        name: product.name.clone(),
+                        value: cents_to_number(product.value_cents),
+                    },
+                    rate: rate.rate,
+                    total: cents_to_number(convert(product.value_cents, rate.rate)),
+                    bonus: BonusView {
+                        points: bonus_points(product.value_cents),
+                        status: "pending".to_owned(),
+                    },
+                    degraded: degraded.0.clone(),
+                },
+                (Err(e), _) | (_, Err(e)) if !is_final(&e) => {
+                    retry_later(state, &order).await?;
+                    return Ok(());
+                }
+                (Err(e), _) | (_, Err(e)) => return cancel(state, &order, &e).await,
+            }
+        }
+    };
+
+    let sale = ft
+        .sell(
+            &order.product,
+            &sale_key(&order.order_id),
+            &request_id,
+            deadline,
+            WORKER_SELL_TIMEOUT,
+            &mut degraded,
+        )
+        .await;
+    match sale {
+        Ok(sale) => {
+            answer.status = "completed".to_owned();
+            answer.transaction_id = Some(sale.transaction_id.clone());
+            answer.bonus.status = "pending".to_owned();
+            let body = serde_json::to_string(&answer)?;
+            let value_cents = order
+                .value_cents
+                .unwrap_or((answer.product.value * 100.0).round() as i64);
+            orders::complete(
+                &state.db,
+                &Completion {
+                    order_id: &order.order_id,
+                    user: &order.user,
+                    transaction_id: &sale.transaction_id,
+                    value_cents,
+                    rate: order.rate.unwrap_or(answer.rate),
+                    total_cents: (answer.total * 100.0).round() as i64,
+                    bonus_points: answer.bonus.points,
+                    // The dispatcher credits it: the outbox row is written with the completion.
+                    bonus_status: "pending",
+                    completed_sync: false,
+                    response: &body,
+                },
+            )
+            .await?;
+            metrics::counter!("shop_orders_total", "outcome" => "completed_deferred", "ft" => "on")
+                .increment(1);
+            tracing::info!(
+                order_id = order.order_id,
+                was = order.status,
+                attempts = order.attempts + 1,
+                "deferred order completed"
+            );
+            Ok(())
+        }
+        Err(SellFailure::Final(e)) => cancel(state, &order, &e).await,
+        Err(SellFailure::Unavailable(e)) => {
+            tracing::debug!(order_id = order.order_id, error = %e, "sale still impossible; retrying later");
+            retry_later(state, &order).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn retry_later(state: &AppState, order: &DueOrder) -> Result<(), sqlx::Error> {
+    let delay = full_jitter(
+        order.attempts,
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+    );
+    orders::reschedule_order(&state.db, &order.order_id, order.attempts + 1, later(delay)).await
+}
+
+fn is_final(err: &StepError) -> bool {
+    matches!(err, StepError::Status { status, .. } if status.is_client_error())
+}
+
+async fn cancel(state: &AppState, order: &DueOrder, err: &StepError) -> anyhow::Result<()> {
+    let reason = match err {
+        StepError::Status { status, .. } if status.as_u16() == 409 => "out-of-stock",
+        StepError::Status { status, .. } if status.as_u16() == 404 => "unknown-product",
+        _ => "rejected-by-store",
+    };
+    let problem = err.to_problem();
+    let body = serde_json::to_string(&problem)?;
+    orders::cancel(&state.db, &order.order_id, reason, problem.status, &body).await?;
+    metrics::counter!("shop_orders_total", "outcome" => "cancelled", "ft" => "on").increment(1);
+    tracing::info!(
+        order_id = order.order_id,
+        reason,
+        "deferred order cancelled"
+    );
+    Ok(())
+}
+
+async fn deliver_due_bonuses(state: AppState) -> anyhow::Result<usize> {
+    let due = orders::due_bonuses(&state.db, 64).await?;
+    let n = due.len();
+    futures::stream::iter(due)
+        .for_each_concurrent(CONCURRENCY, |entry| {
+            let state = state.clone();
+            async move {
+                let tx = entry.transaction_id.clone();
+                if let Err(err) = deliver(&state, entry).await {
+                    tracing::warn!(
+                        transaction_id = tx,
+                        error = format!("{err:#}"),
+                        "bonus dispatcher: attempt failed"
+                    );
+                }
+            }
+        })
+        .await;
+    Ok(n)
+}
+
+async fn deliver(state: &AppState, entry: OutboxEntry) -> anyhow::Result<()> {
+    let calls = &state.downstreams;
+    let request_id = format!("bonus-dispatcher-{}", entry.transaction_id);
+    let result = calls
+        .bonus_at(
+            calls.fidelity(),
+            &entry.user,
+            entry.points,
+            &entry.transaction_id,
+            &request_id,
+            BONUS_DELIVERY_TIMEOUT,
+        )
+        .await;
+    match result {
+        Ok(()) => {
+            orders::bonus_delivered(&state.db, &entry.transaction_id, &entry.order_id).await?;
+            metrics::counter!("shop_bonus_outbox_total", "outcome" => "delivered").increment(1);
+        }
+        Err(err) if is_final(&err) => {
+            // Fidelity refuses this bonus for good (e.g. a conflicting credit): keep it for an
+            // operator, retry rarely, and say so loudly.
+            tracing::error!(transaction_id = entry.transaction_id, error = %err, "Fidelity refuses a bonus; needs attention");
+            metrics::counter!("shop_bonus_outbox_total", "outcome" => "refused").increment(1);
+            orders::reschedule_bonus(
+                &state.db,
+                &entry.transaction_id,
+                entry.attempts + 1,
+                later(Duration::from_secs(3600)),
+                &err.to_string(),
+            )
+            .await?;
+        }
+        Err(err) => {
+            metrics::counter!("shop_bonus_outbox_total", "outcome" => "retry").increment(1);
+            let delay = full_jitter(
+                entry.attempts,
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+            );
+            orders::reschedule_bonus(
+                &state.db,
+                &entry.transaction_id,
+                entry.attempts + 1,
+                later(delay),
+                &err.to_string(),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the backlog gauges current (about once a second).
+async fn record_backlog(state: AppState) -> anyhow::Result<usize> {
+    let b = orders::backlog(&state.db).await?;
+    metrics::gauge!("shop_pending_orders").set(b.pending_orders as f64);
+    metrics::gauge!("shop_pending_order_oldest_age_seconds")
+        .set(b.oldest_pending_order_age_seconds);
+    metrics::gauge!("shop_outbox_bonuses").set(b.outbox_bonuses as f64);
+    metrics::gauge!("shop_outbox_oldest_age_seconds").set(b.oldest_outbox_bonus_age_seconds);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_jitter_stays_under_the_growing_cap() {
+        for attempts in 0..30 {
+            let cap = Duration::from_millis(200)
+                .saturating_mul(1 << attempts.min(20))
+                .min(Duration::from_secs(10));
+            for _ in 0..50 {
+                assert!(
+                    full_jitter(
+                        attempts,
+                        Duration::from_millis(200),
+                        Duration::from_secs(10)
+                    ) <= cap
+                );
+            }
+        }
+        assert_eq!(
+            full_jitter(-3, Duration::ZERO, Duration::from_secs(1)),
+            Duration::ZERO
+        );
+    }
+}
