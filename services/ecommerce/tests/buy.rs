@@ -339,3 +339,212 @@ async fn invalid_requests_are_refused_before_any_call() {
         .expect("get");
     assert_eq!(missing.status(), 404);
 }
+
+// ---- ft=true ---------------------------------------------------------------------------------
+
+fn ft_order() -> Value {
+    json!({"product": "7", "user": "bob", "ft": true})
+}
+
+async fn order_view(app: &TestApp, order_id: &str) -> Value {
+    app.http
+        .get(format!("{}/orders/{order_id}", app.url))
+        .send()
+        .await
+        .expect("get order")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Polls the order until `done` holds (at most 15 s: the workers back off with jitter).
+async fn wait_for_order(
+    app: &TestApp,
+    order_id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let view = order_view(app, order_id).await;
+        if done(&view) {
+            return view;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "order never {what}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn ft_happy_path_credits_synchronously() {
+    let app = spawn_app(None).await;
+    let (status, body) = app.buy(None, ft_order()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["bonus"], json!({"points": 50, "status": "credited"}));
+    assert_eq!(body["degraded"], json!([]));
+}
+
+#[tokio::test]
+async fn ft_defers_the_sale_when_no_store_replica_can_sell_and_completes_it_later() {
+    let app = spawn_app(None).await;
+    app.script().sell_status = Some(500);
+    let started = std::time::Instant::now();
+    let (status, body) = app.buy(Some("deferred"), ft_order()).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "answered within the budget"
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "pending");
+    assert_eq!(body["transaction_id"], Value::Null);
+    assert!(
+        body["degraded"]
+            .as_array()
+            .is_some_and(|d| d.contains(&json!("store:sale-deferred")))
+    );
+    let order_id = body["order_id"].as_str().expect("order id").to_owned();
+
+    // The same key while pending answers the same 202 and sells nothing.
+    let (status, again) = app.buy(Some("deferred"), ft_order()).await;
+    assert_eq!((status, &again), (202, &body));
+
+    app.script().sell_status = None;
+    let done = wait_for_order(&app, &order_id, "completed with its bonus", |v| {
+        v["status"] == "completed" && v["bonus_status"] == "credited"
+    })
+    .await;
+    assert_eq!(done["transaction_id"], "tx-1");
+    assert_eq!(
+        app.script().sales.len(),
+        1,
+        "one sale for the order, however many attempts"
+    );
+    assert_eq!(
+        app.script().bonus_calls,
+        vec![("bob".to_owned(), 50, "tx-1".to_owned())]
+    );
+
+    let backlog: Value = app
+        .http
+        .get(format!("{}/backlog", app.url))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(backlog["pending_orders"], 0);
+    assert_eq!(backlog["outbox_bonuses"], 0);
+}
+
+#[tokio::test]
+async fn ft_cancels_a_deferred_order_when_store_runs_out() {
+    let app = spawn_app(None).await;
+    app.script().sell_status = Some(503);
+    let (status, body) = app.buy(None, ft_order()).await;
+    assert_eq!(status, 202, "{body}");
+    let order_id = body["order_id"].as_str().expect("order id").to_owned();
+    app.script().sell_status = Some(409);
+    let done = wait_for_order(&app, &order_id, "cancelled", |v| v["status"] == "cancelled").await;
+    assert_eq!(done["cancel_reason"], "out-of-stock");
+    assert!(
+        app.script().bonus_calls.is_empty(),
+        "no bonus for a cancelled order"
+    );
+}
+
+#[tokio::test]
+async fn ft_queues_the_bonus_when_fidelity_fails_and_delivers_it_once() {
+    let app = spawn_app(None).await;
+    app.script().bonus_status = Some(500);
+    let (status, body) = app.buy(None, ft_order()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["bonus"]["status"], "pending");
+    assert!(
+        body["degraded"]
+            .as_array()
+            .is_some_and(|d| d.contains(&json!("fidelity:bonus-queued")))
+    );
+    let order_id = body["order_id"].as_str().expect("order id").to_owned();
+    let backlog: Value = app
+        .http
+        .get(format!("{}/backlog", app.url))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(backlog["outbox_bonuses"], 1, "the bonus is durably queued");
+
+    app.script().bonus_status = None;
+    wait_for_order(&app, &order_id, "credited", |v| {
+        v["bonus_status"] == "credited"
+    })
+    .await;
+    assert_eq!(app.script().bonus_calls.len(), 1);
+}
+
+#[tokio::test]
+async fn ft_hedges_a_slow_product_request_to_the_other_replica() {
+    let app = spawn_app(None).await;
+    {
+        let mut s = app.script();
+        s.product_delay = Some(Duration::from_secs(5));
+        s.slow_product_replica = Some(0);
+    }
+    // Whichever replica goes first, a purchase never waits for the slow one.
+    for i in 0..4 {
+        let started = std::time::Instant::now();
+        let (status, body) = app
+            .buy(
+                None,
+                json!({"product": format!("p{i}"), "user": "bob", "ft": true}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "purchase {i} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn ft_serves_the_last_known_rate_when_every_exchange_replica_fails() {
+    let app = spawn_app(None).await;
+    let (status, first) = app.buy(None, ft_order()).await;
+    assert_eq!(status, 200, "{first}");
+    app.script().exchange_status = Some(500);
+    // Past the 200 ms rate TTL, every replica fails: the last known rate saves the purchase.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = app.buy(None, ft_order()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["rate"], first["rate"]);
+        if body["degraded"]
+            .as_array()
+            .is_some_and(|d| d.contains(&json!("exchange:last-known-rate")))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never fell back to the last known rate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn ft_passes_out_of_stock_through_without_deferring() {
+    let app = spawn_app(None).await;
+    app.script().sell_status = Some(409);
+    let (status, problem) = app.buy(None, ft_order()).await;
+    assert_eq!((status, problem["step"].as_str()), (409, Some("sell")));
+}
