@@ -48,3 +48,8 @@ pub use crate::hedge::HedgePolicy;
 pub use crate::policy::Policy;
 pub use crate::retry::{Jitter, RetryBudget, RetryPolicy};
 pub use crate::timeout::{current_deadline, remaining, timeout_at, with_deadline};
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -249,9 +249,10 @@ impl<E> Policy<E> {
         if let Some(permit) = permit {
             let failure = match &result {
                 Ok(_) => false,
-                Err(ResilienceError::Inner(err)) => {
-                    self.failure_if.as_ref().is_none_or(|is_failure| is_failure(err))
-                }
+                Err(ResilienceError::Inner(err)) => self
+                    .failure_if
+                    .as_ref()
+                    .is_none_or(|is_failure| is_failure(err)),
                 Err(_) => true,
             };
             permit.record(if failure {

@@ -1,5 +1,7 @@
 //! Circuit breaker state machine, registry and metrics, driven by a paused tokio clock.
 
+#![allow(clippy::unwrap_used)] // tests state their expectations by unwrapping
+
 mod common;
 
 use std::time::Duration;
@@ -72,7 +74,10 @@ async fn below_threshold_stays_closed_as_the_window_slides() {
         assert_eq!(breaker.state(), State::Closed);
     }
     let status = breaker.status();
-    assert_eq!(status.calls_in_window, 10, "count window keeps the last 10 calls");
+    assert_eq!(
+        status.calls_in_window, 10,
+        "count window keeps the last 10 calls"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -83,7 +88,10 @@ async fn open_rejects_until_the_wait_has_elapsed_then_half_opens() {
     assert_eq!(&*err.name, "store-1");
 
     advance(Duration::from_millis(4_999)).await;
-    assert!(breaker.try_acquire().is_err(), "still open 1 ms before the wait ends");
+    assert!(
+        breaker.try_acquire().is_err(),
+        "still open 1 ms before the wait ends"
+    );
     assert_eq!(breaker.status().retry_after_ms, Some(1));
 
     advance(Duration::from_millis(1)).await;
@@ -102,11 +110,22 @@ async fn half_open_admits_only_the_permitted_calls_and_closes_when_they_succeed(
     let second = breaker.try_acquire().unwrap();
     assert!(breaker.try_acquire().is_err(), "only 2 trial calls");
     first.success();
-    assert_eq!(breaker.state(), State::HalfOpen, "decides after all trials finish");
-    assert!(breaker.try_acquire().is_err(), "a finished trial does not free a slot");
+    assert_eq!(
+        breaker.state(),
+        State::HalfOpen,
+        "decides after all trials finish"
+    );
+    assert!(
+        breaker.try_acquire().is_err(),
+        "a finished trial does not free a slot"
+    );
     second.success();
     assert_eq!(breaker.state(), State::Closed);
-    assert_eq!(breaker.status().calls_in_window, 0, "closing starts a fresh window");
+    assert_eq!(
+        breaker.status().calls_in_window,
+        0,
+        "closing starts a fresh window"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -119,7 +138,10 @@ async fn half_open_reopens_when_trials_fail() {
     assert_eq!(breaker.state(), State::Open, "1 of 2 trials failed = 50 %");
     assert!(breaker.try_acquire().is_err());
     advance(Duration::from_secs(5)).await;
-    assert!(breaker.try_acquire().is_ok(), "waits again, then probes again");
+    assert!(
+        breaker.try_acquire().is_ok(),
+        "waits again, then probes again"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -198,7 +220,11 @@ async fn time_window_forgets_old_failures() {
     }
     advance(Duration::from_millis(500)).await;
     record(&breaker, Outcome::Failure);
-    assert_eq!(breaker.state(), State::Open, "3 of the 4 recent calls failed");
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "3 of the 4 recent calls failed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -232,7 +258,11 @@ async fn registry_shares_breakers_lists_them_and_broadcasts_changes() {
     let mut events = registry.subscribe();
     let a = registry.get_or_create("store-1", config());
     let again = registry.get_or_create("store-1", BreakerConfig::default());
-    assert_eq!(again.config(), &config(), "existing breaker keeps its config");
+    assert_eq!(
+        again.config(),
+        &config(),
+        "existing breaker keeps its config"
+    );
     registry.get_or_create("exchange-1", config());
     assert_eq!(registry.names(), vec!["exchange-1", "store-1"]);
 
@@ -266,14 +296,24 @@ async fn registry_shares_breakers_lists_them_and_broadcasts_changes() {
     assert_eq!(
         changes,
         vec![
-            ("store-1".into(), State::Closed, State::Open, TransitionReason::FailureRate),
+            (
+                "store-1".into(),
+                State::Closed,
+                State::Open,
+                TransitionReason::FailureRate
+            ),
             (
                 "exchange-1".into(),
                 State::Closed,
                 State::ForcedOpen,
                 TransitionReason::ManualForceOpen
             ),
-            ("store-1".into(), State::Open, State::Closed, TransitionReason::ManualReset),
+            (
+                "store-1".into(),
+                State::Open,
+                State::Closed,
+                TransitionReason::ManualReset
+            ),
         ]
     );
     registry.reset_all();
@@ -324,7 +364,11 @@ async fn metrics_use_the_documented_names_and_labels() {
         )
     };
     assert_eq!(calls("success"), Some(1.0));
-    assert_eq!(calls("failure"), Some(3.0), "1 success + 3 failures = 75 % opens");
+    assert_eq!(
+        calls("failure"),
+        Some(3.0),
+        "1 success + 3 failures = 75 % opens"
+    );
     assert_eq!(calls("rejected"), Some(1.0));
     assert_eq!(calls("slow"), Some(0.0));
     let state = |s| {
@@ -359,14 +403,26 @@ fn config_validation_rejects_impossible_settings() {
     assert!(b().failure_rate_threshold(f64::NAN).build().is_err());
     assert!(b().count_window(0).build().is_err());
     assert_eq!(
-        b().count_window(5).minimum_calls(6).build().unwrap_err().field,
+        b().count_window(5)
+            .minimum_calls(6)
+            .build()
+            .unwrap_err()
+            .field,
         "minimum_calls"
     );
     assert!(b().minimum_calls(0).build().is_err());
     assert!(b().wait_in_open(Duration::ZERO).build().is_err());
     assert!(b().permitted_calls_in_half_open(0).build().is_err());
-    assert!(b().slow_call_threshold(Duration::ZERO, 0.5).build().is_err());
-    assert!(b().slow_call_threshold(Duration::from_secs(1), 0.0).build().is_err());
+    assert!(
+        b().slow_call_threshold(Duration::ZERO, 0.5)
+            .build()
+            .is_err()
+    );
+    assert!(
+        b().slow_call_threshold(Duration::from_secs(1), 0.0)
+            .build()
+            .is_err()
+    );
     assert!(
         b().sliding_window(SlidingWindow::Time {
             length: Duration::from_secs(1),

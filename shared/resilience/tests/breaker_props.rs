@@ -1,5 +1,7 @@
 //! Property tests for the breaker's invariants, against a simple reference model.
 
+#![allow(clippy::unwrap_used)] // tests state their expectations by unwrapping
+
 use std::time::Duration;
 
 use ftshop_resilience::breaker::OwnedPermit;

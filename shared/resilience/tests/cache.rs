@@ -1,5 +1,7 @@
 //! The L1 tier: TTL, single flight, last-known-good, invalidation and metrics (paused clock).
 
+#![allow(clippy::unwrap_used)] // tests state their expectations by unwrapping
+
 mod common;
 
 use std::sync::Arc;
@@ -157,7 +159,10 @@ async fn a_cancelled_leader_does_not_strand_the_waiters() {
         .get_or_store("k", || async { Ok::<_, SourceDown>(0.0) })
         .await
         .unwrap();
-    assert_eq!(waiter.value, 9.0, "joined the flight the cancelled caller started");
+    assert_eq!(
+        waiter.value, 9.0,
+        "joined the flight the cancelled caller started"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,6 +4,8 @@
 //! Without a reachable Redis these tests print a notice and pass, unless
 //! `FTSHOP_REQUIRE_REDIS=1` (CI sets it where Redis runs), in which case they fail.
 
+#![allow(clippy::unwrap_used)] // tests state their expectations by unwrapping
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,7 +80,9 @@ async fn values_are_shared_through_redis_and_invalidated_by_pattern() {
     let b: TieredCache<String> = TieredCache::with_l2(config(&ns), l2.clone());
 
     let loaded = a
-        .get_or_store("product:1", || async { Ok::<_, SourceDown>("lamp".to_owned()) })
+        .get_or_store("product:1", || async {
+            Ok::<_, SourceDown>("lamp".to_owned())
+        })
         .await
         .unwrap();
     assert_eq!(loaded.source, CacheSource::Loaded);
@@ -86,7 +90,10 @@ async fn values_are_shared_through_redis_and_invalidated_by_pattern() {
         .get_or_store("product:1", || async { Err::<String, _>(SourceDown) })
         .await
         .unwrap();
-    assert_eq!((shared.value.as_str(), shared.source), ("lamp", CacheSource::L2));
+    assert_eq!(
+        (shared.value.as_str(), shared.source),
+        ("lamp", CacheSource::L2)
+    );
     assert_eq!(
         b.get("product:1").await.unwrap().source,
         CacheSource::L1,
@@ -175,10 +182,10 @@ async fn a_redis_outage_keeps_l1_serving_counts_errors_and_never_stalls() {
         "an outage must cost at most short L2 timeouts: {:?}",
         start.elapsed()
     );
-    assert!(matches!(
-        cache.insert("x", 1.0).await,
-        Err(L2Error::Unavailable)
-    ), "after repeated failures the L2 breaker is open");
+    assert!(
+        matches!(cache.insert("x", 1.0).await, Err(L2Error::Unavailable)),
+        "after repeated failures the L2 breaker is open"
+    );
     let errors = common::value(
         &metrics.snapshot(),
         "resilience_cache_requests_total",
@@ -196,7 +203,10 @@ async fn a_redis_outage_keeps_l1_serving_counts_errors_and_never_stalls() {
 }
 
 async fn healthy_l2() -> RedisL2 {
-    RedisL2::builder(REDIS_URL).key_prefix(PREFIX).build().unwrap()
+    RedisL2::builder(REDIS_URL)
+        .key_prefix(PREFIX)
+        .build()
+        .unwrap()
 }
 
 /// A TCP proxy to the real Redis that can be switched off (dropping every connection) and on.

@@ -1,5 +1,7 @@
 //! The tower middlewares, alone and stacked with `ServiceBuilder`.
 
+#![allow(clippy::unwrap_used)] // tests state their expectations by unwrapping
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -25,7 +27,14 @@ fn flaky(
     failures: u32,
     latency: Vec<Duration>,
 ) -> (
-    impl Service<u32, Response = u32, Error = BoxError, Future = impl std::future::Future<Output = Result<u32, BoxError>> + Send> + Clone + Send + 'static,
+    impl Service<
+        u32,
+        Response = u32,
+        Error = BoxError,
+        Future = impl std::future::Future<Output = Result<u32, BoxError>> + Send,
+    > + Clone
+    + Send
+    + 'static,
     Arc<AtomicU32>,
 ) {
     let calls = Arc::new(AtomicU32::new(0));
@@ -176,7 +185,11 @@ async fn hedge_layer_races_a_second_call() {
         .layer(HedgeLayer::new("svc", HedgePolicy::after(ms(30))))
         .service(svc);
     let start = Instant::now();
-    assert_eq!(svc.oneshot(10).await.unwrap(), 11, "the hedge (call #1) won");
+    assert_eq!(
+        svc.oneshot(10).await.unwrap(),
+        11,
+        "the hedge (call #1) won"
+    );
     assert_eq!(start.elapsed(), ms(35));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }

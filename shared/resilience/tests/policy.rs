@@ -1,6 +1,8 @@
 //! Timeout, deadline, retry (backoff, jitter, budget, classifier), hedge, bulkhead and their
 //! composition in `Policy`, all on a paused tokio clock.
 
+#![allow(clippy::unwrap_used)] // tests state their expectations by unwrapping
+
 mod common;
 
 use std::sync::Arc;
@@ -257,7 +259,10 @@ async fn open_breaker_is_not_retried_and_timeouts_count_as_failures() {
     let slow = Fake::new(0, Duration::from_secs(5));
     for _ in 0..2 {
         // Each call: 2 attempts, both time out = 2 failures.
-        assert_eq!(policy.call(|| slow.call()).await, Err(ResilienceError::Timeout));
+        assert_eq!(
+            policy.call(|| slow.call()).await,
+            Err(ResilienceError::Timeout)
+        );
     }
     assert_eq!(b.state(), State::Open);
     let before = slow.calls();
@@ -273,7 +278,9 @@ async fn failure_if_keeps_expected_errors_out_of_the_breaker() {
         .breaker(b.clone())
         .failure_if(|e| *e != Downstream::NotFound);
     for _ in 0..10 {
-        let r = policy.call(|| async { Err::<u32, _>(Downstream::NotFound) }).await;
+        let r = policy
+            .call(|| async { Err::<u32, _>(Downstream::NotFound) })
+            .await;
         assert_eq!(r, Err(ResilienceError::Inner(Downstream::NotFound)));
     }
     assert_eq!(b.state(), State::Closed);
@@ -292,7 +299,12 @@ async fn hedge_sends_a_second_attempt_and_the_first_answer_wins() {
             let n = calls.fetch_add(1, Ordering::SeqCst);
             async move {
                 // The first attempt is "lost" (omission fault); the hedge answers in 20 ms.
-                sleep(if n == 0 { Duration::from_secs(60) } else { ms(20) }).await;
+                sleep(if n == 0 {
+                    Duration::from_secs(60)
+                } else {
+                    ms(20)
+                })
+                .await;
                 Ok::<_, Downstream>(n)
             }
         })
@@ -345,7 +357,10 @@ async fn hedge_waits_for_the_other_attempt_when_one_fails() {
             Err::<u32, _>(Downstream::Unavailable)
         })
         .await;
-    assert_eq!(both_fail, Err(ResilienceError::Inner(Downstream::Unavailable)));
+    assert_eq!(
+        both_fail,
+        Err(ResilienceError::Inner(Downstream::Unavailable))
+    );
 }
 
 #[tokio::test(start_paused = true)]

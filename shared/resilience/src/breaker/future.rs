@@ -5,7 +5,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 
 use super::layer::FailurePredicate;
-use super::{OwnedPermit, Outcome};
+use super::{Outcome, OwnedPermit};
 use crate::error::{BoxError, BreakerOpen};
 
 pin_project! {

@@ -2,8 +2,8 @@ use std::task::{Context, Poll};
 
 use tower::{Layer, Service};
 
-use super::future::ResponseFuture;
 use super::CircuitBreaker;
+use super::future::ResponseFuture;
 use crate::error::BoxError;
 
 /// Decides whether a result counts as a failure for the breaker.

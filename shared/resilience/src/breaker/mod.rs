@@ -59,7 +59,12 @@ pub enum State {
 }
 
 impl State {
-    const ALL: [State; 4] = [State::Closed, State::Open, State::HalfOpen, State::ForcedOpen];
+    const ALL: [State; 4] = [
+        State::Closed,
+        State::Open,
+        State::HalfOpen,
+        State::ForcedOpen,
+    ];
 
     /// The label used in metrics and logs: `closed`, `open`, `half_open`, `forced_open`.
     pub fn as_str(self) -> &'static str {
@@ -379,7 +384,13 @@ impl CircuitBreaker {
         if State::from_bits(packed) == State::Closed {
             inner.window.clear();
         } else {
-            self.transition(&mut inner, packed, State::Closed, TransitionReason::ManualReset, now);
+            self.transition(
+                &mut inner,
+                packed,
+                State::Closed,
+                TransitionReason::ManualReset,
+                now,
+            );
         }
     }
 

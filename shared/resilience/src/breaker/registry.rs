@@ -56,7 +56,10 @@ impl BreakerRegistry {
         let name = name.as_ref();
         if let Some(existing) = self.get(name) {
             if existing.config() != &config {
-                tracing::warn!(breaker = name, "breaker exists with another config; keeping it");
+                tracing::warn!(
+                    breaker = name,
+                    "breaker exists with another config; keeping it"
+                );
             }
             return existing;
         }

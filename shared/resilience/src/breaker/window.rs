@@ -124,7 +124,7 @@ impl CountWindow {
         } else {
             self.len += 1;
         }
-        self.ring[self.next] = u8::from(failure) * FAILURE | u8::from(slow) * SLOW;
+        self.ring[self.next] = (u8::from(failure) * FAILURE) | (u8::from(slow) * SLOW);
         self.counts.add(failure, slow);
         self.next = (self.next + 1) % cap;
     }

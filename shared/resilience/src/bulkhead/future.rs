@@ -51,7 +51,9 @@ where
             return Poll::Ready(Err(Box::new(full)));
         }
         let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(Err("bulkhead response future polled after completion".into()));
+            return Poll::Ready(Err(
+                "bulkhead response future polled after completion".into()
+            ));
         };
         let result = ready!(inner.poll(cx));
         this.permit.take();

@@ -2,8 +2,8 @@ use std::task::{Context, Poll};
 
 use tower::{Layer, Service};
 
-use super::future::ResponseFuture;
 use super::Bulkhead;
+use super::future::ResponseFuture;
 use crate::error::BoxError;
 
 /// Applies a [`Bulkhead`]: calls beyond its capacity fail at once with a boxed

@@ -60,7 +60,8 @@ impl Bulkhead {
             return Err(ConfigError::new("max_concurrent", "too large"));
         }
         let name = name.into();
-        let rejected = metrics::counter!("resilience_bulkhead_rejected_total", "name" => name.to_string());
+        let rejected =
+            metrics::counter!("resilience_bulkhead_rejected_total", "name" => name.to_string());
         Ok(Bulkhead {
             inner: Arc::new(Inner {
                 name,

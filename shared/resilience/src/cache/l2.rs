@@ -190,7 +190,12 @@ impl RedisL2 {
         .await
     }
 
-    pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), L2Error> {
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), L2Error> {
         let mut conn = self.inner.conn.clone();
         let millis = ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
         self.guarded(self.inner.op_timeout, async move {

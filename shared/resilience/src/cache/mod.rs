@@ -109,14 +109,20 @@ impl CacheConfigBuilder {
         if c.namespace.is_empty() || !c.namespace.chars().all(valid_char) {
             return Err(ConfigError::new(
                 "namespace",
-                format!("{:?} must be non-empty ASCII letters, digits, '.', '_' or '-'", c.namespace),
+                format!(
+                    "{:?} must be non-empty ASCII letters, digits, '.', '_' or '-'",
+                    c.namespace
+                ),
             ));
         }
         if c.ttl.is_zero() {
             return Err(ConfigError::new("ttl", "must be positive"));
         }
         if c.ttl.checked_add(c.max_staleness).is_none() {
-            return Err(ConfigError::new("max_staleness", "ttl + max_staleness overflows"));
+            return Err(ConfigError::new(
+                "max_staleness",
+                "ttl + max_staleness overflows",
+            ));
         }
         if c.capacity == 0 {
             return Err(ConfigError::new("capacity", "must be at least 1"));
@@ -250,9 +256,7 @@ struct CacheMetrics {
 
 impl CacheMetrics {
     fn new(cache: &str) -> Self {
-        let counter = |result: &'static str| {
-            metrics::counter!("resilience_cache_requests_total", "cache" => cache.to_owned(), "result" => result)
-        };
+        let counter = |result: &'static str| metrics::counter!("resilience_cache_requests_total", "cache" => cache.to_owned(), "result" => result);
         CacheMetrics {
             hit: counter("hit"),
             miss: counter("miss"),
@@ -304,11 +308,11 @@ where
     pub async fn get(&self, key: &str) -> Option<Cached<V>> {
         let inner = &*self.inner;
         let now = Instant::now();
-        if let Some(entry) = inner.l1.get(key) {
-            if inner.is_fresh(&entry, now) {
-                inner.metrics.hit.increment(1);
-                return Some(Cached::from_entry(entry, CacheSource::L1, now));
-            }
+        if let Some(entry) = inner.l1.get(key)
+            && inner.is_fresh(&entry, now)
+        {
+            inner.metrics.hit.increment(1);
+            return Some(Cached::from_entry(entry, CacheSource::L1, now));
         }
         match inner.l2_lookup(key).await {
             L2Lookup::Fresh(entry) => {
@@ -330,7 +334,11 @@ where
     /// [`CacheSource::Stale`]; otherwise the load error. The loader runs as a shared future, so
     /// it must be `'static`; if the caller that started it is cancelled, a waiting caller drives
     /// it to completion.
-    pub async fn get_or_store<F, Fut, E>(&self, key: &str, load: F) -> Result<Cached<V>, CacheError<E>>
+    pub async fn get_or_store<F, Fut, E>(
+        &self,
+        key: &str,
+        load: F,
+    ) -> Result<Cached<V>, CacheError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
@@ -348,7 +356,10 @@ where
         }
 
         let flight = {
-            let mut inflight = inner.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut inflight = inner
+                .inflight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             match inflight.get(key) {
                 Some((_, flight)) => flight.clone(),
                 None => {
@@ -451,11 +462,19 @@ where
     {
         async move {
             let inner = &*self.inner;
-            let outcome = AssertUnwindSafe(inner.fill(&key, load)).catch_unwind().await;
+            let outcome = AssertUnwindSafe(inner.fill(&key, load))
+                .catch_unwind()
+                .await;
             // Remove the flight only after L1 holds the value, so nobody sees neither.
             {
-                let mut inflight = inner.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-                if inflight.get(&key).is_some_and(|(current, _)| *current == id) {
+                let mut inflight = inner
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if inflight
+                    .get(&key)
+                    .is_some_and(|(current, _)| *current == id)
+                {
                     inflight.remove(&key);
                 }
             }
@@ -687,7 +706,12 @@ mod tests {
         assert!(CacheConfig::builder("").build().is_err());
         assert!(CacheConfig::builder("a b").build().is_err());
         assert!(CacheConfig::builder("a*").build().is_err());
-        assert!(CacheConfig::builder("r").ttl(Duration::ZERO).build().is_err());
+        assert!(
+            CacheConfig::builder("r")
+                .ttl(Duration::ZERO)
+                .build()
+                .is_err()
+        );
         assert!(CacheConfig::builder("r").capacity(0).build().is_err());
     }
 }

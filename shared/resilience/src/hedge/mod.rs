@@ -77,11 +77,11 @@ impl HedgePolicy {
             }
             () = hedge_timer => {}
         }
-        if let Some(budget) = &self.budget {
-            if !budget.try_withdraw() {
-                metrics.budget_exhausted.increment(1);
-                return primary.await;
-            }
+        if let Some(budget) = &self.budget
+            && !budget.try_withdraw()
+        {
+            metrics.budget_exhausted.increment(1);
+            return primary.await;
         }
         let hedge = attempt();
         tokio::pin!(hedge);
@@ -137,9 +137,7 @@ pub(crate) struct HedgeMetrics {
 
 impl HedgeMetrics {
     pub(crate) fn new(name: &str) -> Self {
-        let counter = |outcome: &'static str| {
-            metrics::counter!("resilience_hedge_total", "name" => name.to_owned(), "outcome" => outcome)
-        };
+        let counter = |outcome: &'static str| metrics::counter!("resilience_hedge_total", "name" => name.to_owned(), "outcome" => outcome);
         HedgeMetrics {
             not_needed: counter("not_needed"),
             primary_won: counter("primary_won"),

@@ -192,16 +192,19 @@ impl<E> RetryPolicy<E> {
             };
             let delay = self.jitter.apply(round_to_micros(delay));
             if deadline.is_some_and(|d| Instant::now() + delay >= d) {
-                tracing::debug!(error = err.kind(), "no time left for a retry before the deadline");
+                tracing::debug!(
+                    error = err.kind(),
+                    "no time left for a retry before the deadline"
+                );
                 metrics.failed(retries);
                 return Err(err);
             }
-            if let Some(budget) = &self.budget {
-                if !budget.try_withdraw() {
-                    tracing::debug!(error = err.kind(), "retry budget exhausted");
-                    metrics.budget_exhausted.increment(1);
-                    return Err(ResilienceError::BudgetExhausted);
-                }
+            if let Some(budget) = &self.budget
+                && !budget.try_withdraw()
+            {
+                tracing::debug!(error = err.kind(), "retry budget exhausted");
+                metrics.budget_exhausted.increment(1);
+                return Err(ResilienceError::BudgetExhausted);
             }
             tracing::debug!(retry = retries + 1, ?delay, error = err.kind(), "retrying");
             tokio::time::sleep(delay).await;
@@ -230,9 +233,7 @@ pub(crate) struct RetryMetrics {
 
 impl RetryMetrics {
     pub(crate) fn new(name: &str) -> Self {
-        let counter = |kind: &'static str| {
-            metrics::counter!("resilience_retry_calls_total", "name" => name.to_owned(), "kind" => kind)
-        };
+        let counter = |kind: &'static str| metrics::counter!("resilience_retry_calls_total", "name" => name.to_owned(), "kind" => kind);
         RetryMetrics {
             success_without_retry: counter("success_without_retry"),
             success_with_retry: counter("success_with_retry"),

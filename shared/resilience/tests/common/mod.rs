@@ -3,6 +3,9 @@
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
+/// One metric: name, sorted labels, value.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
 /// A recorder installed for the current thread (tokio::test runs on one thread).
 pub struct Metrics {
     recorder: &'static DebuggingRecorder,
@@ -23,7 +26,7 @@ impl Metrics {
     }
 
     /// All metrics as (name, sorted labels, value); counters are reset by each call.
-    pub fn snapshot(&self) -> Vec<(String, Vec<(String, String)>, f64)> {
+    pub fn snapshot(&self) -> Vec<Sample> {
         let _ = self.recorder;
         self.snapshotter
             .snapshot()
@@ -48,11 +51,7 @@ impl Metrics {
 }
 
 /// The value of `name` with exactly `labels` in `snapshot`.
-pub fn value(
-    snapshot: &[(String, Vec<(String, String)>, f64)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
+pub fn value(snapshot: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut wanted: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
