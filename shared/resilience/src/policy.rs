@@ -205,13 +205,33 @@ impl<E> Policy<E> {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        // The attempt's budget starts now: waiting for a bulkhead slot spends it too.
+        let attempt_deadline = match (self.timeout, deadline) {
+            (None, None) => None,
+            (timeout, deadline) => {
+                let now = Instant::now();
+                let own = timeout.and_then(|t| now.checked_add(t));
+                let effective = match (own, deadline) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (a, b) => a.or(b).unwrap_or(now),
+                };
+                if effective <= now {
+                    // No budget left: do not touch the dependency.
+                    return Err(ResilienceError::Timeout);
+                }
+                Some(effective)
+            }
+        };
         let _slot = match &self.bulkhead {
-            Some(bulkhead) => Some(
-                bulkhead
-                    .acquire()
-                    .await
-                    .map_err(|_| ResilienceError::BulkheadFull)?,
-            ),
+            Some(bulkhead) => {
+                let slot = match attempt_deadline {
+                    Some(d) => TimeoutFuture::new(bulkhead.acquire(), Some(d))
+                        .await
+                        .map_err(|_elapsed| ResilienceError::Timeout)?,
+                    None => bulkhead.acquire().await,
+                };
+                Some(slot.map_err(|_| ResilienceError::BulkheadFull)?)
+            }
             None => None,
         };
         let permit = match &self.breaker {
@@ -221,25 +241,6 @@ impl<E> Policy<E> {
                     .map_err(|open| ResilienceError::BreakerOpen { name: open.name })?,
             ),
             None => None,
-        };
-        let attempt_deadline = match (self.timeout, deadline) {
-            (None, None) => None,
-            (timeout, deadline) => {
-                let now = Instant::now();
-                let own = timeout.and_then(|t| now.checked_add(t));
-                let effective = match (own, deadline) {
-                    (Some(a), Some(b)) => a.min(b),
-                    (a, b) => match a.or(b) {
-                        Some(d) => d,
-                        None => now,
-                    },
-                };
-                if effective <= now {
-                    // No budget left: do not touch the dependency (the permit records nothing).
-                    return Err(ResilienceError::Timeout);
-                }
-                Some(effective)
-            }
         };
         let result = match TimeoutFuture::new(call(), attempt_deadline).await {
             Ok(Ok(value)) => Ok(value),

@@ -428,3 +428,21 @@ async fn a_full_policy_reads_as_a_sentence() {
     assert_eq!(policy.name(), "store.sell");
     assert!(policy.circuit_breaker().is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_a_bulkhead_slot_spends_the_attempt_timeout() {
+    let bulkhead = Bulkhead::new("b", 1)
+        .unwrap()
+        .with_max_wait(Duration::from_secs(10));
+    let policy: Policy<Downstream> = Policy::named("b").timeout(ms(50)).bulkhead(bulkhead);
+    let holder = Fake::new(0, Duration::from_secs(1));
+    let waiter = Fake::new(0, ms(1));
+    let start = Instant::now();
+    let (held, waited) = tokio::join!(policy.call(|| holder.call()), async {
+        policy.call(|| waiter.call()).await
+    });
+    assert_eq!(held, Err(ResilienceError::Timeout));
+    assert_eq!(waited, Err(ResilienceError::Timeout));
+    assert_eq!(waiter.calls(), 0, "timed out while waiting for the slot");
+    assert_eq!(start.elapsed(), ms(50));
+}
