@@ -5,6 +5,7 @@
 //! `duplicate: true`, while reusing a transaction id for another user or amount is a conflict.
 
 mod ledger;
+mod queue;
 mod routes;
 
 use std::future::Future;
@@ -65,13 +66,36 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     .await?;
     db.migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS).await?;
     let state = AppState { db: db.clone() };
-    let readiness = Readiness::new().check("database", move || {
-        let db = db.clone();
-        async move { db.ping().await }
-    });
+    tokio::spawn(queue::run_worker(db.clone()));
+    let queue_db = db.clone();
+    let readiness = Readiness::new()
+        .check("database", move || {
+            let db = db.clone();
+            async move { db.ping().await }
+        })
+        .check("queue", move || {
+            let db = queue_db.clone();
+            async move { queue_check(&db).await }
+        });
     Ok(Service::new(NAME, router(state), ApiDoc::openapi())
         .readiness(readiness)
         .into_router())
+}
+
+/// A bonus waiting longer than this makes Fidelity not ready: its worker is stuck.
+const MAX_QUEUE_AGE_SECONDS: f64 = 60.0;
+
+async fn queue_check(db: &Db) -> Result<String, String> {
+    let stats = queue::stats(db).await.map_err(|e| format!("{e:#}"))?;
+    let detail = format!(
+        "{} pending, oldest {:.1} s",
+        stats.depth, stats.oldest_age_seconds
+    );
+    if stats.oldest_age_seconds > MAX_QUEUE_AGE_SECONDS {
+        Err(format!("{detail} (limit {MAX_QUEUE_AGE_SECONDS} s)"))
+    } else {
+        Ok(detail)
+    }
 }
 
 /// Serves fidelity on `host:port` until `shutdown` resolves.

@@ -2,6 +2,8 @@
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ftshop_platform::Problem;
 use ftshop_platform::extract::{Json, Path, validate_id};
@@ -10,14 +12,15 @@ use utoipa::OpenApi;
 
 use crate::AppState;
 use crate::ledger::{self, Credit};
+use crate::queue::{self, QueueStats};
 
 /// Largest bonus one transaction may credit.
 pub const MAX_BONUS: i64 = 1_000_000;
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(post_bonus, get_balance),
-    components(schemas(BonusRequest, BonusReceipt, BonusStatus, Balance, Problem)),
+    paths(post_bonus, get_balance, get_pending),
+    components(schemas(BonusRequest, BonusReceipt, BonusStatus, Balance, QueueStats, Problem)),
     tags((name = "fidelity", description = "Bonus points, credited exactly once per transaction"))
 )]
 pub struct ApiDoc;
@@ -27,6 +30,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/bonus", post(post_bonus))
         .route("/balance/{user}", get(get_balance))
+        .route("/bonus/pending", get(get_pending))
         .with_state(state)
 }
 
@@ -60,6 +64,8 @@ pub struct BonusReceipt {
 #[serde(rename_all = "lowercase")]
 pub enum BonusStatus {
     Credited,
+    /// Durably queued; the queue worker credits it shortly (see `GET /bonus/pending`).
+    Pending,
 }
 
 /// A user's points.
@@ -75,6 +81,7 @@ pub struct Balance {
     request_body = BonusRequest,
     responses(
         (status = 200, description = "Credited now, or earlier by the same request (`duplicate: true`)", body = BonusReceipt),
+        (status = 202, description = "Durably queued, credited shortly: asked with `Prefer: respond-async`, or crediting inline failed", body = BonusReceipt),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The transaction id was credited with another user or amount (type `transaction-conflict`)",
             body = Problem, content_type = "application/problem+json"),
@@ -85,8 +92,9 @@ pub struct Balance {
 )]
 async fn post_bonus(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Json(request): Json<BonusRequest>,
-) -> Result<Json<BonusReceipt>, Problem> {
+) -> Result<Response, Problem> {
     validate_id("user", &request.user)?;
     validate_id("transaction_id", &request.transaction_id)?;
     if !(1..=MAX_BONUS).contains(&request.bonus) {
@@ -100,9 +108,45 @@ async fn post_bonus(
         transaction_id,
     } = request;
 
-    let outcome = ledger::credit(&state.db, &transaction_id, &user, bonus)
-        .await
-        .map_err(|err| Problem::internal(format_args!("{err:#}")))?;
+    let respond_async = headers
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+        });
+    let queued = |transaction_id: String, user: String| {
+        metrics::counter!("fidelity_bonus_total", "outcome" => "queued").increment(1);
+        let receipt = BonusReceipt {
+            transaction_id,
+            user,
+            points: bonus,
+            status: BonusStatus::Pending,
+            duplicate: false,
+        };
+        (StatusCode::ACCEPTED, Json(receipt)).into_response()
+    };
+    if respond_async {
+        queue::enqueue(&state.db, &transaction_id, &user, bonus)
+            .await
+            .map_err(|err| Problem::internal(format_args!("{err:#}")))?;
+        return Ok(queued(transaction_id, user));
+    }
+
+    let outcome = match ledger::credit(&state.db, &transaction_id, &user, bonus).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            // Crediting failed (a busy or failing database): accept the bonus into the queue if
+            // that still works, so the caller need not retry; the worker credits it later.
+            tracing::warn!(error = format!("{err:#}"), %transaction_id, "inline credit failed; queueing");
+            queue::enqueue(&state.db, &transaction_id, &user, bonus)
+                .await
+                .map_err(|e| {
+                    Problem::internal(format_args!("{err:#}; queueing failed too: {e:#}"))
+                })?;
+            return Ok(queued(transaction_id, user));
+        }
+    };
     let label = match outcome {
         Credit::Credited => "credited",
         Credit::Duplicate => "duplicate",
@@ -129,7 +173,20 @@ async fn post_bonus(
         points: bonus,
         status: BonusStatus::Credited,
         duplicate,
-    }))
+    })
+    .into_response())
+}
+
+/// Depth and oldest age of the pending-bonus queue.
+#[utoipa::path(
+    get, path = "/bonus/pending", tag = "fidelity",
+    responses((status = 200, description = "Queue depth and the age of its oldest bonus", body = QueueStats))
+)]
+async fn get_pending(State(state): State<AppState>) -> Result<Json<QueueStats>, Problem> {
+    queue::stats(&state.db)
+        .await
+        .map(Json)
+        .map_err(|err| Problem::internal(format_args!("{err:#}")))
 }
 
 /// A user's points balance (0 for a user never credited).

@@ -41,6 +41,7 @@ on_both_backends!(
     bad_input_is_rejected_and_changes_nothing,
     two_instances_on_one_database_credit_once,
     health_openapi_and_metrics_are_served,
+    an_async_bonus_is_queued_then_credited_once,
 );
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -430,4 +431,44 @@ async fn health_openapi_and_metrics_are_served(backend: Backend) {
         let series = format!("fidelity_bonus_total{{outcome=\"{outcome}\"}}");
         assert!(text.contains(&series), "no {series} in\n{text}");
     }
+}
+
+/// `Prefer: respond-async` queues the bonus (202); the worker credits it exactly once, even when
+/// the same bonus is also posted synchronously and queued twice.
+async fn an_async_bonus_is_queued_then_credited_once(backend: Backend) {
+    let fidelity = spawn(backend).await;
+    let body = json!({"user": "queued", "bonus": 7, "transaction_id": "tx-async-1"});
+    let post_async = || {
+        fidelity.send(
+            fidelity
+                .client
+                .post(format!("{}/bonus", fidelity.base))
+                .header("prefer", "respond-async")
+                .json(&body),
+        )
+    };
+    let first = post_async().await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{first:?}");
+    assert_eq!(first.body["status"], "pending");
+    assert_eq!(post_async().await.status, StatusCode::ACCEPTED);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let pending = fidelity.get("/bonus/pending").await;
+        assert_eq!(pending.status, StatusCode::OK, "{pending:?}");
+        if pending.body["depth"] == 0 && fidelity.balance("queued").await == 7 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queue never drained: {pending:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A synchronous repeat is a duplicate and changes nothing.
+    let again = fidelity.bonus("queued", 7, "tx-async-1").await;
+    assert_eq!(again.body, receipt("queued", 7, "tx-async-1", true));
+    assert_eq!(fidelity.balance("queued").await, 7);
+    let ready = fidelity.get("/health/ready").await;
+    assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
 }

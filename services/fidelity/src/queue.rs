@@ -1,0 +1,145 @@
+//! The pending-bonus queue: bonuses Fidelity has durably accepted but not credited yet.
+//!
+//! A bonus lands here when the caller asks for an asynchronous answer (`Prefer: respond-async`,
+//! answered 202 at once) or when crediting it inline fails. A worker credits queued bonuses
+//! with exponential backoff and full jitter; the ledger's primary key on `transaction_id` makes
+//! a credit happen once however often it is retried, and the queue row is deleted only after.
+//! Depth and oldest age are exported as `fidelity_pending_bonuses` and
+//! `fidelity_oldest_pending_age_seconds`, and readiness fails when the oldest is too old.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use ftshop_platform::db::{Db, now_millis};
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::ledger::{self, Credit};
+
+const POLL: Duration = Duration::from_millis(200);
+
+/// Durably accepts a bonus for later crediting. Idempotent: a transaction already queued is
+/// left as it is.
+pub async fn enqueue(db: &Db, transaction_id: &str, user: &str, points: i64) -> anyhow::Result<()> {
+    let now = now_millis();
+    sqlx::query(
+        "INSERT INTO pending_bonuses (transaction_id, user_id, points, attempts, next_attempt_at, created_at) \
+         VALUES ($1, $2, $3, 0, $4, $4) ON CONFLICT (transaction_id) DO NOTHING",
+    )
+    .bind(transaction_id.to_owned())
+    .bind(user.to_owned())
+    .bind(points)
+    .bind(now)
+    .execute(&db.pool)
+    .await
+    .context("cannot queue bonus")?;
+    Ok(())
+}
+
+/// `GET /bonus/pending`.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct QueueStats {
+    /// Bonuses accepted and not credited yet.
+    pub depth: i64,
+    /// Age of the oldest of them (0 when empty).
+    pub oldest_age_seconds: f64,
+}
+
+pub async fn stats(db: &Db) -> anyhow::Result<QueueStats> {
+    let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM pending_bonuses")
+        .fetch_one(&db.pool)
+        .await
+        .context("cannot read the pending queue")?;
+    let depth: i64 = row.try_get("n")?;
+    let oldest: Option<i64> = row.try_get("oldest")?;
+    let oldest_age_seconds = oldest.map_or(0.0, |t| (now_millis() - t).max(0) as f64 / 1000.0);
+    metrics::gauge!("fidelity_pending_bonuses").set(depth as f64);
+    metrics::gauge!("fidelity_oldest_pending_age_seconds").set(oldest_age_seconds);
+    Ok(QueueStats {
+        depth,
+        oldest_age_seconds,
+    })
+}
+
+/// Runs the queue worker forever (spawn it).
+pub async fn run_worker(db: Db) {
+    loop {
+        match drain_once(&db).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(err) => tracing::warn!(
+                error = format!("{err:#}"),
+                "pending-bonus worker pass failed"
+            ),
+        }
+        let _ = stats(&db).await;
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Credits every due bonus once; returns how many were handled.
+pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
+    let rows = sqlx::query(
+        "SELECT transaction_id, user_id, points, attempts FROM pending_bonuses \
+         WHERE next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT 64",
+    )
+    .bind(now_millis())
+    .fetch_all(&db.pool)
+    .await
+    .context("cannot read due bonuses")?;
+    let n = rows.len();
+    for row in rows {
+        let transaction_id: String = row.try_get("transaction_id")?;
+        let user: String = row.try_get("user_id")?;
+        let points: i64 = row.try_get("points")?;
+        let attempts: i64 = row.try_get("attempts")?;
+        match ledger::credit(db, &transaction_id, &user, points).await {
+            Ok(outcome) => {
+                let label = match outcome {
+                    Credit::Credited => "credited",
+                    Credit::Duplicate => "duplicate",
+                    Credit::Conflict => {
+                        tracing::error!(%transaction_id, "queued bonus conflicts with an earlier credit; dropped");
+                        "conflict"
+                    }
+                };
+                metrics::counter!("fidelity_bonus_total", "outcome" => label, "via" => "queue")
+                    .increment(1);
+                sqlx::query("DELETE FROM pending_bonuses WHERE transaction_id = $1")
+                    .bind(transaction_id)
+                    .execute(&db.pool)
+                    .await
+                    .context("cannot dequeue bonus")?;
+            }
+            Err(err) => {
+                let delay = full_jitter(
+                    attempts,
+                    Duration::from_millis(200),
+                    Duration::from_secs(30),
+                );
+                sqlx::query(
+                    "UPDATE pending_bonuses SET attempts = $2, next_attempt_at = $3, last_error = $4 \
+                     WHERE transaction_id = $1",
+                )
+                .bind(transaction_id)
+                .bind(attempts + 1)
+                .bind(now_millis() + i64::try_from(delay.as_millis()).unwrap_or(30_000))
+                .bind(format!("{err:#}"))
+                .execute(&db.pool)
+                .await
+                .context("cannot reschedule bonus")?;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Uniform in [0, min(cap, base * 2^attempts)]: the delay is computed from the stored attempt
+/// count, so it survives restarts (an in-memory backoff iterator would not).
+fn full_jitter(attempts: i64, base: Duration, cap: Duration) -> Duration {
+    let exp = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
+    let ceiling = base.saturating_mul(1u32 << exp).min(cap);
+    Duration::from_millis(rand::random_range(
+        0..=u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX),
+    ))
+}
