@@ -1,11 +1,12 @@
 //! HTTP calls to Store, Exchange and Fidelity. Each call has its own timeout, carries the
-//! request id, is measured (`http_client_request_duration_seconds`) and fails with a
+//! request id and a W3C `traceparent` (a child span of the current request's), is measured (`http_client_request_duration_seconds`) and fails with a
 //! [`StepError`] that names the step, so the client learns which hop broke.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use ftshop_platform::telemetry::{TRACEPARENT_HEADER, outgoing_traceparent};
 use ftshop_platform::{Problem, REQUEST_ID_HEADER};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -345,6 +346,7 @@ impl Downstreams {
         let request = request
             .timeout(timeout)
             .header(REQUEST_ID_HEADER, request_id)
+            .header(TRACEPARENT_HEADER, outgoing_traceparent(request_id))
             .header(DEADLINE_HEADER, timeout.as_millis().to_string());
         let response = request
             .send()

@@ -78,6 +78,8 @@ pub struct Degradations(pub Vec<String>);
 impl Degradations {
     pub fn add(&mut self, what: &str) {
         if !self.0.iter().any(|d| d == what) {
+            // `what` is one of a handful of fixed strings, so the label stays bounded.
+            metrics::counter!("shop_fallbacks_total", "kind" => what.to_owned()).increment(1);
             self.0.push(what.to_owned());
         }
     }

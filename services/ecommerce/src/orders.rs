@@ -154,7 +154,22 @@ pub async fn complete(db: &Db, c: &Completion<'_>) -> Result<(), sqlx::Error> {
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    // Counted once the sale is durable: revenue in BRL cents (an integer counter never loses
+    // a cent to float rounding) and points promised to the customer.
+    metrics::counter!("shop_revenue_brl_cents_total")
+        .increment(u64::try_from(c.total_cents).unwrap_or(0));
+    metrics::counter!("shop_bonus_points_total", "status" => bonus_status_label(c.bonus_status))
+        .increment(u64::try_from(c.bonus_points).unwrap_or(0));
+    Ok(())
+}
+
+fn bonus_status_label(status: &str) -> &'static str {
+    if status == "credited" {
+        "credited"
+    } else {
+        "pending"
+    }
 }
 
 /// No Store replica could sell in time: the order is durably accepted as `pending` with its

@@ -1,6 +1,6 @@
-//! The process-wide Prometheus recorder and the HTTP server metrics middleware.
-//! Routes are labelled by their template (`MatchedPath`), never the raw path, so label
-//! cardinality stays bounded.
+//! The process-wide Prometheus recorder and the per-request telemetry middleware (HTTP server
+//! metrics and W3C trace context). Routes are labelled by their template (`MatchedPath`), never
+//! the raw path, so label cardinality stays bounded.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -9,6 +9,8 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::telemetry::{self, TraceContext};
 
 /// Latency buckets in seconds, tuned for a 1 s request budget.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -44,16 +46,28 @@ pub async fn render() -> ([(axum::http::HeaderName, &'static str); 1], String) {
     )
 }
 
-/// Records `http_server_request_duration_seconds{service,method,route,status}`.
+/// Records `http_server_request_duration_seconds{service,method,route,status}` and runs the
+/// request inside its trace context (continued from `traceparent`, or started here), so its
+/// logs carry `trace_id` and its outgoing calls can propagate it
+/// ([`telemetry::outgoing_traceparent`]).
 pub async fn track(service: &'static str, request: Request, next: Next) -> Response {
     let started = Instant::now();
+    // Read in a block: a `&Request` held across an await would make this future `!Send`.
+    let (request_id, trace) = {
+        let headers = request.headers();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let request_id = header(crate::REQUEST_ID_HEADER).map(str::to_owned);
+        let trace =
+            TraceContext::for_request(header(telemetry::TRACEPARENT_HEADER), request_id.as_deref());
+        (request_id, trace)
+    };
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().as_str().to_owned();
-    let response = next.run(request).await;
+    let response = trace.scope(request_id.as_deref(), next.run(request)).await;
     let status = response.status().as_u16().to_string();
     metrics::histogram!(
         "http_server_request_duration_seconds",

@@ -289,6 +289,7 @@ impl CircuitBreaker {
             events,
         };
         publish_state_gauges(&shared.name, State::Closed);
+        register_transition_counters(&shared.name);
         CircuitBreaker {
             shared: Arc::new(shared),
         }
@@ -640,6 +641,24 @@ impl Shared {
 
     fn nanos_since_epoch(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+}
+
+/// Registers the automatic transitions at zero, so `increase()` over them is 0 (not "no
+/// data") on dashboards and alerts before the first transition happens.
+fn register_transition_counters(name: &Arc<str>) {
+    for (from, to) in [
+        (State::Closed, State::Open),
+        (State::Open, State::HalfOpen),
+        (State::HalfOpen, State::Closed),
+        (State::HalfOpen, State::Open),
+    ] {
+        let _ = metrics::counter!(
+            "resilience_circuitbreaker_transitions_total",
+            "name" => name.to_string(),
+            "from" => from.as_str(),
+            "to" => to.as_str()
+        );
     }
 }
 
