@@ -1,0 +1,705 @@
+//! `compose.yaml` checked against the real binary, without a container engine.
+//!
+//! Every ftshop container's command and environment must be accepted by `ftshop` as it is
+//! built now (a renamed flag or env var fails here, not on a user's first `docker compose up`);
+//! published ports follow DESIGN.md; every healthcheck URL answers 200 on a freshly started
+//! service of that role; every `depends_on` target exists, has a healthcheck when the
+//! condition needs one, and there is no cycle; every `${VAR}` the file needs is in `.env.example`.
+//! The Kubernetes base gets the same command/env/probe checks (`deploy/k8s`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_norway::Value;
+
+/// Published ports, as DESIGN.md and README.md give them.
+const DESIGN_PORTS: &[(&str, u16)] = &[
+    ("ecommerce", 8080),
+    ("store-1", 8081),
+    ("store-2", 8091),
+    ("exchange-1", 8082),
+    ("exchange-2", 8092),
+    ("fidelity", 8083),
+    ("prometheus", 9090),
+    ("alertmanager", 9093),
+    ("grafana", 3000),
+];
+
+/// Variables a service reads without clap (the tracing filter) or that only the image's
+/// HEALTHCHECK uses.
+const NON_CLAP_ENV: &[&str] = &["RUST_LOG", "FTSHOP_HEALTH_PORT"];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn load_yaml(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut value: Value = serde_norway::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
+    value.apply_merge().expect("YAML merge keys");
+    value
+}
+
+fn compose() -> Value {
+    load_yaml(&root().join("compose.yaml"))
+}
+
+fn services(compose: &Value) -> BTreeMap<String, Value> {
+    compose["services"]
+        .as_mapping()
+        .expect("compose.yaml has services")
+        .iter()
+        .map(|(k, v)| (k.as_str().expect("service name").to_owned(), v.clone()))
+        .collect()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|seq| {
+            seq.iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    other => panic!("expected a string, found {other:?}"),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `environment:` as a map, from either the mapping or the `KEY=value` list form.
+fn environment(service: &Value) -> BTreeMap<String, String> {
+    match &service["environment"] {
+        Value::Mapping(map) => map
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    other => serde_norway::to_string(other)
+                        .expect("scalar")
+                        .trim()
+                        .to_owned(),
+                };
+                (k.as_str().expect("env name").to_owned(), value)
+            })
+            .collect(),
+        Value::Sequence(_) => strings(&service["environment"])
+            .into_iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (kv, String::new()),
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// The ftshop containers: those that run `ftshop serve <role>` from this repository's image.
+fn ftshop_services(compose: &Value) -> BTreeMap<String, Value> {
+    services(compose)
+        .into_iter()
+        .filter(|(_, s)| strings(&s["command"]).first().map(String::as_str) == Some("serve"))
+        .collect()
+}
+
+/// `ftshop <args> --help`, which fails on an unknown subcommand or flag before printing help.
+fn help(args: &[String]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ftshop"))
+        .args(args)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .expect("run ftshop");
+    assert!(
+        out.status.success(),
+        "`ftshop {} --help` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 help")
+}
+
+/// The long flags and env vars a `--help` text documents.
+fn documented(help: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut flags = BTreeSet::new();
+    let mut envs = BTreeSet::new();
+    for word in help.split(|c: char| c.is_whitespace() || c == ',') {
+        if let Some(flag) = word.strip_prefix("--") {
+            let name: String = flag
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            if !name.is_empty() {
+                flags.insert(name);
+            }
+        }
+    }
+    for part in help.split("[env: ").skip(1) {
+        let name: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        envs.insert(name);
+    }
+    (flags, envs)
+}
+
+/// Asserts that `ftshop` accepts `command` and documents every flag in it and every env var.
+fn assert_accepted(who: &str, command: &[String], env: impl IntoIterator<Item = String>) {
+    let text = help(command);
+    let (flags, envs) = documented(&text);
+    for arg in command {
+        if let Some(flag) = arg.strip_prefix("--") {
+            let name = flag.split('=').next().unwrap_or(flag);
+            assert!(
+                flags.contains(name),
+                "{who}: `ftshop {}` has no flag --{name}",
+                command.join(" ")
+            );
+        }
+    }
+    for key in env {
+        assert!(
+            envs.contains(&key) || NON_CLAP_ENV.contains(&key.as_str()),
+            "{who}: `ftshop {}` reads no env var {key} (documented: {envs:?})",
+            command.join(" ")
+        );
+    }
+}
+
+fn flag_value(command: &[String], flag: &str) -> Option<String> {
+    command
+        .iter()
+        .position(|a| a == flag)
+        .and_then(|i| command.get(i + 1).cloned())
+}
+
+#[test]
+fn every_ftshop_command_and_env_var_is_accepted_by_the_binary() {
+    let compose = compose();
+    let ftshop = ftshop_services(&compose);
+    assert_eq!(
+        ftshop.keys().cloned().collect::<BTreeSet<_>>(),
+        [
+            "ecommerce",
+            "store-1",
+            "store-2",
+            "exchange-1",
+            "exchange-2",
+            "fidelity"
+        ]
+        .map(String::from)
+        .into(),
+        "compose.yaml runs store x2, exchange x2, fidelity and ecommerce"
+    );
+    for (name, service) in &ftshop {
+        assert_eq!(
+            service["build"]["dockerfile"].as_str(),
+            Some("deploy/Dockerfile"),
+            "{name} builds the one image"
+        );
+        let command = strings(&service["command"]);
+        assert_accepted(name, &command, environment(service).into_keys());
+        assert_eq!(
+            flag_value(&command, "--instance").as_deref(),
+            Some(name.as_str()),
+            "{name}: --instance names the replica in logs and metrics"
+        );
+    }
+}
+
+#[test]
+fn the_image_environment_is_understood_by_every_role() {
+    let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).expect("Dockerfile");
+    let mut keys = Vec::new();
+    let mut in_env = false;
+    for line in dockerfile.lines() {
+        let line = line.trim();
+        let rest = if let Some(rest) = line.strip_prefix("ENV ") {
+            rest
+        } else if in_env {
+            line
+        } else {
+            continue;
+        };
+        in_env = rest.ends_with('\\');
+        for pair in rest.trim_end_matches('\\').split_whitespace() {
+            if let Some((key, _)) = pair.split_once('=') {
+                keys.push(key.to_owned());
+            }
+        }
+    }
+    assert!(
+        keys.contains(&"FTSHOP_HOST".to_owned()),
+        "the image listens on every interface: {keys:?}"
+    );
+    for role in ["ecommerce", "store", "exchange", "fidelity"] {
+        let command = ["serve", role].map(String::from);
+        assert_accepted(&format!("image ({role})"), &command, keys.clone());
+    }
+}
+
+/// `(host port, container port)` pairs from the short `ports:` syntax, with `${...}` hosts.
+fn published(service: &Value) -> Vec<(u16, u16)> {
+    strings(&service["ports"])
+        .iter()
+        .map(|spec| {
+            let mut parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+            parts.reverse();
+            let n = parts.len();
+            assert!(n >= 2, "port spec {spec} publishes host:container");
+            let port = |s: &str| {
+                s.parse::<u16>()
+                    .unwrap_or_else(|_| panic!("port in {spec}"))
+            };
+            (port(parts[n - 2]), port(parts[n - 1]))
+        })
+        .collect()
+}
+
+#[test]
+fn published_ports_and_downstream_urls_match_the_design() {
+    let compose = compose();
+    let services = services(&compose);
+    for (name, port) in DESIGN_PORTS {
+        let service = services
+            .get(*name)
+            .unwrap_or_else(|| panic!("compose.yaml has no service {name}"));
+        assert_eq!(
+            published(service),
+            vec![(*port, *port)],
+            "{name} is published on {port}"
+        );
+        let command = strings(&service["command"]);
+        if command.first().map(String::as_str) == Some("serve") {
+            assert_eq!(
+                flag_value(&command, "--port"),
+                Some(port.to_string()),
+                "{name} listens on {port}"
+            );
+        }
+        for spec in strings(&service["ports"]) {
+            assert!(
+                spec.starts_with("${FTSHOP_BIND:-127.0.0.1}:"),
+                "{name}: {spec} binds to loopback unless FTSHOP_BIND says otherwise"
+            );
+        }
+    }
+
+    let env = environment(&services["ecommerce"]);
+    let expect = [
+        (
+            "FTSHOP_STORE_URLS",
+            "http://store-1:8081,http://store-2:8091",
+        ),
+        (
+            "FTSHOP_EXCHANGE_URLS",
+            "http://exchange-1:8082,http://exchange-2:8092",
+        ),
+        ("FTSHOP_FIDELITY_URL", "http://fidelity:8083"),
+    ];
+    for (key, value) in expect {
+        assert_eq!(env.get(key).map(String::as_str), Some(value), "{key}");
+    }
+}
+
+#[test]
+fn depends_on_targets_exist_are_healthchecked_and_acyclic() {
+    let compose = compose();
+    let services = services(&compose);
+    let mut graph: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, service) in &services {
+        let deps: Vec<(String, Option<String>)> = match &service["depends_on"] {
+            Value::Mapping(map) => map
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().expect("name").to_owned(),
+                        v["condition"].as_str().map(str::to_owned),
+                    )
+                })
+                .collect(),
+            Value::Sequence(_) => strings(&service["depends_on"])
+                .into_iter()
+                .map(|d| (d, None))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (dep, condition) in &deps {
+            let target = services
+                .get(dep)
+                .unwrap_or_else(|| panic!("{name} depends on {dep}, which is not a service"));
+            if condition.as_deref() == Some("service_healthy") {
+                assert!(
+                    !target["healthcheck"]["test"].is_null(),
+                    "{name} waits for {dep} to be healthy, but {dep} has no healthcheck"
+                );
+            }
+        }
+        graph.insert(name.clone(), deps.into_iter().map(|(d, _)| d).collect());
+        assert!(
+            service["restart"].as_str().is_some(),
+            "{name} has a restart policy"
+        );
+        assert!(
+            !service["healthcheck"]["test"].is_null(),
+            "{name} has a healthcheck"
+        );
+    }
+    // Every ftshop service waits for the database it migrates at start.
+    for (name, service) in ftshop_services(&compose) {
+        assert_eq!(
+            service["depends_on"]["postgres"]["condition"].as_str(),
+            Some("service_healthy"),
+            "{name} waits for PostgreSQL"
+        );
+    }
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, Vec<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) {
+        if done.contains(node) {
+            return;
+        }
+        assert!(
+            !path.iter().any(|p| p == node),
+            "depends_on cycle: {} -> {node}",
+            path.join(" -> ")
+        );
+        path.push(node.to_owned());
+        for dep in graph.get(node).into_iter().flatten() {
+            visit(dep, graph, path, done);
+        }
+        path.pop();
+        done.insert(node.to_owned());
+    }
+    let mut done = BTreeSet::new();
+    for name in graph.keys() {
+        visit(name, &graph, &mut Vec::new(), &mut done);
+    }
+}
+
+#[test]
+fn env_example_documents_every_variable_compose_reads() {
+    let compose = std::fs::read_to_string(root().join("compose.yaml")).expect("compose.yaml");
+    let example = std::fs::read_to_string(root().join(".env.example")).expect(".env.example");
+    let documented: BTreeSet<String> = example
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim())
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim().to_owned()))
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect();
+    // `$${X}` is an escaped dollar for the container's shell, not a compose variable.
+    let text = compose.replace("$${", "");
+    let mut used = BTreeSet::new();
+    for part in text.split("${").skip(1) {
+        let name: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        used.insert(name);
+    }
+    assert!(used.contains("FTSHOP_ADMIN_TOKEN"), "{used:?}");
+    for name in &used {
+        assert!(
+            documented.contains(name),
+            "compose.yaml reads ${{{name}}}, which .env.example does not document"
+        );
+    }
+    // The example file must never carry a real secret.
+    for secret in [
+        "FTSHOP_ADMIN_TOKEN",
+        "POSTGRES_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+        "SLACK_WEBHOOK_URL",
+    ] {
+        let line = example
+            .lines()
+            .find(|l| l.starts_with(&format!("{secret}=")))
+            .unwrap_or_else(|| panic!(".env.example has no {secret}="));
+        assert_eq!(line, format!("{secret}="), "{secret} is left empty");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Healthcheck and probe URLs answer on a real process of each role.
+
+/// A `ftshop serve` child killed on drop.
+struct Served {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Starts one role on SQLite in a fresh directory, downstream URLs pointing nowhere.
+fn serve(role: &str) -> Served {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ftshop"))
+        .args(["serve", role, "--host", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env("FTSHOP_FAULTS", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ftshop serve");
+    Served {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+/// The status of `GET path`, polled until the process answers at all (at most 30 s).
+async fn status_of(served: &Served, path: &str) -> u16 {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    let url = format!("http://127.0.0.1:{}{path}", served.port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(resp) = http.get(&url).send().await {
+            // Readiness may take a moment after the listener opens (migrations, first rate).
+            if resp.status().is_success() || Instant::now() >= deadline {
+                return resp.status().as_u16();
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `(role, listen port, path)` of every compose healthcheck that targets an ftshop service.
+fn compose_health_urls() -> Vec<(String, String, u16, String)> {
+    ftshop_services(&compose())
+        .into_iter()
+        .map(|(name, service)| {
+            let command = strings(&service["command"]);
+            let role = command.get(1).cloned().expect("serve <role>");
+            let port: u16 = flag_value(&command, "--port")
+                .and_then(|p| p.parse().ok())
+                .expect("--port");
+            let test = strings(&service["healthcheck"]["test"]);
+            let url = test
+                .iter()
+                .find(|a| a.starts_with("http://"))
+                .unwrap_or_else(|| panic!("{name}: healthcheck has no URL: {test:?}"));
+            let rest = url
+                .strip_prefix("http://127.0.0.1:")
+                .unwrap_or_else(|| panic!("{name}: healthcheck must call the container itself"));
+            let (p, path) = rest.split_at(rest.find('/').expect("path"));
+            assert_eq!(
+                p.parse::<u16>().ok(),
+                Some(port),
+                "{name}: healthcheck port"
+            );
+            (name, role, port, path.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_urls_answer_200_on_a_fresh_process_of_each_role() {
+    let mut by_role: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (_, role, _, path) in compose_health_urls() {
+        by_role.entry(role).or_default().insert(path);
+    }
+    // The Kubernetes probes too, so both deployments check routes that exist.
+    for (role, paths) in k8s_probe_paths() {
+        by_role.entry(role).or_default().extend(paths);
+    }
+    // Ecommerce is up and live without its downstreams; its readiness follows them, so only
+    // existence (not 404) is asked of that one route.
+    let servers: Vec<(String, Served)> = by_role
+        .keys()
+        .map(|role| (role.clone(), serve(role)))
+        .collect();
+    for (role, served) in &servers {
+        for path in &by_role[role] {
+            let status = status_of(served, path).await;
+            if role == "ecommerce" && path == "/health/ready" {
+                assert_ne!(status, 404, "{role}: {path} is a route");
+            } else {
+                assert_eq!(status, 200, "{role}: GET {path}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes base: the same checks on the Deployments' containers.
+
+fn k8s_documents() -> Vec<Value> {
+    let dir = root().join("deploy/k8s/base");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read manifest");
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let value = <Value as serde::Deserialize>::deserialize(doc).expect("YAML document");
+            if !value.is_null() {
+                docs.push(value);
+            }
+        }
+    }
+    docs
+}
+
+fn k8s_containers() -> Vec<(String, Value)> {
+    k8s_documents()
+        .into_iter()
+        .filter(|d| d["kind"].as_str() == Some("Deployment"))
+        .flat_map(|d| {
+            let name = d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            d["spec"]["template"]["spec"]["containers"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |c| (name.clone(), c))
+        })
+        .collect()
+}
+
+/// `role -> probe paths` of every Deployment's ftshop container.
+fn k8s_probe_paths() -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, container) in k8s_containers() {
+        let args = strings(&container["args"]);
+        let Some(role) = args.get(1).cloned() else {
+            continue;
+        };
+        for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+            if let Some(path) = container[probe]["httpGet"]["path"].as_str() {
+                out.entry(role.clone()).or_default().insert(path.to_owned());
+            } else {
+                assert!(
+                    probe == "startupProbe",
+                    "{name}: {probe} is an httpGet probe"
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn k8s_deployments_run_accepted_commands_with_the_compose_replicas() {
+    let containers = k8s_containers();
+    if !root().join("deploy/k8s/base").exists() {
+        return;
+    }
+    assert!(!containers.is_empty(), "deploy/k8s/base has Deployments");
+    let configmap_keys: BTreeSet<String> = k8s_documents()
+        .iter()
+        .filter(|d| matches!(d["kind"].as_str(), Some("ConfigMap") | Some("Secret")))
+        .flat_map(|d| {
+            ["data", "stringData"]
+                .into_iter()
+                .flat_map(|field| {
+                    d[field]
+                        .as_mapping()
+                        .map(|m| {
+                            m.keys()
+                                .filter_map(|k| k.as_str().map(str::to_owned))
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut roles = BTreeMap::new();
+    for (name, container) in &containers {
+        let args = strings(&container["args"]);
+        assert_eq!(args.first().map(String::as_str), Some("serve"), "{name}");
+        let env: Vec<String> = container["env"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["name"].as_str().map(str::to_owned))
+            .collect();
+        // envFrom a ConfigMap or Secret brings its keys in as variables.
+        let env_from: Vec<String> = if container["envFrom"].is_sequence() {
+            configmap_keys.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        assert_accepted(name, &args, env.into_iter().chain(env_from));
+        let port = flag_value(&args, "--port").expect("--port");
+        let declared: Vec<String> = container["ports"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["containerPort"].as_u64().map(|n| n.to_string()))
+            .collect();
+        assert_eq!(declared, vec![port.clone()], "{name}: containerPort");
+        roles.insert(name.clone(), args[1].clone());
+    }
+    // Replicas as in compose: two Store and two Exchange pods, one of each other role.
+    let replicas: BTreeMap<String, u64> = k8s_documents()
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("Deployment"))
+        .map(|d| {
+            (
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                d["spec"]["replicas"].as_u64().unwrap_or(1),
+            )
+        })
+        .collect();
+    for (role, want) in [
+        ("store", 2),
+        ("exchange", 2),
+        ("fidelity", 1),
+        ("ecommerce", 1),
+    ] {
+        let total: u64 = roles
+            .iter()
+            .filter(|(_, r)| r.as_str() == role)
+            .map(|(name, _)| replicas.get(name).copied().unwrap_or(1))
+            .sum();
+        assert_eq!(total, want, "{role} replicas");
+    }
+}
