@@ -49,6 +49,19 @@ pub struct UpArgs {
     #[arg(long, env = "FTSHOP_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Redis as the shared cache tier for every service (Exchange replicas share rates).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Fault profile for every process: `default` (the exercise's four faults), `off`, or a
+    /// TOML/JSON file (docs/faults.md). Change it at run time with `ftshop fault`.
+    #[arg(long, env = "FTSHOP_FAULTS", default_value = "default")]
+    pub faults: String,
+
+    /// Seed for the fault draws (printed at start, so a run can be repeated); random when unset.
+    #[arg(long, env = "FTSHOP_FAULT_SEED")]
+    pub fault_seed: Option<u64>,
+
     /// `files` writes each process's log to <data-dir>/logs/<name>.log; `inherit` prints them here.
     #[arg(long, default_value = "files", value_parser = ["files", "inherit"])]
     pub logs: String,
@@ -69,6 +82,8 @@ struct Member {
 struct UpFile<'a> {
     supervisor_pid: u32,
     admin_token: &'a str,
+    faults: &'a str,
+    fault_seed: u64,
     data_dir: String,
     members: Vec<MemberState<'a>>,
 }
@@ -89,7 +104,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
     let token = args.admin_token.clone().unwrap_or_else(generate_token);
-    let members = plan(&args, &data_dir)?;
+    // Fail before starting anything when the profile is unreadable; children get an absolute
+    // path, so they read the same file whatever their working directory.
+    let profile = ftshop_platform::faults::FaultProfile::load(&args.faults)?;
+    let faults = match args.faults.as_str() {
+        "off" | "default" => args.faults.clone(),
+        path => std::fs::canonicalize(path)
+            .with_context(|| format!("fault profile {path}"))?
+            .display()
+            .to_string(),
+    };
+    let fault_seed = args
+        .fault_seed
+        .or(profile.seed)
+        .unwrap_or_else(|| rand::random_range(0..1_000_000));
+    let members = plan(&args, &data_dir, &faults, fault_seed)?;
     let exe = std::env::current_exe().context("cannot find the ftshop executable")?;
     if args.logs == "files" {
         std::fs::create_dir_all(data_dir.join("logs"))?;
@@ -103,6 +132,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             exe: exe.clone(),
             token: token.clone(),
             database_url: args.database_url.clone(),
+            redis_url: args.redis_url.clone(),
             log_file: (args.logs == "files")
                 .then(|| data_dir.join("logs").join(format!("{}.log", member.name))),
         };
@@ -110,6 +140,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             member: member.name.clone(),
             path: data_dir.join("up.json"),
             token: token.clone(),
+            faults: faults.clone(),
+            fault_seed,
             data_dir: data_dir.clone(),
             members: members.clone(),
         };
@@ -124,6 +156,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let ready = wait_until_live(&members, Duration::from_secs(60)).await;
     print_banner(&members, &token, &data_dir, args.logs == "files", ready);
+    if profile.rules.is_empty() {
+        println!("faults:      off");
+    } else {
+        println!(
+            "faults:      {} ({} rules, seed {fault_seed}); `ftshop fault list`, `ftshop fault clear`",
+            args.faults,
+            profile.rules.len()
+        );
+    }
 
     ftshop_platform::server::shutdown_signal().await;
     println!("stopping ftshop...");
@@ -144,7 +185,12 @@ fn generate_token() -> String {
 }
 
 /// The six processes, their ports and arguments.
-fn plan(args: &UpArgs, data_dir: &Path) -> anyhow::Result<Vec<Member>> {
+fn plan(
+    args: &UpArgs,
+    data_dir: &Path,
+    faults: &str,
+    fault_seed: u64,
+) -> anyhow::Result<Vec<Member>> {
     let offsets = [
         ("ecommerce", "ecommerce", 0u16),
         ("store-1", "store", 1),
@@ -190,6 +236,10 @@ fn plan(args: &UpArgs, data_dir: &Path) -> anyhow::Result<Vec<Member>> {
                 data_dir.display().to_string(),
                 "--instance".into(),
                 (*name).into(),
+                "--faults".into(),
+                faults.to_owned(),
+                "--fault-seed".into(),
+                fault_seed.to_string(),
             ],
         })
         .collect();
@@ -231,6 +281,7 @@ struct ChildEnv {
     exe: PathBuf,
     token: String,
     database_url: Option<String>,
+    redis_url: Option<String>,
     log_file: Option<PathBuf>,
 }
 
@@ -239,6 +290,8 @@ struct UpWriter {
     member: String,
     path: PathBuf,
     token: String,
+    faults: String,
+    fault_seed: u64,
     data_dir: PathBuf,
     members: Vec<Member>,
 }
@@ -251,6 +304,8 @@ impl UpWriter {
         let file = UpFile {
             supervisor_pid: std::process::id(),
             admin_token: &self.token,
+            faults: &self.faults,
+            fault_seed: self.fault_seed,
             data_dir: self.data_dir.display().to_string(),
             members: self
                 .members
@@ -366,6 +421,9 @@ fn spawn(member: &Member, env: &ChildEnv) -> anyhow::Result<Child> {
         .kill_on_drop(true);
     if let Some(url) = &env.database_url {
         cmd.env("DATABASE_URL", url);
+    }
+    if let Some(url) = &env.redis_url {
+        cmd.env("REDIS_URL", url);
     }
     if let Some(path) = &env.log_file {
         let file = std::fs::OpenOptions::new()

@@ -20,12 +20,21 @@ pub struct Suite {
 impl Suite {
     /// Starts `ftshop up --port-base 0` with `extra` arguments and waits until every process
     /// is ready (at most 90 s: the first start compiles nothing but migrates six databases).
+    /// Faults are off unless `extra` sets `--faults`.
     pub async fn start(extra: &[&str]) -> Suite {
         let dir = tempfile::tempdir().expect("tempdir");
+        let faults_off: &[&str] = if extra.contains(&"--faults") {
+            &[]
+        } else {
+            &["--faults", "off"]
+        };
         let supervisor = Command::new(env!("CARGO_BIN_EXE_ftshop"))
             .args(["up", "--port-base", "0", "--data-dir"])
             .arg(dir.path())
+            .args(faults_off)
             .args(extra)
+            .env_remove("FTSHOP_FAULTS")
+            .env_remove("FTSHOP_FAULT_SEED")
             .env("FTSHOP_ADMIN_TOKEN", ADMIN_TOKEN)
             .env_remove("DATABASE_URL")
             .stdin(Stdio::null())

@@ -136,6 +136,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
         });
     Ok(Service::new("ecommerce", router(state), ApiDoc::openapi())
         .readiness(readiness)
+        .with_common(&config.common)?
         .into_router())
 }
 

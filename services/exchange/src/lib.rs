@@ -148,6 +148,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     let readiness = Readiness::new().check("source", move || check_state.clone().check_source());
     Ok(Service::new(NAME, router(state), ApiDoc::openapi())
         .readiness(readiness)
+        .with_common(&config.common)?
         .into_router())
 }
 

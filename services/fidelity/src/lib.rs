@@ -79,6 +79,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
         });
     Ok(Service::new(NAME, router(state), ApiDoc::openapi())
         .readiness(readiness)
+        .with_common(&config.common)?
         .into_router())
 }
 

@@ -26,6 +26,20 @@ pub struct CommonArgs {
     /// Name of this replica in logs and metrics (for example `store-2`).
     #[arg(long, env = "FTSHOP_INSTANCE")]
     pub instance: Option<String>,
+
+    /// Redis for the shared cache tier (`redis://127.0.0.1:6379`); without it each process
+    /// caches in memory only.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Fault profile: `off`, `default` (the exercise's four faults) or a TOML/JSON file
+    /// (see docs/faults.md).
+    #[arg(long, env = "FTSHOP_FAULTS", default_value = "off")]
+    pub faults: String,
+
+    /// Seed for the fault draws, so a run can be repeated exactly; random when unset.
+    #[arg(long, env = "FTSHOP_FAULT_SEED")]
+    pub fault_seed: Option<u64>,
 }
 
 impl CommonArgs {
@@ -37,6 +51,9 @@ impl CommonArgs {
             database_url: None,
             admin_token: None,
             instance: None,
+            redis_url: None,
+            faults: "off".to_owned(),
+            fault_seed: None,
         }
     }
 }

@@ -5,9 +5,11 @@
 //! A service crate builds its own `axum::Router` and hands it to [`server::Service`], which adds
 //! the standard layers and endpoints, so every service answers the same way to the same things.
 
+pub mod admin;
 pub mod config;
 pub mod db;
 pub mod extract;
+pub mod faults;
 pub mod health;
 pub mod http_metrics;
 pub mod problem;

@@ -16,8 +16,16 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
+use std::sync::{Arc, OnceLock};
+
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi as _;
+
+use crate::admin::AdminToken;
+use crate::config::CommonArgs;
+use crate::faults::{FaultEngine, FaultProfile};
 use crate::health::Readiness;
-use crate::{MAX_BODY_BYTES, Problem, REQUEST_ID_HEADER, extract, http_metrics};
+use crate::{MAX_BODY_BYTES, Problem, REQUEST_ID_HEADER, admin, extract, faults, http_metrics};
 
 /// A service's router plus what the platform needs to wrap it.
 pub struct Service {
@@ -25,6 +33,9 @@ pub struct Service {
     router: Router,
     openapi: utoipa::openapi::OpenApi,
     readiness: Readiness,
+    faults: Arc<FaultEngine>,
+    admin_token: AdminToken,
+    admin_routes: Router,
 }
 
 impl Service {
@@ -38,7 +49,49 @@ impl Service {
             router,
             openapi,
             readiness: Readiness::new(),
+            faults: FaultEngine::off(name),
+            admin_token: AdminToken::default(),
+            admin_routes: Router::new(),
         }
+    }
+
+    /// Fault profile, fault seed, instance name and admin token from the common flags.
+    pub fn with_common(mut self, common: &CommonArgs) -> anyhow::Result<Self> {
+        let profile = FaultProfile::load(&common.faults)?;
+        self.faults = FaultEngine::new(
+            self.name,
+            common.instance.clone(),
+            &profile,
+            common.fault_seed,
+        );
+        let status = self.faults.status();
+        if !status.rules.is_empty() {
+            tracing::warn!(
+                profile = %status.profile,
+                seed = status.seed,
+                rules = status.rules.len(),
+                "fault injection is ON"
+            );
+        }
+        self.admin_token = AdminToken::new(common.admin_token.as_deref());
+        Ok(self)
+    }
+
+    /// Uses `engine` for fault injection (tests).
+    pub fn faults(mut self, engine: Arc<FaultEngine>) -> Self {
+        self.faults = engine;
+        self
+    }
+
+    pub fn admin_token(mut self, token: AdminToken) -> Self {
+        self.admin_token = token;
+        self
+    }
+
+    /// Extra operator routes (already given their state), served behind the admin token.
+    pub fn admin_routes(mut self, routes: Router) -> Self {
+        self.admin_routes = self.admin_routes.merge(routes);
+        self
     }
 
     pub fn readiness(mut self, readiness: Readiness) -> Self {
@@ -54,7 +107,11 @@ impl Service {
             router,
             mut openapi,
             readiness,
+            faults,
+            admin_token,
+            admin_routes,
         } = self;
+        openapi.merge(faults::admin::AdminDoc::openapi());
         openapi.info.title = format!("ftshop {name}");
         openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
         let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
@@ -70,8 +127,20 @@ impl Service {
             )
             .route("/metrics", get(http_metrics::render));
 
+        let admin = faults::admin::routes(faults.clone())
+            .merge(admin_routes)
+            .layer(axum::middleware::from_fn_with_state(
+                admin_token,
+                admin::require,
+            ));
+
         router
+            .layer(axum::middleware::from_fn_with_state(
+                faults,
+                faults::layer::inject,
+            ))
             .merge(standard)
+            .merge(admin)
             .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
             .fallback(extract::not_found_fallback)
             .method_not_allowed_fallback(method_not_allowed)
@@ -134,6 +203,7 @@ pub async fn serve(
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
+        shutdown_token().cancel();
         let _ = tx.send(());
     });
     let drain_limit = async move {
@@ -147,6 +217,16 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+fn shutdown_token() -> &'static CancellationToken {
+    static TOKEN: OnceLock<CancellationToken> = OnceLock::new();
+    TOKEN.get_or_init(CancellationToken::new)
+}
+
+/// Resolves once this process has begun to shut down (held requests let go at once).
+pub(crate) async fn shutting_down() {
+    shutdown_token().cancelled().await;
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
