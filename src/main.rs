@@ -1,6 +1,7 @@
 //! `ftshop`: one binary, many roles. This file only parses the command line; the work lives in
 //! the service crates (`serve`) and in [`up`] (the supervisor).
 
+mod load;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,9 @@ enum Command {
     },
     /// Run the whole suite (store x2, exchange x2, fidelity, ecommerce) as supervised processes.
     Up(up::UpArgs),
+    /// Load generator for POST /buy: closed-loop VUs with think time or an open-loop rate;
+    /// writes result.json, summary.md and chart.svg (loopback targets only).
+    Load(load::LoadArgs),
 }
 
 #[derive(Subcommand)]
@@ -62,5 +66,6 @@ async fn main() -> anyhow::Result<()> {
             result
         }
         Command::Up(args) => up::run(args).await,
+        Command::Load(args) => load::run(args).await,
     }
 }

@@ -1,0 +1,254 @@
+//! `ftshop load` end to end: the real binary against a tiny fake /buy on 127.0.0.1, whose
+//! answers cycle through 200 (degraded and clean), 202, 409 and 500, so every count in
+//! result.json can be checked against what the server saw.
+
+#![allow(clippy::unwrap_used)] // tests state their expectations by unwrapping
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Seen {
+    requests: u64,
+    completed: u64,
+    degraded: u64,
+    pending_bonus: u64,
+    accepted: u64,
+    out_of_stock: u64,
+    server_error: u64,
+    keys: HashSet<String>,
+    /// Anything about a request that breaks the contract `ftshop load` must keep.
+    violations: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+async fn buy(State(seen): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    let mut seen = seen.lock().unwrap();
+    let n = seen.requests;
+    seen.requests += 1;
+    match headers.get("idempotency-key").and_then(|k| k.to_str().ok()) {
+        Some(key) if seen.keys.insert(key.to_owned()) => {}
+        other => seen
+            .violations
+            .push(format!("missing or repeated key {other:?}")),
+    }
+    let product: u32 = body["product"]
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    if !(1..=11).contains(&product)
+        || body["ft"] != json!(true)
+        || body["user"].as_str().is_none_or(str::is_empty)
+    {
+        seen.violations.push(format!("bad body {body}"));
+    }
+    match n % 5 {
+        0 => {
+            seen.completed += 1;
+            seen.degraded += 1;
+            seen.pending_bonus += 1;
+            Json(json!({
+                "order_id": format!("o{n}"),
+                "degraded": ["exchange:stale-rate"],
+                "bonus": {"points": 10, "status": "pending"},
+            }))
+            .into_response()
+        }
+        1 => {
+            seen.completed += 1;
+            Json(json!({
+                "order_id": format!("o{n}"),
+                "degraded": [],
+                "bonus": {"points": 10, "status": "credited"},
+            }))
+            .into_response()
+        }
+        2 => {
+            seen.accepted += 1;
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"order_id": format!("o{n}"), "status": "pending"})),
+            )
+                .into_response()
+        }
+        3 => {
+            seen.out_of_stock += 1;
+            (StatusCode::CONFLICT, "out of stock").into_response()
+        }
+        _ => {
+            seen.server_error += 1;
+            (StatusCode::BAD_GATEWAY, "store down").into_response()
+        }
+    }
+}
+
+async fn fake_shop() -> (String, Shared) {
+    let seen = Shared::default();
+    let app = Router::new()
+        .route("/buy", post(buy))
+        .with_state(Arc::clone(&seen));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+async fn ftshop_load(args: &[&str]) -> std::process::Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ftshop"))
+        .arg("load")
+        .args(args)
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("ftshop load finished within 30 s")
+        .expect("ftshop load ran")
+}
+
+fn non_empty(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(!text.trim().is_empty(), "{} is empty", path.display());
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_in_result_json_match_what_the_server_answered() {
+    let (url, seen) = fake_shop().await;
+    let out = tempfile::tempdir().unwrap();
+    let output = ftshop_load(&[
+        "--url",
+        &url,
+        "--vus",
+        "4",
+        "--duration",
+        "2s",
+        "--think",
+        "0s",
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+
+    let result: Value = serde_json::from_str(&non_empty(&out.path().join("result.json"))).unwrap();
+    let summary = non_empty(&out.path().join("summary.md"));
+    let chart = non_empty(&out.path().join("chart.svg"));
+    assert!(chart.starts_with("<svg"), "{chart}");
+    assert!(
+        stdout.contains("| metric | ft=true |"),
+        "summary printed: {stdout}"
+    );
+    assert!(summary.contains("| metric | ft=true |"), "{summary}");
+
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.violations.is_empty(),
+        "{:?}",
+        &seen.violations[..seen.violations.len().min(5)]
+    );
+    assert!(
+        seen.requests >= 20,
+        "only {} requests in 2 s",
+        seen.requests
+    );
+    let runs = result["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(run["ft"], json!(true));
+    let counts = &run["counts"];
+    assert_eq!(counts["requests"], json!(seen.requests), "{counts}");
+    assert_eq!(counts["completed"], json!(seen.completed), "{counts}");
+    assert_eq!(counts["accepted"], json!(seen.accepted), "{counts}");
+    assert_eq!(counts["out_of_stock"], json!(seen.out_of_stock), "{counts}");
+    assert_eq!(counts["server_error"], json!(seen.server_error), "{counts}");
+    for none in ["client_error", "timeout", "connection_error", "unexpected"] {
+        assert_eq!(counts[none], json!(0), "{none}: {counts}");
+    }
+    assert_eq!(run["acknowledged"], json!(seen.completed + seen.accepted));
+    assert_eq!(run["degraded"]["answers"], json!(seen.degraded));
+    assert_eq!(
+        run["degraded"]["labels"]["exchange:stale-rate"],
+        json!(seen.degraded)
+    );
+    assert_eq!(run["bonus"]["pending"], json!(seen.pending_bonus));
+    assert_eq!(
+        run["bonus"]["credited"],
+        json!(seen.completed - seen.pending_bonus)
+    );
+
+    // Success excludes the 409s: about 3/4 of the rest are acknowledged.
+    let expected = (seen.completed + seen.accepted) as f64 * 100.0
+        / (seen.requests - seen.out_of_stock) as f64;
+    let success = run["success_rate_pct"].as_f64().unwrap();
+    assert!(
+        (success - expected).abs() < 0.001,
+        "{success} vs {expected}"
+    );
+    assert!(run["latency_ms"]["all"]["p99"].as_f64().unwrap() > 0.0);
+    let series = run["timeseries"].as_array().unwrap();
+    assert!(!series.is_empty());
+    let per_second: u64 = series.iter().map(|p| p["requests"].as_u64().unwrap()).sum();
+    assert_eq!(
+        per_second, seen.requests,
+        "the time series accounts for every request"
+    );
+    assert_eq!(result["settings"]["vus"], json!(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_success_threshold_and_loopback_refusal_fail_the_command() {
+    let (url, seen) = fake_shop().await;
+    let out = tempfile::tempdir().unwrap();
+    let output = ftshop_load(&[
+        "--url",
+        &url,
+        "--vus",
+        "2",
+        "--duration",
+        "1s",
+        "--think",
+        "0s",
+        "--max-requests",
+        "10",
+        "--min-success",
+        "99.9",
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a 500 in every 5 answers is below 99.9 %"
+    );
+    assert!(stderr.contains("below --min-success"), "{stderr}");
+    assert_eq!(
+        seen.lock().unwrap().requests,
+        10,
+        "--max-requests bounds the run"
+    );
+    // The results are still written, for the CI job to publish.
+    non_empty(&out.path().join("summary.md"));
+
+    let output = ftshop_load(&["--url", "http://10.11.12.13:8080", "--duration", "1s"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("non-loopback"), "{stderr}");
+}
