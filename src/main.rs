@@ -1,6 +1,7 @@
 //! `ftshop`: one binary, many roles. This file only parses the command line; the work lives in
 //! the service crates (`serve`) and in [`up`] (the supervisor).
 
+mod fault;
 mod load;
 mod up;
 
@@ -30,6 +31,8 @@ enum Command {
     /// Load generator for POST /buy: closed-loop VUs with think time or an open-loop rate;
     /// writes result.json, summary.md and chart.svg (loopback targets only).
     Load(load::LoadArgs),
+    /// Fault injection at run time: `list`, `set` (a profile or one rule), `clear`.
+    Fault(fault::FaultArgs),
 }
 
 #[derive(Subcommand)]
@@ -67,5 +70,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Up(args) => up::run(args).await,
         Command::Load(args) => load::run(args).await,
+        Command::Fault(args) => fault::run(args).await,
     }
 }

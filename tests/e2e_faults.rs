@@ -1,0 +1,173 @@
+//! Fault injection end to end: the real `ftshop up`, the admin API of real processes and the
+//! `ftshop fault` command.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{ADMIN_TOKEN, Suite, alive, eventually};
+use serde_json::Value;
+
+fn fault_cli(suite: &Suite, args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ftshop"))
+        .arg("fault")
+        .args(args)
+        .arg("--data-dir")
+        .arg(suite.dir.path())
+        .env_remove("FTSHOP_ADMIN_TOKEN")
+        .output()
+        .expect("run ftshop fault");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+async fn faults_of(suite: &Suite, member: &str) -> Value {
+    suite
+        .http
+        .get(format!("{}/admin/faults", suite.url(member)))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("GET /admin/faults")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn default_profile_reaches_every_process_and_the_cli_lists_and_clears_it() {
+    let suite = Suite::start(&["--faults", "default", "--fault-seed", "7"]).await;
+    let expected = [
+        ("store-1", 2),
+        ("store-2", 2),
+        ("exchange-1", 1),
+        ("exchange-2", 1),
+        ("fidelity", 1),
+        ("ecommerce", 0),
+    ];
+    for (member, rules) in expected {
+        let status = faults_of(&suite, member).await;
+        assert_eq!(status["seed"], 7, "{member}: {status}");
+        assert_eq!(status["profile"], "default", "{member}: {status}");
+        assert_eq!(
+            status["rules"].as_array().map(Vec::len),
+            Some(rules),
+            "{member}: {status}"
+        );
+    }
+
+    let (ok, listed) = fault_cli(&suite, &["list"]);
+    assert!(ok, "{listed}");
+    assert!(
+        listed.contains("omission") && listed.contains("crash"),
+        "{listed}"
+    );
+
+    // Without the right token: 401 and nothing changes.
+    let store = suite.url("store-1");
+    for token in [None, Some("not-the-token")] {
+        let mut put = suite
+            .http
+            .put(format!("{store}/admin/faults"))
+            .json(&serde_json::json!({"rules": []}));
+        if let Some(token) = token {
+            put = put.bearer_auth(token);
+        }
+        let response = put.send().await.expect("PUT");
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let reset = suite
+            .http
+            .post(format!("{store}/admin/faults/reset"))
+            .send()
+            .await
+            .expect("reset");
+        assert_eq!(reset.status(), 401);
+    }
+    assert_eq!(
+        faults_of(&suite, "store-1").await["rules"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+
+    let (ok, cleared) = fault_cli(&suite, &["clear"]);
+    assert!(ok, "{cleared}");
+    for (member, _) in expected {
+        let status = faults_of(&suite, member).await;
+        assert_eq!(status["rules"], serde_json::json!([]), "{member}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_fault_makes_exchange_exit_and_up_brings_it_back() {
+    let suite = Suite::start(&[]).await;
+    let before = suite.pid("exchange-1").expect("exchange-1 pid");
+
+    let (ok, text) = fault_cli(
+        &suite,
+        &[
+            "set",
+            "--service",
+            "exchange",
+            "--instance",
+            "exchange-1",
+            "--route",
+            "/exchange",
+            "--kind",
+            "crash",
+            "--probability",
+            "1",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("exchange-1"), "{text}");
+    // The rule names exchange-1: its replica keeps answering.
+    let replica = faults_of(&suite, "exchange-2").await;
+    assert_eq!(replica["rules"], serde_json::json!([]));
+
+    let url = format!("{}/exchange", suite.url("exchange-1"));
+    let answer = suite.http.get(&url).send().await;
+    assert!(answer.is_err(), "a crashed process answered: {answer:?}");
+
+    eventually(
+        Duration::from_secs(5),
+        "the crashed process is gone",
+        || async { !alive(before) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "up restarts exchange-1",
+        || async {
+            let member = suite.member("exchange-1");
+            member["restarts"].as_u64() >= Some(1)
+                && member["pid"].as_i64().is_some_and(|p| p as i32 != before)
+        },
+    )
+    .await;
+    // Restarted with the start profile (off): it answers again.
+    eventually(
+        Duration::from_secs(30),
+        "exchange-1 answers again",
+        || async {
+            suite
+                .http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(suite.logs_dir().join("exchange-1.log")).unwrap_or_default();
+    assert!(log.contains("crash fault injected"), "log: {log}");
+}
