@@ -214,13 +214,15 @@ async fn set_rules(client: &reqwest::Client, set: SetArgs) -> anyhow::Result<()>
         .await;
         match result {
             Ok(status) => println!(
-                "{}: {} {} p={} window={:?}{} ({} rule(s) now)",
+                "{}: {} {} p={} window={}{} ({} rule(s) now)",
                 target.name,
                 rule.kind,
                 rule.route,
                 rule.probability,
-                set.window,
-                set.ttl.map(|t| format!(" ttl={t:?}")).unwrap_or_default(),
+                humantime::format_duration(set.window),
+                set.ttl
+                    .map(|t| format!(" ttl={}", humantime::format_duration(t)))
+                    .unwrap_or_default(),
                 status.rules.len()
             ),
             Err(err) => {
