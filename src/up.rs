@@ -1,8 +1,9 @@
 //! `ftshop up`: the whole suite as supervised child processes of this binary.
 //!
 //! Each process is `ftshop serve <service> ...`; when one exits (a crash fault, a SIGKILL from a
-//! chaos script) the supervisor starts it again after an exponential backoff, which resets once
-//! the process has stayed up for a while. Ctrl-C (or SIGTERM) stops every child: SIGTERM first,
+//! chaos script) the supervisor starts it again after an exponential backoff (100 ms doubling,
+//! jittered, at most 5 s), which resets once the process has stayed up for 10 s, as Docker's
+//! restart policy does. Ctrl-C (or SIGTERM) stops every child: SIGTERM first,
 //! SIGKILL for any that has not drained within 10 s.
 //!
 //! The supervisor writes `<data-dir>/up.json` (URLs, pids, admin token; mode 0600) so scripts
@@ -22,7 +23,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 /// A process that has stayed up this long gets a fresh backoff on its next exit.
-const HEALTHY_RUN: Duration = Duration::from_secs(30);
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
 /// How long a child may drain after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -353,8 +354,8 @@ async fn supervise(
 ) {
     let new_backoff = || {
         ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10))
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
             .with_factor(2.0)
             .with_jitter()
             .without_max_times()

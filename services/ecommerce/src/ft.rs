@@ -68,6 +68,8 @@ impl Replica {
 }
 
 const PRODUCT: usize = 0;
+/// Hedged rounds for a product that is not in the catalog cache at all.
+const PRODUCT_ROUNDS: usize = 3;
 const SELL: usize = 1;
 const RATE: usize = 0;
 
@@ -240,14 +242,35 @@ impl Resilient {
         deadline: Instant,
         degraded: &mut Degradations,
     ) -> Result<Product, StepError> {
-        let this = self.clone();
-        let (id_owned, rid) = (id.to_owned(), request_id.to_owned());
-        let loaded = self
-            .catalog
-            .get_or_store(id, move || async move {
-                this.fetch_product(&id_owned, &rid, deadline).await
-            })
-            .await;
+        // A failed load serves a stale catalog entry when there is one; only a product never
+        // seen (cold cache) gets further hedged rounds, while the deadline leaves room for one
+        // (an omission costs a whole attempt timeout, so two omitted replicas are 4 % of loads).
+        let mut round = 0;
+        let loaded = loop {
+            round += 1;
+            let this = self.clone();
+            let (id_owned, rid) = (id.to_owned(), request_id.to_owned());
+            let loaded = self
+                .catalog
+                .get_or_store(id, move || async move {
+                    this.fetch_product(&id_owned, &rid, deadline).await
+                })
+                .await;
+            let room = Instant::now() + self.settings.product_timeout + self.settings.hedge_after
+                < deadline;
+            match loaded {
+                Err(ftshop_resilience::CacheError::Load(err))
+                    if round < PRODUCT_ROUNDS && room && is_failure(&err) =>
+                {
+                    tracing::debug!(
+                        product = id,
+                        round,
+                        "product not loaded; another hedged round"
+                    );
+                }
+                other => break other,
+            }
+        };
         match loaded {
             Ok(cached) => {
                 if cached.source == CacheSource::Stale {
