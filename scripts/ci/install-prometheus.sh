@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Makes sure prometheus, promtool, alertmanager and amtool are on PATH, installing Debian's
-# packages when they are missing (`apt-get update` only when an install is needed). The Debian
-# packages also start services under systemd where it runs; we never rely on those: the
-# observability proof starts its own Prometheus and Alertmanager on free ports.
+# Makes sure prometheus, promtool, alertmanager and amtool (and PyYAML, for the observability
+# proof) are there, installing Debian's packages when they are missing (`apt-get update` only
+# when an install is needed). The Debian packages would also start daemons on the default ports;
+# a temporary policy-rc.d stops that: the observability proof starts its own Prometheus and
+# Alertmanager on free ports.
 set -euo pipefail
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -15,6 +16,12 @@ for tool in prometheus promtool amtool; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 have_alertmanager || missing+=(alertmanager)
+packages=(prometheus prometheus-alertmanager)
+# The observability proof rewrites configs with PyYAML.
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  missing+=(python3-yaml)
+  packages+=(python3-yaml)
+fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing Prometheus tools (missing: ${missing[*]})"
@@ -29,7 +36,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   status=0
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-    --no-install-recommends prometheus prometheus-alertmanager || status=$?
+    --no-install-recommends "${packages[@]}" || status=$?
   if [ "$created_policy" -eq 1 ]; then sudo_if_needed rm -f "$policy"; fi
   [ "$status" -eq 0 ] || exit "$status"
 fi

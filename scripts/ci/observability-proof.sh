@@ -89,7 +89,10 @@ WATCHDOG_PID=""
 cleanup() {
   local status=$?
   set +e
-  [ -n "$WATCHDOG_PID" ] && kill "$WATCHDOG_PID" 2>/dev/null
+  if [ -n "$WATCHDOG_PID" ]; then
+    pkill -TERM -P "$WATCHDOG_PID" 2>/dev/null # its sleep
+    kill "$WATCHDOG_PID" 2>/dev/null
+  fi
   if [ -n "$UP_PID" ] && kill -0 "$UP_PID" 2>/dev/null; then
     # `ftshop up` stops its children on SIGTERM (SIGKILL after a grace period).
     kill -TERM "$UP_PID" 2>/dev/null
