@@ -704,3 +704,103 @@ fn k8s_deployments_run_accepted_commands_with_the_compose_replicas() {
         assert_eq!(total, want, "{role} replicas");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Files compose mounts, and the observability config that names compose's services.
+
+/// `(source, target)` of every `./...` bind mount of `service`.
+fn bind_mounts(service: &Value) -> Vec<(String, String)> {
+    strings(&service["volumes"])
+        .into_iter()
+        .filter(|v| v.starts_with("./"))
+        .map(|v| {
+            let mut parts = v.split(':');
+            let source = parts.next().unwrap_or_default().to_owned();
+            let target = parts.next().unwrap_or_default().to_owned();
+            (source, target)
+        })
+        .collect()
+}
+
+#[test]
+fn bind_mounted_files_exist() {
+    // A missing source would be created by Docker as an empty directory, and Prometheus,
+    // Alertmanager or Grafana would start without their configuration.
+    for (name, service) in services(&compose()) {
+        for (source, _) in bind_mounts(&service) {
+            assert!(
+                root().join(&source).exists(),
+                "{name} mounts {source}, which does not exist"
+            );
+        }
+    }
+}
+
+#[test]
+fn prometheus_scrapes_every_ftshop_container_by_its_compose_name() {
+    let compose = compose();
+    let services = services(&compose);
+    let prometheus = load_yaml(&root().join("prometheus/prometheus.yml"));
+    let mut targets = BTreeSet::new();
+    for job in prometheus["scrape_configs"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        for config in job["static_configs"].as_sequence().into_iter().flatten() {
+            targets.extend(strings(&config["targets"]));
+        }
+    }
+    for (name, service) in ftshop_services(&compose) {
+        let port = flag_value(&strings(&service["command"]), "--port").expect("--port");
+        assert!(
+            targets.contains(&format!("{name}:{port}")),
+            "prometheus.yml does not scrape {name}:{port} (targets: {targets:?})"
+        );
+    }
+    for target in &targets {
+        let host = target.split(':').next().unwrap_or_default();
+        assert!(
+            host == "localhost" || services.contains_key(host),
+            "prometheus.yml scrapes {target}, which is no compose service"
+        );
+    }
+    let alerting = &prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"];
+    assert_eq!(strings(alerting), vec!["alertmanager:9093".to_owned()]);
+}
+
+#[test]
+fn alertmanager_and_grafana_read_what_compose_provides() {
+    let services = services(&compose());
+    let alertmanager = load_yaml(&root().join("prometheus/alertmanager.yml"));
+    if let Some(file) = alertmanager["global"]["slack_api_url_file"].as_str() {
+        let command = strings(&services["alertmanager"]["command"]).join(" ");
+        assert!(
+            command.contains(&format!("> {file}")),
+            "compose writes the Slack webhook where alertmanager.yml reads it ({file})"
+        );
+    }
+
+    let grafana = &services["grafana"];
+    let mounts = bind_mounts(grafana);
+    let dashboards_target = mounts
+        .iter()
+        .find(|(s, _)| s == "./grafana/dashboards")
+        .map(|(_, t)| t.clone())
+        .expect("grafana mounts ./grafana/dashboards");
+    let provisioning = root().join("grafana/provisioning/dashboards");
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(&provisioning).expect("dashboard providers") {
+        let provider = load_yaml(&entry.expect("entry").path());
+        for p in provider["providers"].as_sequence().into_iter().flatten() {
+            paths.extend(p["options"]["path"].as_str().map(str::to_owned));
+        }
+    }
+    assert!(
+        paths.contains(&dashboards_target),
+        "a dashboard provider reads {dashboards_target} (providers read {paths:?})"
+    );
+    for dir in ["./grafana/provisioning", "./grafana/dashboards"] {
+        assert!(mounts.iter().any(|(s, _)| s == dir), "grafana mounts {dir}");
+    }
+}
