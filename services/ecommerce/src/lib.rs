@@ -21,7 +21,7 @@ use utoipa::OpenApi;
 
 pub use downstream::Downstreams;
 pub use ft::{FtSettings, Resilient};
-pub use routes::{ApiDoc, router};
+pub use routes::{ApiDoc, admin_router, router};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -134,7 +134,9 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
             let downstreams = downstreams.clone();
             async move { downstreams.check_live().await }
         });
+    let admin = admin_router(state.clone());
     Ok(Service::new("ecommerce", router(state), ApiDoc::openapi())
+        .admin_routes(admin)
         .readiness(readiness)
         .with_common(&config.common)?
         .into_router())

@@ -18,7 +18,7 @@ use crate::orders::{self, Backlog, Claim, Completion, NewOrder, OrderView};
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(buy, get_order, get_backlog, get_breakers),
+    paths(buy, get_order, get_backlog, get_breakers, reset_breaker, force_open_breaker, reset_all_breakers),
     components(schemas(BuyRequest, BuyResponse, ProductView, BonusView, OrderView, Backlog, Problem)),
     tags((name = "ecommerce", description = "Purchases across Store, Exchange and Fidelity"))
 )]
@@ -30,6 +30,18 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/{id}", get(get_order))
         .route("/backlog", get(get_backlog))
         .route("/breakers", get(get_breakers))
+        .with_state(state)
+}
+
+/// Operator routes, served behind the admin token by the platform.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/admin/breakers/reset", post(reset_all_breakers))
+        .route("/admin/breakers/{name}/reset", post(reset_breaker))
+        .route(
+            "/admin/breakers/{name}/force-open",
+            post(force_open_breaker),
+        )
         .with_state(state)
 }
 
@@ -420,5 +432,64 @@ async fn get_backlog(State(state): State<AppState>) -> Result<Json<Backlog>, Pro
     responses((status = 200, description = "Breaker status snapshot"))
 )]
 async fn get_breakers(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::to_value(state.resilient.registry().snapshot()).unwrap_or_default())
+}
+
+/// Closes one breaker and clears its window (for example after fixing a dependency by hand).
+#[utoipa::path(
+    post, path = "/admin/breakers/{name}/reset", tag = "admin",
+    params(("name" = String, Path, description = "Breaker name, e.g. `store-1.sell`")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The breaker's new status"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn reset_breaker(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let status = state.resilient.registry().reset(&name).map_err(|_| {
+        Problem::not_found(format!("no breaker named `{name}` (see GET /breakers)"))
+    })?;
+    tracing::warn!(breaker = name, "breaker reset through the admin API");
+    Ok(Json(serde_json::to_value(status).unwrap_or_default()))
+}
+
+/// Holds one breaker open until it is reset: takes a replica out of rotation (maintenance).
+#[utoipa::path(
+    post, path = "/admin/breakers/{name}/force-open", tag = "admin",
+    params(("name" = String, Path, description = "Breaker name, e.g. `store-2.sell`")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The breaker's new status"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn force_open_breaker(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let status = state.resilient.registry().force_open(&name).map_err(|_| {
+        Problem::not_found(format!("no breaker named `{name}` (see GET /breakers)"))
+    })?;
+    tracing::warn!(breaker = name, "breaker forced open through the admin API");
+    Ok(Json(serde_json::to_value(status).unwrap_or_default()))
+}
+
+/// Closes every breaker.
+#[utoipa::path(
+    post, path = "/admin/breakers/reset", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every breaker's status"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn reset_all_breakers(State(state): State<AppState>) -> Json<serde_json::Value> {
+    state.resilient.registry().reset_all();
+    tracing::warn!("every breaker reset through the admin API");
     Json(serde_json::to_value(state.resilient.registry().snapshot()).unwrap_or_default())
 }

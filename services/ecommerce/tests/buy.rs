@@ -29,6 +29,8 @@ struct Script {
     /// Store's idempotency keys → transaction ids, like the real Store.
     sales: HashMap<String, String>,
     sell_calls: usize,
+    /// Sales per replica (0 or 1).
+    sells_by_replica: [usize; 2],
     bonus_calls: Vec<(String, i64, String)>,
 }
 
@@ -75,11 +77,12 @@ async fn exchange(State((s, _)): State<(Shared, usize)>) -> axum::response::Resp
 }
 
 async fn sell(
-    State((s, _)): State<(Shared, usize)>,
+    State((s, replica)): State<(Shared, usize)>,
     headers: HeaderMap,
 ) -> axum::response::Response {
     let mut s = s.lock().expect("lock");
     s.sell_calls += 1;
+    s.sells_by_replica[replica] += 1;
     if let Some(code) = s.sell_status {
         return problem(code, "scripted");
     }
@@ -116,6 +119,8 @@ async fn live() -> &'static str {
     "ok"
 }
 
+const ADMIN_TOKEN: &str = "buy-tests-admin-token";
+
 struct TestApp {
     url: String,
     script: Shared,
@@ -150,6 +155,7 @@ async fn spawn_app(database_url: Option<String>) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut common = CommonArgs::for_data_dir(dir.path());
     common.database_url = database_url;
+    common.admin_token = Some(ADMIN_TOKEN.to_owned());
     let config = Config {
         common,
         port: 0,
@@ -547,4 +553,78 @@ async fn ft_passes_out_of_stock_through_without_deferring() {
     app.script().sell_status = Some(409);
     let (status, problem) = app.buy(None, ft_order()).await;
     assert_eq!((status, problem["step"].as_str()), (409, Some("sell")));
+}
+
+#[tokio::test]
+async fn admin_can_force_a_breaker_open_and_reset_it_only_with_the_token() {
+    let app = spawn_app(None).await;
+    let admin = |path: &str, token: Option<&str>| {
+        let mut req = app.http.post(format!("{}{path}", app.url));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+    };
+    // Breakers exist once the ft path has run.
+    let (status, body) = app
+        .buy(None, json!({"product": "7", "user": "bob", "ft": true}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let refused = admin("/admin/breakers/store-1.sell/force-open", None)
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 401);
+    let refused = admin("/admin/breakers/store-1.sell/force-open", Some("wrong"))
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 401);
+    let breakers: Value = app
+        .http
+        .get(format!("{}/breakers", app.url))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert!(breakers.to_string().contains("closed"), "{breakers}");
+    assert!(!breakers.to_string().contains("forced_open"), "{breakers}");
+
+    let forced = admin("/admin/breakers/store-1.sell/force-open", Some(ADMIN_TOKEN))
+        .await
+        .expect("post");
+    assert_eq!(forced.status(), 200);
+    let forced: Value = forced.json().await.expect("json");
+    assert!(forced.to_string().contains("forced_open"), "{forced}");
+
+    // Every sale now goes to store-2 (replica 1).
+    let before = app.script().sells_by_replica;
+    for user in ["c1", "c2", "c3", "c4"] {
+        let (status, body) = app
+            .buy(None, json!({"product": "7", "user": user, "ft": true}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let after = app.script().sells_by_replica;
+    assert_eq!(
+        after[0], before[0],
+        "replica 0 sold while its breaker was forced open"
+    );
+    assert_eq!(after[1], before[1] + 4, "replica 1 took every sale");
+
+    let reset = admin("/admin/breakers/store-1.sell/reset", Some(ADMIN_TOKEN))
+        .await
+        .expect("post");
+    assert_eq!(reset.status(), 200);
+    let reset: Value = reset.json().await.expect("json");
+    assert!(reset.to_string().contains("closed"), "{reset}");
+    let unknown = admin("/admin/breakers/nope/reset", Some(ADMIN_TOKEN))
+        .await
+        .expect("post");
+    assert_eq!(unknown.status(), 404);
+    let all = admin("/admin/breakers/reset", Some(ADMIN_TOKEN))
+        .await
+        .expect("post");
+    assert_eq!(all.status(), 200);
 }
