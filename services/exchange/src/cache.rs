@@ -1,17 +1,23 @@
 //! The rate cache: TTL, single-flight refresh and a bounded last-known-good fallback.
 //!
-//! Deliberately small and self-contained. A later issue moves Exchange onto the shared
-//! resilience crate's tiered cache (`get_or_store`, stampede protection, last-known-good, a Redis
-//! tier so replicas share rates); until then this module is the whole policy:
+//! This is the in-process tier and the whole serving policy; with `REDIS_URL` a refresh goes
+//! through the shared tier ([`crate::shared`]) instead of straight to the source, and may come
+//! back with another replica's rate ([`Refresh::Shared`]) or a shared last-known-good rate
+//! ([`Refresh::Failed`] with a fallback):
 //!
 //! - a rate younger than `ttl` is served from memory (`cache`);
 //! - an older one is refreshed by one caller while concurrent callers wait for that refresh and
-//!   reuse its outcome, so a burst of misses asks the source once (`live`);
-//! - when the refresh fails, the last good rate is served while it is younger than `max_stale`
-//!   (`stale`), and nothing otherwise ([`Unavailable`]);
+//!   reuse its outcome, so a burst of misses asks the source once (`live`; `cache` when the
+//!   refresh found a rate another replica fetched less than `ttl` ago);
+//! - when the refresh fails, the last good rate (this replica's or the shared one, whichever is
+//!   newer) is served while it is younger than `max_stale` (`stale`), and nothing otherwise
+//!   ([`Unavailable`]);
 //! - after a failed refresh the source is left alone for `ttl` before it is asked again, so a
 //!   failing source is not hammered and callers get their stale answer at once instead of
 //!   waiting out a timeout each.
+//!
+//! Ages are ages of the rate itself (since it was fetched from a source, by whichever replica),
+//! so a shared rate expires here when it expires everywhere.
 //!
 //! Time comes from `tokio::time::Instant`, so the tests run on a paused clock.
 
@@ -56,6 +62,46 @@ pub struct Quote {
     pub age: Duration,
 }
 
+/// What one refresh produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refresh {
+    /// Fetched from the source just now (`age` about zero).
+    Fetched(Snapshot),
+    /// A rate fetched earlier, by this or another replica, found fresh in the shared tier.
+    Shared(Snapshot),
+    /// The fetch failed; `fallback` is a last-known-good rate from the shared tier, if any.
+    Failed {
+        error: String,
+        fallback: Option<Snapshot>,
+    },
+}
+
+/// A rate fetched elsewhere or earlier, and how old it is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Snapshot {
+    pub rate: f64,
+    /// Wall-clock time the rate was fetched from a source.
+    pub as_of: OffsetDateTime,
+    pub age: Duration,
+}
+
+/// A plain fetch from the source (no shared tier).
+impl<E: std::fmt::Display> From<Result<f64, E>> for Refresh {
+    fn from(fetched: Result<f64, E>) -> Self {
+        match fetched {
+            Ok(rate) => Refresh::Fetched(Snapshot {
+                rate,
+                as_of: OffsetDateTime::now_utc(),
+                age: Duration::ZERO,
+            }),
+            Err(err) => Refresh::Failed {
+                error: err.to_string(),
+                fallback: None,
+            },
+        }
+    }
+}
+
 /// No rate young enough to serve.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("no rate younger than {max_stale:?}: {reason}")]
@@ -68,6 +114,9 @@ pub struct Unavailable {
 #[derive(Default)]
 struct State {
     last_good: Option<Entry>,
+    /// When the last successful refresh ended (it stored `last_good`); cleared when a failed
+    /// refresh replaces `last_good` with an older shared rate.
+    refreshed_at: Option<Instant>,
     /// The last refresh's error; cleared by a successful one.
     last_failure: Option<Failure>,
 }
@@ -75,8 +124,22 @@ struct State {
 #[derive(Clone, Copy)]
 struct Entry {
     rate: f64,
+    /// When the rate was fetched from a source (in the past for a shared rate).
     fetched_at: Instant,
     as_of: OffsetDateTime,
+    /// Taken from the shared tier rather than fetched by this replica.
+    shared: bool,
+}
+
+impl Entry {
+    fn from_snapshot(snapshot: Snapshot, shared: bool, now: Instant) -> Self {
+        Entry {
+            rate: snapshot.rate,
+            fetched_at: now.checked_sub(snapshot.age).unwrap_or(now),
+            as_of: snapshot.as_of,
+            shared,
+        }
+    }
 }
 
 struct Failure {
@@ -96,12 +159,13 @@ impl RatesCache {
 
     /// A quote for a client request, refreshing through `fetch` when needed, counted in
     /// `resilience_cache_requests_total{cache="exchange_rate",result=hit|miss|stale}` (a refresh
-    /// that ends without any rate to serve counts as a miss).
-    pub async fn get<F, Fut, E>(&self, fetch: F) -> Result<Quote, Unavailable>
+    /// that ends without any rate to serve counts as a miss). `fetch` returns a plain
+    /// `Result<f64, E>` from the source or a [`Refresh`] from the shared tier.
+    pub async fn get<F, Fut, R>(&self, fetch: F) -> Result<Quote, Unavailable>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<f64, E>>,
-        E: std::fmt::Display,
+        Fut: Future<Output = R>,
+        R: Into<Refresh>,
     {
         let result = self.lookup(fetch).await;
         let label = match &result {
@@ -125,11 +189,11 @@ impl RatesCache {
     }
 
     /// [`Self::get`] without the request metrics, for refreshes nobody asked for (readiness).
-    pub async fn lookup<F, Fut, E>(&self, fetch: F) -> Result<Quote, Unavailable>
+    pub async fn lookup<F, Fut, R>(&self, fetch: F) -> Result<Quote, Unavailable>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<f64, E>>,
-        E: std::fmt::Display,
+        Fut: Future<Output = R>,
+        R: Into<Refresh>,
     {
         let asked_at = Instant::now();
         if let Some(answer) = self.settled(asked_at) {
@@ -140,33 +204,35 @@ impl RatesCache {
         if let Some(answer) = self.settled(asked_at) {
             return answer;
         }
-        let fetched = fetch().await;
+        let refresh: Refresh = fetch().await.into();
         let now = Instant::now();
         let mut state = self.state();
-        match fetched {
-            Ok(rate) => {
-                let entry = Entry {
-                    rate,
-                    fetched_at: now,
-                    as_of: OffsetDateTime::now_utc(),
-                };
-                state.last_good = Some(entry);
-                state.last_failure = None;
-                metrics::gauge!("exchange_rate").set(rate);
-                Ok(Quote {
-                    rate,
-                    as_of: entry.as_of,
-                    origin: Origin::Live,
-                    age: Duration::ZERO,
-                })
+        let (entry, origin) = match refresh {
+            Refresh::Fetched(snapshot) => {
+                (Entry::from_snapshot(snapshot, false, now), Origin::Live)
             }
-            Err(err) => {
-                let error = err.to_string();
+            Refresh::Shared(snapshot) => (Entry::from_snapshot(snapshot, true, now), Origin::Cache),
+            Refresh::Failed { error, fallback } => {
                 tracing::warn!(%error, "exchange rate refresh failed");
                 state.last_failure = Some(Failure { at: now, error });
-                self.fallback(&state, now)
+                if let Some(shared) = fallback.map(|s| Entry::from_snapshot(s, true, now))
+                    && state
+                        .last_good
+                        .is_none_or(|own| shared.fetched_at > own.fetched_at)
+                {
+                    // Another replica fetched more recently than this one: its rate is the
+                    // better last-known-good. It is not this refresh's success, though.
+                    state.last_good = Some(shared);
+                    state.refreshed_at = None;
+                }
+                return self.fallback(&state, now);
             }
-        }
+        };
+        state.last_good = Some(entry);
+        state.refreshed_at = Some(now);
+        state.last_failure = None;
+        metrics::gauge!("exchange_rate").set(entry.rate);
+        Ok(quote(&entry, origin, now))
     }
 
     /// The readiness verdict: fine when the last refresh succeeded or a fresh rate exists.
@@ -175,9 +241,14 @@ impl RatesCache {
         let state = self.state();
         let describe = |entry: &Entry| {
             format!(
-                "rate {} fetched {} ms ago",
+                "rate {} fetched {} ms ago{}",
                 entry.rate,
-                age_of(entry, now).as_millis()
+                age_of(entry, now).as_millis(),
+                if entry.shared {
+                    " (from the shared cache)"
+                } else {
+                    ""
+                }
             )
         };
         match (&state.last_good, &state.last_failure) {
@@ -203,8 +274,9 @@ impl RatesCache {
         let now = Instant::now();
         let state = self.state();
         if let Some(entry) = &state.last_good {
-            // Fresh, or fetched by another caller after this one asked: as new as it gets.
-            if age_of(entry, now) < self.ttl || entry.fetched_at >= asked_at {
+            // Fresh, or refreshed by another caller after this one asked: as new as it gets.
+            let refreshed_since = state.refreshed_at.is_some_and(|at| at >= asked_at);
+            if age_of(entry, now) < self.ttl || refreshed_since {
                 return Some(Ok(quote(entry, Origin::Cache, now)));
             }
         }

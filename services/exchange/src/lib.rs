@@ -3,11 +3,14 @@
 //! The rate comes from a simulated market (default: a seeded random walk, no network needed) or
 //! from an upstream HTTP API (`--upstream-url`). A TTL cache in front of the source answers most
 //! requests from memory, refreshes once for a burst of misses, and keeps serving the last good
-//! rate (marked `stale`) for a bounded time when the source fails.
+//! rate (marked `stale`) for a bounded time when the source fails. With `REDIS_URL`, refreshes
+//! go through a Redis tier shared by the replicas (see [`shared`]): they serve the same rate, a
+//! restarted replica serves it at once, and Redis being down only costs the sharing.
 
 mod cache;
 mod duration;
 mod routes;
+pub mod shared;
 mod source;
 
 use std::future::Future;
@@ -19,9 +22,10 @@ use ftshop_platform::health::Readiness;
 use ftshop_platform::server::{self, Service};
 use utoipa::OpenApi;
 
-pub use cache::{Origin, Quote, RatesCache, Unavailable};
+pub use cache::{Origin, Quote, RatesCache, Refresh, Snapshot, Unavailable};
 pub use duration::parse_duration;
 pub use routes::{ApiDoc, ExchangeRate, RateOrigin, router};
+pub use shared::{SharedRates, SharedSettings};
 pub use source::{FetchError, RandomWalk, RateSource};
 
 /// Service name in logs, metrics and docs.
@@ -68,6 +72,16 @@ pub struct Config {
         default_value = "/rates/BRL"
     )]
     pub upstream_pointer: String,
+
+    /// Prefix of Exchange's keys in Redis (with `REDIS_URL`), before the `exchange` namespace:
+    /// the default gives `ftshop:exchange:usd-brl`; another prefix keeps suites sharing one
+    /// Redis apart.
+    #[arg(long, env = "FTSHOP_REDIS_KEY_PREFIX", default_value = "ftshop:")]
+    pub redis_key_prefix: String,
+
+    /// Upper bound of one Redis operation; past it the request carries on without Redis.
+    #[arg(long, env = "FTSHOP_REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
 }
 
 impl Config {
@@ -87,7 +101,18 @@ impl Config {
             upstream_url: None,
             upstream_timeout: Duration::from_millis(800),
             upstream_pointer: "/rates/BRL".to_owned(),
+            redis_key_prefix: "ftshop:".to_owned(),
+            redis_timeout: Duration::from_millis(50),
         }
+    }
+
+    /// The shared tier's settings, when `REDIS_URL` is set.
+    pub fn shared_settings(&self) -> Option<SharedSettings> {
+        self.common.redis_url.as_ref().map(|url| SharedSettings {
+            url: url.clone(),
+            key_prefix: self.redis_key_prefix.clone(),
+            op_timeout: self.redis_timeout,
+        })
     }
 }
 
@@ -96,6 +121,8 @@ impl Config {
 pub struct AppState {
     pub cache: Arc<RatesCache>,
     pub source: Arc<RateSource>,
+    /// The Redis tier, with `REDIS_URL`.
+    pub shared: Option<Arc<SharedRates>>,
 }
 
 impl AppState {
@@ -108,10 +135,31 @@ impl AppState {
             )?,
             None => RateSource::simulated(config.rate_seed),
         };
+        anyhow::ensure!(
+            !config.redis_timeout.is_zero(),
+            "--redis-timeout must be positive"
+        );
+        let shared = config
+            .shared_settings()
+            .map(|settings| SharedRates::new(&settings, config.rate_ttl, config.max_stale))
+            .transpose()?;
         Ok(Self {
             cache: Arc::new(RatesCache::new(config.rate_ttl, config.max_stale)),
             source: Arc::new(source),
+            shared: shared.map(Arc::new),
         })
+    }
+
+    /// One refresh of the rate: through the shared tier with `REDIS_URL`, straight from the
+    /// source otherwise.
+    pub fn refresh(&self) -> impl Future<Output = Refresh> + Send + 'static {
+        let (source, shared) = (self.source.clone(), self.shared.clone());
+        async move {
+            match shared {
+                Some(shared) => shared.refresh(source).await,
+                None => source.fetch().await.into(),
+            }
+        }
     }
 
     /// Readiness of the rate source. When the cached rate is due for a refresh, one is made
@@ -119,11 +167,8 @@ impl AppState {
     /// idle replica notice that its source came back.
     async fn check_source(self) -> Result<String, String> {
         if self.cache.refresh_due() {
-            let (cache, source) = (self.cache.clone(), self.source.clone());
-            let refresh =
-                tokio::spawn(
-                    async move { cache.lookup(|| async move { source.fetch().await }).await },
-                );
+            let (cache, fetch) = (self.cache.clone(), self.refresh());
+            let refresh = tokio::spawn(async move { cache.lookup(|| fetch).await });
             let _ = refresh.await;
         }
         self.cache
@@ -142,10 +187,23 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
         source = state.source.kind(),
         ttl = ?config.rate_ttl,
         max_stale = ?config.max_stale,
+        shared = state.shared.is_some(),
         "exchange rate source configured"
     );
     let check_state = state.clone();
-    let readiness = Readiness::new().check("source", move || check_state.clone().check_source());
+    let mut readiness =
+        Readiness::new().check("source", move || check_state.clone().check_source());
+    if let Some(shared) = &state.shared {
+        let warm = shared.clone();
+        tokio::spawn(async move { warm.warm_up().await });
+        let shared = shared.clone();
+        // Redis down is a degradation (no sharing), not unreadiness: the check passes and its
+        // detail says so.
+        readiness = readiness.check("redis", move || {
+            let shared = shared.clone();
+            async move { Ok(shared.status().await) }
+        });
+    }
     Ok(Service::new(NAME, router(state), ApiDoc::openapi())
         .readiness(readiness)
         .with_common(&config.common)?

@@ -72,23 +72,18 @@ impl From<Origin> for RateOrigin {
     )
 )]
 async fn get_exchange(State(state): State<AppState>) -> Result<Json<ExchangeRate>, Problem> {
-    let source = state.source.clone();
-    let quote = state
-        .cache
-        .get(|| async move { source.fetch().await })
-        .await
-        .map_err(|err| {
-            // The reason can name the upstream host: it goes to the logs, not to the client.
-            tracing::warn!(reason = %err.reason, "no exchange rate to serve");
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "rate-unavailable",
-                format!(
-                    "the rate source is failing and no rate younger than {:?} is available",
-                    err.max_stale
-                ),
-            )
-        })?;
+    let quote = state.cache.get(|| state.refresh()).await.map_err(|err| {
+        // The reason can name the upstream host: it goes to the logs, not to the client.
+        tracing::warn!(reason = %err.reason, "no exchange rate to serve");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rate-unavailable",
+            format!(
+                "the rate source is failing and no rate younger than {:?} is available",
+                err.max_stale
+            ),
+        )
+    })?;
     Ok(Json(answer(&quote)?))
 }
 

@@ -81,6 +81,15 @@ impl RateSource {
         }
     }
 
+    /// Moves the simulated market to `rate`, a rate another replica published, so the next
+    /// step continues from it: replicas sharing a cache walk one market instead of each their
+    /// own. The upstream ignores it (it is the market).
+    pub fn observe(&self, rate: f64) {
+        if let RateSource::Simulated(simulated) = self {
+            simulated.walk().continue_from(rate);
+        }
+    }
+
     /// `simulated` or `upstream`, for logs and readiness details.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -97,11 +106,12 @@ pub struct SimulatedRate {
 
 impl SimulatedRate {
     fn next(&self) -> f64 {
+        self.walk().step()
+    }
+
+    fn walk(&self) -> std::sync::MutexGuard<'_, RandomWalk> {
         // Nothing can panic while the lock is held, so a poisoned lock still holds a valid walk.
-        self.walk
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .step()
+        self.walk.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -127,6 +137,13 @@ impl RandomWalk {
         Self {
             rng: StdRng::seed_from_u64(seed),
             rate: Self::START,
+        }
+    }
+
+    /// Continues the walk from `rate` (clamped to the bounds; ignored unless finite).
+    pub fn continue_from(&mut self, rate: f64) {
+        if rate.is_finite() {
+            self.rate = rate.clamp(Self::MIN, Self::MAX);
         }
     }
 
@@ -278,6 +295,22 @@ mod tests {
             let rate = source.fetch().await;
             assert!(matches!(rate, Ok(r) if r == expected.step()));
         }
+    }
+
+    #[tokio::test]
+    async fn the_simulated_walk_continues_from_an_observed_rate() {
+        let source = RateSource::simulated(Some(5));
+        source.observe(6.2);
+        let next = source.fetch().await;
+        assert!(matches!(next, Ok(r) if (r - 6.2).abs() <= 0.03), "{next:?}");
+        source.observe(100.0);
+        let clamped = source.fetch().await;
+        assert!(
+            matches!(clamped, Ok(r) if r <= RandomWalk::MAX && r > RandomWalk::MAX - 0.1),
+            "{clamped:?}"
+        );
+        source.observe(f64::NAN);
+        assert!(matches!(source.fetch().await, Ok(r) if r.is_finite()));
     }
 
     #[test]
