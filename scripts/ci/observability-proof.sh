@@ -142,6 +142,7 @@ else:
     raise SystemExit("no free port range found")
 PY
 )
+[ -n "${SINK_PORT:-}" ] || fail "could not find free ports"
 log "suite on 127.0.0.1:$BASE.., Prometheus :$PROM_PORT, Alertmanager :$AM_PORT, sink :$SINK_PORT, work dir $WORK"
 
 wait_http() { # url, seconds
@@ -240,7 +241,8 @@ log "Prometheus, Alertmanager and the sink are ready"
 echo "::endgroup::"
 
 echo "::group::trace context crosses the hops"
-# A purchase sent with our own traceparent: Fidelity's "bonus" log line must carry its trace id.
+# A purchase sent with our own traceparent and x-request-id: Fidelity's "bonus" log line must
+# carry both (ecommerce forwards the request id and a child traceparent).
 # (Under the default faults a bonus may go to the outbox, which has no request context, so a
 # few purchases are tried.)
 traced=""
@@ -257,8 +259,11 @@ for attempt in 1 2 3 4 5 6; do
   done
 done
 [ -n "$traced" ] || fail "no Fidelity log line carries the trace id sent to ecommerce"
+grep -h "\"trace_id\":\"$traced\"" "$WORK/data/logs/fidelity.log" >"$WORK/traced.log"
+grep -q '"request_id":"proof-trace-' "$WORK/traced.log" ||
+  fail "Fidelity's log line has the trace id but not the request id sent to ecommerce"
 log "trace $traced: $(grep -l "\"trace_id\":\"$traced\"" "$WORK"/data/logs/*.log | xargs -n1 basename | tr '\n' ' ')"
-grep -h "\"trace_id\":\"$traced\"" "$WORK/data/logs/fidelity.log" | head -n 1
+head -n 1 "$WORK/traced.log"
 echo "::endgroup::"
 
 echo "::group::load (${LOAD_SECS}s, default faults; Fidelity /bonus forced to +2 s halfway)"

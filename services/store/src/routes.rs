@@ -131,7 +131,11 @@ pub async fn get_product(
 ) -> Result<Json<ProductView>, Problem> {
     validate_id("product", &query.product)?;
     match state.inventory.product(&query.product).await? {
-        Some(product) => Ok(Json(product.into())),
+        Some(product) => {
+            // Both replicas share the stock: each read keeps this replica's gauge current too.
+            record_stock(&product.id, product.stock);
+            Ok(Json(product.into()))
+        }
         None => Err(unknown_product(&query.product)),
     }
 }
