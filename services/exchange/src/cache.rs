@@ -562,6 +562,121 @@ mod tests {
         )));
     }
 
+    fn shared(rate: f64, age: Duration) -> Snapshot {
+        Snapshot {
+            rate,
+            as_of: OffsetDateTime::UNIX_EPOCH,
+            age,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shared_rates_keep_their_age_and_as_of() {
+        let cache = RatesCache::new(TTL, MAX_STALE);
+        let got = cache
+            .get(|| async { Refresh::Shared(shared(5.5, Duration::from_millis(1500))) })
+            .await;
+        assert_eq!(
+            got,
+            Ok(Quote {
+                rate: 5.5,
+                as_of: OffsetDateTime::UNIX_EPOCH,
+                origin: Origin::Cache,
+                age: Duration::from_millis(1500),
+            })
+        );
+        let status = cache.status();
+        assert!(
+            matches!(&status, Ok(s) if s.contains("rate 5.5") && s.contains("shared")),
+            "{status:?}"
+        );
+        // It expires when it was fetched plus the TTL, not when this replica took it.
+        advance(Duration::from_millis(499)).await;
+        assert!(!cache.refresh_due());
+        advance(Duration::from_millis(1)).await;
+        assert!(cache.refresh_due());
+        let live = cache.get(|| ok(5.6)).await;
+        assert!(matches!(
+            live,
+            Ok(Quote {
+                rate: 5.6,
+                origin: Origin::Live,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_take_a_shared_rate_without_asking_again() {
+        let cache = Arc::new(RatesCache::new(TTL, MAX_STALE));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let requests = (0..20).map(|_| {
+            let (cache, calls) = (cache.clone(), calls.clone());
+            tokio::spawn(async move {
+                cache
+                    .get(|| async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        sleep(Duration::from_millis(300)).await;
+                        // Already past the TTL when it arrives: still this refresh's answer.
+                        Refresh::Shared(shared(5.5, TTL + Duration::from_millis(1)))
+                    })
+                    .await
+            })
+        });
+        let answers = futures::future::join_all(requests).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(answers.iter().all(|a| matches!(
+            a,
+            Ok(Ok(Quote {
+                rate: 5.5,
+                origin: Origin::Cache,
+                ..
+            }))
+        )));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_newer_of_own_and_shared_last_good_is_served_stale() {
+        let cache = RatesCache::new(TTL, MAX_STALE);
+        let _ = cache.get(|| ok(5.3)).await;
+        advance(Duration::from_secs(5)).await;
+
+        // Another replica fetched 1 s ago, after this one: its rate is the better fallback.
+        let newer = cache
+            .get(|| async {
+                Refresh::Failed {
+                    error: "source down".to_owned(),
+                    fallback: Some(shared(5.4, Duration::from_secs(1))),
+                }
+            })
+            .await;
+        assert!(
+            matches!(newer, Ok(Quote { rate: 5.4, origin: Origin::Stale, age, .. }) if age == Duration::from_secs(1)),
+            "{newer:?}"
+        );
+        // Younger than the TTL: a rate worth serving exists, so readiness stays fine.
+        let status = cache.status();
+        assert!(
+            matches!(&status, Ok(s) if s.contains("rate 5.4")),
+            "{status:?}"
+        );
+
+        // An older shared rate does not replace it.
+        advance(TTL).await;
+        let kept = cache
+            .get(|| async {
+                Refresh::Failed {
+                    error: "source down".to_owned(),
+                    fallback: Some(shared(5.0, Duration::from_secs(9))),
+                }
+            })
+            .await;
+        assert!(
+            matches!(kept, Ok(Quote { rate: 5.4, origin: Origin::Stale, age, .. }) if age == Duration::from_secs(3)),
+            "{kept:?}"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_zero_ttl_always_fetches() {
         let cache = RatesCache::new(Duration::ZERO, MAX_STALE);
