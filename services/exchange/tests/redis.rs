@@ -319,10 +319,11 @@ async fn exchange_recovers_its_redis_tier_when_redis_comes_back() {
         (rate(&base).await.source() == "live").then_some(())
     })
     .await;
-    poll("readiness to report Redis down", || async {
-        ready_redis_detail(&base)
-            .await
-            .starts_with("degraded")
+    // Failed Redis operations open the breaker, after which refreshes stop trying Redis.
+    poll("the Redis breaker to open", || async {
+        assert_eq!(rate(&base).await.status, StatusCode::OK);
+        let detail = ready_redis_detail(&base).await;
+        (detail.starts_with("degraded: unreachable") && detail.contains("breaker open"))
             .then_some(())
     })
     .await;
@@ -337,11 +338,9 @@ async fn exchange_recovers_its_redis_tier_when_redis_comes_back() {
         (written >= back_at && answer.source() != "stale").then_some(stored)
     })
     .await;
-    poll("readiness to report Redis back", || async {
-        ready_redis_detail(&base)
-            .await
-            .starts_with("reachable")
-            .then_some(())
+    poll("readiness to report Redis back, breaker closed", || async {
+        let detail = ready_redis_detail(&base).await;
+        (detail.starts_with("reachable") && detail.contains("breaker closed")).then_some(())
     })
     .await;
 
