@@ -28,6 +28,7 @@ missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v jq >/dev/null || missing+=(jq)
 command -v psql >/dev/null || missing+=(postgresql-client)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   sudo_if_needed apt-get update -qq
@@ -40,6 +41,8 @@ fi
 
 # --- a fresh database, dropped on exit ----------------------------------------------------------
 db="ftshop_smoke_$$_$(date +%s)"
+# Exchange's keys get a prefix of their own, so runs sharing one Redis stay apart.
+redis_prefix="ftshop-smoke-$$-$(date +%s):"
 database_url="${pg_admin%/*}/$db"
 work=$(mktemp -d)
 pids=()
@@ -61,6 +64,9 @@ cleanup() {
     done
   fi
   psql "$pg_admin" -q -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+  redis-cli -u "$redis_url" --scan --pattern "$redis_prefix*" | while read -r key; do
+    redis-cli -u "$redis_url" del "$key" >/dev/null
+  done
   rm -rf "$work"
   exit "$status"
 }
@@ -107,8 +113,8 @@ wait_ready() {
 start store-1 store "$store1"
 wait_ready store-1 "$store1"
 start store-2 store "$store2"
-start exchange-1 exchange "$exchange1"
-start exchange-2 exchange "$exchange2"
+start exchange-1 exchange "$exchange1" --redis-key-prefix "$redis_prefix"
+start exchange-2 exchange "$exchange2" --redis-key-prefix "$redis_prefix"
 start fidelity fidelity "$fidelity"
 wait_ready store-2 "$store2"
 wait_ready exchange-1 "$exchange1"
@@ -157,6 +163,10 @@ schemas=$(psql "$database_url" -Atq -c \
   "SELECT count(*) FROM information_schema.schemata WHERE schema_name IN ('ftshop_store','ftshop_ecommerce','ftshop_fidelity')")
 [ "$schemas" -eq 3 ] || fail "expected the services' schemas in $db, found $schemas"
 log "PostgreSQL: store, ecommerce and fidelity schemas in $db"
+
+keys=$(redis-cli -u "$redis_url" --scan --pattern "$redis_prefix*" | wc -l)
+[ "$keys" -gt 0 ] || fail "Exchange wrote no rate to Redis under $redis_prefix"
+log "Redis: Exchange shares its rate ($(redis-cli -u "$redis_url" --scan --pattern "$redis_prefix*" | head -n1))"
 
 # Store's first replica dies; the purchase fails over to the second.
 kill -KILL "${pids[0]}"
