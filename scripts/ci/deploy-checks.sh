@@ -4,8 +4,8 @@
 #   2. every shell script under deploy/ and this one lint clean (shellcheck);
 #   3. compose.yaml is valid against the Compose Specification schema (vendored in
 #      deploy/schemas), and `docker compose config` accepts it where the CLI has compose;
-#   4. the Kubernetes base builds with kustomize and validates strictly against the
-#      Kubernetes schemas, as does the Secret example;
+#   4. the Kubernetes base and overlays build with kustomize and validate strictly against
+#      the Kubernetes schemas, as does the Secret example;
 #   5. the GitHub workflow validates against its schema;
 #   6. compose's topology runs as processes on the real PostgreSQL and Redis (a smoke /buy).
 # tests/deploy_compose.rs and tests/deploy_backup.rs run with `cargo test --workspace`.
@@ -76,13 +76,20 @@ fi
 end
 
 section "Kubernetes manifests"
-rendered=$(mktemp)
-kubectl kustomize deploy/k8s/base >"$rendered"
-for version in "${kubernetes_versions[@]}"; do
-  kubernetes-validate --strict --quiet -k "$version" "$rendered" deploy/k8s/examples/*.yaml
-  echo "deploy/k8s/base and examples: valid (strict) against Kubernetes $version"
+rendered=$(mktemp -d)
+for kustomization in deploy/k8s/base deploy/k8s/overlays/*; do
+  out="$rendered/$(basename "$kustomization").yaml"
+  kubectl kustomize "$kustomization" >"$out"
+  for version in "${kubernetes_versions[@]}"; do
+    kubernetes-validate --strict --quiet -k "$version" "$out"
+  done
+  echo "$kustomization: $(grep -c '^kind:' "$out") resources, valid (strict) against Kubernetes ${kubernetes_versions[*]}"
 done
-rm -f "$rendered"
+for version in "${kubernetes_versions[@]}"; do
+  kubernetes-validate --strict --quiet -k "$version" deploy/k8s/examples/*.yaml
+done
+echo "deploy/k8s/examples: valid (strict)"
+rm -rf "$rendered"
 end
 
 section "GitHub workflow"
