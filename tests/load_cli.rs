@@ -182,6 +182,15 @@ async fn counts_in_result_json_match_what_the_server_answered() {
         assert_eq!(counts[none], json!(0), "{none}: {counts}");
     }
     assert_eq!(run["acknowledged"], json!(seen.completed + seen.accepted));
+    assert_eq!(
+        run["status_codes"],
+        json!({
+            "200": seen.completed,
+            "202": seen.accepted,
+            "409": seen.out_of_stock,
+            "502": seen.server_error,
+        })
+    );
     assert_eq!(run["degraded"]["answers"], json!(seen.degraded));
     assert_eq!(
         run["degraded"]["labels"]["exchange:stale-rate"],

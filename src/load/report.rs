@@ -25,6 +25,7 @@ pub struct Recorder {
     degraded_answers: u64,
     degraded: BTreeMap<String, u64>,
     bonus: BonusCounts,
+    statuses: BTreeMap<u16, u64>,
 }
 
 /// One second of the time series. Its histogram has 2 significant digits and u32 counts, so a
@@ -145,6 +146,8 @@ pub struct RunReport {
     pub latency_ms: LatencyReport,
     pub degraded: DegradedReport,
     pub bonus: BonusCounts,
+    /// Answers by exact HTTP status (timeouts and connection errors have none).
+    pub status_codes: BTreeMap<u16, u64>,
     pub timeseries: Vec<SecondPoint>,
 }
 
@@ -215,6 +218,7 @@ impl Recorder {
             degraded_answers: 0,
             degraded: BTreeMap::new(),
             bonus: BonusCounts::default(),
+            statuses: BTreeMap::new(),
         })
     }
 
@@ -262,6 +266,11 @@ impl Recorder {
         bucket.out_of_stock += u64::from(outcome == Outcome::OutOfStock);
         bucket.latency.saturating_record(micros);
         Ok(())
+    }
+
+    /// The exact status of an answer, next to its class from [`Recorder::record`].
+    pub fn record_status(&mut self, status: u16) {
+        *self.statuses.entry(status).or_default() += 1;
     }
 
     /// An open-loop arrival that was not sent (in-flight cap reached).
@@ -335,6 +344,7 @@ impl Recorder {
                 labels: self.degraded.clone(),
             },
             bonus: self.bonus,
+            status_codes: self.statuses.clone(),
             timeseries,
         }
     }
@@ -438,6 +448,17 @@ pub fn summary_markdown(result: &LoadResult) -> String {
         format!("{} / {}", r.bonus.credited, r.bonus.pending)
     });
     row("duration (s)", &|r| format!("{:.1}", r.elapsed_s));
+
+    let _ = writeln!(md, "\nAnswers by HTTP status:");
+    for run in &result.runs {
+        let statuses: Vec<String> = run
+            .status_codes
+            .iter()
+            .map(|(status, n)| format!("{status} × {n}"))
+            .collect();
+        let none = if statuses.is_empty() { "none" } else { "" };
+        let _ = writeln!(md, "- ft={}: {}{none}", run.ft, statuses.join(", "));
+    }
 
     let labelled: Vec<&RunReport> = result
         .runs
@@ -615,9 +636,11 @@ mod tests {
     fn markdown_has_a_column_per_run() {
         let mut on = Recorder::new().unwrap();
         on.record(ms(1), ms(12), Outcome::Completed, None).unwrap();
+        on.record_status(200);
         let mut off = Recorder::new().unwrap();
         off.record(ms(1), ms(12), Outcome::ServerError, None)
             .unwrap();
+        off.record_status(504);
         let result = LoadResult {
             tool: "ftshop load".into(),
             version: "0.1.0".into(),
@@ -644,6 +667,7 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("products 1-11"), "{md}");
+        assert!(md.contains("- ft=false: 504 × 1\n"), "{md}");
         assert!(md.contains("10 VUs, think 1s..4s"), "{md}");
         assert_eq!(format_ms(2510.0), "2.51 s");
         assert_eq!(format_ms(0.84), "0.84 ms");

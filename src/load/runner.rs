@@ -157,8 +157,10 @@ impl RunContext {
             .json(&body)
             .send()
             .await;
+        let mut status = None;
         let (outcome, details) = match answer {
             Ok(response) => {
+                status = Some(response.status().as_u16());
                 let outcome = outcome::classify_status(response.status().as_u16());
                 // The body is read for every answer: it is part of the latency a customer
                 // sees, and an unread body keeps the connection out of the pool.
@@ -173,9 +175,12 @@ impl RunContext {
             Err(err) => (outcome::classify_error(&err), None),
         };
         let now = Instant::now();
-        let recorded =
-            self.recorder()
-                .record(now - self.start, now - started, outcome, details.as_ref());
+        let mut recorder = self.recorder();
+        if let Some(status) = status {
+            recorder.record_status(status);
+        }
+        let recorded = recorder.record(now - self.start, now - started, outcome, details.as_ref());
+        drop(recorder);
         if let Err(err) = recorded {
             // Only a histogram allocation can fail here; the run goes on without this answer.
             eprintln!("could not record an answer: {err:#}");

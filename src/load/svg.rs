@@ -15,7 +15,7 @@ use super::report::{LoadResult, RunReport, SecondPoint};
 const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 640.0;
 const LEFT: f64 = 80.0;
-const RIGHT: f64 = 170.0;
+const RIGHT: f64 = 190.0;
 const LATENCY_TOP: f64 = 60.0;
 const LATENCY_BOTTOM: f64 = 340.0;
 const SUCCESS_TOP: f64 = 400.0;
@@ -140,7 +140,9 @@ pub fn chart(result: &LoadResult) -> String {
     let mut legend_y = LATENCY_TOP + 10.0;
     for (index, run) in result.runs.iter().enumerate() {
         let dash = dash_for(index);
-        for (name, colour, get) in PERCENTILES {
+        // p99 first, so the lower percentiles stay visible where a sparse second makes them
+        // equal.
+        for (name, colour, get) in PERCENTILES.into_iter().rev() {
             let points = run.timeseries.iter().map(|p| {
                 get(p)
                     .filter(|v| *v > 0.0)
@@ -185,7 +187,7 @@ fn title(result: &LoadResult) -> String {
 
 fn success_legend(run: &RunReport) -> String {
     match run.success_rate_pct {
-        Some(rate) => format!("ft={} ({rate:.1} % overall)", run.ft),
+        Some(rate) => format!("ft={}: {rate:.1} % overall", run.ft),
         None => format!("ft={}", run.ft),
     }
 }
@@ -335,8 +337,8 @@ mod tests {
             "4 dashed paths + 4 legends"
         );
         assert!(svg.contains("10 ms") && svg.contains("10 s"), "{svg}");
-        assert!(svg.contains("ft=true (100.0 % overall)"));
-        assert!(svg.contains("ft=false (0.0 % overall)"));
+        assert!(svg.contains("ft=true: 100.0 % overall"));
+        assert!(svg.contains("ft=false: 0.0 % overall"));
         assert_eq!(decade_label(-1), "0.1 ms");
         assert_eq!(decade_label(3), "1 s");
         assert_eq!(escape("a<b&c"), "a&lt;b&amp;c");
