@@ -804,3 +804,111 @@ fn alertmanager_and_grafana_read_what_compose_provides() {
         assert!(mounts.iter().any(|(s, _)| s == dir), "grafana mounts {dir}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The image's build context.
+
+/// Whether `.dockerignore` keeps `path` (relative, `/`-separated) out of the build context.
+/// Covers the pattern forms the file uses: `dir/`, `name`, `**/*.ext`, `.env.*`, `!exception`.
+fn docker_ignored(patterns: &[String], path: &str) -> bool {
+    let matches = |pattern: &str| {
+        let pattern = pattern.trim_end_matches('/');
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if let Some(suffix) = pattern.strip_prefix("**/*") {
+            return name.ends_with(suffix);
+        }
+        if let Some(prefix) = pattern.strip_suffix('*') {
+            return !pattern.contains('/') && path.starts_with(prefix);
+        }
+        path == pattern || path.starts_with(&format!("{pattern}/"))
+    };
+    let mut ignored = false;
+    for pattern in patterns {
+        match pattern.strip_prefix('!') {
+            Some(exception) if matches(exception) => ignored = false,
+            Some(_) => {}
+            None if matches(pattern) => ignored = true,
+            None => {}
+        }
+    }
+    ignored
+}
+
+/// Every `.rs` file of the workspace outside target/.
+fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path.is_dir() {
+            if name != "target" && !name.to_string_lossy().starts_with('.') {
+                rust_sources(&path, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_build_context_holds_every_file_the_build_reads() {
+    let patterns: Vec<String> = std::fs::read_to_string(root().join(".dockerignore"))
+        .expect(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    assert!(docker_ignored(&patterns, "target/debug/ftshop"));
+    assert!(docker_ignored(&patterns, ".env"));
+    assert!(!docker_ignored(&patterns, ".env.example"));
+
+    let mut sources = Vec::new();
+    for dir in ["src", "services", "shared"] {
+        rust_sources(&root().join(dir), &mut sources);
+    }
+    let mut checked = 0;
+    for file in &sources {
+        let rel = |p: &Path| {
+            p.strip_prefix(root())
+                .expect("inside the workspace")
+                .to_string_lossy()
+                .replace('\\', "/")
+        };
+        if docker_ignored(&patterns, &rel(file)) {
+            continue; // not compiled into the image either
+        }
+        let text = std::fs::read_to_string(file).expect("read source");
+        for (needle, from_crate_root) in [
+            ("include_str!(\"", false),
+            ("include_bytes!(\"", false),
+            ("migrate!(\"", true),
+        ] {
+            for part in text.split(needle).skip(1) {
+                let literal = part.split('"').next().unwrap_or_default();
+                let base = if from_crate_root {
+                    file.ancestors()
+                        .find(|d| d.join("Cargo.toml").exists())
+                        .expect("crate root")
+                        .to_owned()
+                } else {
+                    file.parent().expect("parent").to_owned()
+                };
+                let target = base.join(literal);
+                let target = target.canonicalize().unwrap_or_else(|_| {
+                    panic!("{} reads {literal}, which is missing", file.display())
+                });
+                let target_rel = rel(&target);
+                assert!(
+                    !docker_ignored(&patterns, &target_rel),
+                    "{} reads {target_rel}, which .dockerignore keeps out of the image build",
+                    rel(file)
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 3,
+        "found the catalog and the migrations ({checked} files read at compile time)"
+    );
+}
