@@ -13,7 +13,9 @@
 #     An alert condition is legitimately empty while things are healthy, so for rules it is the
 #     selectors underneath (do the series the rule reads exist?) that must return data; the
 #     full conditions are evaluated and reported too;
-#  5. waits until FtshopHighLatencyP99 for fidelity /bonus (the injected fault) reaches the
+#  5. checks a purchase's trace: the traceparent and x-request-id sent to ecommerce appear in
+#     Fidelity's log, and its spans reach an OTLP endpoint (the sink) linked parent to child;
+#  6. waits until FtshopHighLatencyP99 for fidelity /bonus (the injected fault) reaches the
 #     webhook sink through Alertmanager.
 #
 # Rules keep their expressions, but their `for:` hold-downs are shortened to 5 s in the copy
@@ -119,7 +121,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-( sleep "$PROOF_TIMEOUT_SECS"; echo "[proof] watchdog: over ${PROOF_TIMEOUT_SECS}s, stopping" >&2; kill -TERM $$ ) &
+# (Its stderr is muted: bash would report its sleep "Terminated" when cleanup stops it.)
+( sleep "$PROOF_TIMEOUT_SECS"; echo "[proof] watchdog: over ${PROOF_TIMEOUT_SECS}s, stopping"; kill -TERM $$ ) 2>/dev/null &
 WATCHDOG_PID=$!
 
 # Six ports for the suite (base, +1, +2, +3, +11, +12) and three for the tools, all free now.
@@ -154,7 +157,35 @@ wait_http() { # url, seconds
 }
 
 echo "::group::start the suite, the sink, Alertmanager and Prometheus"
-"$BIN" up --data-dir "$WORK/data" --port-base "$BASE" --faults default --fault-seed 7 \
+# Sink for Alertmanager's webhook (POST /alerts) and for OTLP traces (POST /v1/traces): one
+# JSON file per request, in $WORK/sink and $WORK/otlp.
+mkdir -p "$WORK/sink" "$WORK/otlp"
+python3 - "$SINK_PORT" "$WORK" >"$WORK/sink.log" 2>&1 <<'PY' &
+import http.server, itertools, os, sys
+port, work = int(sys.argv[1]), sys.argv[2]
+counter = itertools.count(1)
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        folder = "otlp" if self.path.startswith("/v1/traces") else "sink"
+        with open(os.path.join(work, folder, f"{next(counter):05d}.json"), "wb") as f:
+            f.write(body)
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Sink).serve_forever()
+PY
+pids+=($!)
+wait_http "http://127.0.0.1:$SINK_PORT/" 20
+
+OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" \
+  "$BIN" up --data-dir "$WORK/data" --port-base "$BASE" --faults default --fault-seed 7 \
   >"$WORK/up.log" 2>&1 &
 UP_PID=$!
 for port in "$BASE" $((BASE + 1)) $((BASE + 11)) $((BASE + 2)) $((BASE + 12)) $((BASE + 3)); do
@@ -162,23 +193,6 @@ for port in "$BASE" $((BASE + 1)) $((BASE + 11)) $((BASE + 2)) $((BASE + 12)) $(
 done
 log "suite is live"
 
-# Webhook sink: stores every Alertmanager notification as one JSON file.
-mkdir -p "$WORK/sink"
-python3 - "$SINK_PORT" "$WORK/sink" >"$WORK/sink.log" 2>&1 <<'PY' &
-import http.server, itertools, os, sys
-port, out = int(sys.argv[1]), sys.argv[2]
-counter = itertools.count(1)
-class Sink(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        with open(os.path.join(out, f"{next(counter):04d}.json"), "wb") as f:
-            f.write(body)
-        self.send_response(200); self.end_headers()
-    def do_GET(self):
-        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
-http.server.HTTPServer(("127.0.0.1", port), Sink).serve_forever()
-PY
-pids+=($!)
 
 # Alertmanager: the project's routing tree and inhibition rules, receivers pointed at the sink.
 python3 - prometheus/alertmanager.yml "$WORK/alertmanager.yml" "http://127.0.0.1:$SINK_PORT/alerts" <<'PY'
@@ -234,7 +248,6 @@ promtool check config "$WORK/prometheus.yml" >/dev/null
 prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/prometheus" \
   --web.listen-address="127.0.0.1:$PROM_PORT" >"$WORK/prometheus.log" 2>&1 &
 pids+=($!)
-wait_http "http://127.0.0.1:$SINK_PORT/" 20
 wait_http "http://127.0.0.1:$AM_PORT/-/ready" 30
 wait_http "http://127.0.0.1:$PROM_PORT/-/ready" 30
 log "Prometheus, Alertmanager and the sink are ready"
@@ -264,6 +277,34 @@ grep -q '"request_id":"proof-trace-' "$WORK/traced.log" ||
   fail "Fidelity's log line has the trace id but not the request id sent to ecommerce"
 log "trace $traced: $(grep -l "\"trace_id\":\"$traced\"" "$WORK"/data/logs/*.log | xargs -n1 basename | tr '\n' ' ')"
 head -n 1 "$WORK/traced.log"
+# The same purchase as OTLP spans: ecommerce's server span, its client span for /bonus, and
+# Fidelity's server span whose parent is that client span.
+deadline=$(($(date +%s) + 10))
+until python3 - "$WORK/otlp" "$traced" <<'PY'
+import glob, json, sys
+folder, trace = sys.argv[1], sys.argv[2]
+spans = []
+for path in glob.glob(folder + "/*.json"):
+    for rs in json.load(open(path)).get("resourceSpans", []):
+        service = next((a["value"]["stringValue"] for a in rs["resource"]["attributes"]
+                        if a["key"] == "service.name"), "?")
+        for ss in rs["scopeSpans"]:
+            spans += [dict(s, service=service) for s in ss["spans"] if s["traceId"] == trace]
+def find(service, kind, name):
+    return [s for s in spans if s["service"] == service and s["kind"] == kind and s["name"] == name]
+buy, call, bonus = find("ecommerce", 2, "POST /buy"), find("ecommerce", 3, "POST /bonus"), find("fidelity", 2, "POST /bonus")
+linked = [b for b in bonus if any(b.get("parentSpanId") == c["spanId"] for c in call)]
+if not (buy and call and linked):
+    sys.exit(1)
+for s in sorted(spans, key=lambda s: s["startTimeUnixNano"]):
+    print(f"  otlp span {s['service']:10} {'server' if s['kind'] == 2 else 'client'} {s['name']:14} "
+          f"span {s['spanId']} parent {s.get('parentSpanId', '-')}")
+PY
+do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "the purchase's spans did not reach the OTLP endpoint (see $WORK/otlp)"
+  sleep 1
+done
+log "OTLP export: the purchase's spans reached the collector, linked across ecommerce and fidelity"
 echo "::endgroup::"
 
 echo "::group::load (${LOAD_SECS}s, default faults; Fidelity /bonus forced to +2 s halfway)"

@@ -1,12 +1,15 @@
 //! HTTP calls to Store, Exchange and Fidelity. Each call has its own timeout, carries the
-//! request id and a W3C `traceparent` (a child span of the current request's), is measured (`http_client_request_duration_seconds`) and fails with a
+//! request id and a W3C `traceparent` (a child span of the current request's, exported over OTLP
+//! when that is configured), is measured (`http_client_request_duration_seconds`) and fails with a
 //! [`StepError`] that names the step, so the client learns which hop broke.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::StatusCode;
-use ftshop_platform::telemetry::{TRACEPARENT_HEADER, outgoing_traceparent};
+use ftshop_platform::telemetry::{
+    FinishedSpan, SpanKind, TRACEPARENT_HEADER, TraceContext, export_span, outgoing_context,
+};
 use ftshop_platform::{Problem, REQUEST_ID_HEADER};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -27,6 +30,16 @@ impl Step {
             Step::Exchange => "exchange",
             Step::Sell => "sell",
             Step::Bonus => "bonus",
+        }
+    }
+
+    /// The method and route template each step calls.
+    pub fn http_route(self) -> (&'static str, &'static str) {
+        match self {
+            Step::Product => ("GET", "/product"),
+            Step::Exchange => ("GET", "/exchange"),
+            Step::Sell => ("POST", "/sell"),
+            Step::Bonus => ("POST", "/bonus"),
         }
     }
 }
@@ -319,7 +332,9 @@ impl Downstreams {
         timeout: Duration,
     ) -> Result<T, StepError> {
         let started = Instant::now();
-        let result = self.send(step, request, request_id, timeout).await;
+        let wall_start = SystemTime::now();
+        let trace = outgoing_context(request_id);
+        let result = self.send(step, request, request_id, &trace, timeout).await;
         let outcome = match &result {
             Ok(_) => "success",
             Err(StepError::Timeout { .. }) => "timeout",
@@ -333,6 +348,22 @@ impl Downstreams {
             "service" => "ecommerce", "target" => step.as_str(), "outcome" => outcome,
         )
         .record(started.elapsed().as_secs_f64());
+        let (method, route) = step.http_route();
+        export_span(FinishedSpan {
+            service: "ecommerce",
+            name: format!("{method} {route}"),
+            kind: SpanKind::Client,
+            context: trace,
+            start: wall_start,
+            end: SystemTime::now(),
+            error: !matches!(outcome, "success" | "client_error"),
+            attributes: vec![
+                ("http.request.method", method.to_owned()),
+                ("url.template", route.to_owned()),
+                ("ftshop.step", step.as_str().to_owned()),
+                ("ftshop.outcome", outcome.to_owned()),
+            ],
+        });
         result
     }
 
@@ -341,12 +372,13 @@ impl Downstreams {
         step: Step,
         request: reqwest::RequestBuilder,
         request_id: &str,
+        trace: &TraceContext,
         timeout: Duration,
     ) -> Result<T, StepError> {
         let request = request
             .timeout(timeout)
             .header(REQUEST_ID_HEADER, request_id)
-            .header(TRACEPARENT_HEADER, outgoing_traceparent(request_id))
+            .header(TRACEPARENT_HEADER, trace.header_value())
             .header(DEADLINE_HEADER, timeout.as_millis().to_string());
         let response = request
             .send()

@@ -3,14 +3,14 @@
 //! the raw path, so label cardinality stays bounded.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::telemetry::{self, TraceContext};
+use crate::telemetry::{self, FinishedSpan, SpanKind, TraceContext};
 
 /// Latency buckets in seconds, tuned for a 1 s request budget.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -67,15 +67,34 @@ pub async fn track(service: &'static str, request: Request, next: Next) -> Respo
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().as_str().to_owned();
+    let wall_start = SystemTime::now();
     let response = trace.scope(request_id.as_deref(), next.run(request)).await;
     let status = response.status().as_u16().to_string();
+    let end = SystemTime::now();
     metrics::histogram!(
         "http_server_request_duration_seconds",
         "service" => service,
-        "method" => method,
-        "route" => route,
-        "status" => status,
+        "method" => method.clone(),
+        "route" => route.clone(),
+        "status" => status.clone(),
     )
     .record(started.elapsed().as_secs_f64());
+    // Scrapes and probes would drown the traces that matter.
+    if route != "/metrics" && !route.starts_with("/health/") {
+        telemetry::export_span(FinishedSpan {
+            service,
+            name: format!("{method} {route}"),
+            kind: SpanKind::Server,
+            context: trace,
+            start: wall_start,
+            end,
+            error: response.status().is_server_error(),
+            attributes: vec![
+                ("http.request.method", method),
+                ("http.route", route),
+                ("http.response.status_code", status),
+            ],
+        });
+    }
     response
 }
