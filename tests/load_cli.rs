@@ -92,10 +92,19 @@ async fn buy(State(seen): State<Shared>, headers: HeaderMap, Json(body): Json<Va
     }
 }
 
+/// A shop that takes 200 ms per answer, to fill the open loop's in-flight cap.
+async fn slow_buy(State(seen): State<Shared>) -> Response {
+    seen.lock().unwrap().requests += 1;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Json(json!({"order_id": "slow", "degraded": [], "bonus": {"status": "credited"}}))
+        .into_response()
+}
+
 async fn fake_shop() -> (String, Shared) {
     let seen = Shared::default();
     let app = Router::new()
         .route("/buy", post(buy))
+        .route("/slow/buy", post(slow_buy))
         .with_state(Arc::clone(&seen));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -260,4 +269,45 @@ async fn min_success_threshold_and_loopback_refusal_fail_the_command() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("non-loopback"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_keeps_its_schedule_and_drops_above_the_in_flight_cap() {
+    let (url, seen) = fake_shop().await;
+    let out = tempfile::tempdir().unwrap();
+    // 40 arrivals in 1 s; each answer takes 200 ms and at most 2 may be outstanding, so about
+    // 2 per 200 ms are sent and the rest are dropped, not queued.
+    let output = ftshop_load(&[
+        "--url",
+        &format!("{url}/slow/"),
+        "--rate",
+        "40/s",
+        "--max-in-flight",
+        "2",
+        "--duration",
+        "1s",
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let result: Value = serde_json::from_str(&non_empty(&out.path().join("result.json"))).unwrap();
+    let run = &result["runs"][0];
+    let sent = run["counts"]["requests"].as_u64().unwrap();
+    let dropped = run["dropped"].as_u64().unwrap();
+    assert_eq!(sent, seen.lock().unwrap().requests);
+    assert_eq!(run["counts"]["completed"].as_u64().unwrap(), sent);
+    assert!(
+        (39..=41).contains(&(sent + dropped)),
+        "{sent} sent + {dropped} dropped"
+    );
+    assert!(
+        (4..=14).contains(&sent),
+        "{sent} sent with 2 in flight of 200 ms each"
+    );
+    // Latency is measured from the scheduled arrival, so it is at least the server's 200 ms.
+    assert!(run["latency_ms"]["all"]["p50"].as_f64().unwrap() >= 199.0);
+    assert_eq!(result["settings"]["mode"], json!("open"));
+    assert!(non_empty(&out.path().join("summary.md")).contains("dropped (in-flight cap)"));
 }
