@@ -49,9 +49,10 @@ pub async fn render() -> ([(axum::http::HeaderName, &'static str); 1], String) {
 /// Records `http_server_request_duration_seconds{service,method,route,status}` and runs the
 /// request inside its trace context (continued from `traceparent`, or started here), so its
 /// logs carry `trace_id` and its outgoing calls can propagate it
-/// ([`telemetry::outgoing_traceparent`]).
+/// ([`telemetry::outgoing_traceparent`]). A request whose client hung up before the answer
+/// (its future is dropped) is recorded with status `499`, as nginx does, so abandoned
+/// requests (an omission fault, a caller's timeout) show on the dashboards too.
 pub async fn track(service: &'static str, request: Request, next: Next) -> Response {
-    let started = Instant::now();
     // Read in a block: a `&Request` held across an await would make this future `!Send`.
     let (request_id, trace) = {
         let headers = request.headers();
@@ -66,35 +67,70 @@ pub async fn track(service: &'static str, request: Request, next: Next) -> Respo
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
-    let wall_start = SystemTime::now();
+    let mut in_flight = InFlight {
+        service,
+        method: request.method().as_str().to_owned(),
+        route,
+        trace,
+        started: Instant::now(),
+        wall_start: SystemTime::now(),
+        finished: false,
+    };
     let response = trace.scope(request_id.as_deref(), next.run(request)).await;
-    let status = response.status().as_u16().to_string();
-    let end = SystemTime::now();
-    metrics::histogram!(
-        "http_server_request_duration_seconds",
-        "service" => service,
-        "method" => method.clone(),
-        "route" => route.clone(),
-        "status" => status.clone(),
-    )
-    .record(started.elapsed().as_secs_f64());
-    // Scrapes and probes would drown the traces that matter.
-    if route != "/metrics" && !route.starts_with("/health/") {
-        telemetry::export_span(FinishedSpan {
-            service,
-            name: format!("{method} {route}"),
-            kind: SpanKind::Server,
-            context: trace,
-            start: wall_start,
-            end,
-            error: response.status().is_server_error(),
-            attributes: vec![
-                ("http.request.method", method),
-                ("http.route", route),
-                ("http.response.status_code", status),
-            ],
-        });
-    }
+    in_flight.finish(response.status().as_u16());
     response
+}
+
+/// A request being served; records itself once, when answered or when dropped unanswered.
+struct InFlight {
+    service: &'static str,
+    method: String,
+    route: String,
+    trace: TraceContext,
+    started: Instant,
+    wall_start: SystemTime,
+    finished: bool,
+}
+
+/// What a request gets when its client hung up before the answer.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl InFlight {
+    fn finish(&mut self, status: u16) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let status_label = status.to_string();
+        metrics::histogram!(
+            "http_server_request_duration_seconds",
+            "service" => self.service,
+            "method" => self.method.clone(),
+            "route" => self.route.clone(),
+            "status" => status_label.clone(),
+        )
+        .record(self.started.elapsed().as_secs_f64());
+        // Scrapes and probes would drown the traces that matter.
+        if self.route != "/metrics" && !self.route.starts_with("/health/") {
+            telemetry::export_span(FinishedSpan {
+                service: self.service,
+                name: format!("{} {}", self.method, self.route),
+                kind: SpanKind::Server,
+                context: self.trace,
+                start: self.wall_start,
+                end: SystemTime::now(),
+                error: status >= 500 || status == CLIENT_CLOSED_REQUEST,
+                attributes: vec![
+                    ("http.request.method", self.method.clone()),
+                    ("http.route", self.route.clone()),
+                    ("http.response.status_code", status_label),
+                ],
+            });
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.finish(CLIENT_CLOSED_REQUEST);
+    }
 }
