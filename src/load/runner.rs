@@ -69,6 +69,16 @@ pub async fn run(
                 let ctx = Arc::clone(&ctx);
                 users.spawn(async move {
                     let user = format!("load-{}-vu{vu}", ctx.run_tag);
+                    // Each user arrives after one think time, as if it had just finished an
+                    // earlier purchase: without this, every user clicks at the same instant at
+                    // t=0, a thundering herd no real shop sees, which would dominate the tail.
+                    let arrival = think.sample();
+                    if !arrival.is_zero() {
+                        tokio::select! {
+                            () = tokio::time::sleep(arrival) => {}
+                            () = ctx.stop.cancelled() => return,
+                        }
+                    }
                     while !ctx.stop.is_cancelled() && ctx.take_ticket() {
                         ctx.purchase(&user, Instant::now()).await;
                         let think = think.sample();
