@@ -75,6 +75,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         tool: "ftshop load".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at,
+        interrupted: stop.is_cancelled(),
         settings: settings(&plan),
         runs,
     };
@@ -86,6 +87,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         plan.out.display()
     );
 
+    if result.interrupted {
+        // A partial run must not pass a CI gate by accident.
+        bail!("interrupted by Ctrl-C: the results cover only part of the planned load");
+    }
     if let Some(min) = plan.min_success {
         check_threshold(&result.runs, min)?;
     }

@@ -186,6 +186,8 @@ pub struct LoadResult {
     pub tool: String,
     pub version: String,
     pub started_at: String,
+    /// Ctrl-C ended the load early: the runs cover less than the settings ask for.
+    pub interrupted: bool,
     pub settings: Settings,
     pub runs: Vec<RunReport>,
 }
@@ -645,6 +647,7 @@ mod tests {
             tool: "ftshop load".into(),
             version: "0.1.0".into(),
             started_at: "2026-01-01T00:00:00Z".into(),
+            interrupted: false,
             settings: Settings {
                 url: "http://127.0.0.1:8080".into(),
                 mode: "closed".into(),

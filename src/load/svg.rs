@@ -309,6 +309,7 @@ mod tests {
             tool: "ftshop load".into(),
             version: "0".into(),
             started_at: "now".into(),
+            interrupted: false,
             settings: Settings {
                 url: "http://127.0.0.1:8080".into(),
                 mode: "closed".into(),
