@@ -105,6 +105,11 @@ async fn fake_shop() -> (String, Shared) {
     let app = Router::new()
         .route("/buy", post(buy))
         .route("/slow/buy", post(slow_buy))
+        // A redirect the load generator must report, not follow (it could point anywhere).
+        .route(
+            "/redirect/buy",
+            post(|| async { axum::response::Redirect::temporary("/buy") }),
+        )
         .with_state(Arc::clone(&seen));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -310,4 +315,40 @@ async fn open_loop_keeps_its_schedule_and_drops_above_the_in_flight_cap() {
     assert!(run["latency_ms"]["all"]["p50"].as_f64().unwrap() >= 199.0);
     assert_eq!(result["settings"]["mode"], json!("open"));
     assert!(non_empty(&out.path().join("summary.md")).contains("dropped (in-flight cap)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_reported_not_followed() {
+    let (url, seen) = fake_shop().await;
+    let out = tempfile::tempdir().unwrap();
+    let output = ftshop_load(&[
+        "--url",
+        &format!("{url}/redirect/"),
+        "--vus",
+        "1",
+        "--think",
+        "0s",
+        "--duration",
+        "2s",
+        "--max-requests",
+        "3",
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_str(&non_empty(&out.path().join("result.json"))).unwrap();
+    let run = &result["runs"][0];
+    assert_eq!(run["counts"]["requests"], json!(3));
+    assert_eq!(run["counts"]["unexpected"], json!(3));
+    assert_eq!(run["status_codes"], json!({"307": 3}));
+    assert_eq!(
+        seen.lock().unwrap().requests,
+        0,
+        "the redirect was not followed"
+    );
 }

@@ -31,6 +31,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         // Loopback only: a proxy from the environment must never carry this traffic elsewhere.
         .no_proxy()
+        // Nor may a redirect: /buy never redirects, so a 3xx is reported as unexpected instead
+        // of followed to wherever it points.
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(plan.timeout)
         .connect_timeout(plan.timeout)
         .build()
