@@ -11,6 +11,7 @@
 //! by a thundering herd. All their state is in the database: killing the process at any moment
 //! loses nothing, and the next start carries on.
 
+use ftshop_resilience::full_jitter;
 use std::time::Duration;
 
 use ftshop_platform::db::now_millis;
@@ -59,16 +60,6 @@ where
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// The delay before retry number `attempts + 1`: uniform in [0, min(cap, base * 2^attempts)]
-/// ("full jitter"). Computed from the stored attempt count, so it survives restarts; that is
-/// why this is a formula and not a `backon` iterator held in memory.
-fn full_jitter(attempts: i64, base: Duration, cap: Duration) -> Duration {
-    let exp = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
-    let ceiling = base.saturating_mul(1u32 << exp).min(cap);
-    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::random_range(0..=ms))
 }
 
 fn later(delay: Duration) -> i64 {
@@ -311,31 +302,4 @@ async fn record_backlog(state: AppState) -> anyhow::Result<usize> {
     metrics::gauge!("shop_outbox_oldest_age_seconds").set(b.oldest_outbox_bonus_age_seconds);
     tokio::time::sleep(Duration::from_millis(800)).await;
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn full_jitter_stays_under_the_growing_cap() {
-        for attempts in 0..30 {
-            let cap = Duration::from_millis(200)
-                .saturating_mul(1 << attempts.min(20))
-                .min(Duration::from_secs(10));
-            for _ in 0..50 {
-                assert!(
-                    full_jitter(
-                        attempts,
-                        Duration::from_millis(200),
-                        Duration::from_secs(10)
-                    ) <= cap
-                );
-            }
-        }
-        assert_eq!(
-            full_jitter(-3, Duration::ZERO, Duration::from_secs(1)),
-            Duration::ZERO
-        );
-    }
 }

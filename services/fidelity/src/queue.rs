@@ -7,6 +7,7 @@
 //! Depth and oldest age are exported as `fidelity_pending_bonuses` and
 //! `fidelity_oldest_pending_age_seconds`, and readiness fails when the oldest is too old.
 
+use ftshop_resilience::full_jitter;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -132,14 +133,4 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// Uniform in [0, min(cap, base * 2^attempts)]: the delay is computed from the stored attempt
-/// count, so it survives restarts (an in-memory backoff iterator would not).
-fn full_jitter(attempts: i64, base: Duration, cap: Duration) -> Duration {
-    let exp = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
-    let ceiling = base.saturating_mul(1u32 << exp).min(cap);
-    Duration::from_millis(rand::random_range(
-        0..=u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX),
-    ))
 }

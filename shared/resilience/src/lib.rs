@@ -46,7 +46,7 @@ pub use crate::cache::{CacheConfig, CacheError, CacheSource, Cached, RedisL2, Ti
 pub use crate::error::{BoxError, ConfigError, ResilienceError};
 pub use crate::hedge::HedgePolicy;
 pub use crate::policy::Policy;
-pub use crate::retry::{Jitter, RetryBudget, RetryPolicy};
+pub use crate::retry::{Jitter, RetryBudget, RetryPolicy, full_jitter};
 pub use crate::timeout::{current_deadline, remaining, timeout_at, with_deadline};
 
 /// The README's examples, compiled as doctests so they cannot rot.

@@ -259,3 +259,35 @@ impl RetryMetrics {
         }
     }
 }
+
+/// The delay before retry number `attempts + 1` of a *durable* retry loop: uniform in
+/// `[0, min(cap, base * 2^attempts)]` ("full jitter", AWS Architecture Blog, 2015).
+///
+/// Outboxes and queues store their attempt count in a database and must compute the next delay
+/// after a restart from that count alone; a `backon` iterator lives in memory and would start
+/// over, so this is a formula. Negative counts are treated as 0.
+pub fn full_jitter(attempts: i64, base: Duration, cap: Duration) -> Duration {
+    let exp = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
+    let ceiling = base.saturating_mul(1u32 << exp).min(cap);
+    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::random_range(0..=ms))
+}
+
+#[cfg(test)]
+mod full_jitter_tests {
+    use super::*;
+
+    #[test]
+    fn full_jitter_stays_under_the_growing_cap_and_spreads() {
+        let (base, cap) = (Duration::from_millis(200), Duration::from_secs(10));
+        for attempts in 0..30 {
+            let ceiling = base.saturating_mul(1 << attempts.min(20)).min(cap);
+            let delays: Vec<Duration> =
+                (0..200).map(|_| full_jitter(attempts, base, cap)).collect();
+            assert!(delays.iter().all(|d| *d <= ceiling));
+            // Jittered: 200 draws over a range of >= 200 ms are not all equal.
+            assert!(delays.iter().any(|d| *d != delays[0]), "attempt {attempts}");
+        }
+        assert_eq!(full_jitter(-3, Duration::ZERO, cap), Duration::ZERO);
+    }
+}
