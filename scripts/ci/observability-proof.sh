@@ -33,8 +33,10 @@ PROOF_TIMEOUT_SECS=${PROOF_TIMEOUT_SECS:-360}
 LOAD_SECS=${PROOF_LOAD_SECS:-60}
 started_at=$(date +%s)
 
+checks=0 # passed so far, for the closing "N passed, N failed" line
 log() { printf '[proof %3ss] %s\n' "$(($(date +%s) - started_at))" "$*"; }
-fail() { log "FAIL: $*"; exit 1; }
+pass() { checks=$((checks + ${1:-1})); }
+fail() { log "FAIL: $*"; echo "observability: $checks passed, 1 failed"; exit 1; }
 
 echo "::group::install Prometheus tools"
 scripts/ci/install-prometheus.sh
@@ -47,6 +49,7 @@ promtool test rules prometheus/tests/*.yml
 promtool check config --syntax-only prometheus/prometheus.yml
 promtool check config prometheus/prometheus-local.yml
 amtool check-config prometheus/alertmanager.yml
+pass 5
 python3 - <<'PY'
 import glob, json, sys
 bad = []
@@ -68,6 +71,7 @@ for path in sorted(glob.glob("grafana/dashboards/*.json")):
 if bad:
     print("\n".join(bad)); sys.exit(1)
 PY
+pass
 echo "::endgroup::"
 
 echo "::group::binary"
@@ -275,6 +279,7 @@ done
 grep -h "\"trace_id\":\"$traced\"" "$WORK/data/logs/fidelity.log" >"$WORK/traced.log"
 grep -q '"request_id":"proof-trace-' "$WORK/traced.log" ||
   fail "Fidelity's log line has the trace id but not the request id sent to ecommerce"
+pass 2
 log "trace $traced: $(grep -l "\"trace_id\":\"$traced\"" "$WORK"/data/logs/*.log | xargs -n1 basename | tr '\n' ' ')"
 head -n 1 "$WORK/traced.log"
 # The same purchase as OTLP spans: ecommerce's server span, its client span for /bonus, and
@@ -305,6 +310,7 @@ do
   sleep 1
 done
 log "OTLP export: the purchase's spans reached the collector, linked across ecommerce and fidelity"
+pass
 echo "::endgroup::"
 
 echo "::group::load (${LOAD_SECS}s, default faults; Fidelity /bonus forced to +2 s halfway)"
@@ -322,11 +328,18 @@ else
 fi
 LOAD_PID=$!
 pids+=("$LOAD_PID")
-# A little ft=false traffic too, so the ft=off series exist.
-for i in $(seq 1 5); do
-  curl -s -m 3 -o /dev/null -XPOST "http://127.0.0.1:$BASE/buy" -H 'content-type: application/json' \
-    -d "{\"product\":\"$i\",\"user\":\"naive\",\"ft\":false}" || true
+# Some ft=false traffic too, so the ft=off series exist, until the naive path has failed at
+# least once (it has no fault tolerance, so under the default faults it soon does): the 5xx
+# series the error-ratio panels and burn-rate rules read must exist for the check below.
+naive_5xx=0
+for i in $(seq 1 60); do
+  code=$(curl -s -m 3 -o /dev/null -w '%{http_code}' -XPOST "http://127.0.0.1:$BASE/buy" \
+    -H 'content-type: application/json' \
+    -d "{\"product\":\"$((i % 11 + 1))\",\"user\":\"naive\",\"ft\":false}" || true)
+  case "$code" in 5??) naive_5xx=$((naive_5xx + 1)) ;; esac
+  [ "$i" -ge 5 ] && [ "$naive_5xx" -ge 1 ] && break
 done
+log "ft=false purchases sent: $i, of which 5xx: $naive_5xx"
 sleep $((LOAD_SECS / 2))
 "$BIN" fault set --data-dir "$WORK/data" --service fidelity --route /bonus --kind latency \
   --probability 1 --latency 2s --ttl 10m
@@ -336,10 +349,10 @@ tail -n 12 "$WORK/load.log" || true
 echo "::endgroup::"
 
 echo "::group::every panel query and every rule selector returns series"
-python3 - "http://127.0.0.1:$PROM_PORT" <<'PY'
+python3 - "http://127.0.0.1:$PROM_PORT" "$WORK/queries-passed" <<'PY' || fail "queries without data (listed above)"
 import glob, json, re, sys, urllib.parse, urllib.request
 
-prom = sys.argv[1]
+prom, passed_file = sys.argv[1], sys.argv[2]
 
 def query(expr):
     url = f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
@@ -444,8 +457,11 @@ if rule_count == 0:
 if failures:
     print("\nFAILED: queries without data:\n  " + "\n  ".join(failures))
     sys.exit(1)
-print(f"\nall panel queries and rule selectors returned series ({rule_count} rules)")
+checked = sum(1 for line in lines if line.startswith("ok "))
+open(passed_file, "w").write(str(checked))
+print(f"\nall {checked} panel queries and rule selectors returned series ({rule_count} rules)")
 PY
+pass "$(cat "$WORK/queries-passed")"
 echo "::endgroup::"
 
 echo "::group::the injected fault's alert reaches the webhook sink"
@@ -481,4 +497,6 @@ for path in sorted(glob.glob(sys.argv[1] + "/*.json")):
             seen.add(key); print("  %-30s service=%-10s %s" % key)
 PY
 echo "::endgroup::"
+pass
 log "observability proof passed"
+echo "observability: $checks passed, 0 failed"
