@@ -2,7 +2,8 @@
 # Proves the observability stack against the real suite, not just that its files parse:
 #
 #  1. static checks: `promtool check rules`, `promtool test rules` (unit tests of every alert),
-#     `promtool check config`, `amtool check-config`, dashboard JSON sanity;
+#     `promtool check config`, `amtool check-config`, `amtool config routes test` (routing),
+#     dashboard JSON sanity;
 #  2. starts `ftshop up` on free ports with the default fault profile, a Prometheus scraping
 #     every process each second with the project's rules, an Alertmanager built from
 #     prometheus/alertmanager.yml (same routes, grouping and inhibition; the Slack receivers
@@ -16,13 +17,16 @@
 #  5. checks a purchase's trace: the traceparent and x-request-id sent to ecommerce appear in
 #     Fidelity's log, and its spans reach an OTLP endpoint (the sink) linked parent to child;
 #  6. waits until FtshopHighLatencyP99 for fidelity /bonus (the injected fault) reaches the
-#     webhook sink through Alertmanager.
+#     webhook sink through Alertmanager;
+#  7. pushes synthetic alerts to check inhibition (Store down silences a Store breaker alert,
+#     not an Exchange one).
 #
 # Rules keep their expressions, but their `for:` hold-downs are shortened to 5 s in the copy
 # Prometheus loads here, so the alert can fire within the run (the real hold-downs are covered
 # by the promtool unit tests). Everything listens on 127.0.0.1 and is stopped on exit.
 #
-# Time: about 3 minutes after the build, bounded at 6 minutes (PROOF_TIMEOUT_SECS) by a watchdog.
+# Time: about 70 s after the build, bounded at 6 minutes (PROOF_TIMEOUT_SECS) by a watchdog.
+# The last line is "observability: N passed, N failed".
 # Env: FTSHOP_BIN (binary to use; default: `cargo build --bin ftshop`, debug), KEEP_PROOF_DIR=1
 # (keep the temporary directory with logs), PROOF_LOAD_SECS (default 60).
 set -euo pipefail
@@ -49,7 +53,12 @@ promtool test rules prometheus/tests/*.yml
 promtool check config --syntax-only prometheus/prometheus.yml
 promtool check config prometheus/prometheus-local.yml
 amtool check-config prometheus/alertmanager.yml
-pass 5
+# Routing: critical alerts page the on-call channel, the rest go to the alerts channel.
+amtool config routes test --config.file=prometheus/alertmanager.yml \
+  --verify.receivers=slack-critical severity=critical alertname=FtshopServiceDown service=store 2>/dev/null
+amtool config routes test --config.file=prometheus/alertmanager.yml \
+  --verify.receivers=slack-warnings severity=warning alertname=FtshopLowStock service=store 2>/dev/null
+pass 7
 python3 - <<'PY'
 import glob, json, sys
 bad = []
@@ -496,7 +505,45 @@ for path in sorted(glob.glob(sys.argv[1] + "/*.json")):
         if key not in seen:
             seen.add(key); print("  %-30s service=%-10s %s" % key)
 PY
-echo "::endgroup::"
 pass
+echo "::endgroup::"
+
+echo "::group::inhibition: a dependency that is down silences what follows from it"
+# Two synthetic alerts (label proof=inhibition) pushed to the live Alertmanager: Store down, and
+# an ecommerce breaker on a Store replica. The breaker alert must be inhibited by the outage.
+python3 - "http://127.0.0.1:$AM_PORT" <<'PY' || fail "inhibition did not work as configured"
+import json, sys, time, urllib.request
+am = sys.argv[1]
+now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+alerts = [
+    {"labels": {"alertname": "FtshopServiceDown", "severity": "critical", "service": "store",
+                "dependency": "store", "job": "store", "instance": "proof", "proof": "inhibition"},
+     "startsAt": now},
+    {"labels": {"alertname": "FtshopCircuitBreakerOpen", "severity": "warning", "service": "ecommerce",
+                "dependency": "store", "job": "ecommerce", "name": "store-9.sell", "proof": "inhibition"},
+     "startsAt": now},
+    {"labels": {"alertname": "FtshopCircuitBreakerOpen", "severity": "warning", "service": "ecommerce",
+                "dependency": "exchange", "job": "ecommerce", "name": "exchange-9.exchange", "proof": "inhibition"},
+     "startsAt": now},
+]
+req = urllib.request.Request(f"{am}/api/v2/alerts", data=json.dumps(alerts).encode(),
+                             headers={"content-type": "application/json"}, method="POST")
+urllib.request.urlopen(req, timeout=5).read()
+deadline = time.time() + 20
+while time.time() < deadline:
+    with urllib.request.urlopen(f"{am}/api/v2/alerts?filter=proof%3D%22inhibition%22", timeout=5) as r:
+        got = {a["labels"].get("name", a["labels"]["alertname"]): a["status"] for a in json.load(r)}
+    store = got.get("store-9.sell", {})
+    exchange = got.get("exchange-9.exchange", {})
+    if store.get("state") == "suppressed" and store.get("inhibitedBy") and exchange.get("state") == "active":
+        print("breaker on store-9 (dependency=store): suppressed, inhibited by", store["inhibitedBy"])
+        print("breaker on exchange-9 (dependency=exchange): active (Exchange is not down)")
+        sys.exit(0)
+    time.sleep(1)
+print("got:", json.dumps(got, indent=1))
+sys.exit(1)
+PY
+pass
+echo "::endgroup::"
 log "observability proof passed"
 echo "observability: $checks passed, 0 failed"
