@@ -156,16 +156,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let ready = wait_until_live(&members, Duration::from_secs(60)).await;
-    print_banner(&members, &token, &data_dir, args.logs == "files", ready);
-    if profile.rules.is_empty() {
-        println!("faults:      off");
+    let faults_line = if profile.rules.is_empty() {
+        "off".to_owned()
     } else {
-        println!(
-            "faults:      {} ({} rules, seed {fault_seed}); `ftshop fault list`, `ftshop fault clear`",
+        format!(
+            "{} ({} rules, seed {fault_seed}); `ftshop fault list`, `ftshop fault clear`",
             args.faults,
             profile.rules.len()
-        );
-    }
+        )
+    };
+    print_banner(
+        &members,
+        &token,
+        &data_dir,
+        args.logs == "files",
+        ready,
+        &faults_line,
+    );
 
     ftshop_platform::server::shutdown_signal().await;
     println!("stopping ftshop...");
@@ -481,7 +488,14 @@ async fn wait_until_live(members: &[Member], limit: Duration) -> bool {
     true
 }
 
-fn print_banner(members: &[Member], token: &str, data_dir: &Path, log_files: bool, ready: bool) {
+fn print_banner(
+    members: &[Member],
+    token: &str,
+    data_dir: &Path,
+    log_files: bool,
+    ready: bool,
+    faults: &str,
+) {
     if ready {
         println!("ftshop is up:");
     } else {
@@ -491,6 +505,7 @@ fn print_banner(members: &[Member], token: &str, data_dir: &Path, log_files: boo
         println!("  {:<11} {}   docs: {}/docs", m.name, m.url, m.url);
     }
     println!("admin token: {token}");
+    println!("faults:      {faults}");
     println!("data dir:    {}", data_dir.display());
     if log_files {
         println!("logs:        {}/logs/<name>.log", data_dir.display());
