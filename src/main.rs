@@ -1,6 +1,7 @@
 //! `ftshop`: one binary, many roles. This file only parses the command line; the work lives in
 //! the service crates (`serve`) and in [`up`] (the supervisor).
 
+mod chaos;
 mod fault;
 mod load;
 mod up;
@@ -31,6 +32,10 @@ enum Command {
     /// Load generator for POST /buy: closed-loop VUs with think time or an open-loop rate;
     /// writes result.json, summary.md and chart.svg (loopback targets only).
     Load(load::LoadArgs),
+    /// Chaos run: load with ft=true while processes are killed, frozen and faulted, then checks
+    /// no oversold unit, no lost acknowledged order, no double credit, and the drain; writes
+    /// chaos.json and chaos.md and exits non-zero on any violation.
+    Chaos(chaos::ChaosArgs),
     /// Fault injection at run time: `list`, `set` (a profile or one rule), `clear`.
     Fault(fault::FaultArgs),
 }
@@ -70,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Up(args) => up::run(args).await,
         Command::Load(args) => load::run(args).await,
+        Command::Chaos(args) => chaos::run(args).await,
         Command::Fault(args) => fault::run(args).await,
     }
 }

@@ -1,0 +1,648 @@
+//! `ftshop chaos`: purchases under load while processes are killed, frozen and faulted, then a
+//! check that the product's promises held: no oversold unit, no lost acknowledged order, no
+//! double-credited bonus, and a backlog that drains once the faults stop.
+//!
+//! The run starts its own suite (`ftshop up` on free ports, in a temporary data dir) or attaches
+//! to a running one through its up.json (loopback only). The checker
+//! ([`invariants::check`]) is a pure function over what the run collected, so it is tested on
+//! fabricated data. See docs/chaos.md.
+
+mod invariants;
+mod report;
+mod scenarios;
+mod suite;
+mod traffic;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::load::{Products, ThinkTime, loopback_url, parse_duration, parse_products};
+use invariants::{
+    AckedOrder, Backlog, Drain, Observed, OrderLookup, OrderState, StockSamples, check,
+};
+use report::{ChaosReport, Settings};
+use scenarios::{Frozen, Scenario, ScenarioList, Schedule, Timeline};
+use suite::{OwnSuite, SuiteApi};
+use traffic::{Attempt, Traffic};
+
+/// The longest load `--duration` accepts.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 60);
+const MAX_VUS: u32 = 1_000;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ChaosArgs {
+    /// Attach to the suite whose `ftshop up` wrote <DIR>/up.json instead of starting one
+    /// (loopback URLs only; the run assumes no other traffic buys meanwhile).
+    #[arg(long, value_name = "DIR")]
+    pub attach_data_dir: Option<PathBuf>,
+
+    /// Data dir of the suite this run starts (default: a new temporary directory).
+    #[arg(long, conflicts_with = "attach_data_dir")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Keep the data dir of the suite this run started (it is also kept on a violation).
+    #[arg(long, conflicts_with = "attach_data_dir")]
+    pub keep: bool,
+
+    /// Fault profile the started suite runs with: `default` or `off` (the `faults` scenario
+    /// turns the default profile on at run time).
+    #[arg(long, default_value = "default", value_parser = ["default", "off"], conflicts_with = "attach_data_dir")]
+    pub faults: String,
+
+    /// Seed of the fault draws (random and printed when unset).
+    #[arg(long)]
+    pub fault_seed: Option<u64>,
+
+    /// Scenarios to apply while the load runs, comma-separated: faults, kill, freeze-exchange,
+    /// kill-ecommerce, or all.
+    #[arg(long, default_value = "all", value_parser = Scenario::parse_list)]
+    pub scenarios: ScenarioList,
+
+    /// Virtual users (closed loop, ft=true).
+    #[arg(long, default_value_t = 20)]
+    pub vus: u32,
+
+    /// How long the load and the scenarios run (`30s`, `2m`; at most 30m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Think time between a VU's answer and its next purchase (`MIN..MAX` or a fixed value).
+    #[arg(long, default_value = "200ms..1s", value_parser = ThinkTime::parse)]
+    pub think: ThinkTime,
+
+    /// `kill`: SIGKILL one random member this often.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub kill_every: Duration,
+
+    /// `freeze-exchange`: how long both exchange processes stay stopped.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub freeze_for: Duration,
+
+    /// Products to buy (`1-12`, `1-3,7`). Product 12 has 5 units: it sells out, which puts the
+    /// "never below zero" check to work.
+    #[arg(long, default_value = "1-12", value_parser = parse_products)]
+    pub products: Products,
+
+    /// Client timeout of one purchase.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Longest wait, after the faults stop, for pending orders and bonuses to drain to zero.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Longest time spent replaying unacknowledged purchases after the faults stop.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub reconcile_timeout: Duration,
+
+    /// Where chaos.json and chaos.md go (default `./chaos-results/<timestamp>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs chaos as `args` asks; an error (exit non-zero) on any violation.
+pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
+    ensure!(
+        !args.duration.is_zero() && args.duration <= MAX_DURATION,
+        "--duration must be within (0s, 30m]"
+    );
+    ensure!(
+        (1..=MAX_VUS).contains(&args.vus),
+        "--vus must be within 1..={MAX_VUS}"
+    );
+    ensure!(
+        args.kill_every >= Duration::from_millis(500),
+        "--kill-every must be at least 500ms"
+    );
+    ensure!(
+        args.freeze_for <= Duration::from_secs(60),
+        "--freeze-for must be at most 60s"
+    );
+    ensure!(
+        !args.timeout.is_zero() && args.timeout <= Duration::from_secs(60),
+        "--timeout must be within (0s, 60s]"
+    );
+    let scenarios = args.scenarios.0.clone();
+    let out = match &args.out {
+        Some(out) => out.clone(),
+        None => PathBuf::from("chaos-results").join(timestamp()?.replace(':', "")),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let http = reqwest::Client::builder()
+        // Loopback only: no proxy from the environment, no redirect elsewhere.
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .context("building the HTTP client")?;
+    let started_at = timestamp()?;
+    let run_tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+
+    // Ctrl-C / SIGTERM: stop the load and the scenarios, thaw, faults off, report, exit non-zero.
+    let interrupt = CancellationToken::new();
+    let signals = tokio::spawn({
+        let interrupt = interrupt.clone();
+        async move {
+            ftshop_platform::server::shutdown_signal().await;
+            eprintln!("[chaos] interrupted: stopping the scenarios and cleaning up");
+            interrupt.cancel();
+        }
+    });
+
+    let (mut own, data_dir, seed) = match &args.attach_data_dir {
+        Some(dir) => {
+            let up = suite::attach(dir)?;
+            (None, dir.clone(), args.fault_seed.unwrap_or(up.fault_seed))
+        }
+        None => {
+            let dir = args.data_dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("ftshop-chaos-{run_tag}"))
+            });
+            let seed = args
+                .fault_seed
+                .unwrap_or_else(|| rand::random_range(0..1_000_000));
+            eprintln!(
+                "[chaos] starting ftshop up (faults {}, seed {seed}) in {}",
+                args.faults,
+                dir.display()
+            );
+            let suite = tokio::select! {
+                suite = OwnSuite::start(dir.clone(), &args.faults, seed, &http) => suite?,
+                () = interrupt.cancelled() => bail!("interrupted while the suite was starting"),
+            };
+            (Some(suite), dir, seed)
+        }
+    };
+    let up = suite::read_up_file(&data_dir)?;
+    let api = SuiteApi {
+        http: http.clone(),
+        data_dir: data_dir.clone(),
+        token: up.admin_token.clone(),
+        members: up.members.clone(),
+    };
+    let settings = Settings {
+        suite: if own.is_some() {
+            "started by this run".to_owned()
+        } else {
+            "attached".to_owned()
+        },
+        data_dir: data_dir.display().to_string(),
+        faults_at_start: up.faults.clone(),
+        fault_seed: seed,
+        scenarios: scenarios.clone(),
+        vus: args.vus,
+        duration_s: args.duration.as_secs_f64(),
+        think: args.think.to_string(),
+        products: args.products.0.clone(),
+        kill_every_s: args.kill_every.as_secs_f64(),
+        freeze_for_s: args.freeze_for.as_secs_f64(),
+        drain_timeout_s: args.drain_timeout.as_secs_f64(),
+    };
+
+    let result = drive(&args, &api, &scenarios, seed, &up.faults, &run_tag, &interrupt).await;
+    signals.abort();
+
+    let report = match result {
+        Ok(collected) => build_report(collected, &api, settings, started_at, &interrupt),
+        Err(err) => {
+            if let Some(suite) = own.as_mut() {
+                suite.stop().await;
+            }
+            return Err(err);
+        }
+    };
+    let summary = report::markdown(&report);
+    write_outputs(&out, &report, &summary)?;
+    println!("{summary}");
+    eprintln!(
+        "[chaos] results: {0}/chaos.json, {0}/chaos.md",
+        out.display()
+    );
+
+    if let Some(mut suite) = own.take() {
+        suite.stop().await;
+        if args.keep || !report.passed {
+            eprintln!("[chaos] data dir kept: {}", suite.data_dir.display());
+        } else if let Err(err) = std::fs::remove_dir_all(&suite.data_dir) {
+            eprintln!(
+                "[chaos] could not remove {}: {err}",
+                suite.data_dir.display()
+            );
+        }
+    }
+
+    if report.interrupted {
+        bail!("interrupted: the invariants were not checked");
+    }
+    if !report.passed {
+        bail!(
+            "{} invariant violation(s); evidence in {}/chaos.md",
+            report.violations(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// What the run collected, before the verdict.
+struct Collected {
+    observed: Observed,
+    attempts: Vec<Attempt>,
+    events: Vec<scenarios::Event>,
+    faults_off_unconfirmed: Vec<String>,
+    reconciled_out_of_stock: usize,
+    interrupted: bool,
+}
+
+/// Load + scenarios, then faults off, replays, drain and the reads the checker needs.
+async fn drive(
+    args: &ChaosArgs,
+    api: &SuiteApi,
+    scenarios: &[Scenario],
+    seed: u64,
+    start_profile: &str,
+    run_tag: &str,
+    interrupt: &CancellationToken,
+) -> anyhow::Result<Collected> {
+    let ecommerce = api.url("ecommerce")?.to_owned();
+    let buy_url = loopback_url(&ecommerce)?
+        .join("buy")
+        .context("building the /buy URL")?
+        .to_string();
+    let stock_before = api.stock(Duration::from_secs(30)).await?;
+
+    let start = Instant::now();
+    let stop = interrupt.child_token();
+    let timeline = Timeline::new(start);
+    let frozen = Frozen::default();
+    let attempts: Arc<Mutex<Vec<Attempt>>> = Arc::default();
+    let traffic = Arc::new(Traffic {
+        buy_url: buy_url.clone(),
+        vus: args.vus,
+        think: args.think,
+        products: args.products.clone(),
+        timeout: args.timeout,
+        run_tag: run_tag.to_owned(),
+    });
+    let users: Vec<String> = (0..args.vus).map(|vu| traffic.user(vu)).collect();
+    eprintln!(
+        "[chaos] {} VUs (ft=true), think {}, for {:.0} s against {buy_url}; scenarios: {}",
+        args.vus,
+        args.think,
+        args.duration.as_secs_f64(),
+        scenarios
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let load = tokio::spawn(Arc::clone(&traffic).run(
+        api.http.clone(),
+        start,
+        stop.clone(),
+        Arc::clone(&attempts),
+    ));
+    let sampler = tokio::spawn(sample_stock(api.clone(), stop.clone()));
+    let schedule = Schedule {
+        duration: args.duration,
+        kill_every: args.kill_every,
+        freeze_for: args.freeze_for,
+        fault_seed: seed,
+        faults_already_on: start_profile == "default",
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for scenario in scenarios {
+        tasks.spawn(scenarios::run(
+            *scenario,
+            api.clone(),
+            schedule,
+            timeline.clone(),
+            frozen.clone(),
+            stop.clone(),
+        ));
+    }
+    let progress = tokio::spawn(progress(Arc::clone(&attempts), start, stop.clone()));
+
+    tokio::select! {
+        () = tokio::time::sleep(args.duration) => {}
+        () = stop.cancelled() => {}
+    }
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    // Whatever happened to the freeze task, nothing stays stopped.
+    for pid in frozen.thaw_all() {
+        eprintln!("[chaos] SIGCONT to pid {pid} (left frozen)");
+    }
+    let _ = load.await;
+    progress.abort();
+    let min_seen = sampler.await.unwrap_or_default();
+    let attempts: Vec<Attempt> = std::mem::take(
+        &mut *attempts.lock().unwrap_or_else(PoisonError::into_inner),
+    );
+    eprintln!(
+        "[chaos] load stopped after {:.1} s: {} purchases, {} acknowledged",
+        start.elapsed().as_secs_f64(),
+        attempts.len(),
+        attempts.iter().filter(|a| a.acknowledged()).count()
+    );
+
+    // Faults stop: every process, until each has answered (restarted ones come back faulted).
+    let faults_off_at = Instant::now();
+    let unconfirmed = api.faults_off(Duration::from_secs(60)).await;
+    eprintln!(
+        "[chaos] faults off on every process in {:.1} s{}",
+        faults_off_at.elapsed().as_secs_f64(),
+        if unconfirmed.is_empty() {
+            String::new()
+        } else {
+            format!(" (not confirmed: {})", unconfirmed.join(", "))
+        }
+    );
+    let interrupted = interrupt.is_cancelled();
+    let mut observed = Observed {
+        balances: BTreeMap::new(),
+        drain: Drain {
+            timeout_s: args.drain_timeout.as_secs_f64(),
+            ..Drain::default()
+        },
+        ..Observed::default()
+    };
+    let mut reconciled_out_of_stock = 0;
+    if !interrupted {
+        let replayed = traffic::reconcile(
+            &api.http,
+            &buy_url,
+            &attempts,
+            args.timeout,
+            args.reconcile_timeout,
+        )
+        .await;
+        eprintln!(
+            "[chaos] replayed the unacknowledged purchases: {} orders, {} out of stock, {} unresolved",
+            replayed.orders.len(),
+            replayed.out_of_stock,
+            replayed.unresolved.len()
+        );
+        reconciled_out_of_stock = replayed.out_of_stock;
+        observed.reconciled = replayed.orders;
+        observed.unresolved = replayed.unresolved;
+
+        let (drained_after, last) =
+            wait_for_drain(api, faults_off_at, args.drain_timeout, interrupt).await;
+        match drained_after {
+            Some(after) => eprintln!(
+                "[chaos] backlog drained {:.1} s after the faults stopped",
+                after.as_secs_f64()
+            ),
+            None => eprintln!("[chaos] backlog not drained: {last:?}"),
+        }
+        observed.drain.drained_after_s = drained_after.map(|d| d.as_secs_f64());
+        observed.drain.last = last;
+
+        collect(api, &ecommerce, &attempts, &users, &mut observed).await;
+        let stock_after = api.stock(Duration::from_secs(30)).await?;
+        for (product, before) in &stock_before {
+            let after = stock_after.get(product).copied().unwrap_or(*before);
+            let lowest = min_seen.get(product).copied().unwrap_or(after).min(after);
+            observed.stock.insert(
+                product.clone(),
+                StockSamples {
+                    before: *before,
+                    min_seen: lowest,
+                    after,
+                },
+            );
+        }
+    }
+    Ok(Collected {
+        observed,
+        attempts,
+        events: timeline.events(),
+        faults_off_unconfirmed: unconfirmed,
+        reconciled_out_of_stock,
+        interrupted,
+    })
+}
+
+/// Reads every known order and every user's balance.
+async fn collect(
+    api: &SuiteApi,
+    ecommerce: &str,
+    attempts: &[Attempt],
+    users: &[String],
+    observed: &mut Observed,
+) {
+    observed.acknowledged = attempts
+        .iter()
+        .filter(|a| a.acknowledged())
+        .filter_map(|a| {
+            Some(AckedOrder {
+                order_id: a.order_id.clone()?,
+                user: a.user.clone(),
+                product: a.product.clone(),
+                status: a.status?,
+            })
+        })
+        .collect();
+    let ids: Vec<String> = observed
+        .acknowledged
+        .iter()
+        .map(|a| a.order_id.clone())
+        .chain(observed.reconciled.iter().cloned())
+        .collect();
+    for id in ids {
+        if observed.orders.contains_key(&id) {
+            continue;
+        }
+        let lookup = read_order(api, ecommerce, &id).await;
+        observed.orders.insert(id, lookup);
+    }
+    let fidelity = api.urls_of("fidelity");
+    for user in users {
+        let balance = match api
+            .get_retrying(&fidelity, &format!("/balance/{user}"), Duration::from_secs(10))
+            .await
+        {
+            Ok(value) => value["points"].as_i64(),
+            Err(_) => None,
+        };
+        observed.balances.insert(user.clone(), balance);
+    }
+}
+
+async fn read_order(api: &SuiteApi, ecommerce: &str, id: &str) -> OrderLookup {
+    let url = format!("{ecommerce}/orders/{id}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match api.get_json(&url).await {
+            Ok(None) => return OrderLookup::NotFound,
+            Ok(Some(order)) => {
+                let text = |field: &str| order[field].as_str().map(str::to_owned);
+                return OrderLookup::Found(OrderState {
+                    status: text("status").unwrap_or_default(),
+                    user: text("user").unwrap_or_default(),
+                    product: text("product").unwrap_or_default(),
+                    transaction_id: text("transaction_id"),
+                    bonus_points: order["bonus_points"].as_i64(),
+                    bonus_status: text("bonus_status"),
+                    cancel_reason: text("cancel_reason"),
+                });
+            }
+            Err(err) if Instant::now() >= deadline => {
+                return OrderLookup::Unreadable {
+                    error: format!("{err:#}"),
+                };
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Polls the backlog until ecommerce's pending orders and outbox and Fidelity's pending
+/// bonuses are all zero; returns how long that took after `since`, and the last reading.
+async fn wait_for_drain(
+    api: &SuiteApi,
+    since: Instant,
+    limit: Duration,
+    interrupt: &CancellationToken,
+) -> (Option<Duration>, Backlog) {
+    let deadline = since + limit;
+    let ecommerce = api.urls_of("ecommerce");
+    let fidelity = api.urls_of("fidelity");
+    let mut last = Backlog::default();
+    loop {
+        let backlog = api.get_any(&ecommerce, "/backlog").await;
+        let pending = api.get_any(&fidelity, "/bonus/pending").await;
+        if let (Ok(backlog), Ok(pending)) = (backlog, pending) {
+            last = Backlog {
+                pending_orders: backlog["pending_orders"].as_i64().unwrap_or(-1),
+                outbox_bonuses: backlog["outbox_bonuses"].as_i64().unwrap_or(-1),
+                fidelity_pending: pending["depth"].as_i64().unwrap_or(-1),
+            };
+            if last.is_empty() {
+                return (Some(since.elapsed()), last);
+            }
+        }
+        if Instant::now() >= deadline || interrupt.is_cancelled() {
+            return (None, last);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The lowest stock of each product seen while the load runs, read once a second.
+async fn sample_stock(api: SuiteApi, stop: CancellationToken) -> BTreeMap<String, i64> {
+    let mut lowest: BTreeMap<String, i64> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return lowest,
+        }
+        if let Ok(stock) = api.stock(Duration::ZERO).await {
+            for (product, units) in stock {
+                let entry = lowest.entry(product).or_insert(units);
+                *entry = (*entry).min(units);
+            }
+        }
+    }
+}
+
+/// One status line every 5 s.
+async fn progress(attempts: Arc<Mutex<Vec<Attempt>>>, start: Instant, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let counts = traffic::count(&attempts.lock().unwrap_or_else(PoisonError::into_inner));
+        eprintln!(
+            "[chaos] t={:>5.1}s purchases {} | acknowledged {} | 409 {} | errors {}",
+            start.elapsed().as_secs_f64(),
+            counts.requests,
+            counts.acknowledged,
+            counts.out_of_stock_409,
+            counts.errors
+        );
+    }
+}
+
+fn build_report(
+    collected: Collected,
+    api: &SuiteApi,
+    settings: Settings,
+    started_at: String,
+    interrupt: &CancellationToken,
+) -> ChaosReport {
+    let interrupted = collected.interrupted || interrupt.is_cancelled();
+    let verdicts = if interrupted {
+        Vec::new()
+    } else {
+        check(&collected.observed)
+    };
+    let mut actions: BTreeMap<String, usize> = BTreeMap::new();
+    for event in &collected.events {
+        *actions
+            .entry(format!("{}:{}", event.scenario.name(), event.action))
+            .or_default() += 1;
+    }
+    let kills = collected
+        .events
+        .iter()
+        .filter(|e| e.action == "kill")
+        .count();
+    let restarts = api
+        .refresh()
+        .map(|up| {
+            up.members
+                .iter()
+                .map(|m| (m.name.clone(), m.restarts))
+                .collect()
+        })
+        .unwrap_or_default();
+    ChaosReport {
+        tool: "ftshop chaos".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at,
+        passed: !interrupted && verdicts.iter().all(|v| v.holds),
+        interrupted,
+        settings,
+        load: traffic::count(&collected.attempts),
+        scenario_events: collected.events,
+        actions,
+        kills,
+        restarts,
+        faults_off_unconfirmed: collected.faults_off_unconfirmed,
+        reconciled_orders: collected.observed.reconciled.len(),
+        reconciled_out_of_stock: collected.reconciled_out_of_stock,
+        verdicts,
+        observed: collected.observed,
+    }
+}
+
+fn write_outputs(dir: &Path, report: &ChaosReport, summary: &str) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(report).context("serialising chaos.json")?;
+    for (name, bytes) in [("chaos.json", json), ("chaos.md", summary.as_bytes().to_vec())] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn timestamp() -> anyhow::Result<String> {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .context("truncating the time")?
+        .format(&time::format_description::well_known::Rfc3339)
+        .context("formatting the time")
+}

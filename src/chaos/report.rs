@@ -1,0 +1,208 @@
+//! chaos.json and chaos.md: what was done to the suite, what the customers got, and the verdict
+//! on each invariant with its evidence.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::invariants::{Observed, OrderLookup, Verdict};
+use super::scenarios::{Event, Scenario};
+use super::traffic::LoadCounts;
+
+/// Evidence lines shown per invariant in chaos.md (chaos.json has all of them).
+const EVIDENCE_IN_MARKDOWN: usize = 20;
+
+#[derive(Debug, Serialize)]
+pub struct ChaosReport {
+    pub tool: String,
+    pub version: String,
+    pub started_at: String,
+    pub passed: bool,
+    pub interrupted: bool,
+    pub settings: Settings,
+    pub load: LoadCounts,
+    pub scenario_events: Vec<Event>,
+    /// Actions per scenario (`kill` → 4).
+    pub actions: BTreeMap<String, usize>,
+    /// SIGKILLs sent (random members and ecommerce).
+    pub kills: usize,
+    /// Restarts per member according to up.json at the end.
+    pub restarts: BTreeMap<String, u32>,
+    pub faults_off_unconfirmed: Vec<String>,
+    pub reconciled_orders: usize,
+    pub reconciled_out_of_stock: usize,
+    pub verdicts: Vec<Verdict>,
+    pub observed: Observed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub suite: String,
+    pub data_dir: String,
+    pub faults_at_start: String,
+    pub fault_seed: u64,
+    pub scenarios: Vec<Scenario>,
+    pub vus: u32,
+    pub duration_s: f64,
+    pub think: String,
+    pub products: Vec<String>,
+    pub kill_every_s: f64,
+    pub freeze_for_s: f64,
+    pub drain_timeout_s: f64,
+}
+
+impl ChaosReport {
+    pub fn violations(&self) -> usize {
+        self.verdicts.iter().map(|v| v.violations.len()).sum()
+    }
+}
+
+pub fn markdown(report: &ChaosReport) -> String {
+    let mut md = String::new();
+    let s = &report.settings;
+    let verdict = if report.interrupted {
+        "INTERRUPTED"
+    } else if report.passed {
+        "PASS"
+    } else {
+        "FAIL"
+    };
+    let _ = writeln!(
+        md,
+        "### ftshop chaos: {verdict}\n\n{} VUs (ft=true), think {}, {:.0} s; scenarios {}; \
+         faults at start `{}` (seed {}); suite: {}\n\nStarted {} · {} {}\n",
+        s.vus,
+        s.think,
+        s.duration_s,
+        s.scenarios
+            .iter()
+            .map(|sc| format!("`{}`", sc.name()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.faults_at_start,
+        s.fault_seed,
+        s.suite,
+        report.started_at,
+        report.tool,
+        report.version,
+    );
+
+    let _ = writeln!(md, "| invariant | result | checked |\n|---|---|---|");
+    for v in &report.verdicts {
+        let result = if v.holds {
+            "✅ holds".to_owned()
+        } else {
+            format!("❌ {} violation(s)", v.violations.len())
+        };
+        let _ = writeln!(md, "| {} | {result} | {} |", v.title, v.checked);
+    }
+
+    let l = &report.load;
+    let _ = writeln!(
+        md,
+        "\n| load | count |\n|---|---:|\n| purchases sent | {} |\n| acknowledged (200 + 202) | {} |\n\
+         | 200 completed | {} |\n| 202 accepted (pending) | {} |\n| 409 out of stock | {} |\n\
+         | errors (5xx, timeouts, connection) | {} |\n| replayed after the faults: orders | {} |\n\
+         | replayed: out of stock | {} |\n| replayed: unresolved | {} |\n| SIGKILLs | {} |\n\
+         | drain after faults off | {} |",
+        l.requests,
+        l.acknowledged,
+        l.completed_200,
+        l.accepted_202,
+        l.out_of_stock_409,
+        l.errors,
+        report.reconciled_orders,
+        report.reconciled_out_of_stock,
+        report.observed.unresolved.len(),
+        report.kills,
+        report
+            .observed
+            .drain
+            .drained_after_s
+            .map_or("not drained".to_owned(), |s| format!("{s:.1} s")),
+    );
+    let statuses: Vec<String> = l
+        .by_status
+        .iter()
+        .map(|(status, n)| format!("{status} × {n}"))
+        .collect();
+    let _ = writeln!(md, "\nAnswers: {}", statuses.join(", "));
+    let restarts: Vec<String> = report
+        .restarts
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    let _ = writeln!(md, "\nRestarts (up.json): {}", restarts.join(", "));
+    if !report.faults_off_unconfirmed.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nFaults could not be confirmed off on: {}",
+            report.faults_off_unconfirmed.join(", ")
+        );
+    }
+
+    let _ = writeln!(
+        md,
+        "\n| product | stock before | lowest seen | after | completed orders |\n|---|---:|---:|---:|---:|"
+    );
+    let mut completed: BTreeMap<&str, usize> = BTreeMap::new();
+    for order in report.observed.orders.values() {
+        if let OrderLookup::Found(order) = order
+            && order.status == "completed"
+        {
+            *completed.entry(order.product.as_str()).or_default() += 1;
+        }
+    }
+    for (product, stock) in &report.observed.stock {
+        let _ = writeln!(
+            md,
+            "| {product} | {} | {} | {} | {} |",
+            stock.before,
+            stock.min_seen,
+            stock.after,
+            completed.get(product.as_str()).copied().unwrap_or(0)
+        );
+    }
+
+    if !report.scenario_events.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n| t (s) | scenario | action | target | detail |\n|---:|---|---|---|---|"
+        );
+        for e in &report.scenario_events {
+            let target = match (&e.target, e.pid) {
+                (Some(t), Some(pid)) => format!("{t} (pid {pid})"),
+                (Some(t), None) => t.clone(),
+                (None, _) => "-".to_owned(),
+            };
+            let _ = writeln!(
+                md,
+                "| {:.1} | {} | {} | {target} | {} |",
+                e.at_s,
+                e.scenario.name(),
+                e.action,
+                e.detail
+            );
+        }
+    }
+
+    let failing: Vec<&Verdict> = report.verdicts.iter().filter(|v| !v.holds).collect();
+    if !failing.is_empty() {
+        let _ = writeln!(md, "\n#### Evidence");
+        for v in failing {
+            let _ = writeln!(md, "\n**{}**:\n", v.title);
+            for violation in v.violations.iter().take(EVIDENCE_IN_MARKDOWN) {
+                let _ = writeln!(md, "- {}", violation.evidence);
+            }
+            if v.violations.len() > EVIDENCE_IN_MARKDOWN {
+                let _ = writeln!(
+                    md,
+                    "- ... and {} more (chaos.json has all)",
+                    v.violations.len() - EVIDENCE_IN_MARKDOWN
+                );
+            }
+        }
+    }
+    md
+}

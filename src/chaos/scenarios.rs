@@ -1,0 +1,408 @@
+//! The scenarios applied while the load runs, each a task that ends when `stop` is cancelled.
+//! Every action is logged as an [`Event`] for the report.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::bail;
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::suite::{SuiteApi, signal};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// The default fault profile on every process.
+    Faults,
+    /// SIGKILL of a random member every `--kill-every`.
+    Kill,
+    /// SIGSTOP of both exchange processes for `--freeze-for`, then SIGCONT.
+    FreezeExchange,
+    /// SIGKILL of ecommerce itself halfway through the load.
+    KillEcommerce,
+}
+
+impl Scenario {
+    /// Every scenario that needs no extra setup (the default of `--scenarios`).
+    pub const DEFAULT: [Scenario; 4] = [
+        Scenario::Faults,
+        Scenario::Kill,
+        Scenario::FreezeExchange,
+        Scenario::KillEcommerce,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Faults => "faults",
+            Scenario::Kill => "kill",
+            Scenario::FreezeExchange => "freeze-exchange",
+            Scenario::KillEcommerce => "kill-ecommerce",
+        }
+    }
+
+    pub fn parse_list(text: &str) -> anyhow::Result<ScenarioList> {
+        let mut list = BTreeSet::new();
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let scenario = match name {
+                "all" => {
+                    list.extend(Scenario::DEFAULT);
+                    continue;
+                }
+                "faults" => Scenario::Faults,
+                "kill" => Scenario::Kill,
+                "freeze-exchange" => Scenario::FreezeExchange,
+                "kill-ecommerce" => Scenario::KillEcommerce,
+                "proxy-cut" => bail!(
+                    "scenario proxy-cut (Redis/Postgres unreachable through scripts/tcp-proxy.py) \
+                     is not implemented yet; see docs/chaos.md"
+                ),
+                other => bail!(
+                    "unknown scenario {other:?}: use faults, kill, freeze-exchange, \
+                     kill-ecommerce (comma-separated) or all"
+                ),
+            };
+            list.insert(scenario);
+        }
+        if list.is_empty() {
+            bail!("--scenarios is empty: name at least one, or `all`");
+        }
+        Ok(ScenarioList(list.into_iter().collect()))
+    }
+}
+
+/// The `--scenarios` list: distinct, in a fixed order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioList(pub Vec<Scenario>);
+
+/// Something a scenario did, at `at_s` seconds since the load started.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub at_s: f64,
+    pub scenario: Scenario,
+    pub action: String,
+    pub target: Option<String>,
+    pub pid: Option<u32>,
+    pub detail: String,
+}
+
+/// The events so far, shared by the scenario tasks.
+#[derive(Clone)]
+pub struct Timeline {
+    start: Instant,
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Timeline {
+    pub fn new(start: Instant) -> Self {
+        Self {
+            start,
+            events: Arc::default(),
+        }
+    }
+
+    pub fn log(
+        &self,
+        scenario: Scenario,
+        action: &str,
+        target: Option<&str>,
+        pid: Option<u32>,
+        detail: String,
+    ) {
+        let event = Event {
+            at_s: self.start.elapsed().as_secs_f64(),
+            scenario,
+            action: action.to_owned(),
+            target: target.map(str::to_owned),
+            pid,
+            detail,
+        };
+        eprintln!(
+            "[chaos] t={:>5.1}s {:<15} {}{}{} {}",
+            event.at_s,
+            scenario.name(),
+            event.action,
+            event
+                .target
+                .as_deref()
+                .map(|t| format!(" {t}"))
+                .unwrap_or_default(),
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+            event.detail,
+        );
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(event);
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Processes stopped with SIGSTOP and not yet continued. Whoever ends the run calls
+/// [`Frozen::thaw_all`]; dropping the last handle does it too, so a frozen process is
+/// continued even when the run fails or panics.
+#[derive(Clone, Default)]
+pub struct Frozen(Arc<Mutex<BTreeSet<u32>>>);
+
+impl Frozen {
+    pub fn freeze(&self, pid: u32) -> bool {
+        let mut frozen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // Recorded before the signal: a SIGSTOP that happened is never forgotten.
+        frozen.insert(pid);
+        signal(pid, Signal::SIGSTOP)
+    }
+
+    pub fn contains(&self, pid: u32) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&pid)
+    }
+
+    /// SIGCONT to every frozen process; returns their pids.
+    pub fn thaw_all(&self) -> Vec<u32> {
+        let mut frozen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let pids: Vec<u32> = frozen.iter().copied().collect();
+        for pid in &pids {
+            signal(*pid, Signal::SIGCONT);
+        }
+        frozen.clear();
+        pids
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.0) == 1 {
+            self.thaw_all();
+        }
+    }
+}
+
+/// Settings of the scenarios that have any.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub duration: Duration,
+    pub kill_every: Duration,
+    pub freeze_for: Duration,
+    pub fault_seed: u64,
+    /// The suite already runs the default profile (started with it).
+    pub faults_already_on: bool,
+}
+
+/// Runs one scenario until `stop`.
+pub async fn run(
+    scenario: Scenario,
+    api: SuiteApi,
+    schedule: Schedule,
+    timeline: Timeline,
+    frozen: Frozen,
+    stop: CancellationToken,
+) {
+    match scenario {
+        Scenario::Faults => faults(&api, schedule, &timeline).await,
+        Scenario::Kill => kill_random(&api, schedule, &timeline, &frozen, &stop).await,
+        Scenario::FreezeExchange => {
+            freeze_exchange(&api, schedule, &timeline, &frozen, &stop).await;
+        }
+        Scenario::KillEcommerce => kill_ecommerce(&api, schedule, &timeline, &stop).await,
+    }
+}
+
+async fn faults(api: &SuiteApi, schedule: Schedule, timeline: &Timeline) {
+    if schedule.faults_already_on {
+        timeline.log(
+            Scenario::Faults,
+            "on",
+            None,
+            None,
+            format!(
+                "default profile since start (seed {}); restarted processes keep it",
+                schedule.fault_seed
+            ),
+        );
+        return;
+    }
+    let failed = api.set_profile("default", schedule.fault_seed).await;
+    timeline.log(
+        Scenario::Faults,
+        "on",
+        None,
+        None,
+        if failed.is_empty() {
+            format!(
+                "default profile on every process (seed {}); a restarted process comes back \
+                 with its start profile",
+                schedule.fault_seed
+            )
+        } else {
+            format!(
+                "default profile (seed {}); not accepted by {}",
+                schedule.fault_seed,
+                failed.join(", ")
+            )
+        },
+    );
+}
+
+/// Waits `delay` or until `stop`; true when stopped.
+async fn wait(delay: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => stop.is_cancelled(),
+        () = stop.cancelled() => true,
+    }
+}
+
+async fn kill_random(
+    api: &SuiteApi,
+    schedule: Schedule,
+    timeline: &Timeline,
+    frozen: &Frozen,
+    stop: &CancellationToken,
+) {
+    loop {
+        if wait(schedule.kill_every, stop).await {
+            return;
+        }
+        let up = match api.refresh() {
+            Ok(up) => up,
+            Err(err) => {
+                timeline.log(
+                    Scenario::Kill,
+                    "skip",
+                    None,
+                    None,
+                    format!("cannot read up.json: {err:#}"),
+                );
+                continue;
+            }
+        };
+        // Running members only (a member being restarted has no pid), never the supervisor,
+        // never a process this run froze (it is continued by the freeze scenario).
+        let candidates: Vec<(String, u32)> = up
+            .members
+            .iter()
+            .filter_map(|m| m.pid.map(|pid| (m.name.clone(), pid)))
+            .filter(|(_, pid)| *pid != up.supervisor_pid && !frozen.contains(*pid))
+            .collect();
+        if candidates.is_empty() {
+            timeline.log(
+                Scenario::Kill,
+                "skip",
+                None,
+                None,
+                "no running member".into(),
+            );
+            continue;
+        }
+        let (name, pid) = &candidates[rand::random_range(0..candidates.len())];
+        let sent = signal(*pid, Signal::SIGKILL);
+        timeline.log(
+            Scenario::Kill,
+            if sent { "kill" } else { "kill-failed" },
+            Some(name),
+            Some(*pid),
+            "SIGKILL; ftshop up restarts it".into(),
+        );
+    }
+}
+
+async fn freeze_exchange(
+    api: &SuiteApi,
+    schedule: Schedule,
+    timeline: &Timeline,
+    frozen: &Frozen,
+    stop: &CancellationToken,
+) {
+    // A third of the way in, so the load sees the freeze and the recovery.
+    if wait(schedule.duration / 3, stop).await {
+        return;
+    }
+    let up = match api.refresh() {
+        Ok(up) => up,
+        Err(err) => {
+            timeline.log(
+                Scenario::FreezeExchange,
+                "skip",
+                None,
+                None,
+                format!("cannot read up.json: {err:#}"),
+            );
+            return;
+        }
+    };
+    let targets: Vec<(String, u32)> = up
+        .members
+        .iter()
+        .filter(|m| m.service == "exchange")
+        .filter_map(|m| m.pid.map(|pid| (m.name.clone(), pid)))
+        .collect();
+    for (name, pid) in &targets {
+        let sent = frozen.freeze(*pid);
+        timeline.log(
+            Scenario::FreezeExchange,
+            if sent { "sigstop" } else { "sigstop-failed" },
+            Some(name),
+            Some(*pid),
+            format!("frozen for {:.1} s", schedule.freeze_for.as_secs_f64()),
+        );
+    }
+    // Continued after `freeze_for`, or at once when the run stops earlier.
+    let _ = wait(schedule.freeze_for, stop).await;
+    let thawed = frozen.thaw_all();
+    for (name, pid) in targets.iter().filter(|(_, pid)| thawed.contains(pid)) {
+        timeline.log(
+            Scenario::FreezeExchange,
+            "sigcont",
+            Some(name),
+            Some(*pid),
+            "continued".into(),
+        );
+    }
+}
+
+async fn kill_ecommerce(
+    api: &SuiteApi,
+    schedule: Schedule,
+    timeline: &Timeline,
+    stop: &CancellationToken,
+) {
+    // Just past halfway, away from the freeze at one third.
+    if wait(schedule.duration.mul_f64(0.55), stop).await {
+        return;
+    }
+    let pid = api.refresh().ok().and_then(|up| {
+        up.members
+            .iter()
+            .find(|m| m.service == "ecommerce")
+            .and_then(|m| m.pid)
+    });
+    match pid {
+        Some(pid) => {
+            let sent = signal(pid, Signal::SIGKILL);
+            timeline.log(
+                Scenario::KillEcommerce,
+                if sent { "kill" } else { "kill-failed" },
+                Some("ecommerce"),
+                Some(pid),
+                "SIGKILL mid-load; acknowledged orders must survive in its database".into(),
+            );
+        }
+        None => timeline.log(
+            Scenario::KillEcommerce,
+            "skip",
+            Some("ecommerce"),
+            None,
+            "not running at that moment".into(),
+        ),
+    }
+}
