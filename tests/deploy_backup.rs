@@ -328,3 +328,71 @@ async fn postgres_backup_wipe_restore_keeps_orders_stock_and_balances() {
     )
     .await;
 }
+
+/// Runs a deploy/backup script and returns whether it succeeded (for the refusals).
+fn script_succeeds(name: &str, args: &[&str]) -> bool {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/backup")
+        .join(name);
+    Command::new("bash")
+        .arg(&path)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run backup script")
+        .success()
+}
+
+fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 (the backup scripts install it when missing)");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn sqlite_restore_refuses_a_damaged_backup_and_leaves_the_data_alone() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let backups = tempfile::tempdir().expect("tempdir");
+    let db = data.path().join("store.db");
+    sqlite(
+        &db,
+        "CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1), (2);",
+    );
+    let backup = script(
+        "sqlite-backup.sh",
+        &[
+            data.path().to_str().expect("utf-8 path"),
+            backups.path().to_str().expect("utf-8 path"),
+        ],
+    );
+    sqlite(&db, "INSERT INTO t VALUES (3);");
+
+    // One flipped byte: the manifest no longer matches, and nothing in the data dir changes.
+    let copy = Path::new(&backup).join("store.db");
+    let mut bytes = std::fs::read(&copy).expect("backup file");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&copy, &bytes).expect("damage");
+    assert!(!script_succeeds(
+        "sqlite-restore.sh",
+        &[&backup, data.path().to_str().expect("utf-8 path")]
+    ));
+    assert_eq!(sqlite(&db, "SELECT COUNT(*) FROM t;"), "3");
+
+    // An incomplete backup (no manifest) is refused too.
+    std::fs::remove_file(Path::new(&backup).join("SHA256SUMS")).expect("manifest");
+    assert!(!script_succeeds(
+        "sqlite-restore.sh",
+        &[&backup, data.path().to_str().expect("utf-8 path")]
+    ));
+    assert_eq!(sqlite(&db, "SELECT COUNT(*) FROM t;"), "3");
+}
