@@ -482,8 +482,9 @@ mod tests {
         observed
             .orders
             .insert("o2".into(), OrderLookup::Found(pending.clone()));
-        assert!(broken(&observed).iter().any(|v| v.invariant == Invariant::NoLostOrder
-            && v.evidence.contains("status pending")));
+        assert!(broken(&observed).iter().any(
+            |v| v.invariant == Invariant::NoLostOrder && v.evidence.contains("status pending")
+        ));
 
         // Cancelled for being out of stock is an acceptable end; for another reason it is not.
         pending.status = "cancelled".into();
@@ -526,7 +527,10 @@ mod tests {
         let mut observed = healthy();
         observed.stock.get_mut("2").unwrap().min_seen = -1;
         let violations = broken(&observed);
-        assert!(violations[0].evidence.contains("below zero"), "{violations:#?}");
+        assert!(
+            violations[0].evidence.contains("below zero"),
+            "{violations:#?}"
+        );
     }
 
     #[test]

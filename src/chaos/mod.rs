@@ -162,9 +162,10 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             (None, dir.clone(), args.fault_seed.unwrap_or(up.fault_seed))
         }
         None => {
-            let dir = args.data_dir.clone().unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("ftshop-chaos-{run_tag}"))
-            });
+            let dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("ftshop-chaos-{run_tag}")));
             let seed = args
                 .fault_seed
                 .unwrap_or_else(|| rand::random_range(0..1_000_000));
@@ -206,7 +207,10 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         drain_timeout_s: args.drain_timeout.as_secs_f64(),
     };
 
-    let result = drive(&args, &api, &scenarios, seed, &up.faults, &run_tag, &interrupt).await;
+    let result = drive(
+        &args, &api, &scenarios, seed, &up.faults, &run_tag, &interrupt,
+    )
+    .await;
     signals.abort();
 
     let report = match result {
@@ -344,9 +348,8 @@ async fn drive(
     let _ = load.await;
     progress.abort();
     let min_seen = sampler.await.unwrap_or_default();
-    let attempts: Vec<Attempt> = std::mem::take(
-        &mut *attempts.lock().unwrap_or_else(PoisonError::into_inner),
-    );
+    let attempts: Vec<Attempt> =
+        std::mem::take(&mut *attempts.lock().unwrap_or_else(PoisonError::into_inner));
     eprintln!(
         "[chaos] load stopped after {:.1} s: {} purchases, {} acknowledged",
         start.elapsed().as_secs_f64(),
@@ -468,7 +471,11 @@ async fn collect(
     let fidelity = api.urls_of("fidelity");
     for user in users {
         let balance = match api
-            .get_retrying(&fidelity, &format!("/balance/{user}"), Duration::from_secs(10))
+            .get_retrying(
+                &fidelity,
+                &format!("/balance/{user}"),
+                Duration::from_secs(10),
+            )
             .await
         {
             Ok(value) => value["points"].as_i64(),
@@ -623,6 +630,7 @@ fn build_report(
         kills,
         restarts,
         faults_off_unconfirmed: collected.faults_off_unconfirmed,
+        acknowledged_ended: report::acknowledged_ended(&collected.observed),
         reconciled_orders: collected.observed.reconciled.len(),
         reconciled_out_of_stock: collected.reconciled_out_of_stock,
         verdicts,
@@ -632,7 +640,10 @@ fn build_report(
 
 fn write_outputs(dir: &Path, report: &ChaosReport, summary: &str) -> anyhow::Result<()> {
     let json = serde_json::to_vec_pretty(report).context("serialising chaos.json")?;
-    for (name, bytes) in [("chaos.json", json), ("chaos.md", summary.as_bytes().to_vec())] {
+    for (name, bytes) in [
+        ("chaos.json", json),
+        ("chaos.md", summary.as_bytes().to_vec()),
+    ] {
         let path = dir.join(name);
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
     }

@@ -10,6 +10,25 @@ use super::invariants::{Observed, OrderLookup, Verdict};
 use super::scenarios::{Event, Scenario};
 use super::traffic::LoadCounts;
 
+/// How the acknowledged orders of `observed` ended, by final state.
+pub fn acknowledged_ended(observed: &Observed) -> BTreeMap<String, usize> {
+    let mut ended = BTreeMap::new();
+    for acked in &observed.acknowledged {
+        let state = match observed.orders.get(&acked.order_id) {
+            Some(OrderLookup::Found(order)) => match &order.cancel_reason {
+                Some(reason) if order.status == "cancelled" => {
+                    format!("{} ({reason})", order.status)
+                }
+                _ => order.status.clone(),
+            },
+            Some(OrderLookup::NotFound) | None => "not found".to_owned(),
+            Some(OrderLookup::Unreadable { .. }) => "unreadable".to_owned(),
+        };
+        *ended.entry(state).or_default() += 1;
+    }
+    ended
+}
+
 /// Evidence lines shown per invariant in chaos.md (chaos.json has all of them).
 const EVIDENCE_IN_MARKDOWN: usize = 20;
 
@@ -30,6 +49,8 @@ pub struct ChaosReport {
     /// Restarts per member according to up.json at the end.
     pub restarts: BTreeMap<String, u32>,
     pub faults_off_unconfirmed: Vec<String>,
+    /// How the acknowledged orders ended (`completed` → 290, `cancelled (out-of-stock)` → 3).
+    pub acknowledged_ended: BTreeMap<String, usize>,
     pub reconciled_orders: usize,
     pub reconciled_out_of_stock: usize,
     pub verdicts: Vec<Verdict>,
@@ -128,6 +149,14 @@ pub fn markdown(report: &ChaosReport) -> String {
         .map(|(status, n)| format!("{status} × {n}"))
         .collect();
     let _ = writeln!(md, "\nAnswers: {}", statuses.join(", "));
+    let ended: Vec<String> = report
+        .acknowledged_ended
+        .iter()
+        .map(|(state, n)| format!("{state} × {n}"))
+        .collect();
+    if !ended.is_empty() {
+        let _ = writeln!(md, "\nAcknowledged orders ended: {}", ended.join(", "));
+    }
     let restarts: Vec<String> = report
         .restarts
         .iter()
@@ -154,7 +183,10 @@ pub fn markdown(report: &ChaosReport) -> String {
             *completed.entry(order.product.as_str()).or_default() += 1;
         }
     }
-    for (product, stock) in &report.observed.stock {
+    let mut products: Vec<_> = report.observed.stock.iter().collect();
+    // Numeric ids in numeric order (2 before 10), others after, by name.
+    products.sort_by_key(|(id, _)| (id.parse::<u64>().unwrap_or(u64::MAX), id.as_str()));
+    for (product, stock) in products {
         let _ = writeln!(
             md,
             "| {product} | {} | {} | {} | {} |",

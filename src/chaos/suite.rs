@@ -81,7 +81,9 @@ impl OwnSuite {
             data_dir,
             supervisor: Some(supervisor),
         };
-        suite.wait_until_ready(http, Duration::from_secs(90)).await?;
+        suite
+            .wait_until_ready(http, Duration::from_secs(90))
+            .await?;
         Ok(suite)
     }
 
@@ -286,9 +288,7 @@ impl SuiteApi {
         let products = self
             .get_retrying(&self.urls_of("store"), "/products", limit)
             .await?;
-        let list = products
-            .as_array()
-            .context("GET /products: not an array")?;
+        let list = products.as_array().context("GET /products: not an array")?;
         list.iter()
             .map(|p| {
                 let id = p["id"].as_str().context("product without an id")?;

@@ -88,9 +88,15 @@ impl Traffic {
                     let product = traffic.products.sample().to_owned();
                     let key = format!("chaos-{}", uuid::Uuid::new_v4());
                     let at_s = start.elapsed().as_secs_f64();
-                    let (status, order_id, error) =
-                        buy(&client, &traffic.buy_url, &key, &user, &product, traffic.timeout)
-                            .await;
+                    let (status, order_id, error) = buy(
+                        &client,
+                        &traffic.buy_url,
+                        &key,
+                        &user,
+                        &product,
+                        traffic.timeout,
+                    )
+                    .await;
                     attempts
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
@@ -220,7 +226,11 @@ pub async fn reconcile(
             .await;
             match (status, order_id) {
                 (Some(200 | 202), Some(order_id)) => result.orders.push(order_id),
-                (Some(409), _) if error.as_deref().is_some_and(|e| e.ends_with("/out-of-stock")) => {
+                (Some(409), _)
+                    if error
+                        .as_deref()
+                        .is_some_and(|e| e.ends_with("/out-of-stock")) =>
+                {
                     result.out_of_stock += 1;
                 }
                 // 409 request-in-progress, 5xx, no answer: try again (an order abandoned by a

@@ -1,0 +1,129 @@
+//! `ftshop chaos`, the real binary: a short run that starts its own suite under the default
+//! faults, kills processes, freezes both exchanges and kills ecommerce mid-load, and must find
+//! every invariant holding; and the refusals that happen before anything starts.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn chaos(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ftshop"))
+        .arg("chaos")
+        .args(args)
+        .env_remove("FTSHOP_FAULTS")
+        .env_remove("FTSHOP_FAULT_SEED")
+        .env_remove("FTSHOP_ADMIN_TOKEN")
+        .env_remove("FTSHOP_DATA_DIR")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run ftshop chaos")
+}
+
+#[test]
+fn a_short_chaos_run_kills_processes_and_every_invariant_holds() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let data = tempfile::tempdir().expect("tempdir");
+    let output = chaos(&[
+        "--duration",
+        "10s",
+        "--vus",
+        "8",
+        "--kill-every",
+        "2s",
+        "--fault-seed",
+        "42",
+        "--data-dir",
+        data.path().to_str().expect("utf-8 path"),
+        "--out",
+        out.path().to_str().expect("utf-8 path"),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "ftshop chaos failed ({}):\n{stderr}\n{stdout}",
+        output.status
+    );
+
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(out.path().join("chaos.json")).expect("chaos.json written"),
+    )
+    .expect("chaos.json is JSON");
+    assert_eq!(report["passed"], true, "{stdout}");
+    assert!(
+        report["kills"].as_u64().unwrap_or(0) > 0,
+        "no process was killed:\n{stderr}"
+    );
+    let verdicts = report["verdicts"].as_array().expect("verdicts");
+    assert_eq!(verdicts.len(), 4);
+    assert!(verdicts.iter().all(|v| v["holds"] == true), "{stdout}");
+    assert!(report["load"]["acknowledged"].as_u64().unwrap_or(0) > 0);
+    assert!(report["observed"]["drain"]["drained_after_s"].is_number());
+    // The ecommerce kill happened, and the supervisor restarted it.
+    let events = report["scenario_events"].as_array().expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["scenario"] == "kill-ecommerce" && e["action"] == "kill"),
+        "{stderr}"
+    );
+    assert!(report["restarts"]["ecommerce"].as_u64().unwrap_or(0) >= 1);
+    // Both exchanges were frozen and continued.
+    for action in ["sigstop", "sigcont"] {
+        let n = events
+            .iter()
+            .filter(|e| e["scenario"] == "freeze-exchange" && e["action"] == action)
+            .count();
+        assert_eq!(n, 2, "{action}: {stderr}");
+    }
+
+    let summary = std::fs::read_to_string(out.path().join("chaos.md")).expect("chaos.md");
+    assert!(summary.contains("### ftshop chaos: PASS"), "{summary}");
+    assert!(
+        summary.contains("| no oversold unit | ✅ holds |"),
+        "{summary}"
+    );
+    assert_eq!(summary.trim(), stdout.trim());
+}
+
+#[test]
+fn attaching_to_a_suite_that_is_not_on_this_machine_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = serde_json::json!({
+        "supervisor_pid": 1,
+        "admin_token": "t",
+        "faults": "default",
+        "fault_seed": 1,
+        "data_dir": dir.path(),
+        "members": [
+            {"name": "ecommerce", "service": "ecommerce", "url": "http://10.1.2.3:8080",
+             "port": 8080, "pid": null, "restarts": 0}
+        ]
+    });
+    std::fs::write(dir.path().join("up.json"), up.to_string()).expect("write up.json");
+    let output = chaos(&[
+        "--attach-data-dir",
+        dir.path().to_str().expect("utf-8 path"),
+        "--duration",
+        "1s",
+        "--out",
+        dir.path().join("out").to_str().expect("utf-8 path"),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a loopback URL"), "{stderr}");
+}
+
+#[test]
+fn unknown_and_unimplemented_scenarios_are_refused() {
+    for (scenario, message) in [
+        ("kill,explode", "unknown scenario"),
+        ("proxy-cut", "not implemented"),
+    ] {
+        let output = chaos(&["--scenarios", scenario, "--duration", "1s"]);
+        assert!(!output.status.success(), "{scenario}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{scenario}: {stderr}");
+    }
+}
