@@ -232,7 +232,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
 
     if let Some(mut suite) = own.take() {
         suite.stop().await;
-        if args.keep || !report.passed {
+        // Kept on a violation: its databases and logs are the rest of the evidence.
+        if args.keep || (!report.passed && !report.interrupted) {
             eprintln!("[chaos] data dir kept: {}", suite.data_dir.display());
         } else if let Err(err) = std::fs::remove_dir_all(&suite.data_dir) {
             eprintln!(
