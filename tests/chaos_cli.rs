@@ -116,10 +116,10 @@ fn attaching_to_a_suite_that_is_not_on_this_machine_is_refused() {
 }
 
 #[test]
-fn unknown_and_unimplemented_scenarios_are_refused() {
+fn unknown_scenarios_and_a_proxy_cut_without_servers_are_refused() {
     for (scenario, message) in [
         ("kill,explode", "unknown scenario"),
-        ("proxy-cut", "not implemented"),
+        ("proxy-cut", "needs --database-url and/or --redis-url"),
     ] {
         let output = chaos(&["--scenarios", scenario, "--duration", "1s"]);
         assert!(!output.status.success(), "{scenario}");

@@ -8,6 +8,7 @@
 //! fabricated data. See docs/chaos.md.
 
 mod invariants;
+mod proxy;
 mod report;
 mod scenarios;
 mod suite;
@@ -27,7 +28,7 @@ use invariants::{
     AckedOrder, Backlog, Drain, Observed, OrderLookup, OrderState, StockSamples, check,
 };
 use report::{ChaosReport, Settings};
-use scenarios::{Frozen, Scenario, ScenarioList, Schedule, Timeline};
+use scenarios::{Held, Scenario, ScenarioList, Schedule, Stage, Timeline};
 use suite::{OwnSuite, SuiteApi};
 use traffic::{Attempt, Traffic};
 
@@ -84,6 +85,25 @@ pub struct ChaosArgs {
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub freeze_for: Duration,
 
+    /// `proxy-cut`: how long PostgreSQL/Redis stay unreachable.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub cut_for: Duration,
+
+    /// PostgreSQL for the suite this run starts (instead of SQLite files), e.g.
+    /// `postgres://postgres@127.0.0.1:5432/ftshop_chaos`; loopback only. With `proxy-cut` the
+    /// suite reaches it through scripts/tcp-proxy.py. Use a database nothing else writes to.
+    #[arg(long, conflicts_with = "attach_data_dir")]
+    pub database_url: Option<String>,
+
+    /// Redis for the suite this run starts (the shared cache tier); loopback only. With
+    /// `proxy-cut` the suite reaches it through scripts/tcp-proxy.py.
+    #[arg(long, conflicts_with = "attach_data_dir")]
+    pub redis_url: Option<String>,
+
+    /// The TCP proxy `proxy-cut` runs (python3); default: this checkout's scripts/tcp-proxy.py.
+    #[arg(long)]
+    pub proxy_script: Option<PathBuf>,
+
     /// Products to buy (`1-12`, `1-3,7`). Product 12 has 5 units: it sells out, which puts the
     /// "never below zero" check to work.
     #[arg(long, default_value = "1-12", value_parser = parse_products)]
@@ -129,6 +149,21 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         "--timeout must be within (0s, 60s]"
     );
     let scenarios = args.scenarios.0.clone();
+    if scenarios.contains(&Scenario::ProxyCut) {
+        ensure!(
+            args.attach_data_dir.is_none(),
+            "proxy-cut needs a suite started by this run (it puts the proxies in front of \
+             PostgreSQL/Redis): drop --attach-data-dir"
+        );
+        ensure!(
+            args.database_url.is_some() || args.redis_url.is_some(),
+            "proxy-cut needs --database-url and/or --redis-url (the servers to cut)"
+        );
+        ensure!(
+            args.cut_for <= Duration::from_secs(60),
+            "--cut-for must be at most 60s"
+        );
+    }
     let out = match &args.out {
         Some(out) => out.clone(),
         None => PathBuf::from("chaos-results").join(timestamp()?.replace(':', "")),
@@ -156,6 +191,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         }
     });
 
+    let mut proxies: Vec<proxy::Proxy> = Vec::new();
     let (mut own, data_dir, seed) = match &args.attach_data_dir {
         Some(dir) => {
             let up = suite::attach(dir)?;
@@ -174,8 +210,31 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 args.faults,
                 dir.display()
             );
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut backends = suite::Backends {
+                database_url: args.database_url.clone(),
+                redis_url: args.redis_url.clone(),
+            };
+            if scenarios.contains(&Scenario::ProxyCut) {
+                let script = proxy::script(args.proxy_script.as_deref());
+                for (name, url) in [
+                    ("postgres", &mut backends.database_url),
+                    ("redis", &mut backends.redis_url),
+                ] {
+                    if let Some(target) = url.as_mut() {
+                        let started = proxy::Proxy::start(name, target, &script, &dir).await?;
+                        eprintln!(
+                            "[chaos] {name} through scripts/tcp-proxy.py (pid {}) on {}",
+                            started.pid,
+                            started.url.split('@').next_back().unwrap_or_default()
+                        );
+                        target.clone_from(&started.url);
+                        proxies.push(started);
+                    }
+                }
+            }
             let suite = tokio::select! {
-                suite = OwnSuite::start(dir.clone(), &args.faults, seed, &http) => suite?,
+                suite = OwnSuite::start(dir.clone(), &args.faults, seed, &backends, &http) => suite?,
                 () = interrupt.cancelled() => bail!("interrupted while the suite was starting"),
             };
             (Some(suite), dir, seed)
@@ -195,6 +254,22 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             "attached".to_owned()
         },
         data_dir: data_dir.display().to_string(),
+        database: backend(
+            own.is_some(),
+            args.database_url.is_some(),
+            "sqlite",
+            "postgres",
+            &proxies,
+            "postgres",
+        ),
+        cache: backend(
+            own.is_some(),
+            args.redis_url.is_some(),
+            "in-process",
+            "redis",
+            &proxies,
+            "redis",
+        ),
         faults_at_start: up.faults.clone(),
         fault_seed: seed,
         scenarios: scenarios.clone(),
@@ -207,8 +282,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         drain_timeout_s: args.drain_timeout.as_secs_f64(),
     };
 
+    let proxy_pids: Vec<(String, u32)> = proxies.iter().map(|p| (p.name.clone(), p.pid)).collect();
     let result = drive(
-        &args, &api, &scenarios, seed, &up.faults, &run_tag, &interrupt,
+        &args, &api, &scenarios, seed, &up.faults, &run_tag, proxy_pids, &interrupt,
     )
     .await;
     signals.abort();
@@ -218,6 +294,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         Err(err) => {
             if let Some(suite) = own.as_mut() {
                 suite.stop().await;
+            }
+            for proxy in proxies {
+                proxy.stop().await;
             }
             return Err(err);
         }
@@ -232,6 +311,10 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
 
     if let Some(mut suite) = own.take() {
         suite.stop().await;
+        // After the suite: its processes must not lose their database before they stop.
+        for proxy in proxies {
+            proxy.stop().await;
+        }
         // Kept on a violation: its databases and logs are the rest of the evidence.
         if args.keep || (!report.passed && !report.interrupted) {
             eprintln!("[chaos] data dir kept: {}", suite.data_dir.display());
@@ -267,6 +350,7 @@ struct Collected {
 }
 
 /// Load + scenarios, then faults off, replays, drain and the reads the checker needs.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn drive(
     args: &ChaosArgs,
     api: &SuiteApi,
@@ -274,6 +358,7 @@ async fn drive(
     seed: u64,
     start_profile: &str,
     run_tag: &str,
+    proxies: Vec<(String, u32)>,
     interrupt: &CancellationToken,
 ) -> anyhow::Result<Collected> {
     let ecommerce = api.url("ecommerce")?.to_owned();
@@ -286,7 +371,9 @@ async fn drive(
     let start = Instant::now();
     let stop = interrupt.child_token();
     let timeline = Timeline::new(start);
-    let frozen = Frozen::default();
+    let proxies = Arc::new(proxies);
+    let frozen = Held::frozen();
+    let cut = Held::cut();
     let attempts: Arc<Mutex<Vec<Attempt>>> = Arc::default();
     let traffic = Arc::new(Traffic {
         buy_url: buy_url.clone(),
@@ -320,19 +407,21 @@ async fn drive(
         duration: args.duration,
         kill_every: args.kill_every,
         freeze_for: args.freeze_for,
+        cut_for: args.cut_for,
         fault_seed: seed,
         faults_already_on: start_profile == "default",
     };
     let mut tasks = tokio::task::JoinSet::new();
     for scenario in scenarios {
-        tasks.spawn(scenarios::run(
-            *scenario,
-            api.clone(),
+        let stage = Stage {
+            api: api.clone(),
             schedule,
-            timeline.clone(),
-            frozen.clone(),
-            stop.clone(),
-        ));
+            timeline: timeline.clone(),
+            frozen: frozen.clone(),
+            cut: cut.clone(),
+            proxies: Arc::clone(&proxies),
+        };
+        tasks.spawn(scenarios::run(*scenario, stage, stop.clone()));
     }
     let progress = tokio::spawn(progress(Arc::clone(&attempts), start, stop.clone()));
 
@@ -343,8 +432,11 @@ async fn drive(
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     // Whatever happened to the freeze task, nothing stays stopped.
-    for pid in frozen.thaw_all() {
+    for pid in frozen.release_all() {
         eprintln!("[chaos] SIGCONT to pid {pid} (left frozen)");
+    }
+    for pid in cut.release_all() {
+        eprintln!("[chaos] SIGUSR2 to proxy pid {pid} (left cut)");
     }
     let _ = load.await;
     progress.abort();
@@ -636,6 +728,26 @@ fn build_report(
         reconciled_out_of_stock: collected.reconciled_out_of_stock,
         verdicts,
         observed: collected.observed,
+    }
+}
+
+/// How the suite reaches a backend, for the report.
+fn backend(
+    own: bool,
+    configured: bool,
+    embedded: &str,
+    server: &str,
+    proxies: &[proxy::Proxy],
+    proxy_name: &str,
+) -> String {
+    if !own {
+        "as the attached suite runs".to_owned()
+    } else if proxies.iter().any(|p| p.name == proxy_name) {
+        format!("{server} via tcp-proxy")
+    } else if configured {
+        server.to_owned()
+    } else {
+        embedded.to_owned()
     }
 }
 

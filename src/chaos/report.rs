@@ -61,6 +61,10 @@ pub struct ChaosReport {
 pub struct Settings {
     pub suite: String,
     pub data_dir: String,
+    /// `sqlite`, `postgres` or `postgres via tcp-proxy` (attached: as the suite runs).
+    pub database: String,
+    /// `in-process`, `redis` or `redis via tcp-proxy`.
+    pub cache: String,
     pub faults_at_start: String,
     pub fault_seed: u64,
     pub scenarios: Vec<Scenario>,
@@ -92,7 +96,7 @@ pub fn markdown(report: &ChaosReport) -> String {
     let _ = writeln!(
         md,
         "### ftshop chaos: {verdict}\n\n{} VUs (ft=true), think {}, {:.0} s; scenarios {}; \
-         faults at start `{}` (seed {}); suite: {}\n\nStarted {} · {} {}\n",
+         faults at start `{}` (seed {}); suite: {} (database {}, cache {})\n\nStarted {} · {} {}\n",
         s.vus,
         s.think,
         s.duration_s,
@@ -104,6 +108,8 @@ pub fn markdown(report: &ChaosReport) -> String {
         s.faults_at_start,
         s.fault_seed,
         s.suite,
+        s.database,
+        s.cache,
         report.started_at,
         report.tool,
         report.version,

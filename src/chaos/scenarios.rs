@@ -24,6 +24,8 @@ pub enum Scenario {
     FreezeExchange,
     /// SIGKILL of ecommerce itself halfway through the load.
     KillEcommerce,
+    /// PostgreSQL and/or Redis unreachable for `--cut-for` (through scripts/tcp-proxy.py).
+    ProxyCut,
 }
 
 impl Scenario {
@@ -41,6 +43,7 @@ impl Scenario {
             Scenario::Kill => "kill",
             Scenario::FreezeExchange => "freeze-exchange",
             Scenario::KillEcommerce => "kill-ecommerce",
+            Scenario::ProxyCut => "proxy-cut",
         }
     }
 
@@ -56,13 +59,11 @@ impl Scenario {
                 "kill" => Scenario::Kill,
                 "freeze-exchange" => Scenario::FreezeExchange,
                 "kill-ecommerce" => Scenario::KillEcommerce,
-                "proxy-cut" => bail!(
-                    "scenario proxy-cut (Redis/Postgres unreachable through scripts/tcp-proxy.py) \
-                     is not implemented yet; see docs/chaos.md"
-                ),
+                "proxy-cut" => Scenario::ProxyCut,
                 other => bail!(
                     "unknown scenario {other:?}: use faults, kill, freeze-exchange, \
-                     kill-ecommerce (comma-separated) or all"
+                     kill-ecommerce, proxy-cut (comma-separated) or all (every one but \
+                     proxy-cut, which needs --database-url or --redis-url)"
                 ),
             };
             list.insert(scenario);
@@ -147,43 +148,65 @@ impl Timeline {
     }
 }
 
-/// Processes stopped with SIGSTOP and not yet continued. Whoever ends the run calls
-/// [`Frozen::thaw_all`]; dropping the last handle does it too, so a frozen process is
-/// continued even when the run fails or panics.
-#[derive(Clone, Default)]
-pub struct Frozen(Arc<Mutex<BTreeSet<u32>>>);
+/// Processes held by a signal (SIGSTOP: frozen; SIGUSR1: a proxy cut) and not yet released
+/// (SIGCONT; SIGUSR2). Whoever ends the run calls [`Held::release_all`]; dropping the last
+/// handle does it too, so nothing stays frozen or cut even when the run fails or panics.
+#[derive(Clone)]
+pub struct Held {
+    pids: Arc<Mutex<BTreeSet<u32>>>,
+    hold: Signal,
+    release: Signal,
+}
 
-impl Frozen {
-    pub fn freeze(&self, pid: u32) -> bool {
-        let mut frozen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        // Recorded before the signal: a SIGSTOP that happened is never forgotten.
-        frozen.insert(pid);
-        signal(pid, Signal::SIGSTOP)
+impl Held {
+    /// SIGSTOP / SIGCONT.
+    pub fn frozen() -> Self {
+        Self::new(Signal::SIGSTOP, Signal::SIGCONT)
+    }
+
+    /// tcp-proxy.py: SIGUSR1 cuts, SIGUSR2 restores.
+    pub fn cut() -> Self {
+        Self::new(Signal::SIGUSR1, Signal::SIGUSR2)
+    }
+
+    fn new(hold: Signal, release: Signal) -> Self {
+        Self {
+            pids: Arc::default(),
+            hold,
+            release,
+        }
+    }
+
+    pub fn hold(&self, pid: u32) -> bool {
+        let mut held = self.pids.lock().unwrap_or_else(PoisonError::into_inner);
+        // Recorded before the signal: a hold that happened is never forgotten.
+        held.insert(pid);
+        signal(pid, self.hold)
     }
 
     pub fn contains(&self, pid: u32) -> bool {
-        self.0
+        self.pids
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(&pid)
     }
 
-    /// SIGCONT to every frozen process; returns their pids.
-    pub fn thaw_all(&self) -> Vec<u32> {
-        let mut frozen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let pids: Vec<u32> = frozen.iter().copied().collect();
+    /// Releases every held process; returns their pids.
+    pub fn release_all(&self) -> Vec<u32> {
+        let mut held = self.pids.lock().unwrap_or_else(PoisonError::into_inner);
+        let pids: Vec<u32> = held.iter().copied().collect();
         for pid in &pids {
-            signal(*pid, Signal::SIGCONT);
+            signal(*pid, self.release);
         }
-        frozen.clear();
+        held.clear();
         pids
     }
 }
 
-impl Drop for Frozen {
+impl Drop for Held {
     fn drop(&mut self) {
-        if Arc::strong_count(&self.0) == 1 {
-            self.thaw_all();
+        if Arc::strong_count(&self.pids) == 1 {
+            self.release_all();
         }
     }
 }
@@ -194,20 +217,34 @@ pub struct Schedule {
     pub duration: Duration,
     pub kill_every: Duration,
     pub freeze_for: Duration,
+    pub cut_for: Duration,
     pub fault_seed: u64,
     /// The suite already runs the default profile (started with it).
     pub faults_already_on: bool,
 }
 
+/// What the scenario tasks share.
+#[derive(Clone)]
+pub struct Stage {
+    pub api: SuiteApi,
+    pub schedule: Schedule,
+    pub timeline: Timeline,
+    pub frozen: Held,
+    pub cut: Held,
+    /// The tcp-proxy.py processes in front of PostgreSQL/Redis: (name, pid).
+    pub proxies: Arc<Vec<(String, u32)>>,
+}
+
 /// Runs one scenario until `stop`.
-pub async fn run(
-    scenario: Scenario,
-    api: SuiteApi,
-    schedule: Schedule,
-    timeline: Timeline,
-    frozen: Frozen,
-    stop: CancellationToken,
-) {
+pub async fn run(scenario: Scenario, stage: Stage, stop: CancellationToken) {
+    let Stage {
+        api,
+        schedule,
+        timeline,
+        frozen,
+        cut,
+        proxies,
+    } = stage;
     match scenario {
         Scenario::Faults => faults(&api, schedule, &timeline).await,
         Scenario::Kill => kill_random(&api, schedule, &timeline, &frozen, &stop).await,
@@ -215,6 +252,7 @@ pub async fn run(
             freeze_exchange(&api, schedule, &timeline, &frozen, &stop).await;
         }
         Scenario::KillEcommerce => kill_ecommerce(&api, schedule, &timeline, &stop).await,
+        Scenario::ProxyCut => proxy_cut(&proxies, schedule, &timeline, &cut, &stop).await,
     }
 }
 
@@ -266,7 +304,7 @@ async fn kill_random(
     api: &SuiteApi,
     schedule: Schedule,
     timeline: &Timeline,
-    frozen: &Frozen,
+    frozen: &Held,
     stop: &CancellationToken,
 ) {
     loop {
@@ -320,7 +358,7 @@ async fn freeze_exchange(
     api: &SuiteApi,
     schedule: Schedule,
     timeline: &Timeline,
-    frozen: &Frozen,
+    frozen: &Held,
     stop: &CancellationToken,
 ) {
     // A third of the way in, so the load sees the freeze and the recovery.
@@ -340,14 +378,21 @@ async fn freeze_exchange(
             return;
         }
     };
-    let targets: Vec<(String, u32)> = up
-        .members
-        .iter()
-        .filter(|m| m.service == "exchange")
-        .filter_map(|m| m.pid.map(|pid| (m.name.clone(), pid)))
-        .collect();
+    let mut targets: Vec<(String, u32)> = Vec::new();
+    for member in up.members.iter().filter(|m| m.service == "exchange") {
+        match member.pid {
+            Some(pid) => targets.push((member.name.clone(), pid)),
+            None => timeline.log(
+                Scenario::FreezeExchange,
+                "skip",
+                Some(&member.name),
+                None,
+                "not running at that moment (being restarted)".into(),
+            ),
+        }
+    }
     for (name, pid) in &targets {
-        let sent = frozen.freeze(*pid);
+        let sent = frozen.hold(*pid);
         timeline.log(
             Scenario::FreezeExchange,
             if sent { "sigstop" } else { "sigstop-failed" },
@@ -358,7 +403,7 @@ async fn freeze_exchange(
     }
     // Continued after `freeze_for`, or at once when the run stops earlier.
     let _ = wait(schedule.freeze_for, stop).await;
-    let thawed = frozen.thaw_all();
+    let thawed = frozen.release_all();
     for (name, pid) in targets.iter().filter(|(_, pid)| thawed.contains(pid)) {
         timeline.log(
             Scenario::FreezeExchange,
@@ -404,5 +449,43 @@ async fn kill_ecommerce(
             None,
             "not running at that moment".into(),
         ),
+    }
+}
+
+async fn proxy_cut(
+    proxies: &[(String, u32)],
+    schedule: Schedule,
+    timeline: &Timeline,
+    cut: &Held,
+    stop: &CancellationToken,
+) {
+    // Late in the load (the freeze is at one third, the ecommerce kill just past half), so
+    // purchases meet the outage and the restore while the load still runs.
+    if wait(schedule.duration.mul_f64(0.7), stop).await {
+        return;
+    }
+    for (name, pid) in proxies {
+        let sent = cut.hold(*pid);
+        timeline.log(
+            Scenario::ProxyCut,
+            if sent { "cut" } else { "cut-failed" },
+            Some(name),
+            Some(*pid),
+            format!(
+                "{name} unreachable for {:.1} s (connections closed, new ones refused)",
+                schedule.cut_for.as_secs_f64()
+            ),
+        );
+    }
+    let _ = wait(schedule.cut_for, stop).await;
+    let restored = cut.release_all();
+    for (name, pid) in proxies.iter().filter(|(_, pid)| restored.contains(pid)) {
+        timeline.log(
+            Scenario::ProxyCut,
+            "restore",
+            Some(name),
+            Some(*pid),
+            format!("{name} reachable again"),
+        );
     }
 }

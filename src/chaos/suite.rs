@@ -38,6 +38,13 @@ pub fn read_up_file(data_dir: &Path) -> anyhow::Result<UpFile> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// The servers a started suite uses instead of its embedded defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+}
+
 /// A suite this run started: stopped (SIGTERM to the supervisor, which stops its children) when
 /// the run ends, or at the latest when this is dropped.
 pub struct OwnSuite {
@@ -51,6 +58,7 @@ impl OwnSuite {
         data_dir: PathBuf,
         faults: &str,
         seed: u64,
+        backends: &Backends,
         http: &reqwest::Client,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&data_dir)
@@ -69,6 +77,9 @@ impl OwnSuite {
             .env_remove("FTSHOP_FAULTS")
             .env_remove("FTSHOP_FAULT_SEED")
             .env_remove("FTSHOP_DATA_DIR")
+            // SQLite files in the data dir unless this run names the servers.
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("up.log")?)
             .stderr(log);
@@ -76,6 +87,13 @@ impl OwnSuite {
         // thaws what it froze and stops the suite in order.
         #[cfg(unix)]
         cmd.process_group(0);
+        // Through the environment, not arguments: a password in a URL stays out of `ps`.
+        if let Some(url) = &backends.database_url {
+            cmd.env("DATABASE_URL", url);
+        }
+        if let Some(url) = &backends.redis_url {
+            cmd.env("REDIS_URL", url);
+        }
         let supervisor = cmd.spawn().context("spawning ftshop up")?;
         let mut suite = OwnSuite {
             data_dir,
