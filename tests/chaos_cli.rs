@@ -69,14 +69,16 @@ fn a_short_chaos_run_kills_processes_and_every_invariant_holds() {
         "{stderr}"
     );
     assert!(report["restarts"]["ecommerce"].as_u64().unwrap_or(0) >= 1);
-    // Both exchanges were frozen and continued.
-    for action in ["sigstop", "sigcont"] {
-        let n = events
+    // The exchanges were frozen (both, unless one was being restarted after a crash fault at
+    // that moment) and every frozen one was continued.
+    let count = |action: &str| {
+        events
             .iter()
             .filter(|e| e["scenario"] == "freeze-exchange" && e["action"] == action)
-            .count();
-        assert_eq!(n, 2, "{action}: {stderr}");
-    }
+            .count()
+    };
+    assert!(count("sigstop") >= 1, "{stderr}");
+    assert_eq!(count("sigcont"), count("sigstop"), "{stderr}");
 
     let summary = std::fs::read_to_string(out.path().join("chaos.md")).expect("chaos.md");
     assert!(summary.contains("### ftshop chaos: PASS"), "{summary}");

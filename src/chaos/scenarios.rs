@@ -365,16 +365,35 @@ async fn freeze_exchange(
     if wait(schedule.duration / 3, stop).await {
         return;
     }
-    let up = match api.refresh() {
-        Ok(up) => up,
-        Err(err) => {
-            timeline.log(
-                Scenario::FreezeExchange,
-                "skip",
-                None,
-                None,
-                format!("cannot read up.json: {err:#}"),
-            );
+    // An exchange may be between a crash (fault or kill) and its restart: give it up to 3 s
+    // to be back, so both are frozen whenever possible.
+    let ready_by = Instant::now() + Duration::from_secs(3);
+    let up = loop {
+        match api.refresh() {
+            Ok(up)
+                if Instant::now() >= ready_by
+                    || up
+                        .members
+                        .iter()
+                        .filter(|m| m.service == "exchange")
+                        .all(|m| m.pid.is_some()) =>
+            {
+                break up;
+            }
+            Ok(_) => {}
+            Err(err) if Instant::now() >= ready_by => {
+                timeline.log(
+                    Scenario::FreezeExchange,
+                    "skip",
+                    None,
+                    None,
+                    format!("cannot read up.json: {err:#}"),
+                );
+                return;
+            }
+            Err(_) => {}
+        }
+        if wait(Duration::from_millis(100), stop).await {
             return;
         }
     };
