@@ -64,7 +64,12 @@ impl Proxy {
         let listen = free_port()?;
         let log = std::fs::File::create(data_dir.join(format!("{name}-proxy.log")))
             .with_context(|| format!("creating {name}-proxy.log"))?;
-        let child = Command::new("python3")
+        let mut cmd = Command::new("python3");
+        // Own process group: a Ctrl-C in the terminal must not take the database away from the
+        // suite while this run is stopping it in order.
+        #[cfg(unix)]
+        cmd.process_group(0);
+        let child = cmd
             .arg(script)
             .arg(listen.to_string())
             .arg(format!("{host}:{port}"))
