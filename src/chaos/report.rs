@@ -155,6 +155,14 @@ pub fn markdown(report: &ChaosReport) -> String {
         .map(|(status, n)| format!("{status} × {n}"))
         .collect();
     let _ = writeln!(md, "\nAnswers: {}", statuses.join(", "));
+    if !l.errors_by_kind.is_empty() {
+        let kinds: Vec<String> = l
+            .errors_by_kind
+            .iter()
+            .map(|(kind, n)| format!("{kind} × {n}"))
+            .collect();
+        let _ = writeln!(md, "\nErrors: {}", kinds.join(", "));
+    }
     let ended: Vec<String> = report
         .acknowledged_ended
         .iter()

@@ -41,7 +41,7 @@ impl Attempt {
             && self
                 .error
                 .as_deref()
-                .is_some_and(|e| e.ends_with("/out-of-stock"))
+                .is_some_and(|e| e.contains("/out-of-stock"))
     }
 }
 
@@ -139,7 +139,13 @@ pub async fn buy(
             let status = response.status().as_u16();
             let value: serde_json::Value = response.json().await.unwrap_or_default();
             let order_id = value["order_id"].as_str().map(str::to_owned);
-            let error = value["type"].as_str().map(str::to_owned);
+            // `https://ftshop.dev/problems/<kind>`, plus the failed step when one is named.
+            let error = value["type"]
+                .as_str()
+                .map(|kind| match value["step"].as_str() {
+                    Some(step) => format!("{kind} step={step}"),
+                    None => kind.to_owned(),
+                });
             (Some(status), order_id, error)
         }
         Err(err) if err.is_timeout() => (None, None, Some("timeout".to_owned())),
@@ -158,6 +164,8 @@ pub struct LoadCounts {
     pub errors: usize,
     /// Answers by status (`200`, `502`, `timeout`, `connection error`).
     pub by_status: BTreeMap<String, usize>,
+    /// Failed purchases by status, problem type and step (`502 bad-gateway step=exchange`).
+    pub errors_by_kind: BTreeMap<String, usize>,
 }
 
 pub fn count(attempts: &[Attempt]) -> LoadCounts {
@@ -175,7 +183,19 @@ pub fn count(attempts: &[Attempt]) -> LoadCounts {
             Some(200) if attempt.acknowledged() => counts.completed_200 += 1,
             Some(202) if attempt.acknowledged() => counts.accepted_202 += 1,
             _ if attempt.out_of_stock() => counts.out_of_stock_409 += 1,
-            _ => counts.errors += 1,
+            _ => {
+                counts.errors += 1;
+                let kind = attempt
+                    .error
+                    .as_deref()
+                    .unwrap_or("-")
+                    .trim_start_matches("https://ftshop.dev/problems/");
+                let label = match attempt.status {
+                    Some(status) => format!("{status} {kind}"),
+                    None => kind.to_owned(),
+                };
+                *counts.errors_by_kind.entry(label).or_default() += 1;
+            }
         }
     }
     counts.acknowledged = counts.completed_200 + counts.accepted_202;
@@ -229,7 +249,7 @@ pub async fn reconcile(
                 (Some(409), _)
                     if error
                         .as_deref()
-                        .is_some_and(|e| e.ends_with("/out-of-stock")) =>
+                        .is_some_and(|e| e.contains("/out-of-stock")) =>
                 {
                     result.out_of_stock += 1;
                 }
