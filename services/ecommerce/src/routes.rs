@@ -404,6 +404,7 @@ fn replay(status: u16, body: String) -> Response {
     responses(
         (status = 200, description = "The order", body = OrderView),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The id is not a valid order id", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn get_order(
