@@ -118,7 +118,7 @@ fn attaching_to_a_suite_that_is_not_on_this_machine_is_refused() {
 }
 
 #[test]
-fn unknown_scenarios_and_a_proxy_cut_without_servers_are_refused() {
+fn unknown_scenarios_proxy_cut_without_servers_and_remote_servers_are_refused() {
     for (scenario, message) in [
         ("kill,explode", "unknown scenario"),
         ("proxy-cut", "needs --database-url and/or --redis-url"),
@@ -127,5 +127,18 @@ fn unknown_scenarios_and_a_proxy_cut_without_servers_are_refused() {
         assert!(!output.status.success(), "{scenario}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(message), "{scenario}: {stderr}");
+    }
+    // Nor may the suite's servers be elsewhere.
+    for (flag, url) in [
+        ("--database-url", "postgres://postgres@10.1.2.3:5432/shop"),
+        ("--redis-url", "redis://cache.example.com:6379"),
+    ] {
+        let output = chaos(&[flag, url, "--duration", "1s"]);
+        assert!(!output.status.success(), "{flag}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("must be on this machine"),
+            "{flag}: {stderr}"
+        );
     }
 }

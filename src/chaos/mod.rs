@@ -164,6 +164,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             "--cut-for must be at most 60s"
         );
     }
+    if let Some(url) = &args.database_url {
+        proxy::ensure_loopback("postgres", url)?;
+    }
+    if let Some(url) = &args.redis_url {
+        proxy::ensure_loopback("redis", url)?;
+    }
     let out = match &args.out {
         Some(out) => out.clone(),
         None => PathBuf::from("chaos-results").join(timestamp()?.replace(':', "")),

@@ -34,20 +34,8 @@ impl Proxy {
         script: &Path,
         data_dir: &Path,
     ) -> anyhow::Result<Proxy> {
-        let mut through = Url::parse(url).with_context(|| format!("{name} URL is not a URL"))?;
+        let mut through = ensure_loopback(name, url)?;
         let host = through.host_str().unwrap_or_default().to_owned();
-        let loopback = match host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
-            Ok(ip) => ip.is_loopback(),
-            Err(_) => host == "localhost",
-        };
-        ensure!(
-            loopback,
-            "the {name} server must be on this machine (127.0.0.1, [::1] or localhost)"
-        );
         let port = through
             .port_or_known_default()
             .or(match name {
@@ -112,6 +100,25 @@ impl Proxy {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// Parses a server URL (`postgres://...`, `redis://...`) and refuses any host but this machine.
+pub fn ensure_loopback(name: &str, url: &str) -> anyhow::Result<Url> {
+    let parsed = Url::parse(url).with_context(|| format!("the {name} URL is not a URL"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let loopback = match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host == "localhost",
+    };
+    ensure!(
+        loopback,
+        "the {name} server must be on this machine (127.0.0.1, [::1] or localhost)"
+    );
+    Ok(parsed)
 }
 
 /// The default proxy script, or the one given.

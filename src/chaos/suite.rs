@@ -63,6 +63,12 @@ impl OwnSuite {
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
+        // A reused data dir may hold the up.json of an earlier suite: never wait on its URLs.
+        let stale = data_dir.join("up.json");
+        if stale.exists() {
+            std::fs::remove_file(&stale)
+                .with_context(|| format!("removing the old {}", stale.display()))?;
+        }
         let exe = std::env::current_exe().context("cannot find the ftshop executable")?;
         let log = std::fs::File::create(data_dir.join("up.log")).context("creating up.log")?;
         let mut cmd = Command::new(exe);
