@@ -61,7 +61,8 @@ pub struct ChaosArgs {
     pub fault_seed: Option<u64>,
 
     /// Scenarios to apply while the load runs, comma-separated: faults, kill, freeze-exchange,
-    /// kill-ecommerce, or all.
+    /// kill-ecommerce, proxy-cut; `all` is every one but proxy-cut (which needs --database-url
+    /// or --redis-url).
     #[arg(long, default_value = "all", value_parser = Scenario::parse_list)]
     pub scenarios: ScenarioList,
 
