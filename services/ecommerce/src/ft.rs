@@ -107,7 +107,13 @@ pub struct Resilient {
     hedges: RetryBudget,
     next: AtomicUsize,
     settings: FtSettings,
+    /// Where the last good rate is remembered across restarts (set once at start).
+    rate_store: std::sync::OnceLock<ftshop_platform::db::Db>,
+    rate_remembered_at: std::sync::atomic::AtomicI64,
 }
+
+/// The one currency pair the shop converts.
+const RATE_PAIR: &str = "USD-BRL";
 
 /// 4xx answers are the dependency working correctly: not failures for a breaker, never retried.
 fn is_failure(err: &StepError) -> bool {
@@ -208,6 +214,8 @@ impl Resilient {
             hedges: RetryBudget::new(Duration::from_secs(10), 5, 0.3)?,
             next: AtomicUsize::new(0),
             settings,
+            rate_store: std::sync::OnceLock::new(),
+            rate_remembered_at: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -345,7 +353,7 @@ impl Resilient {
                 .await
             })
             .await;
-        match loaded {
+        let result = match loaded {
             Ok(cached) => {
                 if cached.source == CacheSource::Stale {
                     degraded.add("exchange:last-known-rate");
@@ -353,14 +361,73 @@ impl Resilient {
                 if cached.value.source.as_deref() == Some("stale") {
                     degraded.add("exchange:stale-upstream-rate");
                 }
-                Ok(cached.value)
+                if cached.source == CacheSource::Loaded {
+                    self.remember_rate(cached.value.rate);
+                }
+                return Ok(cached.value);
             }
-            Err(ftshop_resilience::CacheError::Load(err)) => Err((*err).clone()),
-            Err(other) => Err(StepError::Transport {
+            Err(ftshop_resilience::CacheError::Load(err)) => (*err).clone(),
+            Err(other) => StepError::Transport {
                 step: Step::Exchange,
                 cause: other.to_string(),
-            }),
+            },
+        };
+        // Nothing in memory (this process has just started): the rate remembered in the
+        // database, if it is not older than the staleness bound.
+        match self.remembered_rate().await {
+            Some(rate) => {
+                degraded.add("exchange:last-known-rate");
+                Ok(rate)
+            }
+            None => Err(result),
         }
+    }
+
+    /// Writes a freshly loaded rate to the database, at most once a second.
+    fn remember_rate(&self, rate: f64) {
+        let Some(db) = self.rate_store.get().cloned() else {
+            return;
+        };
+        let now = ftshop_platform::db::now_millis();
+        let last = self.rate_remembered_at.load(Ordering::Relaxed);
+        if now - last < 1_000
+            || self
+                .rate_remembered_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        tokio::spawn(async move {
+            if let Err(err) = crate::orders::store_last_rate(&db, RATE_PAIR, rate).await {
+                tracing::debug!(error = %err, "could not remember the last rate");
+            }
+        });
+    }
+
+    async fn remembered_rate(&self) -> Option<Rate> {
+        let db = self.rate_store.get()?;
+        match crate::orders::last_rate(db, RATE_PAIR).await {
+            Ok(Some((rate, age_ms)))
+                if u128::try_from(age_ms).unwrap_or(u128::MAX)
+                    <= self.settings.rate_max_stale.as_millis() =>
+            {
+                Some(Rate {
+                    rate,
+                    source: Some("remembered".to_owned()),
+                })
+            }
+            Ok(_) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read the remembered rate");
+                None
+            }
+        }
+    }
+
+    /// Keeps the last good rate in `db` too, so a restarted process has a fallback.
+    pub fn remember_rates_in(&self, db: ftshop_platform::db::Db) {
+        let _ = self.rate_store.set(db);
     }
 
     /// Sells one unit through the first Store replica that can, within `deadline`.

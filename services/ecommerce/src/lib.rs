@@ -117,6 +117,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
         ..FtSettings::default()
     };
     let resilient = Arc::new(Resilient::new(downstreams.clone(), settings)?);
+    resilient.remember_rates_in(db.clone());
     let state = AppState {
         db: db.clone(),
         downstreams: downstreams.clone(),

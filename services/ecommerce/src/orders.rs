@@ -463,3 +463,30 @@ pub async fn find(db: &Db, order_id: &str) -> Result<Option<OrderView>, sqlx::Er
         updated_at_ms: row.try_get("updated_at")?,
     }))
 }
+
+/// Remembers the last rate Exchange answered (one row per currency pair).
+pub async fn store_last_rate(db: &Db, pair: &str, rate: f64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO last_rate (pair, rate, stored_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (pair) DO UPDATE SET rate = excluded.rate, stored_at = excluded.stored_at",
+    )
+    .bind(pair.to_owned())
+    .bind(rate)
+    .bind(now_millis())
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// The last remembered rate for `pair` and its age in milliseconds.
+pub async fn last_rate(db: &Db, pair: &str) -> Result<Option<(f64, i64)>, sqlx::Error> {
+    let row = sqlx::query("SELECT rate, stored_at FROM last_rate WHERE pair = $1")
+        .bind(pair.to_owned())
+        .fetch_optional(&db.pool)
+        .await?;
+    row.map(|row| -> Result<(f64, i64), sqlx::Error> {
+        let stored_at: i64 = row.try_get("stored_at")?;
+        Ok((row.try_get("rate")?, (now_millis() - stored_at).max(0)))
+    })
+    .transpose()
+}

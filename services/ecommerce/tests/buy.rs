@@ -140,7 +140,16 @@ async fn serve(router: Router) -> String {
 /// Two fake replicas (index 0 and 1) sharing one script: Store and Exchange calls spread over
 /// both, Fidelity is replica 0.
 async fn spawn_app(database_url: Option<String>) -> TestApp {
-    let script: Shared = Arc::default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    spawn_app_in(database_url, dir, Arc::default()).await
+}
+
+/// Like [`spawn_app`], on an existing data dir and script (a "restart" of ecommerce).
+async fn spawn_app_in(
+    database_url: Option<String>,
+    dir: tempfile::TempDir,
+    script: Shared,
+) -> TestApp {
     let mut replicas = Vec::new();
     for index in 0..2 {
         let fake = Router::new()
@@ -152,7 +161,6 @@ async fn spawn_app(database_url: Option<String>) -> TestApp {
             .with_state((script.clone(), index));
         replicas.push(serve(fake).await);
     }
-    let dir = tempfile::tempdir().expect("tempdir");
     let mut common = CommonArgs::for_data_dir(dir.path());
     common.database_url = database_url;
     common.admin_token = Some(ADMIN_TOKEN.to_owned());
@@ -627,4 +635,53 @@ async fn admin_can_force_a_breaker_open_and_reset_it_only_with_the_token() {
         .await
         .expect("post");
     assert_eq!(all.status(), 200);
+}
+
+#[tokio::test]
+async fn a_restarted_ecommerce_still_has_the_last_known_rate() {
+    let first = spawn_app(None).await;
+    let (status, body) = first
+        .buy(None, json!({"product": "7", "user": "dana", "ft": true}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rate"], 5.0);
+    // The rate is remembered in the background; give it a moment (poll, bounded).
+    let db = first._dir.path().join("ecommerce.db");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read(&db).unwrap_or_default();
+        let wal = std::fs::read(first._dir.path().join("ecommerce.db-wal")).unwrap_or_default();
+        if text.windows(7).any(|w| w == b"USD-BRL") || wal.windows(7).any(|w| w == b"USD-BRL") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rate never remembered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A new ecommerce process on the same database, with every Exchange replica failing.
+    first.script().exchange_status = Some(503);
+    let TestApp { script, _dir, .. } = first;
+    let restarted = spawn_app_in(None, _dir, script).await;
+    let (status, body) = restarted
+        .buy(None, json!({"product": "7", "user": "erin", "ft": true}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rate"], 5.0);
+    assert!(
+        body["degraded"]
+            .to_string()
+            .contains("exchange:last-known-rate"),
+        "{body}"
+    );
+
+    // Without a remembered rate, the same failure is a 502 naming the step.
+    let fresh = spawn_app(None).await;
+    fresh.script().exchange_status = Some(503);
+    let (status, body) = fresh
+        .buy(None, json!({"product": "7", "user": "finn", "ft": true}))
+        .await;
+    assert_eq!(body["step"], "exchange", "{status} {body}");
 }
