@@ -97,7 +97,40 @@ impl IntoResponse for Problem {
 }
 
 impl From<sqlx::Error> for Problem {
+    /// The database being unreachable is a 503 (retry later, nothing was changed); anything else
+    /// is an internal error whose cause is logged and hidden.
     fn from(err: sqlx::Error) -> Self {
-        Problem::internal(format_args!("database: {err}"))
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => {
+                tracing::error!(error = %err, "database unavailable");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database-unavailable",
+                    "the database is unreachable; nothing was changed, retry later",
+                )
+            }
+            other => Problem::internal(format_args!("database: {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_503_and_other_errors_500() {
+        let down: Problem = sqlx::Error::PoolTimedOut.into();
+        assert_eq!(down.status, 503);
+        assert!(down.kind.ends_with("/database-unavailable"));
+        let io: Problem =
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)).into();
+        assert_eq!(io.status, 503);
+        let other: Problem = sqlx::Error::RowNotFound.into();
+        assert_eq!(other.status, 500);
     }
 }
