@@ -37,6 +37,7 @@ impl Suite {
             .env_remove("FTSHOP_FAULT_SEED")
             .env("FTSHOP_ADMIN_TOKEN", ADMIN_TOKEN)
             .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
