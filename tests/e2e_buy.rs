@@ -4,18 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Suite, alive, eventually, signal};
+use common::{Suite, alive, eventually, get_json, signal};
 use serde_json::{Value, json};
-
-async fn get_json(suite: &Suite, url: String) -> Value {
-    let response = suite.http.get(&url).send().await.expect("GET");
-    assert!(
-        response.status().is_success(),
-        "GET {url}: {}",
-        response.status()
-    );
-    response.json().await.expect("json")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn buy_sells_one_unit_credits_the_bonus_and_honours_the_idempotency_key() {

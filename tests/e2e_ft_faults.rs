@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_TOKEN, Suite, eventually};
+use common::{ADMIN_TOKEN, Suite, eventually, get_json};
 use serde_json::{Value, json};
 
 /// Products with enough stock that 2,000 purchases never run out (out of stock is a correct
@@ -120,18 +120,8 @@ fn report(label: &str, total: usize, out: &mut Outcome, elapsed: Duration) {
     );
 }
 
-async fn get(suite: &Suite, url: String) -> Value {
-    let response = suite.http.get(&url).send().await.expect("GET");
-    assert!(
-        response.status().is_success(),
-        "GET {url}: {}",
-        response.status()
-    );
-    response.json().await.expect("json")
-}
-
 async fn stock(suite: &Suite) -> BTreeMap<String, i64> {
-    let products = get(suite, format!("{}/products", suite.url("store-1"))).await;
+    let products = get_json(suite, format!("{}/products", suite.url("store-1"))).await;
     products
         .as_array()
         .expect("array")
@@ -204,8 +194,8 @@ async fn ft_purchases_survive_the_default_faults_and_every_invariant_holds() {
         Duration::from_secs(240),
         "orders, outbox and pending bonuses drain",
         || async {
-            let backlog = get(&suite, format!("{ecommerce}/backlog")).await;
-            let pending = get(&suite, format!("{fidelity}/bonus/pending")).await;
+            let backlog = get_json(&suite, format!("{ecommerce}/backlog")).await;
+            let pending = get_json(&suite, format!("{fidelity}/bonus/pending")).await;
             backlog["pending_orders"] == 0
                 && backlog["outbox_bonuses"] == 0
                 && pending["depth"] == 0
@@ -222,7 +212,7 @@ async fn ft_purchases_survive_the_default_faults_and_every_invariant_holds() {
     let mut points_by_user: BTreeMap<String, i64> = BTreeMap::new();
     for (_, answer) in &out.acknowledged {
         let id = answer["order_id"].as_str().expect("order_id");
-        let order = get(&suite, format!("{ecommerce}/orders/{id}")).await;
+        let order = get_json(&suite, format!("{ecommerce}/orders/{id}")).await;
         assert_eq!(order["status"], "completed", "order {id}: {order}");
         let tx = order["transaction_id"]
             .as_str()
@@ -259,7 +249,7 @@ async fn ft_purchases_survive_the_default_faults_and_every_invariant_holds() {
     let mut credited = 0;
     for u in 0..USERS {
         let user = format!("ft-user-{u}");
-        let balance = get(&suite, format!("{fidelity}/balance/{user}")).await["points"]
+        let balance = get_json(&suite, format!("{fidelity}/balance/{user}")).await["points"]
             .as_i64()
             .expect("points");
         if let Some(expected) = points_by_user.get(&user) {

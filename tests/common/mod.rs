@@ -146,6 +146,17 @@ pub fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
+/// GETs `url` and returns its JSON body, failing the test on a non-2xx answer.
+pub async fn get_json(suite: &Suite, url: String) -> Value {
+    let response = suite.http.get(&url).send().await.expect("GET");
+    assert!(
+        response.status().is_success(),
+        "GET {url}: {}",
+        response.status()
+    );
+    response.json().await.expect("json")
+}
+
 /// Polls `check` every 100 ms until it returns true or `limit` passes.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where

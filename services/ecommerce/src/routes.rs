@@ -451,10 +451,24 @@ async fn reset_breaker(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, Problem> {
-    let status = state.resilient.registry().reset(&name).map_err(|_| {
+    let status = state.resilient.registry().reset(&name);
+    breaker_answer(&name, status, "reset")
+}
+
+/// The status after an admin action on breaker `name`, or 404 when there is no such breaker.
+fn breaker_answer<S: Serialize, E>(
+    name: &str,
+    status: Result<S, E>,
+    action: &str,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let status = status.map_err(|_| {
         Problem::not_found(format!("no breaker named `{name}` (see GET /breakers)"))
     })?;
-    tracing::warn!(breaker = name, "breaker reset through the admin API");
+    tracing::warn!(
+        breaker = name,
+        action,
+        "breaker changed through the admin API"
+    );
     Ok(Json(serde_json::to_value(status).unwrap_or_default()))
 }
 
@@ -473,11 +487,8 @@ async fn force_open_breaker(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, Problem> {
-    let status = state.resilient.registry().force_open(&name).map_err(|_| {
-        Problem::not_found(format!("no breaker named `{name}` (see GET /breakers)"))
-    })?;
-    tracing::warn!(breaker = name, "breaker forced open through the admin API");
-    Ok(Json(serde_json::to_value(status).unwrap_or_default()))
+    let status = state.resilient.registry().force_open(&name);
+    breaker_answer(&name, status, "force-open")
 }
 
 /// Closes every breaker.
