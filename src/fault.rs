@@ -84,6 +84,21 @@ struct SetArgs {
     ttl: Option<Duration>,
 }
 
+/// `println!` that ends the process quietly when stdout is a closed pipe (`ftshop fault list |
+/// head`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => { emit(format_args!($($arg)*)) };
+}
+
+fn emit(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(err) = writeln!(std::io::stdout().lock(), "{line}")
+        && err.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
 fn parse_kind(text: &str) -> Result<FaultKind, String> {
     serde_json::from_value(json!(text.to_ascii_lowercase()))
         .map_err(|_| format!("`{text}` is not one of omission, crash, error, latency"))
@@ -126,7 +141,7 @@ pub async fn run(args: FaultArgs) -> anyhow::Result<()> {
                 touched += 1;
                 let url = format!("{}/admin/faults/reset", target.url);
                 match send(client.post(&url).bearer_auth(&token)).await {
-                    Ok(_) => println!("{}: faults cleared", target.name),
+                    Ok(_) => out!("{}: faults cleared", target.name),
                     Err(err) => {
                         failures += 1;
                         eprintln!("{}: {err:#}", target.name);
@@ -155,7 +170,7 @@ async fn set_rules(client: &reqwest::Client, set: SetArgs) -> anyhow::Result<()>
                 body["seed"] = json!(seed);
             }
             match put_rules(client, target, &token, &body).await {
-                Ok(status) => println!(
+                Ok(status) => out!(
                     "{}: profile {spec}: {} rule(s) for this process",
                     target.name,
                     status.rules.len()
@@ -213,7 +228,7 @@ async fn set_rules(client: &reqwest::Client, set: SetArgs) -> anyhow::Result<()>
         }
         .await;
         match result {
-            Ok(status) => println!(
+            Ok(status) => out!(
                 "{}: {} {} p={} window={}{} ({} rule(s) now)",
                 target.name,
                 rule.kind,
@@ -349,7 +364,7 @@ async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<String> {
 }
 
 fn print_status(name: &str, status: &FaultsStatus) {
-    println!(
+    out!(
         "{name} ({}{}) profile={} seed={}",
         status.service,
         status
@@ -361,12 +376,20 @@ fn print_status(name: &str, status: &FaultsStatus) {
         status.seed
     );
     if status.rules.is_empty() {
-        println!("  no faults");
+        out!("  no faults");
         return;
     }
-    println!(
+    out!(
         "  {:<18} {:<6} {:<9} {:>5} {:>8} {:>8} {:<10} {:>8} {:>7}",
-        "ROUTE", "METHOD", "KIND", "P", "WINDOW", "LATENCY", "ACTIVE", "INJECTED", "TTL"
+        "ROUTE",
+        "METHOD",
+        "KIND",
+        "P",
+        "WINDOW",
+        "LATENCY",
+        "ACTIVE",
+        "INJECTED",
+        "TTL"
     );
     for r in &status.rules {
         let active = if r.active {
@@ -374,7 +397,7 @@ fn print_status(name: &str, status: &FaultsStatus) {
         } else {
             "no".to_owned()
         };
-        println!(
+        out!(
             "  {:<18} {:<6} {:<9} {:>5.2} {:>7}s {:>7}ms {:<10} {:>8} {:>7}",
             r.rule.route,
             r.rule.method.as_deref().unwrap_or("*"),
