@@ -1,5 +1,5 @@
 //! The shared tier (`REDIS_URL`): Exchange replicas share the current rate and the
-//! last-known-good rate through Redis, with the resilience crate's [`TieredCache`] (moka L1 +
+//! last-known-good rate through Redis, with the resilience crate's [`TieredCache`] (in-process L1 +
 //! Redis L2 behind a breaker, `get_or_store` with single flight, last-known-good).
 //!
 //! One key, `{prefix}exchange:usd-brl`, holds `{"v": {"rate", "as_of"}, "t": written_ms}` and

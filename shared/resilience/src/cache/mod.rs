@@ -1,4 +1,4 @@
-//! Tiered cache: in-process L1 (moka) + optional Redis L2, with single-flight loading and
+//! Tiered cache: in-process L1 (quick_cache) + optional Redis L2, with single-flight loading and
 //! last-known-good fallback.
 //!
 //! Why each piece:
@@ -11,8 +11,10 @@
 //!   load fails, it is served (marked [`CacheSource::Stale`]) instead of an error. A bounded
 //!   age, because a week-old exchange rate is worse than an honest error.
 //! - Freshness is judged with [`tokio::time::Instant`] for L1 (paused-clock testable) and
-//!   wall-clock write times for L2 (shared between processes). moka's own expiry is only a
-//!   memory bound at `ttl + max_staleness`.
+//!   wall-clock write times for L2 (shared between processes). The L1 map (`quick_cache`, picked
+//!   over moka because a hit costs ~17 ns there against ~115 ns, docs/benchmarks/resilience.md) has no
+//!   expiry of its own: it is bounded by `capacity`, and an entry read past
+//!   `ttl + max_staleness` is dropped on the spot.
 //!
 //! One [`TieredCache`] is one namespace: its own L1, keys `"{prefix}{namespace}:{key}"` in
 //! Redis, its own metric label `cache="{namespace}"`. Several caches can share one
@@ -238,7 +240,7 @@ impl<V> std::fmt::Debug for TieredCache<V> {
 
 struct Inner<V> {
     config: CacheConfig,
-    l1: moka::sync::Cache<String, Entry<V>>,
+    l1: quick_cache::sync::Cache<String, Entry<V>>,
     l2: Option<RedisL2>,
     inflight: Mutex<HashMap<String, (u64, Flight<V>)>>,
     next_flight: std::sync::atomic::AtomicU64,
@@ -282,10 +284,8 @@ where
     }
 
     fn build(config: CacheConfig, l2: Option<RedisL2>) -> Self {
-        let l1 = moka::sync::Cache::builder()
-            .max_capacity(config.capacity)
-            .time_to_live(config.ttl.saturating_add(config.max_staleness))
-            .build();
+        let l1 =
+            quick_cache::sync::Cache::new(usize::try_from(config.capacity).unwrap_or(usize::MAX));
         TieredCache {
             inner: Arc::new(Inner {
                 metrics: CacheMetrics::new(&config.namespace),
@@ -308,7 +308,7 @@ where
     pub async fn get(&self, key: &str) -> Option<Cached<V>> {
         let inner = &*self.inner;
         let now = Instant::now();
-        if let Some(entry) = inner.l1.get(key)
+        if let Some(entry) = inner.l1_get(key, now)
             && inner.is_fresh(&entry, now)
         {
             inner.metrics.hit.increment(1);
@@ -347,7 +347,7 @@ where
         let inner = &*self.inner;
         let now = Instant::now();
         let mut l1_stale = None;
-        if let Some(entry) = inner.l1.get(key) {
+        if let Some(entry) = inner.l1_get(key, now) {
             if inner.is_fresh(&entry, now) {
                 inner.metrics.hit.increment(1);
                 return Ok(Cached::from_entry(entry, CacheSource::L1, now));
@@ -383,7 +383,7 @@ where
             }
             Err(FlightErr { error, l2_stale }) => {
                 let now = Instant::now();
-                let stale = [l1_stale, inner.l1.get(key), l2_stale]
+                let stale = [l1_stale, inner.l1_get(key, now), l2_stale]
                     .into_iter()
                     .flatten()
                     .filter(|e| inner.is_servable(e, now))
@@ -416,7 +416,7 @@ where
     /// Removes `key` from both tiers.
     pub async fn invalidate(&self, key: &str) -> Result<(), L2Error> {
         let inner = &*self.inner;
-        inner.l1.invalidate(key);
+        inner.l1.remove(key);
         let Some(l2) = &inner.l2 else { return Ok(()) };
         let result = l2.delete(&l2.full_key(&inner.config.namespace, key)).await;
         inner.count_l2(&result);
@@ -427,15 +427,14 @@ where
     /// `?` one character, everything else is literal. Returns how many L1 entries were removed.
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<usize, L2Error> {
         let inner = &*self.inner;
-        let matching: Vec<Arc<String>> = inner
-            .l1
-            .iter()
-            .map(|(k, _)| k)
-            .filter(|k| glob_match(pattern, k))
-            .collect();
-        for key in &matching {
-            inner.l1.invalidate(key.as_str());
-        }
+        let removed = std::cell::Cell::new(0_usize);
+        inner.l1.retain(|key, _| {
+            let keep = !glob_match(pattern, key);
+            if !keep {
+                removed.set(removed.get() + 1);
+            }
+            keep
+        });
         if let Some(l2) = &inner.l2 {
             let glob = format!(
                 "{}{}",
@@ -446,12 +445,12 @@ where
             inner.count_l2(&result);
             result?;
         }
-        Ok(matching.len())
+        Ok(removed.get())
     }
 
     /// Removes every key of this namespace from both tiers.
     pub async fn clear(&self) -> Result<(), L2Error> {
-        self.inner.l1.invalidate_all();
+        self.inner.l1.clear();
         self.invalidate_pattern("*").await.map(|_| ())
     }
 
@@ -504,6 +503,19 @@ impl<V> Inner<V>
 where
     V: Clone + Send + Sync + Serialize + DeserializeOwned + 'static,
 {
+    /// The L1 entry for `key` if it is still servable (fresh or within `max_staleness`). One
+    /// past that is removed here: the L1 map has no expiry of its own.
+    fn l1_get(&self, key: &str, now: Instant) -> Option<Entry<V>> {
+        let entry = self.l1.get(key)?;
+        if self.is_servable(&entry, now) {
+            return Some(entry);
+        }
+        // Only if nobody stored a newer value since our read.
+        self.l1
+            .remove_if(key, |current| current.stored_at == entry.stored_at);
+        None
+    }
+
     fn is_fresh(&self, entry: &Entry<V>, now: Instant) -> bool {
         now.saturating_duration_since(entry.stored_at) < self.config.ttl
     }
@@ -698,6 +710,63 @@ mod tests {
     fn redis_globs_escape_metacharacters() {
         assert_eq!(escape_redis_glob("a*b?[c]"), "a\\*b\\?\\[c\\]");
         assert_eq!(redis_glob("k[1]*"), "k\\[1\\]*");
+    }
+
+    fn l1_only(ttl_s: u64, stale_s: u64, capacity: u64) -> TieredCache<u32> {
+        TieredCache::new(
+            CacheConfig::builder("unit")
+                .ttl(Duration::from_secs(ttl_s))
+                .max_staleness(Duration::from_secs(stale_s))
+                .capacity(capacity)
+                .build()
+                .expect("valid config"),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn l1_drops_an_entry_read_past_ttl_plus_staleness() {
+        let cache = l1_only(10, 5, 100);
+        cache.insert("k", 1).await.expect("no L2");
+        tokio::time::advance(Duration::from_secs(14)).await;
+        assert_eq!(
+            cache.get("k").await,
+            None,
+            "stale values are not returned by get"
+        );
+        assert_eq!(
+            cache.inner.l1.len(),
+            1,
+            "still servable as last-known-good: kept"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(cache.get("k").await, None);
+        assert_eq!(cache.inner.l1.len(), 0, "past ttl + max_staleness: removed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn l1_keeps_a_newer_value_stored_after_an_expired_read() {
+        let cache = l1_only(10, 0, 100);
+        cache.insert("k", 1).await.expect("no L2");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let expired = cache.inner.l1.get("k").expect("still in the map");
+        cache.insert("k", 2).await.expect("no L2");
+        // What `l1_get` does after reading `expired`: the newer value must survive it.
+        cache
+            .inner
+            .l1
+            .remove_if("k", |current| current.stored_at == expired.stored_at);
+        assert_eq!(cache.get("k").await.map(|c| c.value), Some(2));
+    }
+
+    #[tokio::test]
+    async fn l1_is_bounded_by_capacity() {
+        let cache = l1_only(3600, 0, 64);
+        for i in 0..1_000 {
+            cache.insert(&format!("k{i}"), i).await.expect("no L2");
+        }
+        let held = cache.inner.l1.len();
+        assert!(held <= 64, "held {held} entries with capacity 64");
+        assert!(held > 0);
     }
 
     #[test]
