@@ -52,6 +52,19 @@ enum Service {
     Fidelity(ftshop_fidelity::Config),
 }
 
+/// Writes a report to stdout. A closed pipe (`ftshop load ... | head -3`) is not an error: the
+/// report is also in the files the command wrote, and the exit status must still say whether
+/// the run passed, so the write error is ignored instead of panicking like `println!`.
+pub(crate) fn print_report(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(err) = writeln!(stdout, "{text}").and_then(|()| stdout.flush())
+        && err.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("could not print the report to stdout: {err}");
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

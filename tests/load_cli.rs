@@ -277,6 +277,46 @@ async fn min_success_threshold_and_loopback_refusal_fail_the_command() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_pipe_neither_panics_nor_changes_the_verdict() {
+    let (url, _seen) = fake_shop().await;
+    let out = tempfile::tempdir().unwrap();
+    // `ftshop load ... | head -0`: the reader is gone before the summary is printed.
+    let run = |min_success: &'static str| {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ftshop"))
+            .args(["load", "--url", &url, "--vus", "2", "--duration", "1s"])
+            .args(["--think", "0s", "--max-requests", "10"])
+            .args(["--min-success", min_success, "--out"])
+            .arg(out.path())
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+                .await
+                .expect("ftshop load finished within 30 s")
+                .unwrap()
+        }
+    };
+
+    let passing = run("50").await;
+    let stderr = String::from_utf8_lossy(&passing.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(passing.status.success(), "80 % >= 50 %: {stderr}");
+    non_empty(&out.path().join("summary.md"));
+
+    let failing = run("99.9").await;
+    let stderr = String::from_utf8_lossy(&failing.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("below --min-success"), "{stderr}");
+    assert!(!failing.status.success(), "80 % < 99.9 % must still fail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_keeps_its_schedule_and_drops_above_the_in_flight_cap() {
     let (url, seen) = fake_shop().await;
     let out = tempfile::tempdir().unwrap();

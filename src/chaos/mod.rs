@@ -310,7 +310,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     };
     let summary = report::markdown(&report);
     write_outputs(&out, &report, &summary)?;
-    println!("{summary}");
+    crate::print_report(&summary);
     eprintln!(
         "[chaos] results: {0}/chaos.json, {0}/chaos.md",
         out.display()

@@ -86,7 +86,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     };
     let summary = report::summary_markdown(&result);
     write_outputs(&plan.out, &result, &summary)?;
-    println!("{summary}");
+    crate::print_report(&summary);
     eprintln!(
         "results: {0}/result.json, {0}/summary.md, {0}/chart.svg",
         plan.out.display()
