@@ -135,8 +135,15 @@ pub async fn run(args: FaultArgs) -> anyhow::Result<()> {
             let mut failures = 0;
             let mut touched = 0;
             for target in &targets {
-                if !is_service(&client, target, &token, service.as_deref()).await {
-                    continue;
+                match is_service(&client, target, &token, service.as_deref()).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(err) => {
+                        touched += 1;
+                        failures += 1;
+                        eprintln!("{}: {err:#}", target.name);
+                        continue;
+                    }
                 }
                 touched += 1;
                 let url = format!("{}/admin/faults/reset", target.url);
@@ -202,8 +209,15 @@ async fn set_rules(client: &reqwest::Client, set: SetArgs) -> anyhow::Result<()>
     };
     rule.validate().map_err(|e| anyhow::anyhow!(e))?;
     for target in &targets {
-        if !is_service(client, target, &token, Some(service)).await {
-            continue;
+        match is_service(client, target, &token, Some(service)).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(err) => {
+                touched += 1;
+                failures += 1;
+                eprintln!("{}: {err:#}", target.name);
+                continue;
+            }
         }
         touched += 1;
         let result = async {
@@ -312,18 +326,20 @@ fn resolve(targets: &Targets) -> anyhow::Result<(Vec<Target>, String)> {
 
 /// Whether `target` runs `service` (None = every target). Asks the process when up.json did not
 /// say, so `--url` targets work too.
+/// Whether `target` runs `service` (any process if `None`). A `--url` target's service is
+/// asked for; one that does not answer is an error, not silently skipped.
 async fn is_service(
     client: &reqwest::Client,
     target: &Target,
     token: &str,
     service: Option<&str>,
-) -> bool {
-    let Some(wanted) = service else { return true };
+) -> anyhow::Result<bool> {
+    let Some(wanted) = service else {
+        return Ok(true);
+    };
     match &target.service {
-        Some(known) => known == wanted,
-        None => get_status(client, target, token)
-            .await
-            .is_ok_and(|s| s.service == wanted),
+        Some(known) => Ok(known == wanted),
+        None => Ok(get_status(client, target, token).await?.service == wanted),
     }
 }
 

@@ -105,6 +105,33 @@ async fn default_profile_reaches_every_process_and_the_cli_lists_and_clears_it()
         let status = faults_of(&suite, member).await;
         assert_eq!(status["rules"], serde_json::json!([]), "{member}");
     }
+
+    // `--url` targets with a service filter: one that does not answer is a failure, not skipped.
+    let (ok, set) = fault_cli(&suite, &["set", "--profile", "default", "--url", &store]);
+    assert!(ok, "{set}");
+    let dead = "http://127.0.0.1:1";
+    let (ok, cleared) = fault_cli(
+        &suite,
+        &[
+            "clear",
+            "--service",
+            "store",
+            "--url",
+            &store,
+            "--url",
+            dead,
+        ],
+    );
+    assert!(
+        !ok,
+        "a target that does not answer must fail the command: {cleared}"
+    );
+    assert!(cleared.contains(dead), "{cleared}");
+    assert!(cleared.contains("1 of 2"), "{cleared}");
+    assert_eq!(
+        faults_of(&suite, "store-1").await["rules"],
+        serde_json::json!([])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
