@@ -98,7 +98,9 @@ impl CacheConfigBuilder {
         self
     }
 
-    /// Maximum number of L1 entries.
+    /// Maximum number of L1 entries (approximate: above 63 entries the L1 is split into shards,
+    /// each with its share of the capacity, so eviction may start a little below it and the
+    /// total may round up by a few entries).
     pub fn capacity(mut self, entries: u64) -> Self {
         self.config.capacity = entries;
         self
@@ -510,10 +512,15 @@ where
         if self.is_servable(&entry, now) {
             return Some(entry);
         }
-        // Only if nobody stored a newer value since our read.
-        self.l1
-            .remove_if(key, |current| current.stored_at == entry.stored_at);
+        self.l1_remove_unless_replaced(key, &entry);
         None
+    }
+
+    /// Removes `key` from L1 only if it still holds `seen`: a value stored by someone else
+    /// between our read and this call must survive.
+    fn l1_remove_unless_replaced(&self, key: &str, seen: &Entry<V>) {
+        self.l1
+            .remove_if(key, |current| current.stored_at == seen.stored_at);
     }
 
     fn is_fresh(&self, entry: &Entry<V>, now: Instant) -> bool {
@@ -641,28 +648,37 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Glob match with `*` (any run) and `?` (one char); everything else literal.
+/// Glob match with `*` (any run) and `?` (one char); everything else literal. Walks both
+/// strings by byte offset on char boundaries, without allocating: `invalidate_pattern` runs it
+/// on every L1 key while holding that shard's lock.
 pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
+    let next = |s: &str, at: usize| s[at..].chars().next();
     let (mut pi, mut ti) = (0, 0);
+    // After a `*`: where the pattern resumes, and the text offset it is currently matched from.
     let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == t[ti])) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
+    while let Some(t) = next(text, ti) {
+        match next(pattern, pi) {
+            Some('*') => {
+                pi += 1;
+                star = Some((pi, ti));
+            }
+            Some(p) if p == '?' || p == t => {
+                pi += p.len_utf8();
+                ti += t.len_utf8();
+            }
+            _ => match star {
+                Some((resume, from)) => {
+                    // Let the `*` swallow one more char and try again.
+                    let from = from + next(text, from).map_or(1, char::len_utf8);
+                    star = Some((resume, from));
+                    pi = resume;
+                    ti = from;
+                }
+                None => return false,
+            },
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    pattern[pi..].chars().all(|c| c == '*')
 }
 
 /// Escapes every Redis glob metacharacter.
@@ -704,6 +720,42 @@ mod tests {
         assert!(!glob_match("a*b*c", "axxbyy"));
         assert!(glob_match("rate[1]", "rate[1]"));
         assert!(!glob_match("rate", "rates"));
+        assert!(glob_match("", ""));
+        assert!(!glob_match("", "a"));
+        assert!(glob_match("**", "abc"));
+        assert!(glob_match("*c", "abcbc"));
+        assert!(!glob_match("*c", "abcb"));
+        assert!(glob_match("a*?", "ab"));
+        assert!(!glob_match("a*?", "a"));
+        // `?` is one character, not one byte.
+        assert!(glob_match("pre?o", "preço"));
+        assert!(glob_match("pre?o", "pre\u{1F600}o"));
+        assert!(glob_match("*ç*", "preço"));
+        assert!(!glob_match("pre?o", "preçço"));
+    }
+
+    /// The obvious recursive matcher, as the model `glob_match` must agree with.
+    fn reference_glob(p: &[char], t: &[char]) -> bool {
+        match p.first() {
+            None => t.is_empty(),
+            Some('*') => {
+                reference_glob(&p[1..], t) || (!t.is_empty() && reference_glob(p, &t[1..]))
+            }
+            Some('?') => !t.is_empty() && reference_glob(&p[1..], &t[1..]),
+            Some(c) => t.first() == Some(c) && reference_glob(&p[1..], &t[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn glob_agrees_with_the_reference_matcher(
+            pattern in "[ab*?ç]{0,8}",
+            text in "[abç]{0,10}",
+        ) {
+            let p: Vec<char> = pattern.chars().collect();
+            let t: Vec<char> = text.chars().collect();
+            proptest::prop_assert_eq!(glob_match(&pattern, &text), reference_glob(&p, &t));
+        }
     }
 
     #[test]
@@ -750,12 +802,13 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         let expired = cache.inner.l1.get("k").expect("still in the map");
         cache.insert("k", 2).await.expect("no L2");
-        // What `l1_get` does after reading `expired`: the newer value must survive it.
-        cache
-            .inner
-            .l1
-            .remove_if("k", |current| current.stored_at == expired.stored_at);
+        // `l1_get` read `expired`, then another caller stored 2: the removal must spare it.
+        cache.inner.l1_remove_unless_replaced("k", &expired);
         assert_eq!(cache.get("k").await.map(|c| c.value), Some(2));
+        // With nothing newer, the same call removes the entry.
+        let current = cache.inner.l1.get("k").expect("2 is stored");
+        cache.inner.l1_remove_unless_replaced("k", &current);
+        assert_eq!(cache.inner.l1.len(), 0);
     }
 
     #[tokio::test]
@@ -766,7 +819,7 @@ mod tests {
         }
         let held = cache.inner.l1.len();
         assert!(held <= 64, "held {held} entries with capacity 64");
-        assert!(held > 0);
+        assert!(held >= 32, "held only {held} entries with capacity 64");
     }
 
     #[test]
