@@ -135,15 +135,9 @@ pub async fn run(args: FaultArgs) -> anyhow::Result<()> {
             let mut failures = 0;
             let mut touched = 0;
             for target in &targets {
-                match is_service(&client, target, &token, service.as_deref()).await {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(err) => {
-                        touched += 1;
-                        failures += 1;
-                        eprintln!("{}: {err:#}", target.name);
-                        continue;
-                    }
+                let tally = (&mut touched, &mut failures);
+                if !selected(&client, target, &token, service.as_deref(), tally).await {
+                    continue;
                 }
                 touched += 1;
                 let url = format!("{}/admin/faults/reset", target.url);
@@ -209,15 +203,16 @@ async fn set_rules(client: &reqwest::Client, set: SetArgs) -> anyhow::Result<()>
     };
     rule.validate().map_err(|e| anyhow::anyhow!(e))?;
     for target in &targets {
-        match is_service(client, target, &token, Some(service)).await {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(err) => {
-                touched += 1;
-                failures += 1;
-                eprintln!("{}: {err:#}", target.name);
-                continue;
-            }
+        if !selected(
+            client,
+            target,
+            &token,
+            Some(service),
+            (&mut touched, &mut failures),
+        )
+        .await
+        {
+            continue;
         }
         touched += 1;
         let result = async {
@@ -326,6 +321,25 @@ fn resolve(targets: &Targets) -> anyhow::Result<(Vec<Target>, String)> {
 
 /// Whether `target` runs `service` (None = every target). Asks the process when up.json did not
 /// say, so `--url` targets work too.
+/// [`is_service`], counting a target that does not answer as touched and failed (and saying so).
+async fn selected(
+    client: &reqwest::Client,
+    target: &Target,
+    token: &str,
+    service: Option<&str>,
+    (touched, failures): (&mut usize, &mut usize),
+) -> bool {
+    match is_service(client, target, token, service).await {
+        Ok(wanted) => wanted,
+        Err(err) => {
+            *touched += 1;
+            *failures += 1;
+            eprintln!("{}: {err:#}", target.name);
+            false
+        }
+    }
+}
+
 /// Whether `target` runs `service` (any process if `None`). A `--url` target's service is
 /// asked for; one that does not answer is an error, not silently skipped.
 async fn is_service(
