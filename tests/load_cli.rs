@@ -117,18 +117,29 @@ async fn fake_shop() -> (String, Shared) {
     (url, seen)
 }
 
-async fn ftshop_load(args: &[&str]) -> std::process::Output {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ftshop"))
+/// `ftshop load <args>`, killed if the test gives up on it.
+fn load_command(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ftshop"));
+    command
         .arg("load")
         .args(args)
         .env_remove("HTTP_PROXY")
         .env_remove("http_proxy")
-        .kill_on_drop(true)
-        .output();
+        .kill_on_drop(true);
+    command
+}
+
+async fn within_30s(
+    run: impl std::future::Future<Output = std::io::Result<std::process::Output>>,
+) -> std::process::Output {
     tokio::time::timeout(Duration::from_secs(30), run)
         .await
         .expect("ftshop load finished within 30 s")
         .expect("ftshop load ran")
+}
+
+async fn ftshop_load(args: &[&str]) -> std::process::Output {
+    within_30s(load_command(args).output()).await
 }
 
 fn non_empty(path: &Path) -> String {
@@ -281,26 +292,30 @@ async fn a_closed_stdout_pipe_neither_panics_nor_changes_the_verdict() {
     let (url, _seen) = fake_shop().await;
     let out = tempfile::tempdir().unwrap();
     // `ftshop load ... | head -0`: the reader is gone before the summary is printed.
+    let out_dir = out.path().to_str().unwrap();
     let run = |min_success: &'static str| {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ftshop"))
-            .args(["load", "--url", &url, "--vus", "2", "--duration", "1s"])
-            .args(["--think", "0s", "--max-requests", "10"])
-            .args(["--min-success", min_success, "--out"])
-            .arg(out.path())
-            .env_remove("HTTP_PROXY")
-            .env_remove("http_proxy")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = load_command(&[
+            "--url",
+            &url,
+            "--vus",
+            "2",
+            "--duration",
+            "1s",
+            "--think",
+            "0s",
+            "--max-requests",
+            "10",
+            "--min-success",
+            min_success,
+            "--out",
+            out_dir,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
         drop(child.stdout.take());
-        async move {
-            tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-                .await
-                .expect("ftshop load finished within 30 s")
-                .unwrap()
-        }
+        within_30s(child.wait_with_output())
     };
 
     let passing = run("50").await;
