@@ -197,6 +197,18 @@ impl TestApp {
         (status, response.json().await.expect("json body"))
     }
 
+    /// `GET {path}` on the service, as JSON.
+    async fn get_json(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+    }
+
     fn script(&self) -> std::sync::MutexGuard<'_, Script> {
         self.script.lock().expect("lock")
     }
@@ -241,15 +253,7 @@ async fn happy_path_and_replay(app: TestApp) {
     );
 
     let order_id = body["order_id"].as_str().expect("order id");
-    let view: Value = app
-        .http
-        .get(format!("{}/orders/{order_id}", app.url))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let view = order_view(&app, order_id).await;
     assert_eq!(view["status"], "completed");
     assert_eq!(view["transaction_id"], "tx-1");
 }
@@ -361,14 +365,7 @@ fn ft_order() -> Value {
 }
 
 async fn order_view(app: &TestApp, order_id: &str) -> Value {
-    app.http
-        .get(format!("{}/orders/{order_id}", app.url))
-        .send()
-        .await
-        .expect("get order")
-        .json()
-        .await
-        .expect("json")
+    app.get_json(&format!("/orders/{order_id}")).await
 }
 
 /// Polls the order until `done` holds (at most 15 s: the workers back off with jitter).
@@ -442,15 +439,7 @@ async fn ft_defers_the_sale_when_no_store_replica_can_sell_and_completes_it_late
         vec![("bob".to_owned(), 50, "tx-1".to_owned())]
     );
 
-    let backlog: Value = app
-        .http
-        .get(format!("{}/backlog", app.url))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let backlog = app.get_json("/backlog").await;
     assert_eq!(backlog["pending_orders"], 0);
     assert_eq!(backlog["outbox_bonuses"], 0);
 }
@@ -484,15 +473,7 @@ async fn ft_queues_the_bonus_when_fidelity_fails_and_delivers_it_once() {
             .is_some_and(|d| d.contains(&json!("fidelity:bonus-queued")))
     );
     let order_id = body["order_id"].as_str().expect("order id").to_owned();
-    let backlog: Value = app
-        .http
-        .get(format!("{}/backlog", app.url))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let backlog = app.get_json("/backlog").await;
     assert_eq!(backlog["outbox_bonuses"], 1, "the bonus is durably queued");
 
     app.script().bonus_status = None;
@@ -587,15 +568,7 @@ async fn admin_can_force_a_breaker_open_and_reset_it_only_with_the_token() {
         .await
         .expect("post");
     assert_eq!(refused.status(), 401);
-    let breakers: Value = app
-        .http
-        .get(format!("{}/breakers", app.url))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let breakers = app.get_json("/breakers").await;
     assert!(breakers.to_string().contains("closed"), "{breakers}");
     assert!(!breakers.to_string().contains("forced_open"), "{breakers}");
 
