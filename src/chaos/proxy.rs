@@ -3,7 +3,7 @@
 //! accepts them again on SIGUSR2. The proxies listen on 127.0.0.1 and only forward to a
 //! loopback server.
 
-use std::net::{IpAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -12,6 +12,8 @@ use anyhow::{Context, bail, ensure};
 use reqwest::Url;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
+
+use crate::load::has_loopback_host;
 
 /// Where tcp-proxy.py is when `--proxy-script` is not given: this checkout's copy.
 pub const DEFAULT_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/tcp-proxy.py");
@@ -105,17 +107,8 @@ impl Proxy {
 /// Parses a server URL (`postgres://...`, `redis://...`) and refuses any host but this machine.
 pub fn ensure_loopback(name: &str, url: &str) -> anyhow::Result<Url> {
     let parsed = Url::parse(url).with_context(|| format!("the {name} URL is not a URL"))?;
-    let host = parsed.host_str().unwrap_or_default();
-    let loopback = match host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => host == "localhost",
-    };
     ensure!(
-        loopback,
+        has_loopback_host(&parsed),
         "the {name} server must be on this machine (127.0.0.1, [::1] or localhost)"
     );
     Ok(parsed)

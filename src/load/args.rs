@@ -245,6 +245,21 @@ impl LoadArgs {
     }
 }
 
+/// Whether `url` points at this machine: 127.0.0.0/8, `[::1]` or `localhost`.
+pub fn has_loopback_host(url: &Url) -> bool {
+    // `host_str` brackets IPv6 literals; the url crate has already normalised IPv4 forms such
+    // as `127.1` and lower-cased domain names.
+    let host = url.host_str().unwrap_or_default();
+    match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host == "localhost",
+    }
+}
+
 /// Parses the target and refuses anything but this machine: a load generator pointed at
 /// somebody else's server is an attack, whatever the intent.
 pub fn loopback_url(text: &str) -> anyhow::Result<Url> {
@@ -253,18 +268,7 @@ pub fn loopback_url(text: &str) -> anyhow::Result<Url> {
         matches!(url.scheme(), "http" | "https"),
         "--url {text:?}: only http and https are supported"
     );
-    // `host_str` brackets IPv6 literals; the url crate has already normalised IPv4 forms such
-    // as `127.1` and lower-cased domain names.
-    let host = url.host_str().unwrap_or_default();
-    let loopback = match host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => host == "localhost",
-    };
-    if !loopback {
+    if !has_loopback_host(&url) {
         bail!(
             "--url {text:?}: refusing a non-loopback host; ftshop load only targets 127.0.0.0/8, \
              [::1] or localhost"

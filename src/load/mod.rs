@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 pub use args::LoadArgs;
 use args::{LoadModel, Plan, format_duration};
 /// Shared with `ftshop chaos`, which drives purchases the same way.
-pub(crate) use args::{Products, ThinkTime, loopback_url, parse_duration, parse_products};
+pub(crate) use args::{
+    Products, ThinkTime, has_loopback_host, loopback_url, parse_duration, parse_products,
+};
 use report::{LoadResult, RunReport, Settings};
 
 /// Runs the load described by `args` and writes its results.

@@ -234,11 +234,7 @@ fn polyline(
     if path.is_empty() {
         return;
     }
-    let dash = if dash.is_empty() {
-        String::new()
-    } else {
-        format!(r#" stroke-dasharray="{dash}""#)
-    };
+    let dash = dash_attribute(dash);
     let _ = writeln!(
         svg,
         r#"<path d="{}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>"#,
@@ -246,13 +242,18 @@ fn polyline(
     );
 }
 
-fn legend(svg: &mut String, y: f64, colour: &str, dash: &str, text: &str) {
-    let x = WIDTH - RIGHT + 12.0;
-    let dash = if dash.is_empty() {
+/// ` stroke-dasharray="…"`, or nothing for a solid line.
+fn dash_attribute(dash: &str) -> String {
+    if dash.is_empty() {
         String::new()
     } else {
         format!(r#" stroke-dasharray="{dash}""#)
-    };
+    }
+}
+
+fn legend(svg: &mut String, y: f64, colour: &str, dash: &str, text: &str) {
+    let x = WIDTH - RIGHT + 12.0;
+    let dash = dash_attribute(dash);
     let _ = writeln!(
         svg,
         r#"<line x1="{x}" y1="{y}" x2="{}" y2="{y}" stroke="{colour}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
