@@ -437,23 +437,14 @@ where
             }
             keep
         });
-        if let Some(l2) = &inner.l2 {
-            let glob = format!(
-                "{}{}",
-                escape_redis_glob(&l2.full_key(&inner.config.namespace, "")),
-                redis_glob(pattern)
-            );
-            let result = l2.delete_matching(&glob).await;
-            inner.count_l2(&result);
-            result?;
-        }
+        inner.l2_delete_matching(pattern).await?;
         Ok(removed.get())
     }
 
     /// Removes every key of this namespace from both tiers.
     pub async fn clear(&self) -> Result<(), L2Error> {
         self.inner.l1.clear();
-        self.invalidate_pattern("*").await.map(|_| ())
+        self.inner.l2_delete_matching("*").await
     }
 
     fn load_flight<Fut, E>(self, key: String, id: u64, load: Fut) -> Flight<V>
@@ -602,6 +593,19 @@ where
         } else {
             L2Lookup::Absent
         }
+    }
+
+    /// Deletes this namespace's L2 keys matching `pattern` (our glob syntax).
+    async fn l2_delete_matching(&self, pattern: &str) -> Result<(), L2Error> {
+        let Some(l2) = &self.l2 else { return Ok(()) };
+        let glob = format!(
+            "{}{}",
+            escape_redis_glob(&l2.full_key(&self.config.namespace, "")),
+            redis_glob(pattern)
+        );
+        let result = l2.delete_matching(&glob).await;
+        self.count_l2(&result);
+        result.map(|_deleted| ())
     }
 
     async fn l2_store(&self, key: &str, value: &V) -> Result<(), L2Error> {
