@@ -203,15 +203,8 @@ async fn set_rules(client: &reqwest::Client, set: SetArgs) -> anyhow::Result<()>
     };
     rule.validate().map_err(|e| anyhow::anyhow!(e))?;
     for target in &targets {
-        if !selected(
-            client,
-            target,
-            &token,
-            Some(service),
-            (&mut touched, &mut failures),
-        )
-        .await
-        {
+        let tally = (&mut touched, &mut failures);
+        if !selected(client, target, &token, Some(service), tally).await {
             continue;
         }
         touched += 1;
@@ -319,8 +312,6 @@ fn resolve(targets: &Targets) -> anyhow::Result<(Vec<Target>, String)> {
     Ok((list, token))
 }
 
-/// Whether `target` runs `service` (None = every target). Asks the process when up.json did not
-/// say, so `--url` targets work too.
 /// [`is_service`], counting a target that does not answer as touched and failed (and saying so).
 async fn selected(
     client: &reqwest::Client,
@@ -340,8 +331,8 @@ async fn selected(
     }
 }
 
-/// Whether `target` runs `service` (any process if `None`). A `--url` target's service is
-/// asked for; one that does not answer is an error, not silently skipped.
+/// Whether `target` runs `service` (any process if `None`). Asks the process when up.json did
+/// not say, so `--url` targets work too; one that does not answer is an error, not skipped.
 async fn is_service(
     client: &reqwest::Client,
     target: &Target,

@@ -11,10 +11,10 @@
 //!   load fails, it is served (marked [`CacheSource::Stale`]) instead of an error. A bounded
 //!   age, because a week-old exchange rate is worse than an honest error.
 //! - Freshness is judged with [`tokio::time::Instant`] for L1 (paused-clock testable) and
-//!   wall-clock write times for L2 (shared between processes). The L1 map (`quick_cache`, picked
-//!   over moka because a hit costs ~17 ns there against ~115 ns, docs/benchmarks/resilience.md) has no
-//!   expiry of its own: it is bounded by `capacity`, and an entry read past
-//!   `ttl + max_staleness` is dropped on the spot.
+//!   wall-clock write times for L2 (shared between processes). The L1 map is `quick_cache`,
+//!   picked over moka because a hit costs ~17 ns there against ~115 ns
+//!   (docs/benchmarks/resilience.md). It has no expiry of its own: it is bounded by
+//!   `capacity`, and an entry read past `ttl + max_staleness` is dropped on the spot.
 //!
 //! One [`TieredCache`] is one namespace: its own L1, keys `"{prefix}{namespace}:{key}"` in
 //! Redis, its own metric label `cache="{namespace}"`. Several caches can share one
