@@ -71,7 +71,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     let readiness = Readiness::new()
         .check("database", move || {
             let db = db.clone();
-            async move { db.ping().await }
+            async move { db.check_storage().await }
         })
         .check("queue", move || {
             let db = queue_db.clone();

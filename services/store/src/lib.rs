@@ -62,7 +62,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
             let db = db.clone();
             move || {
                 let db = db.clone();
-                async move { db.ping().await }
+                async move { db.check_storage().await }
             }
         })
         .check("stock", {
