@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
+use ftshop_platform::extract::Json;
 use ftshop_platform::server::{self, ServerLimits, Service};
 use rand::RngExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +29,12 @@ impl Drop for TestServer {
 }
 
 async fn start(service: &'static str, limits: ServerLimits) -> TestServer {
-    let routes = Router::new().route("/items/{id}", get(|| async { "item" }));
+    let routes = Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .route(
+            "/echo",
+            post(|Json(body): Json<serde_json::Value>| async move { axum::Json(body) }),
+        );
     let app = Service::new(service, routes, utoipa::openapi::OpenApi::default()).into_router();
     let listener = server::bind([127, 0, 0, 1].into(), 0)
         .await
@@ -157,6 +163,7 @@ const MARGIN: Duration = Duration::from_secs(2);
 fn short_timeouts() -> ServerLimits {
     ServerLimits {
         header_read_timeout: HEADER_TIMEOUT,
+        body_read_timeout: HEADER_TIMEOUT,
         ..ServerLimits::default()
     }
 }
@@ -235,6 +242,29 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_response() {
         "idle keep-alive connection still open after {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_answered_400_within_the_body_timeout() {
+    let server = start("hostile-slow-body", short_timeouts()).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    // Promises 100 bytes, sends 10, then nothing.
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"a\": \"bbb",
+        )
+        .await
+        .expect("send");
+    let started = Instant::now();
+    let (received, _) = read_until_closed(&mut stream, started + HEADER_TIMEOUT + MARGIN).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.starts_with("HTTP/1.1 400 Bad Request"),
+        "after {:?}: {text:?}",
+        started.elapsed()
+    );
+    assert!(text.contains("application/problem+json"), "{text}");
 }
 
 #[tokio::test]
