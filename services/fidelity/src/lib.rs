@@ -107,5 +107,5 @@ pub async fn run(
     let app = app(&config).await?;
     let listener = server::bind(config.common.host, config.port).await?;
     tracing::info!(address = %listener.local_addr()?, "fidelity listening");
-    server::serve(listener, app, shutdown).await
+    server::serve(listener, app, config.common.server_limits(), shutdown).await
 }
