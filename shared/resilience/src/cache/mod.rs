@@ -362,9 +362,23 @@ where
                 .inflight
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            // Check L1 again under the lock: a flight that finished between our first look
+            // and taking the lock stored its value in L1 before removing itself, so a fresh
+            // entry now means the key was just loaded and must not be loaded twice.
+            let just_loaded = || {
+                let now = Instant::now();
+                inner
+                    .l1_get(key, now)
+                    .filter(|entry| inner.is_fresh(entry, now))
+            };
             match inflight.get(key) {
                 Some((_, flight)) => flight.clone(),
                 None => {
+                    if let Some(entry) = just_loaded() {
+                        drop(inflight);
+                        inner.metrics.hit.increment(1);
+                        return Ok(Cached::from_entry(entry, CacheSource::L1, Instant::now()));
+                    }
                     let id = inner
                         .next_flight
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
