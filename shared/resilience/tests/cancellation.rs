@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ftshop_resilience::breaker::{CircuitBreakerLayer, TransitionReason};
+use ftshop_resilience::hedge::HedgeLayer;
 use ftshop_resilience::{
     BoxError, BreakerConfig, CacheConfig, CircuitBreaker, HedgePolicy, Policy, ResilienceError,
     RetryBudget, State, TieredCache,
@@ -127,6 +128,30 @@ async fn a_silent_replica_that_loses_every_hedge_race_is_ejected() {
     );
     assert_eq!(&latencies[4..], &[ms(5); 6], "no more hedge delay");
     assert_eq!(breakers[1].status().failures_in_window, 0);
+}
+
+// The same through the tower layers: a breaker layer inside a hedge layer records the first
+// call, which lost to the hedge, as a failure.
+#[tokio::test(start_paused = true)]
+async fn the_tower_hedge_layer_reports_its_superseded_first_call() {
+    let breaker = CircuitBreaker::new("svc", replica_config());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = ServiceBuilder::new()
+        .layer(HedgeLayer::new("svc", HedgePolicy::after(ms(30))))
+        .layer(CircuitBreakerLayer::new(breaker.clone()))
+        .service(service_fn(move |()| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(n)
+            }
+        }));
+    assert_eq!(svc.oneshot(()).await.unwrap(), 1, "the hedge won");
+    let status = breaker.status();
+    assert_eq!((status.calls_in_window, status.failures_in_window), (2, 1));
 }
 
 // A hedge that loses to the first attempt started later: it proved nothing about its
@@ -357,4 +382,81 @@ async fn concurrent_get_or_store_of_one_key_loads_once() {
         }
         assert_eq!(loads.load(Ordering::SeqCst), 1, "round {round}: loads");
     }
+}
+
+/// Starts a load of `key` that answers `value` when `release` fires; returns once the loader
+/// runs.
+async fn load_in_flight(
+    cache: &TieredCache<u32>,
+    key: &'static str,
+    value: u32,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<u32>,
+) {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let cache = cache.clone();
+    let task = tokio::spawn(async move {
+        cache
+            .get_or_store(key, || async move {
+                let _ = started_tx.send(());
+                let _ = release_rx.await;
+                Ok::<_, std::io::Error>(value)
+            })
+            .await
+            .unwrap()
+            .value
+    });
+    started_rx.await.unwrap();
+    (release_tx, task)
+}
+
+// Cache entries are compare-and-set against the load in flight: a load that started before
+// an `insert` or an invalidation of its key still answers its own callers, but does not write
+// its older value over theirs.
+#[tokio::test(start_paused = true)]
+async fn a_load_in_flight_does_not_overwrite_a_newer_write() {
+    let cache: TieredCache<u32> = TieredCache::new(
+        CacheConfig::builder("cas")
+            .ttl(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
+    let never = || async { Ok::<u32, std::io::Error>(99) };
+
+    let (release, loading) = load_in_flight(&cache, "inserted", 1).await;
+    cache.insert("inserted", 2).await.unwrap();
+    release.send(()).unwrap();
+    assert_eq!(
+        loading.await.unwrap(),
+        1,
+        "its own caller gets what it loaded"
+    );
+    let now = cache.get_or_store("inserted", never).await.unwrap();
+    assert_eq!(now.value, 2, "the newer insert survives");
+
+    let (release, loading) = load_in_flight(&cache, "invalidated", 1).await;
+    cache.invalidate("invalidated").await.unwrap();
+    release.send(()).unwrap();
+    assert_eq!(loading.await.unwrap(), 1);
+    let now = cache
+        .get_or_store("invalidated", || async { Ok::<u32, std::io::Error>(3) })
+        .await
+        .unwrap();
+    assert_eq!(
+        (now.value, now.source),
+        (3, ftshop_resilience::CacheSource::Loaded),
+        "the invalidation holds: loaded again"
+    );
+
+    let (release, loading) = load_in_flight(&cache, "pattern-1", 1).await;
+    cache.invalidate_pattern("pattern-*").await.unwrap();
+    release.send(()).unwrap();
+    assert_eq!(loading.await.unwrap(), 1);
+    let now = cache
+        .get_or_store("pattern-1", || async { Ok::<u32, std::io::Error>(4) })
+        .await
+        .unwrap();
+    assert_eq!(now.value, 4, "the pattern invalidation holds too");
 }
