@@ -22,7 +22,11 @@ impl Suite {
     /// is ready (at most 90 s: the first start compiles nothing but migrates six databases).
     /// Faults are off unless `extra` sets `--faults`.
     pub async fn start(extra: &[&str]) -> Suite {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Suite::start_in(tempfile::tempdir().expect("tempdir"), extra).await
+    }
+
+    /// Like [`Suite::start`], with `dir` as the data dir (a restart keeps its data).
+    pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Suite {
         let faults_off: &[&str] = if extra.contains(&"--faults") {
             &[]
         } else {
@@ -104,6 +108,12 @@ impl Suite {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Stops the suite and hands back its data dir, for a restart on the same data.
+    pub fn stop_and_keep_data(mut self) -> tempfile::TempDir {
+        self.stop();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 
     pub fn logs_dir(&self) -> PathBuf {

@@ -1,0 +1,248 @@
+//! Storage faults for real: the suite's data dir on a small tmpfs that a filler file fills to
+//! the last byte while purchases go on, then frees. What must hold (issue "guarantees under
+//! unplanned faults", class 1):
+//! - every purchase is answered 200/202 only when it is durable, and otherwise a 5xx
+//!   problem+json (never a 2xx for an order that is not written);
+//! - readiness of the services that write turns `not_ready` while the disk is full;
+//! - the suite heals once space is freed: every process ready again and purchases served;
+//! - after a restart, every acknowledged order is still there and ended, stock went down by
+//!   exactly the units sold, and each completed order's bonus was credited once.
+//!
+//! Mounting a tmpfs needs root (CI runs as root). Elsewhere the test says why it skips, and it
+//! fails instead when `CI` is set, so CI can never skip it silently.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Suite, eventually, get_json};
+use serde_json::{Value, json};
+
+const TMPFS_SIZE: &str = "32m";
+const PRODUCT: &str = "4";
+const USER: &str = "disk-full-user";
+
+/// A tmpfs mounted over a directory, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Option<Tmpfs> {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={TMPFS_SIZE},mode=0700")])
+            .arg("tmpfs")
+            .arg(dir)
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Tmpfs(dir.to_owned())),
+            other => {
+                let why = format!("cannot mount a tmpfs on {} ({other:?}); needs root", dir.display());
+                assert!(std::env::var_os("CI").is_none(), "{why}: CI must run this test");
+                eprintln!("SKIPPED: {why}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem of `dir` with one file until only `leave` bytes are free, so the
+/// purchases themselves fill the rest: some transactions then fail half-way or at COMMIT, the
+/// case that used to poison pooled connections.
+fn fill(dir: &Path, leave: u64) -> PathBuf {
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).expect("filler");
+    for chunk in [1 << 20, 64 << 10, 4 << 10, 512, 1] {
+        let buf = vec![0u8; chunk];
+        while file.write_all(&buf).is_ok() {}
+    }
+    let full = file.metadata().expect("filler size").len();
+    file.set_len(full.saturating_sub(leave)).expect("leave some space");
+    let _ = file.sync_all();
+    path
+}
+
+async fn buy(suite: &Suite, key: &str, ft: bool) -> (u16, Option<String>, Value) {
+    let response = suite
+        .http
+        .post(format!("{}/buy", suite.url("ecommerce")))
+        .header("idempotency-key", key)
+        .json(&json!({"product": PRODUCT, "user": USER, "ft": ft}))
+        .send()
+        .await
+        .expect("POST /buy");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, content_type, body)
+}
+
+async fn ready(suite: &Suite, member: &str) -> bool {
+    let url = format!("{}/health/ready", suite.url(member));
+    suite
+        .http
+        .get(&url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+async fn stock(suite: &Suite) -> i64 {
+    let store = suite.url("store-1");
+    get_json(suite, format!("{store}/product?product={PRODUCT}")).await["stock"]
+        .as_i64()
+        .expect("stock")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_purchases_honestly_turns_readiness_and_heals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(_tmpfs) = Tmpfs::mount(dir.path()) else {
+        return;
+    };
+    let suite = Suite::start_in(dir, &[]).await;
+    let stock_before = stock(&suite).await;
+
+    // Normal purchases first.
+    let mut keys: Vec<(String, bool)> = Vec::new();
+    for i in 0..4 {
+        let key = format!("before-{i}");
+        let (status, _, body) = buy(&suite, &key, i % 2 == 0).await;
+        assert_eq!(status, 200, "{body}");
+        keys.push((key, i % 2 == 0));
+    }
+
+    // Disk full: purchases go on until several have failed.
+    let filler = fill(suite.dir.path(), 384 << 10);
+    let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
+    let mut failed = 0;
+    let mut saw_not_ready = false;
+    for i in 0..300 {
+        let key = format!("full-{i}");
+        let ft = i % 2 == 0;
+        let (status, content_type, body) = buy(&suite, &key, ft).await;
+        keys.push((key.clone(), ft));
+        match status {
+            200 | 202 => {
+                let order_id = body["order_id"].as_str().expect("order_id").to_owned();
+                acknowledged.insert(key, order_id);
+            }
+            500..=599 => {
+                assert_eq!(
+                    content_type.as_deref(),
+                    Some("application/problem+json"),
+                    "a failed purchase answers problem+json: {status} {body}"
+                );
+                failed += 1;
+                if !saw_not_ready {
+                    for member in ["ecommerce", "store-1", "store-2", "fidelity"] {
+                        saw_not_ready |= !ready(&suite, member).await;
+                    }
+                }
+            }
+            other => panic!("a full disk answered {other}: {body}"),
+        }
+        if failed >= 10 && saw_not_ready {
+            break;
+        }
+    }
+    eprintln!(
+        "disk full: {} purchases acknowledged, {failed} failed, not_ready seen: {saw_not_ready}",
+        acknowledged.len()
+    );
+    assert!(failed >= 10, "the full disk failed only {failed} purchases");
+    assert!(
+        saw_not_ready,
+        "no service that writes turned not_ready while the disk was full"
+    );
+
+    // Space freed: every process ready again, purchases served.
+    std::fs::remove_file(&filler).expect("free the disk");
+    eventually(Duration::from_secs(30), "every process ready after the disk is freed", || async {
+        let mut all = true;
+        for member in ["ecommerce", "store-1", "store-2", "fidelity", "exchange-1", "exchange-2"] {
+            all &= ready(&suite, member).await;
+        }
+        all
+    })
+    .await;
+    let mut healed = false;
+    for i in 0..20 {
+        let key = format!("after-{i}");
+        let (status, _, body) = buy(&suite, &key, false).await;
+        keys.push((key, false));
+        if status == 200 {
+            healed = true;
+            break;
+        }
+        assert!(status >= 500, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(healed, "purchases still fail after the disk was freed");
+
+    // Restart on the same data: nothing acknowledged is lost.
+    let dir = suite.stop_and_keep_data();
+    let suite = Suite::start_in(dir, &[]).await;
+    let ecommerce = suite.url("ecommerce");
+    for (key, order_id) in &acknowledged {
+        let response = suite
+            .http
+            .get(format!("{ecommerce}/orders/{order_id}"))
+            .send()
+            .await
+            .expect("GET order");
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "acknowledged order {order_id} (key {key}) is gone after a restart"
+        );
+    }
+    // Replay every key: its final answer tells whether it sold (an unanswered ft=true order is
+    // completed by the worker; a failed one is re-driven by its replay).
+    let mut sold = 0;
+    let mut points = 0;
+    for (key, ft) in &keys {
+        let mut last = None;
+        for _ in 0..40 {
+            let (status, _, body) = buy(&suite, key, *ft).await;
+            if status == 200 {
+                last = Some(body);
+                break;
+            }
+            if status == 202 || status == 409 || status >= 500 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            panic!("replay of {key}: {status} {body}");
+        }
+        let body = last.unwrap_or_else(|| panic!("replay of {key} never completed"));
+        if let Some(order) = acknowledged.get(key) {
+            assert_eq!(body["order_id"].as_str(), Some(order.as_str()), "{key}");
+        }
+        sold += 1;
+        points += body["bonus"]["points"].as_i64().expect("points");
+    }
+    eprintln!("after the restart: {sold} units sold in all, {points} points");
+    assert_eq!(
+        stock_before - stock(&suite).await,
+        sold,
+        "stock went down by exactly the units sold"
+    );
+    let fidelity = suite.url("fidelity");
+    eventually(Duration::from_secs(30), "every bonus credited once", || async {
+        let balance = get_json(&suite, format!("{fidelity}/balance/{USER}")).await;
+        balance["points"].as_i64() == Some(points)
+    })
+    .await;
+}
