@@ -38,8 +38,14 @@ impl Tmpfs {
         match status {
             Ok(s) if s.success() => Some(Tmpfs(dir.to_owned())),
             other => {
-                let why = format!("cannot mount a tmpfs on {} ({other:?}); needs root", dir.display());
-                assert!(std::env::var_os("CI").is_none(), "{why}: CI must run this test");
+                let why = format!(
+                    "cannot mount a tmpfs on {} ({other:?}); needs root",
+                    dir.display()
+                );
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "{why}: CI must run this test"
+                );
                 eprintln!("SKIPPED: {why}");
                 None
             }
@@ -49,7 +55,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -64,7 +73,8 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
         while file.write_all(&buf).is_ok() {}
     }
     let full = file.metadata().expect("filler size").len();
-    file.set_len(full.saturating_sub(leave)).expect("leave some space");
+    file.set_len(full.saturating_sub(leave))
+        .expect("leave some space");
     let _ = file.sync_all();
     path
 }
@@ -169,13 +179,24 @@ async fn a_full_disk_fails_purchases_honestly_turns_readiness_and_heals() {
 
     // Space freed: every process ready again, purchases served.
     std::fs::remove_file(&filler).expect("free the disk");
-    eventually(Duration::from_secs(30), "every process ready after the disk is freed", || async {
-        let mut all = true;
-        for member in ["ecommerce", "store-1", "store-2", "fidelity", "exchange-1", "exchange-2"] {
-            all &= ready(&suite, member).await;
-        }
-        all
-    })
+    eventually(
+        Duration::from_secs(30),
+        "every process ready after the disk is freed",
+        || async {
+            let mut all = true;
+            for member in [
+                "ecommerce",
+                "store-1",
+                "store-2",
+                "fidelity",
+                "exchange-1",
+                "exchange-2",
+            ] {
+                all &= ready(&suite, member).await;
+            }
+            all
+        },
+    )
     .await;
     let mut healed = false;
     for i in 0..20 {
@@ -240,9 +261,13 @@ async fn a_full_disk_fails_purchases_honestly_turns_readiness_and_heals() {
         "stock went down by exactly the units sold"
     );
     let fidelity = suite.url("fidelity");
-    eventually(Duration::from_secs(30), "every bonus credited once", || async {
-        let balance = get_json(&suite, format!("{fidelity}/balance/{USER}")).await;
-        balance["points"].as_i64() == Some(points)
-    })
+    eventually(
+        Duration::from_secs(30),
+        "every bonus credited once",
+        || async {
+            let balance = get_json(&suite, format!("{fidelity}/balance/{USER}")).await;
+            balance["points"].as_i64() == Some(points)
+        },
+    )
     .await;
 }

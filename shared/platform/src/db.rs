@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
-use sqlx::pool::PoolConnectionMetadata;
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor};
 
 /// Which engine a [`Db`] talks to.
@@ -69,7 +68,7 @@ impl Db {
                     Ok(())
                 })
             })
-            .after_release(|conn, meta| Box::pin(release_check(conn, meta)))
+            .after_release(|conn, _meta| Box::pin(release_check(conn)))
             .connect(url)
             .await
             .with_context(|| format!("cannot open SQLite database {url}"))?;
@@ -117,7 +116,7 @@ impl Db {
                     Ok(())
                 })
             })
-            .after_release(|conn, meta| Box::pin(release_check(conn, meta)))
+            .after_release(|conn, _meta| Box::pin(release_check(conn)))
             .connect(url)
             .await
             .context("cannot connect to PostgreSQL")?;
@@ -351,10 +350,7 @@ fn storage_health() -> &'static StorageHealth {
 /// `SAVEPOINT` whose `ROLLBACK TO` leaves a write transaction open forever, holding the write
 /// lock, with every later statement on it never committed (lost orders, "database is locked"
 /// for every other connection). Closing the connection rolls back whatever it holds.
-async fn release_check(
-    conn: &mut AnyConnection,
-    _meta: PoolConnectionMetadata,
-) -> Result<bool, sqlx::Error> {
+async fn release_check(conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
     if conn.is_in_transaction() {
         // A dropped `Transaction` only queues its ROLLBACK; a round trip runs it first.
         conn.ping().await?;
@@ -431,5 +427,70 @@ pub mod testing {
         pool.close().await;
         let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
         Ok(format!("{base}/{name}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transaction that SQLite rolled back on its own (`SQLITE_FULL` from `max_page_count`,
+    /// the file-level equivalent of a full disk) must not go back to the pool as a connection
+    /// sqlx still believes is inside a transaction.
+    #[tokio::test]
+    async fn a_connection_left_inside_a_transaction_is_not_pooled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(None, dir.path(), "full").await.expect("db");
+        sqlx::query("CREATE TABLE t (v TEXT)")
+            .execute(&db.pool)
+            .await
+            .expect("table");
+        let mut conn = db.pool.acquire().await.expect("conn");
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("pages");
+        sqlx::query(AssertSqlSafe(format!("PRAGMA max_page_count = {pages}")))
+            .execute(&mut *conn)
+            .await
+            .expect("cap");
+        {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
+            let full = sqlx::query("INSERT INTO t (v) VALUES ($1)")
+                .bind("x".repeat(1 << 20))
+                .execute(&mut *tx)
+                .await;
+            let err = full.expect_err("the insert must not fit");
+            assert_eq!(StorageFault::of(&err), Some(StorageFault::Full), "{err}");
+        }
+        let pooled = release_check(&mut conn).await.expect("check");
+        assert!(
+            conn.is_in_transaction(),
+            "SQLite rolled back on its own and sqlx's ROLLBACK failed: depth stays at 1"
+        );
+        assert!(!pooled, "such a connection must be closed, not pooled");
+        drop(conn);
+
+        // What pooling it did (issue: acknowledged orders lost, "database is locked"): the next
+        // begin() became a SAVEPOINT, its rollback a ROLLBACK TO that left a write transaction
+        // open, and every later write on the connection was never committed.
+        let mut tx = db.pool.begin().await.expect("begin");
+        sqlx::query("INSERT INTO t (v) VALUES ('rolled back')")
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        tx.rollback().await.expect("rollback");
+        sqlx::query("INSERT INTO t (v) VALUES ('acknowledged')")
+            .execute(&db.pool)
+            .await
+            .expect("an acknowledged write");
+        let other = Db::connect(None, dir.path(), "full")
+            .await
+            .expect("second pool");
+        let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t WHERE v = 'acknowledged'")
+            .fetch_one(&other.pool)
+            .await
+            .expect("read from another connection");
+        assert_eq!(seen, 1, "an acknowledged write must be committed");
     }
 }
