@@ -381,6 +381,11 @@ mod tests {
         assert!(matches!(rate_at(&json!(5.2), "", &band), Ok(r) if r == dec("5.2")));
         // Exact: the decimal written, not the nearest binary fraction.
         assert_eq!(rate_at(&json!(5.31), "", &band).ok(), Some(dec("5.31")));
+        // More digits than a JSON number carries: rounded once, here, to 15 significant digits.
+        assert_eq!(
+            rate_at(&json!("5.123456789012345678"), "", &band).ok(),
+            Some(dec("5.12345678901235"))
+        );
     }
 
     #[test]

@@ -72,6 +72,10 @@ fn div_round(numerator: i128, divisor: i128) -> i128 {
     }
 }
 
+/// Significant digits a rate keeps: what a JSON number (an `f64`) carries exactly. Real rates
+/// have 4 to 6.
+pub const RATE_DIGITS: u32 = 15;
+
 /// The plausible range of an exchange rate, both ends included. A rate outside it (or not
 /// positive) is refused where it enters the suite: Exchange treats an upstream answer outside it
 /// as a failed fetch, so its stale / last-known-good path answers instead.
@@ -114,10 +118,14 @@ impl RateBand {
         Ok(Self { min, max })
     }
 
-    /// `rate` when it lies in the band.
+    /// `rate` when it lies in the band, rounded by [`ROUNDING`] to [`RATE_DIGITS`] significant
+    /// digits, so the rate a JSON number carries is the rate held and the rate used.
     pub fn check(&self, rate: Decimal) -> Result<Decimal, RateError> {
         if (self.min..=self.max).contains(&rate) {
-            Ok(rate)
+            Ok(rate
+                .round_sf_with_strategy(RATE_DIGITS, ROUNDING)
+                .unwrap_or(rate)
+                .normalize())
         } else {
             Err(RateError::OutOfBand {
                 rate,
@@ -282,6 +290,11 @@ mod tests {
         for absurd in [1e300, 1e-9, f64::NAN, f64::INFINITY, -5.31, 0.0, 1.000001e6] {
             assert!(band.check_f64(absurd).is_err(), "{absurd} accepted");
         }
+        // Past 15 significant digits a JSON number cannot carry it: rounded once, at the edge.
+        assert_eq!(
+            band.check(dec("5.123456789012345678")),
+            Ok(dec("5.12345678901235"))
+        );
         assert!(RateBand::new(Decimal::ZERO, Decimal::ONE).is_err());
         assert!(RateBand::new(Decimal::TEN, Decimal::ONE).is_err());
     }
