@@ -3,7 +3,9 @@
 //! faults are per route), and the whole purchase runs under one deadline.
 //!
 //! - `/product`: catalog cache first (TTL, stale allowed); on a miss, a hedged request: if the
-//!   first replica has not answered after a short delay, the other one is asked too.
+//!   first replica has not answered after a short delay, the other one is asked too. A first
+//!   attempt that loses to the hedge counts as a failure of its replica, so a replica that
+//!   swallows requests is ejected instead of costing every purchase the hedge delay.
 //! - `/exchange`: rate cache first (short TTL); on a miss, failover across replicas whose breaker
 //!   admits calls; when none answers, the last known good rate (bounded age).
 //! - `/sell`: failover across Store replicas with an idempotency key derived from the order, so
@@ -120,11 +122,24 @@ fn is_failure(err: &StepError) -> bool {
     !matches!(err, StepError::Status { status, .. } if status.is_client_error())
 }
 
-fn breaker_config(wait_in_open: Duration) -> BreakerConfig {
+/// The share of an attempt's timeout after which a call counts as slow for its breaker.
+const SLOW_SHARE_OF_TIMEOUT: f64 = 0.8;
+/// The slow-call rate that ejects a replica (opens its breaker).
+const SLOW_RATE_THRESHOLD: f64 = 0.8;
+
+/// Breaker settings for one route of one replica whose attempts time out after `timeout`.
+///
+/// The breaker is also the latency-aware outlier detector of the balancer ([`Resilient`]
+/// puts replicas whose breaker is open last): a replica whose calls nearly all (80 %) take
+/// at least 80 % of their timeout is ejected like a failing one, whether those calls finish
+/// or are cancelled by the request deadline or a client that hung up (a cancelled call past
+/// the threshold counts as slow, see `ftshop_resilience::breaker`).
+fn breaker_config(wait_in_open: Duration, timeout: Duration) -> BreakerConfig {
     // Small windows and a short wait in open: faults here come in windows of seconds, so the
     // breaker must notice within a handful of calls and probe again soon.
     BreakerConfig::builder()
         .failure_rate_threshold(0.5)
+        .slow_call_threshold(timeout.mul_f64(SLOW_SHARE_OF_TIMEOUT), SLOW_RATE_THRESHOLD)
         .count_window(10)
         .minimum_calls(4)
         .wait_in_open(wait_in_open)
@@ -142,8 +157,8 @@ impl Resilient {
                 .iter()
                 .map(|(route, timeout)| {
                     let name = format!("{kind}-{}.{route}", i + 1);
-                    let breaker =
-                        registry.get_or_create(&name, breaker_config(Duration::from_millis(500)));
+                    let breaker = registry
+                        .get_or_create(&name, breaker_config(Duration::from_millis(500), *timeout));
                     let policy = Policy::named(name)
                         .timeout(*timeout)
                         .breaker(breaker.clone())
@@ -181,8 +196,10 @@ impl Resilient {
                 )
             })
             .collect();
-        let fidelity_breaker =
-            registry.get_or_create("fidelity.bonus", breaker_config(Duration::from_secs(1)));
+        let fidelity_breaker = registry.get_or_create(
+            "fidelity.bonus",
+            breaker_config(Duration::from_secs(1), settings.bonus_timeout),
+        );
         let fidelity = Policy::named("fidelity.bonus")
             .timeout(settings.bonus_timeout)
             .breaker(fidelity_breaker)
@@ -228,7 +245,9 @@ impl Resilient {
     }
 
     /// Replica indices starting at the round-robin position, those whose breaker for `route`
-    /// admits calls first (health-aware balancing; an open breaker is an ejected outlier).
+    /// admits calls first (health-aware balancing; an open breaker is an ejected outlier: it
+    /// opens on failures, on slow calls, and on first attempts that lost a hedge race, so a
+    /// replica that swallows requests stops getting first attempts).
     fn order(&self, replicas: &[Replica], route: usize) -> Vec<usize> {
         let n = replicas.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -598,5 +617,65 @@ fn from_resilience(err: ResilienceError<StepError>, step: Step) -> StepError {
             step,
             cause: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests state their expectations by unwrapping
+
+    use super::*;
+
+    fn resilient() -> Resilient {
+        let stores = [
+            "http://127.0.0.1:9".to_owned(),
+            "http://127.0.0.1:9".to_owned(),
+        ];
+        let exchanges = ["http://127.0.0.1:9".to_owned()];
+        let calls = Downstreams::new(
+            &stores,
+            &exchanges,
+            "http://127.0.0.1:9",
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        Resilient::new(Arc::new(calls), FtSettings::default()).unwrap()
+    }
+
+    /// Latency-aware ejection: a Store replica whose product calls succeed but take 90 % of
+    /// their timeout, or are dropped by the request deadline that late, is ejected and goes
+    /// last in the balancing order.
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_is_only_slow_is_ejected_and_goes_last() {
+        let ft = resilient();
+        let timeout = ft.settings.product_timeout;
+        let (policy, breaker) = ft.stores[0].route(PRODUCT);
+        for i in 0..4 {
+            let slow = || async move {
+                tokio::time::sleep(timeout.mul_f64(0.9)).await;
+                Ok::<_, StepError>(i)
+            };
+            if i % 2 == 0 {
+                assert_eq!(policy.call(slow).await.ok(), Some(i));
+            } else {
+                // The request deadline drops the call just before its own timeout.
+                let dropped = tokio::time::timeout(
+                    timeout.mul_f64(0.85),
+                    policy.call(std::future::pending::<Result<i32, StepError>>),
+                )
+                .await;
+                assert!(dropped.is_err());
+            }
+        }
+        let status = breaker.status();
+        assert_eq!(status.state, State::Open, "{status:?}");
+        assert_eq!(
+            (status.slow_calls_in_window, status.failures_in_window),
+            (4, 0)
+        );
+        for _ in 0..4 {
+            assert_eq!(ft.order(&ft.stores, PRODUCT), vec![1, 0]);
+        }
+        assert_eq!(ft.order(&ft.stores, SELL).len(), 2);
     }
 }

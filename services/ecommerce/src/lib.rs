@@ -129,7 +129,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     let readiness = Readiness::new()
         .check("database", move || {
             let db = db.clone();
-            async move { db.ping().await }
+            async move { db.check_storage().await }
         })
         // Reported, never failing: with ft=true a purchase survives any one dependency being
         // down (last-known rate, deferred sale, bonus outbox), so taking ecommerce out of a load
@@ -161,5 +161,5 @@ pub async fn run(
     let app = app(&config).await?;
     let listener = server::bind(config.common.host, config.port).await?;
     tracing::info!(address = %listener.local_addr()?, "ecommerce listening");
-    server::serve(listener, app, shutdown).await
+    server::serve(listener, app, config.common.server_limits(), shutdown).await
 }

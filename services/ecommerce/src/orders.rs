@@ -5,11 +5,25 @@
 //! of the same Idempotency-Key returns the stored answer of a completed or rejected order and
 //! re-drives a failed (or abandoned) one under the same order id; Store's idempotency key is
 //! derived from that id, so re-driving never sells twice.
+//!
+//! Every transition is a compare-and-set on the row's `version` (migration 0004): the claimant
+//! of an order (a fresh request, a replay resuming a failed order, the order worker) holds a
+//! [`Lease`], the version it wrote, and each of its later writes applies only
+//! `WHERE order_id = $1 AND version = $held`, bumping the version again. Of N identical
+//! requests released at one instant exactly one drives the order; the others read the stored
+//! answer or get `409 request-in-progress`. A holder that was superseded (its order looked
+//! abandoned and a worker took it over) finds its write refused (`Ok(false)`) instead of
+//! overwriting the newer outcome.
 
 use ftshop_platform::db::{Db, is_unique_violation, now_millis};
 use ftshop_platform::money::Decimal;
 use serde::Serialize;
 use sqlx::Row;
+use sqlx::any::{AnyQueryResult, AnyRow};
+
+fn updated_one(result: &AnyQueryResult) -> bool {
+    result.rows_affected() == 1
+}
 
 /// A `processing` order older than this was abandoned (its process died) and may be re-driven.
 const ABANDONED_AFTER_MS: i64 = 10_000;
@@ -24,12 +38,22 @@ pub struct NewOrder<'a> {
     pub ft: bool,
 }
 
+/// The right to write an order's next state: the `version` its holder wrote when it claimed
+/// the order. Passed to every write; a write whose lease was superseded changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub order_id: String,
+    pub version: i64,
+}
+
 /// What to do with an incoming purchase.
+#[derive(Debug)]
 pub enum Claim {
-    /// A new order: run it.
-    Fresh,
-    /// Run again under the existing order id (earlier attempt failed or was abandoned).
-    Resume { order_id: String },
+    /// A new order, claimed: run it.
+    Fresh(Lease),
+    /// An earlier attempt failed or was abandoned; this request won the claim to run it again
+    /// under the same order id.
+    Resumed(Lease),
     /// Answer exactly what the first request got.
     Replay { status: u16, body: String },
     /// Another request with this key is running right now.
@@ -38,6 +62,9 @@ pub enum Claim {
     KeyReused,
 }
 
+/// Claims the order for `order`: inserts it (`processing`), or, for a known Idempotency-Key,
+/// replays its answer or takes it over by compare-and-set when its earlier attempt failed or
+/// was abandoned. Concurrent calls with one key: exactly one gets `Fresh`/`Resumed`.
 pub async fn claim(db: &Db, order: &NewOrder<'_>) -> Result<Claim, sqlx::Error> {
     if let Some(key) = order.idempotency_key
         && let Some(claim) = existing(db, key, order.fingerprint).await?
@@ -46,8 +73,8 @@ pub async fn claim(db: &Db, order: &NewOrder<'_>) -> Result<Claim, sqlx::Error> 
     }
     let now = now_millis();
     let inserted = sqlx::query(
-        "INSERT INTO orders (order_id, idempotency_key, request_hash, user_id, product_id, ft, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'processing', $7, $7)",
+        "INSERT INTO orders (order_id, idempotency_key, request_hash, user_id, product_id, ft, status, created_at, updated_at, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'processing', $7, $7, 0)",
     )
     .bind(order.order_id.to_owned())
     .bind(order.idempotency_key.map(str::to_owned))
@@ -59,7 +86,10 @@ pub async fn claim(db: &Db, order: &NewOrder<'_>) -> Result<Claim, sqlx::Error> 
     .execute(&db.pool)
     .await;
     match (inserted, order.idempotency_key) {
-        (Ok(_), _) => Ok(Claim::Fresh),
+        (Ok(_), _) => Ok(Claim::Fresh(Lease {
+            order_id: order.order_id.to_owned(),
+            version: 0,
+        })),
         // Lost a race with a concurrent request carrying the same key.
         (Err(e), Some(key)) if is_unique_violation(&e) => Ok(existing(db, key, order.fingerprint)
             .await?
@@ -68,44 +98,81 @@ pub async fn claim(db: &Db, order: &NewOrder<'_>) -> Result<Claim, sqlx::Error> 
     }
 }
 
+/// The claim for a known key: its stored answer, in progress, or (when it failed or was
+/// abandoned) a compare-and-set from the version read to `processing`. Losing that race means
+/// someone else took it a moment ago: read again (a few rounds), else in progress.
 async fn existing(db: &Db, key: &str, fingerprint: &str) -> Result<Option<Claim>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT order_id, request_hash, status, response_status, response, updated_at FROM orders WHERE idempotency_key = $1",
-    )
-    .bind(key.to_owned())
-    .fetch_optional(&db.pool)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    if row.try_get::<String, _>("request_hash")? != fingerprint {
-        return Ok(Some(Claim::KeyReused));
-    }
-    let order_id: String = row.try_get("order_id")?;
-    let status: String = row.try_get("status")?;
-    let claim = match status.as_str() {
-        "completed" | "rejected" | "pending" | "cancelled" => {
-            let code: Option<i64> = row.try_get("response_status")?;
-            let body: Option<String> = row.try_get("response")?;
-            match (code, body) {
-                (Some(code), Some(body)) => Claim::Replay {
-                    status: code as u16,
-                    body,
-                },
-                _ => Claim::Resume { order_id },
+    for _ in 0..3 {
+        let row = sqlx::query(
+            "SELECT order_id, request_hash, status, response_status, response, updated_at, version FROM orders WHERE idempotency_key = $1",
+        )
+        .bind(key.to_owned())
+        .fetch_optional(&db.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        if row.try_get::<String, _>("request_hash")? != fingerprint {
+            return Ok(Some(Claim::KeyReused));
+        }
+        let order_id: String = row.try_get("order_id")?;
+        let status: String = row.try_get("status")?;
+        let version: i64 = row.try_get("version")?;
+        let answer = stored_answer(&row)?;
+        match status.as_str() {
+            "completed" | "rejected" | "pending" | "cancelled" if answer.is_some() => {
+                let (status, body) = answer.unwrap_or_default();
+                return Ok(Some(Claim::Replay { status, body }));
             }
+            "processing"
+                if now_millis() - row.try_get::<i64, _>("updated_at")? < ABANDONED_AFTER_MS =>
+            {
+                return Ok(Some(Claim::InProgress));
+            }
+            _ => {}
         }
-        "processing"
-            if now_millis() - row.try_get::<i64, _>("updated_at")? < ABANDONED_AFTER_MS =>
-        {
-            Claim::InProgress
+        // Failed, abandoned, or a final state without a stored answer: take it over.
+        let taken = sqlx::query(
+            "UPDATE orders SET status = 'processing', updated_at = $3, version = version + 1 \
+             WHERE order_id = $1 AND version = $2",
+        )
+        .bind(order_id.clone())
+        .bind(version)
+        .bind(now_millis())
+        .execute(&db.pool)
+        .await?;
+        if taken.rows_affected() == 1 {
+            return Ok(Some(Claim::Resumed(Lease {
+                order_id,
+                version: version + 1,
+            })));
         }
-        _ => Claim::Resume { order_id },
-    };
-    Ok(Some(claim))
+    }
+    Ok(Some(Claim::InProgress))
+}
+
+fn stored_answer(row: &AnyRow) -> Result<Option<(u16, String)>, sqlx::Error> {
+    let code: Option<i64> = row.try_get("response_status")?;
+    let body: Option<String> = row.try_get("response")?;
+    Ok(code
+        .zip(body)
+        .map(|(code, body)| (u16::try_from(code).unwrap_or(500), body)))
+}
+
+/// The answer stored for an order that reached a state with one (`completed`, `pending`,
+/// `rejected`, `cancelled`, or `failed`): what a request whose lease was superseded answers.
+pub async fn answer_of(db: &Db, order_id: &str) -> Result<Option<(u16, String)>, sqlx::Error> {
+    let row =
+        sqlx::query("SELECT status, response_status, response FROM orders WHERE order_id = $1")
+            .bind(order_id.to_owned())
+            .fetch_optional(&db.pool)
+            .await?;
+    match row {
+        Some(row) if row.try_get::<String, _>("status")? != "processing" => stored_answer(&row),
+        _ => Ok(None),
+    }
 }
 
 /// The sale went through: keep the figures and the answer.
 pub struct Completion<'a> {
-    pub order_id: &'a str,
     pub user: &'a str,
     pub transaction_id: &'a str,
     pub value_cents: i64,
@@ -121,17 +188,19 @@ pub struct Completion<'a> {
 }
 
 /// Marks the order completed and, when the bonus is not credited yet, writes it to the outbox
-/// in the same transaction: either both are durable or neither is.
-pub async fn complete(db: &Db, c: &Completion<'_>) -> Result<(), sqlx::Error> {
+/// in the same transaction: either both are durable or neither is. `Ok(false)`: the lease was
+/// superseded and nothing was written.
+#[must_use = "a superseded lease wrote nothing"]
+pub async fn complete(db: &Db, lease: &Lease, c: &Completion<'_>) -> Result<bool, sqlx::Error> {
     let now = now_millis();
     let mut tx = db.pool.begin().await?;
     // The first statement writes (SQLite: take the write lock before reading anything).
-    sqlx::query(
+    let updated = sqlx::query(
         "UPDATE orders SET status = 'completed', failed_step = NULL, transaction_id = $2, value_cents = $3, rate_exact = $4, \
          total_cents = $5, bonus_points = $6, bonus_status = $7, response_status = 200, response = $8, updated_at = $9, \
-         completed_sync = $10, next_attempt_at = NULL WHERE order_id = $1",
+         completed_sync = $10, next_attempt_at = NULL, version = version + 1 WHERE order_id = $1 AND version = $11",
     )
-    .bind(c.order_id.to_owned())
+    .bind(lease.order_id.clone())
     .bind(c.transaction_id.to_owned())
     .bind(c.value_cents)
     .bind(c.rate.to_string())
@@ -141,15 +210,20 @@ pub async fn complete(db: &Db, c: &Completion<'_>) -> Result<(), sqlx::Error> {
     .bind(c.response.to_owned())
     .bind(now)
     .bind(i64::from(c.completed_sync))
+    .bind(lease.version)
     .execute(&mut *tx)
     .await?;
+    if updated.rows_affected() != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
     if c.bonus_status != "credited" {
         sqlx::query(
             "INSERT INTO bonus_outbox (transaction_id, order_id, user_id, points, attempts, next_attempt_at, created_at) \
              VALUES ($1, $2, $3, $4, 0, $5, $5) ON CONFLICT (transaction_id) DO NOTHING",
         )
         .bind(c.transaction_id.to_owned())
-        .bind(c.order_id.to_owned())
+        .bind(lease.order_id.clone())
         .bind(c.user.to_owned())
         .bind(c.bonus_points)
         .bind(now)
@@ -163,7 +237,7 @@ pub async fn complete(db: &Db, c: &Completion<'_>) -> Result<(), sqlx::Error> {
         .increment(u64::try_from(c.total_cents).unwrap_or(0));
     metrics::counter!("shop_bonus_points_total", "status" => bonus_status_label(c.bonus_status))
         .increment(u64::try_from(c.bonus_points).unwrap_or(0));
-    Ok(())
+    Ok(true)
 }
 
 fn bonus_status_label(status: &str) -> &'static str {
@@ -175,32 +249,35 @@ fn bonus_status_label(status: &str) -> &'static str {
 }
 
 /// No Store replica could sell in time: the order is durably accepted as `pending` with its
-/// figures; the order worker completes or cancels it.
+/// figures; the order worker completes or cancels it. `Ok(false)`: lease superseded, nothing
+/// written.
+#[must_use = "a superseded lease wrote nothing"]
 pub async fn defer(
     db: &Db,
-    order_id: &str,
+    lease: &Lease,
     value_cents: i64,
     rate: Decimal,
     total_cents: i64,
     bonus_points: i64,
     response: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let now = now_millis();
-    sqlx::query(
+    let written = sqlx::query(
         "UPDATE orders SET status = 'pending', value_cents = $2, rate_exact = $3, total_cents = $4, bonus_points = $5, \
          bonus_status = 'pending', response_status = 202, response = $6, updated_at = $7, next_attempt_at = $7, \
-         completed_sync = 0 WHERE order_id = $1",
+         completed_sync = 0, version = version + 1 WHERE order_id = $1 AND version = $8",
     )
-    .bind(order_id.to_owned())
+    .bind(lease.order_id.clone())
     .bind(value_cents)
     .bind(rate.to_string())
     .bind(total_cents)
     .bind(bonus_points)
     .bind(response.to_owned())
     .bind(now)
+    .bind(lease.version)
     .execute(&db.pool)
     .await?;
-    Ok(())
+    Ok(updated_one(&written))
 }
 
 /// An order the worker must drive: a deferred sale, or an abandoned `processing` order.
@@ -215,12 +292,14 @@ pub struct DueOrder {
     /// The rate the order was priced at (`rate_exact`); `None` before it was priced.
     pub rate: Option<Decimal>,
     pub response: Option<String>,
+    /// The version read; [`lease_due`] claims the order from it.
+    pub version: i64,
 }
 
 pub async fn due_orders(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Error> {
     let now = now_millis();
     let rows = sqlx::query(
-        "SELECT order_id, user_id, product_id, status, attempts, value_cents, rate_exact, response FROM orders \
+        "SELECT order_id, user_id, product_id, status, attempts, value_cents, rate_exact, response, version FROM orders \
          WHERE ft = 1 AND ((status = 'pending' AND next_attempt_at <= $1) \
             OR (status = 'processing' AND updated_at < $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $1))) \
          ORDER BY created_at LIMIT $3",
@@ -241,47 +320,83 @@ pub async fn due_orders(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Erro
                 value_cents: row.try_get("value_cents")?,
                 rate: decimal_column(row, "rate_exact")?,
                 response: row.try_get("response")?,
+                version: row.try_get("version")?,
             })
         })
         .collect()
 }
 
-/// Schedules the next attempt at a due order.
+/// Claims a due order for one worker attempt of at most `hold_ms`: compare-and-set from the
+/// version read, pushing `next_attempt_at` past the attempt so no other worker (another
+/// ecommerce replica) picks it meanwhile, and refreshing `updated_at` of an abandoned
+/// `processing` order so a replay of its key says in-progress. `None`: someone else claimed
+/// or changed it first; leave it.
+pub async fn lease_due(
+    db: &Db,
+    order: &DueOrder,
+    hold_ms: i64,
+) -> Result<Option<Lease>, sqlx::Error> {
+    let now = now_millis();
+    let taken = sqlx::query(
+        "UPDATE orders SET version = version + 1, next_attempt_at = $3, \
+         updated_at = CASE WHEN status = 'processing' THEN $4 ELSE updated_at END \
+         WHERE order_id = $1 AND version = $2",
+    )
+    .bind(order.order_id.clone())
+    .bind(order.version)
+    .bind(now + hold_ms)
+    .bind(now)
+    .execute(&db.pool)
+    .await?;
+    Ok(updated_one(&taken).then(|| Lease {
+        order_id: order.order_id.clone(),
+        version: order.version + 1,
+    }))
+}
+
+/// Schedules the next attempt at a due order and gives up the lease.
+#[must_use = "a superseded lease wrote nothing"]
 pub async fn reschedule_order(
     db: &Db,
-    order_id: &str,
+    lease: &Lease,
     attempts: i64,
     next_attempt_at: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET attempts = $2, next_attempt_at = $3 WHERE order_id = $1")
-        .bind(order_id.to_owned())
-        .bind(attempts)
-        .bind(next_attempt_at)
-        .execute(&db.pool)
-        .await?;
-    Ok(())
+) -> Result<bool, sqlx::Error> {
+    let written = sqlx::query(
+        "UPDATE orders SET attempts = $2, next_attempt_at = $3, version = version + 1 \
+         WHERE order_id = $1 AND version = $4",
+    )
+    .bind(lease.order_id.clone())
+    .bind(attempts)
+    .bind(next_attempt_at)
+    .bind(lease.version)
+    .execute(&db.pool)
+    .await?;
+    Ok(updated_one(&written))
 }
 
 /// A deferred order that can never complete (out of stock, unknown product).
+#[must_use = "a superseded lease wrote nothing"]
 pub async fn cancel(
     db: &Db,
-    order_id: &str,
+    lease: &Lease,
     reason: &str,
     response_status: u16,
     response: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let written = sqlx::query(
         "UPDATE orders SET status = 'cancelled', cancel_reason = $2, response_status = $3, response = $4, \
-         updated_at = $5, next_attempt_at = NULL WHERE order_id = $1",
+         updated_at = $5, next_attempt_at = NULL, version = version + 1 WHERE order_id = $1 AND version = $6",
     )
-    .bind(order_id.to_owned())
+    .bind(lease.order_id.clone())
     .bind(reason.to_owned())
     .bind(i64::from(response_status))
     .bind(response.to_owned())
     .bind(now_millis())
+    .bind(lease.version)
     .execute(&db.pool)
     .await?;
-    Ok(())
+    Ok(updated_one(&written))
 }
 
 /// A bonus waiting in the outbox.
@@ -292,11 +407,13 @@ pub struct OutboxEntry {
     pub user: String,
     pub points: i64,
     pub attempts: i64,
+    /// As read; [`lease_bonus`] claims the entry from it.
+    pub next_attempt_at: i64,
 }
 
 pub async fn due_bonuses(db: &Db, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT transaction_id, order_id, user_id, points, attempts FROM bonus_outbox \
+        "SELECT transaction_id, order_id, user_id, points, attempts, next_attempt_at FROM bonus_outbox \
          WHERE next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
     )
     .bind(now_millis())
@@ -311,9 +428,27 @@ pub async fn due_bonuses(db: &Db, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::
                 user: row.try_get("user_id")?,
                 points: row.try_get("points")?,
                 attempts: row.try_get("attempts")?,
+                next_attempt_at: row.try_get("next_attempt_at")?,
             })
         })
         .collect()
+}
+
+/// Claims an outbox entry for one delivery attempt of at most `hold_ms` (compare-and-set on
+/// the `attempts` and `next_attempt_at` read), so two dispatchers never deliver and
+/// reschedule one entry at once. `false`: another dispatcher has it; leave it.
+pub async fn lease_bonus(db: &Db, entry: &OutboxEntry, hold_ms: i64) -> Result<bool, sqlx::Error> {
+    let taken = sqlx::query(
+        "UPDATE bonus_outbox SET next_attempt_at = $4 \
+         WHERE transaction_id = $1 AND attempts = $2 AND next_attempt_at = $3",
+    )
+    .bind(entry.transaction_id.clone())
+    .bind(entry.attempts)
+    .bind(entry.next_attempt_at)
+    .bind(now_millis() + hold_ms)
+    .execute(&db.pool)
+    .await?;
+    Ok(updated_one(&taken))
 }
 
 /// Fidelity acknowledged: the outbox row goes and the order says `credited`, together.
@@ -327,29 +462,37 @@ pub async fn bonus_delivered(
         .bind(transaction_id.to_owned())
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE orders SET bonus_status = 'credited', updated_at = $2 WHERE order_id = $1")
-        .bind(order_id.to_owned())
-        .bind(now_millis())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE orders SET bonus_status = 'credited', updated_at = $2 \
+         WHERE order_id = $1 AND bonus_status <> 'credited'",
+    )
+    .bind(order_id.to_owned())
+    .bind(now_millis())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
 }
 
+/// Schedules the next delivery of a leased entry (`attempts` was `entry.attempts` when leased;
+/// it becomes one more). `Ok(false)`: the entry changed meanwhile; nothing written.
 pub async fn reschedule_bonus(
     db: &Db,
-    transaction_id: &str,
-    attempts: i64,
+    entry: &OutboxEntry,
     next_attempt_at: i64,
     error: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE bonus_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE transaction_id = $1")
-        .bind(transaction_id.to_owned())
-        .bind(attempts)
-        .bind(next_attempt_at)
-        .bind(error.to_owned())
-        .execute(&db.pool)
-        .await?;
-    Ok(())
+) -> Result<bool, sqlx::Error> {
+    let written = sqlx::query(
+        "UPDATE bonus_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 \
+         WHERE transaction_id = $1 AND attempts = $5",
+    )
+    .bind(entry.transaction_id.clone())
+    .bind(entry.attempts + 1)
+    .bind(next_attempt_at)
+    .bind(error.to_owned())
+    .bind(entry.attempts)
+    .execute(&db.pool)
+    .await?;
+    Ok(updated_one(&written))
 }
 
 /// Depth of the backlogs and the age of their oldest entries, for metrics and readiness.
@@ -381,41 +524,35 @@ pub async fn backlog(db: &Db) -> Result<Backlog, sqlx::Error> {
 }
 
 /// The order ended without a sale or with a failed step. `final_answer` rejections (4xx) are
-/// replayed as they are; failures are re-driven on replay.
+/// replayed as they are; failures are re-driven on replay. `Ok(false)`: lease superseded.
+#[must_use = "a superseded lease wrote nothing"]
+#[allow(clippy::too_many_arguments)]
 pub async fn finish_unsuccessfully(
     db: &Db,
-    order_id: &str,
+    lease: &Lease,
     step: &str,
     final_answer: bool,
     response_status: u16,
     response: &str,
     transaction_id: Option<&str>,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let status = if final_answer { "rejected" } else { "failed" };
-    sqlx::query(
+    let written = sqlx::query(
         "UPDATE orders SET status = $2, failed_step = $3, response_status = $4, response = $5, \
-         transaction_id = COALESCE($6, transaction_id), updated_at = $7 WHERE order_id = $1",
+         transaction_id = COALESCE($6, transaction_id), updated_at = $7, version = version + 1 \
+         WHERE order_id = $1 AND version = $8",
     )
-    .bind(order_id.to_owned())
+    .bind(lease.order_id.clone())
     .bind(status)
     .bind(step.to_owned())
     .bind(i64::from(response_status))
     .bind(response.to_owned())
     .bind(transaction_id.map(str::to_owned))
     .bind(now_millis())
+    .bind(lease.version)
     .execute(&db.pool)
     .await?;
-    Ok(())
-}
-
-/// Marks a resumed order as running again, so a concurrent replay waits.
-pub async fn touch(db: &Db, order_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET status = 'processing', updated_at = $2 WHERE order_id = $1")
-        .bind(order_id.to_owned())
-        .bind(now_millis())
-        .execute(&db.pool)
-        .await?;
-    Ok(())
+    Ok(updated_one(&written))
 }
 
 /// `GET /orders/{id}`.

@@ -146,19 +146,10 @@ async fn buy(
         },
     )
     .await?;
-    let order_id = match claim {
-        Claim::Fresh => new_id,
-        Claim::Resume { order_id } => {
-            orders::touch(&state.db, &order_id).await?;
-            order_id
-        }
+    let lease = match claim {
+        Claim::Fresh(lease) | Claim::Resumed(lease) => lease,
         Claim::Replay { status, body } => return Ok(replay(status, body)),
-        Claim::InProgress => {
-            return Err(Problem::conflict(
-                "request-in-progress",
-                "a request with this Idempotency-Key is still being processed; retry shortly",
-            ));
-        }
+        Claim::InProgress => return Err(in_progress()),
         Claim::KeyReused => {
             return Err(Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -167,6 +158,7 @@ async fn buy(
             ));
         }
     };
+    let order_id = lease.order_id.clone();
 
     let outcome = if request.ft {
         let deadline = tokio::time::Instant::now() + state.buy_budget;
@@ -184,7 +176,6 @@ async fn buy(
             let body = serde_json::to_string(&answer).map_err(Problem::internal)?;
             let transaction_id = answer.transaction_id.clone().unwrap_or_default();
             let completion = Completion {
-                order_id: &order_id,
                 user: &request.user,
                 transaction_id: &transaction_id,
                 value_cents: cents(answer.product.value)?,
@@ -195,15 +186,17 @@ async fn buy(
                 completed_sync: true,
                 response: &body,
             };
-            orders::complete(&state.db, &completion).await?;
+            if !orders::complete(&state.db, &lease, &completion).await? {
+                return superseded(&state, &order_id).await;
+            }
             metrics::counter!("shop_orders_total", "outcome" => "completed", "ft" => ft_label(request.ft)).increment(1);
             Ok(replay(200, body))
         }
         Ok(Outcome::Deferred(answer)) => {
             let body = serde_json::to_string(&answer).map_err(Problem::internal)?;
-            orders::defer(
+            let written = orders::defer(
                 &state.db,
-                &order_id,
+                &lease,
                 cents(answer.product.value)?,
                 answer.rate,
                 cents(answer.total)?,
@@ -211,6 +204,9 @@ async fn buy(
                 &body,
             )
             .await?;
+            if !written {
+                return superseded(&state, &order_id).await;
+            }
             metrics::counter!("shop_orders_total", "outcome" => "accepted_pending", "ft" => ft_label(request.ft)).increment(1);
             Ok(replay(202, body))
         }
@@ -218,9 +214,9 @@ async fn buy(
             let problem = failure.error.to_problem();
             let final_answer = problem.status_code().is_client_error();
             let body = serde_json::to_string(&problem).map_err(Problem::internal)?;
-            orders::finish_unsuccessfully(
+            let written = orders::finish_unsuccessfully(
                 &state.db,
-                &order_id,
+                &lease,
                 failure.error.step().as_str(),
                 final_answer,
                 problem.status,
@@ -228,6 +224,9 @@ async fn buy(
                 failure.transaction_id.as_deref(),
             )
             .await?;
+            if !written {
+                return superseded(&state, &order_id).await;
+            }
             let outcome = if final_answer { "rejected" } else { "failed" };
             metrics::counter!("shop_orders_total", "outcome" => outcome, "ft" => ft_label(request.ft)).increment(1);
             tracing::warn!(order_id, error = %failure.error, "purchase failed");
@@ -252,6 +251,28 @@ pub(crate) fn total(value_cents: i64, rate: Decimal) -> Result<Decimal, StepErro
             step: Step::Exchange,
             cause: format!("{value_cents} cents at rate {rate} give no representable total"),
         })
+}
+
+/// This request's claim on its order was superseded while it ran (the order looked abandoned
+/// and the order worker took it over): it answers what the new holder stored, or
+/// `409 request-in-progress` while that one still runs. Never a second, different answer.
+async fn superseded(state: &AppState, order_id: &str) -> Result<Response, Problem> {
+    metrics::counter!("shop_order_claims_superseded_total").increment(1);
+    tracing::warn!(
+        order_id,
+        "order claim superseded; answering the stored outcome"
+    );
+    match orders::answer_of(&state.db, order_id).await? {
+        Some((status, body)) => Ok(replay(status, body)),
+        None => Err(in_progress()),
+    }
+}
+
+fn in_progress() -> Problem {
+    Problem::conflict(
+        "request-in-progress",
+        "a request with this Idempotency-Key is still being processed; retry shortly",
+    )
 }
 
 /// How a purchase ended, before it is recorded.

@@ -22,7 +22,7 @@ use crate::AppState;
 use crate::downstream::StepError;
 use crate::ft::{Degradations, SellFailure};
 use crate::money::{bonus_points, cents_to_decimal, to_cents};
-use crate::orders::{self, Completion, DueOrder, OutboxEntry};
+use crate::orders::{self, Completion, DueOrder, Lease, OutboxEntry};
 use crate::routes::{BonusView, BuyResponse, ProductView, sale_key, total};
 
 /// How often each worker looks for due work.
@@ -34,6 +34,10 @@ const WORKER_SELL_TIMEOUT: Duration = Duration::from_secs(1);
 const WORKER_BUDGET: Duration = Duration::from_secs(3);
 /// Fidelity may be slow (the latency fault adds 2 s); the dispatcher waits for it.
 const BONUS_DELIVERY_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long a worker's claim on an order or outbox entry keeps others away: its whole attempt
+/// plus a margin. A worker that dies mid-attempt leaves the item due again after this.
+const ORDER_HOLD_MS: i64 = (WORKER_BUDGET.as_millis() as i64) + 2_000;
+const BONUS_HOLD_MS: i64 = (BONUS_DELIVERY_TIMEOUT.as_millis() as i64) + 2_000;
 
 /// Starts both workers on the current runtime.
 pub fn spawn(state: AppState) {
@@ -56,9 +60,19 @@ where
             // Work was found: look again at once, there may be more.
             Ok(n) if n > 0 => continue,
             Ok(_) => {}
-            Err(err) => tracing::warn!(worker = name, error = format!("{err:#}"), "pass failed"),
+            Err(err) => {
+                note_storage_fault(&err);
+                tracing::warn!(worker = name, error = format!("{err:#}"), "pass failed")
+            }
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A storage fault met by a worker counts for readiness like one met by a request.
+fn note_storage_fault(err: &anyhow::Error) {
+    if let Some(db_err) = err.chain().find_map(|e| e.downcast_ref::<sqlx::Error>()) {
+        ftshop_platform::db::note_storage_error(db_err);
     }
 }
 
@@ -75,6 +89,7 @@ async fn drive_due_orders(state: AppState) -> anyhow::Result<usize> {
             async move {
                 let id = order.order_id.clone();
                 if let Err(err) = drive_order(&state, order).await {
+                    note_storage_fault(&err);
                     tracing::warn!(
                         order_id = id,
                         error = format!("{err:#}"),
@@ -88,6 +103,12 @@ async fn drive_due_orders(state: AppState) -> anyhow::Result<usize> {
 }
 
 async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
+    // Compare-and-set claim: a replay that took the order over, or another worker, wins
+    // cleanly and this attempt does nothing.
+    let Some(lease) = orders::lease_due(&state.db, &order, ORDER_HOLD_MS).await? else {
+        metrics::counter!("shop_order_claims_lost_total", "by" => "order_worker").increment(1);
+        return Ok(());
+    };
     let request_id = format!("order-worker-{}", order.order_id);
     let deadline = Instant::now() + WORKER_BUDGET;
     let ft = &state.resilient;
@@ -132,10 +153,10 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
                     degraded: degraded.0.clone(),
                 },
                 Err(e) if !is_final(&e) => {
-                    retry_later(state, &order).await?;
+                    retry_later(state, &order, &lease).await?;
                     return Ok(());
                 }
-                Err(e) => return cancel(state, &order, &e).await,
+                Err(e) => return cancel(state, &order, &lease, &e).await,
             }
         }
     };
@@ -162,10 +183,10 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
             ) else {
                 anyhow::bail!("order {}: amounts beyond i64 cents", order.order_id);
             };
-            orders::complete(
+            let written = orders::complete(
                 &state.db,
+                &lease,
                 &Completion {
-                    order_id: &order.order_id,
                     user: &order.user,
                     transaction_id: &sale.transaction_id,
                     value_cents,
@@ -179,6 +200,10 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
                 },
             )
             .await?;
+            if !written {
+                lease_lost(&lease);
+                return Ok(());
+            }
             metrics::counter!("shop_orders_total", "outcome" => "completed_deferred", "ft" => "on")
                 .increment(1);
             tracing::info!(
@@ -189,29 +214,47 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Err(SellFailure::Final(e)) => cancel(state, &order, &e).await,
+        Err(SellFailure::Final(e)) => cancel(state, &order, &lease, &e).await,
         Err(SellFailure::Unavailable(e)) => {
             tracing::debug!(order_id = order.order_id, error = %e, "sale still impossible; retrying later");
-            retry_later(state, &order).await?;
+            retry_later(state, &order, &lease).await?;
             Ok(())
         }
     }
 }
 
-async fn retry_later(state: &AppState, order: &DueOrder) -> Result<(), sqlx::Error> {
+/// The worker's claim was superseded mid-attempt (its hold ran out and someone else took the
+/// order): that holder decides; this attempt wrote nothing.
+fn lease_lost(lease: &Lease) {
+    metrics::counter!("shop_order_claims_superseded_total").increment(1);
+    tracing::warn!(
+        order_id = lease.order_id,
+        "order worker: claim superseded; outcome left to the new holder"
+    );
+}
+
+async fn retry_later(state: &AppState, order: &DueOrder, lease: &Lease) -> Result<(), sqlx::Error> {
     let delay = full_jitter(
         order.attempts,
         Duration::from_millis(200),
         Duration::from_secs(10),
     );
-    orders::reschedule_order(&state.db, &order.order_id, order.attempts + 1, later(delay)).await
+    if !orders::reschedule_order(&state.db, lease, order.attempts + 1, later(delay)).await? {
+        lease_lost(lease);
+    }
+    Ok(())
 }
 
 fn is_final(err: &StepError) -> bool {
     matches!(err, StepError::Status { status, .. } if status.is_client_error())
 }
 
-async fn cancel(state: &AppState, order: &DueOrder, err: &StepError) -> anyhow::Result<()> {
+async fn cancel(
+    state: &AppState,
+    order: &DueOrder,
+    lease: &Lease,
+    err: &StepError,
+) -> anyhow::Result<()> {
     let reason = match err {
         StepError::Status { status, .. } if status.as_u16() == 409 => "out-of-stock",
         StepError::Status { status, .. } if status.as_u16() == 404 => "unknown-product",
@@ -219,7 +262,10 @@ async fn cancel(state: &AppState, order: &DueOrder, err: &StepError) -> anyhow::
     };
     let problem = err.to_problem();
     let body = serde_json::to_string(&problem)?;
-    orders::cancel(&state.db, &order.order_id, reason, problem.status, &body).await?;
+    if !orders::cancel(&state.db, lease, reason, problem.status, &body).await? {
+        lease_lost(lease);
+        return Ok(());
+    }
     metrics::counter!("shop_orders_total", "outcome" => "cancelled", "ft" => "on").increment(1);
     tracing::info!(
         order_id = order.order_id,
@@ -238,6 +284,7 @@ async fn deliver_due_bonuses(state: AppState) -> anyhow::Result<usize> {
             async move {
                 let tx = entry.transaction_id.clone();
                 if let Err(err) = deliver(&state, entry).await {
+                    note_storage_fault(&err);
                     tracing::warn!(
                         transaction_id = tx,
                         error = format!("{err:#}"),
@@ -251,6 +298,10 @@ async fn deliver_due_bonuses(state: AppState) -> anyhow::Result<usize> {
 }
 
 async fn deliver(state: &AppState, entry: OutboxEntry) -> anyhow::Result<()> {
+    if !orders::lease_bonus(&state.db, &entry, BONUS_HOLD_MS).await? {
+        metrics::counter!("shop_order_claims_lost_total", "by" => "bonus_dispatcher").increment(1);
+        return Ok(());
+    }
     let calls = &state.downstreams;
     let request_id = format!("bonus-dispatcher-{}", entry.transaction_id);
     let result = calls
@@ -275,8 +326,7 @@ async fn deliver(state: &AppState, entry: OutboxEntry) -> anyhow::Result<()> {
             metrics::counter!("shop_bonus_outbox_total", "outcome" => "refused").increment(1);
             orders::reschedule_bonus(
                 &state.db,
-                &entry.transaction_id,
-                entry.attempts + 1,
+                &entry,
                 later(Duration::from_secs(3600)),
                 &err.to_string(),
             )
@@ -289,14 +339,7 @@ async fn deliver(state: &AppState, entry: OutboxEntry) -> anyhow::Result<()> {
                 Duration::from_millis(500),
                 Duration::from_secs(30),
             );
-            orders::reschedule_bonus(
-                &state.db,
-                &entry.transaction_id,
-                entry.attempts + 1,
-                later(delay),
-                &err.to_string(),
-            )
-            .await?;
+            orders::reschedule_bonus(&state.db, &entry, later(delay), &err.to_string()).await?;
         }
     }
     Ok(())

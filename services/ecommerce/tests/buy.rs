@@ -759,3 +759,256 @@ async fn a_restarted_ecommerce_still_has_the_last_known_rate() {
         .await;
     assert_eq!(body["step"], "exchange", "{status} {body}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Concurrent identical requests (issue: check-then-act on idempotency). For every state an
+// order can be in, N requests with one Idempotency-Key are released at one instant: exactly one
+// of them may drive the order, every answer is the stored answer or `409 request-in-progress`,
+// and every side effect (sale, bonus) happens at most once.
+
+const BURST: usize = 10;
+
+/// Sends `BURST` identical purchases released together by a barrier; returns their answers.
+/// Each request has its own client whose connection is opened first (a `/health/live`), so the
+/// purchases leave within microseconds of each other instead of one TCP handshake apart.
+async fn burst(app: &TestApp, key: &str, body: Value) -> Vec<(u16, Value)> {
+    let mut clients = Vec::new();
+    for _ in 0..BURST {
+        let client = reqwest::Client::new();
+        let warm = client.get(format!("{}/health/live", app.url)).send().await;
+        assert!(warm.is_ok_and(|r| r.status().is_success()));
+        clients.push(client);
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(BURST));
+    let requests = clients.into_iter().map(|client| {
+        let barrier = barrier.clone();
+        let body = body.clone();
+        let url = format!("{}/buy", app.url);
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            barrier.wait().await;
+            let response = client
+                .post(url)
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("json body"))
+        })
+    });
+    futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|r| r.expect("request task"))
+        .collect()
+}
+
+/// Every answer is `expected` (status and body) or `409 request-in-progress`; at least one is
+/// `expected`.
+fn same_answer_or_in_progress(answers: &[(u16, Value)], expected: &(u16, Value)) {
+    let mut matched = 0;
+    for answer in answers {
+        if answer == expected {
+            matched += 1;
+        } else {
+            assert_eq!(
+                answer.0, 409,
+                "neither the stored answer nor 409: {answer:?}"
+            );
+            assert!(
+                answer.1["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("/request-in-progress")),
+                "a 409 that is not request-in-progress: {answer:?}"
+            );
+        }
+    }
+    assert!(matched >= 1, "no request got the answer: {answers:?}");
+}
+
+/// The answers of a burst on a key whose order is being driven right now: one driver, the
+/// others 409 or (if they came after it finished) the very same answer.
+fn one_driver(answers: &[(u16, Value)]) -> (u16, Value) {
+    let done: Vec<_> = answers.iter().filter(|(s, _)| *s != 409).collect();
+    assert!(!done.is_empty(), "nobody drove the order: {answers:?}");
+    let first = done[0].clone();
+    same_answer_or_in_progress(answers, &first);
+    first
+}
+
+#[tokio::test]
+async fn a_burst_on_a_new_key_makes_one_order_and_one_sale() {
+    let app = spawn_app(None).await;
+    app.script().product_delay = Some(Duration::from_millis(30));
+    let answers = burst(&app, "burst-new", order()).await;
+    let (status, body) = one_driver(&answers);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.script().sales.len(), 1);
+    assert_eq!(app.script().sell_calls, 1, "one request drove the order");
+    assert_eq!(app.script().bonus_calls.len(), 1, "one bonus");
+}
+
+#[tokio::test]
+async fn a_burst_replaying_a_failed_order_redrives_it_once() {
+    let app = spawn_app(None).await;
+    // Three rounds, three keys: a race that a lucky schedule hides once is not hidden thrice.
+    for (round, key) in ["burst-failed-1", "burst-failed-2", "burst-failed-3"]
+        .into_iter()
+        .enumerate()
+    {
+        app.script().product_delay = None;
+        app.script().sell_status = Some(500);
+        let (status, problem) = app.buy(Some(key), order()).await;
+        assert_eq!((status, problem["step"].as_str()), (502, Some("sell")));
+        let calls_before = app.script().sell_calls;
+
+        app.script().sell_status = None;
+        // Each driver spends a while in the product call, so without a compare-and-set claim
+        // every request of the burst that read `failed` drives the order.
+        app.script().product_delay = Some(Duration::from_millis(50));
+        let answers = burst(&app, key, order()).await;
+        let (status, body) = one_driver(&answers);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            app.script().sell_calls - calls_before,
+            1,
+            "exactly one request re-drove the failed order: {answers:?}"
+        );
+        assert_eq!(app.script().sales.len(), round + 1, "one sale per order");
+        assert_eq!(
+            app.script().bonus_calls.len(),
+            round + 1,
+            "one bonus per order"
+        );
+        let order_id = body["order_id"].as_str().expect("order id");
+        let view = order_view(&app, order_id).await;
+        assert_eq!(view["status"], "completed", "{view}");
+
+        // Once completed, a second burst replays the same answer with no call at all.
+        let calls = app.script().sell_calls;
+        let again = burst(&app, key, order()).await;
+        assert!(
+            again.iter().all(|a| *a == (status, body.clone())),
+            "{again:?}"
+        );
+        assert_eq!(app.script().sell_calls, calls);
+    }
+}
+
+#[tokio::test]
+async fn a_burst_on_a_rejected_order_replays_the_rejection() {
+    let app = spawn_app(None).await;
+    app.script().sell_status = Some(409);
+    let first = app.buy(Some("burst-rejected"), order()).await;
+    assert_eq!(first.0, 409, "{first:?}");
+    app.script().sell_status = None;
+    let calls = app.script().sell_calls;
+    let answers = burst(&app, "burst-rejected", order()).await;
+    assert!(answers.iter().all(|a| *a == first), "{answers:?}");
+    assert_eq!(
+        app.script().sell_calls,
+        calls,
+        "a final answer is never re-driven"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_on_a_pending_order_replays_the_202_and_it_completes_once() {
+    let app = spawn_app(None).await;
+    app.script().sell_status = Some(500);
+    let first = app.buy(Some("burst-pending"), ft_order()).await;
+    assert_eq!(first.0, 202, "{first:?}");
+    let answers = burst(&app, "burst-pending", ft_order()).await;
+    assert!(answers.iter().all(|a| *a == first), "{answers:?}");
+
+    app.script().sell_status = None;
+    let order_id = first.1["order_id"].as_str().expect("order id").to_owned();
+    let view = wait_for_order(&app, &order_id, "completed", |v| {
+        v["status"] == "completed" && v["bonus_status"] == "credited"
+    })
+    .await;
+    // Once completed, the key answers the completion (the stored answer follows the order to
+    // its final state), the same for every request of a burst; one sale, one bonus in all.
+    let answers = burst(&app, "burst-pending", ft_order()).await;
+    assert_eq!(answers[0].0, 200, "{answers:?}");
+    assert_eq!(answers[0].1["transaction_id"], view["transaction_id"]);
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    assert_eq!(app.script().sales.len(), 1);
+    assert_eq!(
+        app.script().bonus_calls,
+        vec![(
+            "bob".to_owned(),
+            50,
+            view["transaction_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_burst_on_a_cancelled_order_replays_its_answer() {
+    let app = spawn_app(None).await;
+    app.script().sell_status = Some(503);
+    let first = app.buy(Some("burst-cancelled"), ft_order()).await;
+    assert_eq!(first.0, 202, "{first:?}");
+    let order_id = first.1["order_id"].as_str().expect("order id").to_owned();
+    app.script().sell_status = Some(409);
+    wait_for_order(&app, &order_id, "cancelled", |v| v["status"] == "cancelled").await;
+    let calls = app.script().sell_calls;
+    let answers = burst(&app, "burst-cancelled", ft_order()).await;
+    // The stored answer of a cancelled order is its cancellation, the same for everyone.
+    assert_eq!(answers[0].0, 409, "{answers:?}");
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    assert_eq!(
+        app.script().sell_calls,
+        calls,
+        "a cancelled order is never re-driven"
+    );
+    assert!(app.script().sales.is_empty());
+}
+
+#[tokio::test]
+async fn an_abandoned_order_is_driven_once_by_a_burst_of_replays_and_the_worker() {
+    let app = spawn_app(None).await;
+    app.script().sell_status = Some(500);
+    let (status, body) = app.buy(Some("burst-abandoned"), ft_order()).await;
+    assert_eq!(status, 202, "{body}");
+    let order_id = body["order_id"].as_str().expect("order id").to_owned();
+    // Make it look like its process died mid-purchase: `processing`, untouched for long, no
+    // answer stored. Both the order worker and every replay of the key may now take it over.
+    let db = ftshop_platform::db::Db::connect(None, app._dir.path(), "ecommerce")
+        .await
+        .expect("db");
+    sqlx::query(
+        "UPDATE orders SET status = 'processing', updated_at = 0, next_attempt_at = NULL, \
+         response = NULL, response_status = NULL WHERE order_id = $1",
+    )
+    .bind(order_id.clone())
+    .execute(&db.pool)
+    .await
+    .expect("abandon the order");
+    app.script().product_delay = Some(Duration::from_millis(50));
+    app.script().sell_status = None;
+    let calls = app.script().sell_calls;
+    let answers = burst(&app, "burst-abandoned", ft_order()).await;
+    for (status, body) in &answers {
+        assert!(
+            *status == 409 || (*status == 200 && body["order_id"] == order_id.as_str()),
+            "{answers:?}"
+        );
+    }
+    let view = wait_for_order(&app, &order_id, "completed", |v| {
+        v["status"] == "completed" && v["bonus_status"] == "credited"
+    })
+    .await;
+    assert_eq!(
+        app.script().sell_calls - calls,
+        1,
+        "one holder drove the abandoned order: {answers:?}"
+    );
+    assert_eq!(app.script().bonus_calls.len(), 1, "one bonus: {view}");
+}

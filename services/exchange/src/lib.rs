@@ -233,7 +233,7 @@ pub async fn run(
     let app = app(&config).await?;
     let listener = server::bind(config.common.host, config.port).await?;
     tracing::info!(address = %listener.local_addr()?, "exchange listening");
-    server::serve(listener, app, shutdown).await
+    server::serve(listener, app, config.common.server_limits(), shutdown).await
 }
 
 #[cfg(test)]

@@ -24,7 +24,12 @@ const DEADLINE: Duration = Duration::from_secs(10);
 async fn serve_on_free_port(router: axum::Router) -> String {
     let listener = bind([127, 0, 0, 1].into(), 0).await.expect("bind port 0");
     let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(serve(listener, router, std::future::pending()));
+    tokio::spawn(serve(
+        listener,
+        router,
+        ftshop_platform::server::ServerLimits::default(),
+        std::future::pending(),
+    ));
     format!("http://{addr}")
 }
 

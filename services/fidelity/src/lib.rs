@@ -71,7 +71,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     let readiness = Readiness::new()
         .check("database", move || {
             let db = db.clone();
-            async move { db.ping().await }
+            async move { db.check_storage().await }
         })
         .check("queue", move || {
             let db = queue_db.clone();
@@ -107,5 +107,5 @@ pub async fn run(
     let app = app(&config).await?;
     let listener = server::bind(config.common.host, config.port).await?;
     tracing::info!(address = %listener.local_addr()?, "fidelity listening");
-    server::serve(listener, app, shutdown).await
+    server::serve(listener, app, config.common.server_limits(), shutdown).await
 }

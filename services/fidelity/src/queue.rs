@@ -18,6 +18,9 @@ use sqlx::Row;
 use crate::ledger::{self, Credit};
 
 const POLL: Duration = Duration::from_millis(200);
+/// How long a worker's claim on a due bonus keeps other workers away (one credit attempt is a
+/// single insert; a worker that dies mid-attempt leaves the bonus due again after this).
+const CLAIM_HOLD_MS: i64 = 10_000;
 
 /// Durably accepts a bonus for later crediting. Idempotent: a transaction already queued is
 /// left as it is.
@@ -68,10 +71,15 @@ pub async fn run_worker(db: Db) {
         match drain_once(&db).await {
             Ok(n) if n > 0 => continue,
             Ok(_) => {}
-            Err(err) => tracing::warn!(
-                error = format!("{err:#}"),
-                "pending-bonus worker pass failed"
-            ),
+            Err(err) => {
+                if let Some(db_err) = err.chain().find_map(|e| e.downcast_ref::<sqlx::Error>()) {
+                    ftshop_platform::db::note_storage_error(db_err);
+                }
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "pending-bonus worker pass failed"
+                )
+            }
         }
         let _ = stats(&db).await;
         tokio::time::sleep(POLL).await;
@@ -81,7 +89,7 @@ pub async fn run_worker(db: Db) {
 /// Credits every due bonus once; returns how many were handled.
 pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
     let rows = sqlx::query(
-        "SELECT transaction_id, user_id, points, attempts FROM pending_bonuses \
+        "SELECT transaction_id, user_id, points, attempts, next_attempt_at FROM pending_bonuses \
          WHERE next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT 64",
     )
     .bind(now_millis())
@@ -94,6 +102,23 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
         let user: String = row.try_get("user_id")?;
         let points: i64 = row.try_get("points")?;
         let attempts: i64 = row.try_get("attempts")?;
+        let due_at: i64 = row.try_get("next_attempt_at")?;
+        // Compare-and-set claim on what was read, so two workers (Fidelity replicas sharing
+        // PostgreSQL) never credit-and-reschedule one bonus at once; the loser leaves it.
+        let claimed = sqlx::query(
+            "UPDATE pending_bonuses SET next_attempt_at = $4 \
+             WHERE transaction_id = $1 AND attempts = $2 AND next_attempt_at = $3",
+        )
+        .bind(transaction_id.clone())
+        .bind(attempts)
+        .bind(due_at)
+        .bind(now_millis() + CLAIM_HOLD_MS)
+        .execute(&db.pool)
+        .await
+        .context("cannot claim a due bonus")?;
+        if claimed.rows_affected() != 1 {
+            continue;
+        }
         match ledger::credit(db, &transaction_id, &user, points).await {
             Ok(outcome) => {
                 let label = match outcome {
@@ -120,12 +145,13 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
                 );
                 sqlx::query(
                     "UPDATE pending_bonuses SET attempts = $2, next_attempt_at = $3, last_error = $4 \
-                     WHERE transaction_id = $1",
+                     WHERE transaction_id = $1 AND attempts = $5",
                 )
                 .bind(transaction_id)
                 .bind(attempts + 1)
                 .bind(now_millis() + i64::try_from(delay.as_millis()).unwrap_or(30_000))
                 .bind(format!("{err:#}"))
+                .bind(attempts)
                 .execute(&db.pool)
                 .await
                 .context("cannot reschedule bonus")?;

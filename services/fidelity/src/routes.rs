@@ -129,7 +129,7 @@ async fn post_bonus(
     if respond_async {
         queue::enqueue(&state.db, &transaction_id, &user, bonus)
             .await
-            .map_err(|err| Problem::internal(format_args!("{err:#}")))?;
+            .map_err(|err| Problem::from_anyhow(&err))?;
         return Ok(queued(transaction_id, user));
     }
 
@@ -142,7 +142,11 @@ async fn post_bonus(
             queue::enqueue(&state.db, &transaction_id, &user, bonus)
                 .await
                 .map_err(|e| {
-                    Problem::internal(format_args!("{err:#}; queueing failed too: {e:#}"))
+                    tracing::error!(
+                        error = format!("{err:#}"),
+                        "inline credit failed and queueing failed too"
+                    );
+                    Problem::from_anyhow(&e)
                 })?;
             return Ok(queued(transaction_id, user));
         }
@@ -186,7 +190,7 @@ async fn get_pending(State(state): State<AppState>) -> Result<Json<QueueStats>, 
     queue::stats(&state.db)
         .await
         .map(Json)
-        .map_err(|err| Problem::internal(format_args!("{err:#}")))
+        .map_err(|err| Problem::from_anyhow(&err))
 }
 
 /// A user's points balance (0 for a user never credited).
@@ -205,6 +209,6 @@ async fn get_balance(
     validate_id("user", &user)?;
     let points = ledger::balance(&state.db, &user)
         .await
-        .map_err(|err| Problem::internal(format_args!("{err:#}")))?;
+        .map_err(|err| Problem::from_anyhow(&err))?;
     Ok(Json(Balance { user, points }))
 }

@@ -98,7 +98,12 @@ async fn spawn_with(config: &Config, data_dir: Arc<TempDir>) -> Fidelity {
     let router = app(config).await.expect("fidelity app starts");
     let listener = bind([127, 0, 0, 1].into(), 0).await.expect("bind port 0");
     let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(serve(listener, router, std::future::pending()));
+    tokio::spawn(serve(
+        listener,
+        router,
+        ftshop_platform::server::ServerLimits::default(),
+        std::future::pending(),
+    ));
     Fidelity {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),

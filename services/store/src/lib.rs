@@ -62,7 +62,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
             let db = db.clone();
             move || {
                 let db = db.clone();
-                async move { db.ping().await }
+                async move { db.check_storage().await }
             }
         })
         .check("stock", {
@@ -92,7 +92,7 @@ pub async fn run(
         .local_addr()
         .context("listener has no local address")?;
     tracing::info!(service = SERVICE, %addr, "listening on http://{addr}");
-    serve(listener, app, shutdown).await
+    serve(listener, app, config.common.server_limits(), shutdown).await
 }
 
 /// Readiness of the stock: fails only when the catalog is empty or unreadable. Also refreshes

@@ -2,6 +2,9 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::server::ServerLimits;
 
 /// Flags common to every `ftshop serve <service>`.
 #[derive(clap::Args, Debug, Clone)]
@@ -40,6 +43,24 @@ pub struct CommonArgs {
     /// Seed for the fault draws, so a run can be repeated exactly; random when unset.
     #[arg(long, env = "FTSHOP_FAULT_SEED")]
     pub fault_seed: Option<u64>,
+
+    /// Time a connection has to send a complete request head, counted from accept and again
+    /// after each response: both the slowloris guard and the idle keep-alive timeout. Closed
+    /// without an answer on expiry.
+    #[arg(long, env = "FTSHOP_HEADER_READ_TIMEOUT", default_value = "10s",
+        value_parser = parse_timeout)]
+    pub header_read_timeout: Duration,
+
+    /// Longest pause between two chunks of a request body (then 400).
+    #[arg(long, env = "FTSHOP_BODY_READ_TIMEOUT", default_value = "10s",
+        value_parser = parse_timeout)]
+    pub body_read_timeout: Duration,
+
+    /// Connections this process serves at once; more are answered 503 (`Retry-After: 1`) and
+    /// closed. Keep it well below the file-descriptor limit (`ulimit -n`).
+    #[arg(long, env = "FTSHOP_MAX_CONNECTIONS", default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
 }
 
 impl CommonArgs {
@@ -54,6 +75,29 @@ impl CommonArgs {
             redis_url: None,
             faults: "off".to_owned(),
             fault_seed: None,
+            header_read_timeout: ServerLimits::default().header_read_timeout,
+            body_read_timeout: ServerLimits::default().body_read_timeout,
+            max_connections: u32::try_from(ServerLimits::default().max_connections)
+                .unwrap_or(u32::MAX),
         }
     }
+
+    /// The timeouts and connection cap the server applies to clients.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// A humantime duration (`10s`, `500ms`) between 1 ms and 1 h: a zero timeout would close every
+/// connection, an unbounded one would be no guard at all.
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if duration < Duration::from_millis(1) || duration > Duration::from_secs(3600) {
+        return Err(format!("{value} is outside 1ms..=1h"));
+    }
+    Ok(duration)
 }

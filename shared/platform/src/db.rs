@@ -4,12 +4,14 @@
 //! which both backends accept; DDL differs and lives in `migrations/{sqlite,postgres}`.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, AssertSqlSafe, Executor};
+use sqlx::pool::PoolConnectionMetadata;
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor};
 
 /// Which engine a [`Db`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +34,7 @@ impl Db {
         service: &'static str,
     ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
-        match database_url {
+        let db = match database_url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Self::connect_postgres(url, service).await
             }
@@ -47,7 +49,9 @@ impl Db {
                 let path = data_dir.join(format!("{service}.db"));
                 Self::connect_sqlite(&format!("sqlite://{}?mode=rwc", path.display())).await
             }
-        }
+        }?;
+        db.create_probe_table().await?;
+        Ok(db)
     }
 
     async fn connect_sqlite(url: &str) -> anyhow::Result<Self> {
@@ -65,6 +69,7 @@ impl Db {
                     Ok(())
                 })
             })
+            .after_release(|conn, meta| Box::pin(release_check(conn, meta)))
             .connect(url)
             .await
             .with_context(|| format!("cannot open SQLite database {url}"))?;
@@ -112,6 +117,7 @@ impl Db {
                     Ok(())
                 })
             })
+            .after_release(|conn, meta| Box::pin(release_check(conn, meta)))
             .connect(url)
             .await
             .context("cannot connect to PostgreSQL")?;
@@ -147,14 +153,218 @@ impl Db {
         }
     }
 
-    /// A cheap round trip for readiness checks.
-    pub async fn ping(&self) -> Result<String, String> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| format!("{:?} reachable", self.backend))
-            .map_err(|e| format!("{:?}: {e}", self.backend))
+    /// The readiness check of a service that writes: a small write transaction (8 KiB into
+    /// `ftshop_storage_probe`, a table this module owns) must commit, and no request may have met
+    /// a storage fault (see [`StorageFault`]) in the last [`STORAGE_FAULT_HOLD`]. A write probe
+    /// rather than `SELECT 1`, because a full disk, a read-only file or a held write lock let
+    /// reads through while every purchase fails. `Ok(detail)` when ready, `Err(reason)` not.
+    pub async fn check_storage(&self) -> Result<String, String> {
+        let probe = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO ftshop_storage_probe (id, checked_at, pad) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at, pad = excluded.pad",
+            )
+            .bind(now_millis())
+            .bind(PROBE_PAD.as_str())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        };
+        if let Err(err) = probe.await {
+            note_storage_error(&err);
+            return Err(format!("{:?}: write probe failed: {err}", self.backend));
+        }
+        match storage_health().recent_fault() {
+            Some((fault, age)) => Err(format!(
+                "{:?}: {} {:.1} s ago (ready again {} s after the last one)",
+                self.backend,
+                fault.describe(),
+                age.as_secs_f64(),
+                STORAGE_FAULT_HOLD.as_secs()
+            )),
+            None => Ok(format!("{:?} writable", self.backend)),
+        }
     }
+
+    /// Creates the write probe's table (both backends; in the service's schema on PostgreSQL).
+    async fn create_probe_table(&self) -> anyhow::Result<()> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS ftshop_storage_probe \
+             (id INTEGER PRIMARY KEY, checked_at BIGINT NOT NULL, pad TEXT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await
+        .or_else(|e| {
+            // PostgreSQL: replicas racing to create it; the loser sees a duplicate type.
+            if e.to_string().contains("already exists") || is_unique_violation(&e) {
+                Ok(Default::default())
+            } else {
+                Err(e)
+            }
+        })
+        .context("cannot create the storage probe table")?;
+        Ok(())
+    }
+}
+
+/// How long readiness stays `not_ready` after a request met a storage fault, even when the
+/// write probe passes: a nearly full disk can take the probe's small write and still refuse a
+/// purchase's larger one.
+pub const STORAGE_FAULT_HOLD: Duration = Duration::from_secs(5);
+
+static PROBE_PAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "p".repeat(8192));
+
+/// A storage error that is about the medium or the server, not the request: the request fails
+/// with 503 (nothing acknowledged) and readiness turns `not_ready` while it lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    /// No space left: `SQLITE_FULL`, PostgreSQL class 53 (`disk_full`, out of memory, ...).
+    Full,
+    /// The medium failed a read or write: `SQLITE_IOERR*`, PostgreSQL `58030 io_error`.
+    Io,
+    /// Writes refused: `SQLITE_READONLY*`, PostgreSQL `25006 read_only_sql_transaction`.
+    ReadOnly,
+    /// The write lock was not obtained within the busy timeout: `SQLITE_BUSY`/`SQLITE_LOCKED`,
+    /// PostgreSQL `55P03 lock_not_available`.
+    Locked,
+    /// The file is damaged, missing or not a database: `SQLITE_CORRUPT`, `SQLITE_CANTOPEN`,
+    /// `SQLITE_NOTADB`, PostgreSQL class 58 and `XX001`/`XX002` (data corrupted).
+    Damaged,
+    /// The server or the pool is out of reach: I/O on the socket, pool timed out or closed,
+    /// PostgreSQL class 08 (connection) and 57P0x (shutting down).
+    Unavailable,
+}
+
+impl StorageFault {
+    /// Classifies a sqlx error; `None` for errors about the request itself (a constraint
+    /// violation, a missing row, a decoding error).
+    pub fn of(err: &sqlx::Error) -> Option<StorageFault> {
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Some(StorageFault::Unavailable),
+            sqlx::Error::Database(db) => {
+                let code = db.code()?;
+                // SQLite reports its (extended) result code as a number; the primary code is
+                // the low byte (https://sqlite.org/rescode.html).
+                if let Ok(extended) = code.parse::<u32>() {
+                    return match extended & 0xff {
+                        13 => Some(StorageFault::Full),
+                        10 | 7 => Some(StorageFault::Io), // IOERR, NOMEM
+                        8 => Some(StorageFault::ReadOnly),
+                        5 | 6 => Some(StorageFault::Locked),
+                        11 | 14 | 26 => Some(StorageFault::Damaged),
+                        _ => None,
+                    };
+                }
+                // PostgreSQL SQLSTATE (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+                match code.as_ref() {
+                    c if c.starts_with("53") => Some(StorageFault::Full),
+                    "58030" => Some(StorageFault::Io),
+                    "25006" => Some(StorageFault::ReadOnly),
+                    "55P03" => Some(StorageFault::Locked),
+                    "XX001" | "XX002" => Some(StorageFault::Damaged),
+                    c if c.starts_with("58") => Some(StorageFault::Damaged),
+                    c if c.starts_with("08") || c.starts_with("57P") => {
+                        Some(StorageFault::Unavailable)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// A stable label for metrics and problem details.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageFault::Full => "full",
+            StorageFault::Io => "io",
+            StorageFault::ReadOnly => "read-only",
+            StorageFault::Locked => "locked",
+            StorageFault::Damaged => "damaged",
+            StorageFault::Unavailable => "unavailable",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            StorageFault::Full => "storage full",
+            StorageFault::Io => "storage I/O error",
+            StorageFault::ReadOnly => "storage read-only",
+            StorageFault::Locked => "write lock not obtained",
+            StorageFault::Damaged => "database file damaged or missing",
+            StorageFault::Unavailable => "database unreachable",
+        }
+    }
+}
+
+/// Records `err` when it is a [`StorageFault`] (readiness and `storage_faults_total{kind}`);
+/// returns its classification. Every path that meets a database error and does not turn it
+/// into a [`crate::Problem`] (which calls this) calls it: workers, start-up, probes.
+pub fn note_storage_error(err: &sqlx::Error) -> Option<StorageFault> {
+    let fault = StorageFault::of(err)?;
+    storage_health().record(fault);
+    metrics::counter!("storage_faults_total", "kind" => fault.as_str()).increment(1);
+    Some(fault)
+}
+
+/// The process's last storage fault. One per process: a service runs one [`Db`].
+#[derive(Default)]
+struct StorageHealth {
+    last: Mutex<Option<(StorageFault, Instant)>>,
+}
+
+impl StorageHealth {
+    fn record(&self, fault: StorageFault) {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *last = Some((fault, Instant::now()));
+    }
+
+    /// The last fault and its age, when younger than [`STORAGE_FAULT_HOLD`].
+    fn recent_fault(&self) -> Option<(StorageFault, Duration)> {
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (fault, at) = (*last)?;
+        let age = at.elapsed();
+        (age < STORAGE_FAULT_HOLD).then_some((fault, age))
+    }
+}
+
+fn storage_health() -> &'static StorageHealth {
+    static HEALTH: std::sync::OnceLock<StorageHealth> = std::sync::OnceLock::new();
+    HEALTH.get_or_init(StorageHealth::default)
+}
+
+/// The pool's `after_release` hook: a connection that comes back still inside a transaction is
+/// closed instead of pooled. That happens when SQLite rolled a transaction back on its own (a
+/// statement or COMMIT failing with `SQLITE_FULL`/`SQLITE_IOERR`): sqlx's ROLLBACK then fails,
+/// its transaction depth stays at 1, and the next `begin()` on that connection issues a
+/// `SAVEPOINT` whose `ROLLBACK TO` leaves a write transaction open forever, holding the write
+/// lock, with every later statement on it never committed (lost orders, "database is locked"
+/// for every other connection). Closing the connection rolls back whatever it holds.
+async fn release_check(
+    conn: &mut AnyConnection,
+    _meta: PoolConnectionMetadata,
+) -> Result<bool, sqlx::Error> {
+    if conn.is_in_transaction() {
+        // A dropped `Transaction` only queues its ROLLBACK; a round trip runs it first.
+        conn.ping().await?;
+        if conn.is_in_transaction() {
+            tracing::warn!("a pooled connection came back inside a transaction; closing it");
+            metrics::counter!("db_connections_discarded_total").increment(1);
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// True when the error is a unique-constraint violation (both backends).

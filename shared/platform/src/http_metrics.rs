@@ -1,11 +1,13 @@
 //! The process-wide Prometheus recorder and the per-request telemetry middleware (HTTP server
 //! metrics and W3C trace context). Routes are labelled by their template (`MatchedPath`), never
-//! the raw path, so label cardinality stays bounded.
+//! the raw path, and methods by [`method_label`] (extension methods become `other`), so no
+//! client can grow the number of series.
 
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime};
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -69,7 +71,7 @@ pub async fn track(service: &'static str, request: Request, next: Next) -> Respo
         .unwrap_or_else(|| "unmatched".to_owned());
     let mut in_flight = InFlight {
         service,
-        method: request.method().as_str().to_owned(),
+        method: method_label(request.method()),
         route,
         trace,
         started: Instant::now(),
@@ -81,10 +83,28 @@ pub async fn track(service: &'static str, request: Request, next: Next) -> Respo
     response
 }
 
+/// The `method` label: one of the nine methods of RFC 9110 (and PATCH), or `other` for any
+/// extension method a client makes up (`FOO123`), so clients cannot mint new series. The same
+/// mapping as OpenTelemetry's `http.request.method` (`_OTHER` there).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
 /// A request being served; records itself once, when answered or when dropped unanswered.
 struct InFlight {
     service: &'static str,
-    method: String,
+    method: &'static str,
     route: String,
     trace: TraceContext,
     started: Instant,
@@ -104,7 +124,7 @@ impl InFlight {
         metrics::histogram!(
             "http_server_request_duration_seconds",
             "service" => self.service,
-            "method" => self.method.clone(),
+            "method" => self.method,
             "route" => self.route.clone(),
             "status" => status_label.clone(),
         )
@@ -120,7 +140,7 @@ impl InFlight {
                 end: SystemTime::now(),
                 error: status >= 500 || status == CLIENT_CLOSED_REQUEST,
                 attributes: vec![
-                    ("http.request.method", self.method.clone()),
+                    ("http.request.method", self.method.to_owned()),
                     ("http.route", self.route.clone()),
                     ("http.response.status_code", status_label),
                 ],

@@ -97,15 +97,36 @@ impl IntoResponse for Problem {
 }
 
 impl From<sqlx::Error> for Problem {
-    /// The database being unreachable is a 503 (retry later, nothing was changed); anything else
-    /// is an internal error whose cause is logged and hidden.
+    /// A storage fault ([`crate::db::StorageFault`]: disk full, I/O error, read-only or locked
+    /// file, unreachable server) is a 503: the transaction did not commit, so nothing was
+    /// changed or acknowledged, and a retry later may succeed. The fault is recorded, which
+    /// turns readiness `not_ready` for a while. Anything else is an internal error whose cause
+    /// is logged and hidden.
     fn from(err: sqlx::Error) -> Self {
-        match err {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => {
+        Problem::of_db_error(&err)
+    }
+}
+
+impl Problem {
+    /// An error with context (`anyhow`): a database error anywhere in its chain is answered as
+    /// `From<sqlx::Error>` does (503 for a storage fault); anything else is a 500 whose cause is
+    /// logged and hidden.
+    pub fn from_anyhow(err: &anyhow::Error) -> Self {
+        match err.chain().find_map(|e| e.downcast_ref::<sqlx::Error>()) {
+            Some(db_err) => {
+                let problem = Problem::of_db_error(db_err);
+                if problem.status == 500 {
+                    return Problem::internal(format_args!("{err:#}"));
+                }
+                problem
+            }
+            None => Problem::internal(format_args!("{err:#}")),
+        }
+    }
+
+    fn of_db_error(err: &sqlx::Error) -> Self {
+        match crate::db::note_storage_error(err) {
+            Some(crate::db::StorageFault::Unavailable) => {
                 tracing::error!(error = %err, "database unavailable");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -113,7 +134,18 @@ impl From<sqlx::Error> for Problem {
                     "the database is unreachable; nothing was changed, retry later",
                 )
             }
-            other => Problem::internal(format_args!("database: {other}")),
+            Some(fault) => {
+                tracing::error!(error = %err, kind = fault.as_str(), "storage fault");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage-unavailable",
+                    format!(
+                        "the service cannot write its data ({}); nothing was changed, retry later",
+                        fault.as_str()
+                    ),
+                )
+            }
+            None => Problem::internal(format_args!("database: {err}")),
         }
     }
 }

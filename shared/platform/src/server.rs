@@ -7,12 +7,18 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -194,29 +200,140 @@ pub async fn bind(host: std::net::IpAddr, port: u16) -> anyhow::Result<TcpListen
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight requests finish (at most 10 s).
+/// How long a client may take, and how many connections it may hold, before the server lets
+/// go of it. Every listener of the `ftshop` binary is served with these
+/// ([`CommonArgs::server_limits`](crate::config::CommonArgs::server_limits)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Time a connection has to deliver a complete request head, counted from the moment it is
+    /// ready for one: right after accept and again after each response. So it is at once the
+    /// slowloris guard (headers sent byte by byte) and the idle keep-alive timeout (a connection
+    /// that sends nothing). On expiry the connection is closed without an answer (hyper's
+    /// `header_read_timeout`).
+    pub header_read_timeout: Duration,
+    /// Longest pause between two chunks of a request body; on expiry the handler sees a body
+    /// error and answers 400 (tower-http's `RequestBodyTimeout`).
+    pub body_read_timeout: Duration,
+    /// Connections served at once by this listener. One more is answered `503` problem+json
+    /// with `Retry-After: 1` and `Connection: close` (at most [`SHED_SLOTS`] such answers at
+    /// once, each bounded by [`SHED_DEADLINE`]); beyond those it is closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Over-cap connections answered `503` at once; more than these are closed without an answer,
+/// so shedding itself holds a bounded number of file descriptors.
+pub const SHED_SLOTS: usize = 64;
+/// The whole life of a shed connection: read the request head, answer 503, close.
+pub const SHED_DEADLINE: Duration = Duration::from_secs(1);
+/// In-flight requests get this long to finish once shutdown begins.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` with `limits` until `shutdown` resolves, then stops accepting and
+/// lets in-flight requests finish (at most 10 s).
+///
+/// HTTP/1.1 through hyper directly (what `axum::serve` does, plus a header-read timeout): each
+/// accepted connection takes a permit of `limits.max_connections`; without one it is shed (see
+/// [`ServerLimits::max_connections`]). Accept errors go through axum's `Listener` for
+/// `TcpListener`: connection errors are skipped, anything else (`EMFILE`: too many open files)
+/// is logged and the loop waits 1 s before accepting again, instead of spinning.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        shutdown_token().cancel();
-        let _ = tx.send(());
-    });
-    let drain_limit = async move {
-        let _ = rx.await;
-        tokio::time::sleep(Duration::from_secs(10)).await;
-    };
+    let app = tower::ServiceBuilder::new()
+        .layer(RequestBodyTimeoutLayer::new(limits.body_read_timeout))
+        .map_request(|request: Request<_>| request.map(axum::body::Body::new))
+        .service(app);
+    let service = TowerToHyperService::new(app);
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let shed_slots = Arc::new(Semaphore::new(SHED_SLOTS));
+    let graceful = GracefulShutdown::new();
+
+    let mut listener = listener;
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            (stream, _peer) = axum::serve::Listener::accept(&mut listener) => stream,
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            shed(stream, &shed_slots);
+            continue;
+        };
+        let connection =
+            graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    shutdown_token().cancel();
     tokio::select! {
-        result = server => result.map_err(anyhow::Error::from),
-        () = drain_limit => {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_LIMIT) => {
             tracing::warn!("in-flight requests did not finish within 10 s; closing");
-            Ok(())
         }
     }
+    Ok(())
+}
+
+/// Answers an over-cap connection `503` problem+json and closes it, or closes it at once when
+/// [`SHED_SLOTS`] answers are already under way. The request head is read first (within
+/// [`SHED_DEADLINE`]) so the answer is not lost to a reset from unread bytes.
+fn shed(stream: tokio::net::TcpStream, shed_slots: &Arc<Semaphore>) {
+    let Ok(permit) = shed_slots.clone().try_acquire_owned() else {
+        metrics::counter!("http_server_connections_shed_total", "outcome" => "closed").increment(1);
+        drop(stream);
+        return;
+    };
+    metrics::counter!("http_server_connections_shed_total", "outcome" => "answered").increment(1);
+    tokio::spawn(async move {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(SHED_DEADLINE)
+            .keep_alive(false);
+        let answer = hyper::service::service_fn(|_request| async {
+            Ok::<_, std::convert::Infallible>(overloaded())
+        });
+        let _ = tokio::time::timeout(
+            SHED_DEADLINE,
+            http.serve_connection(TokioIo::new(stream), answer),
+        )
+        .await;
+        drop(permit);
+    });
+}
+
+/// The answer of a shed connection.
+fn overloaded() -> Response {
+    let mut response = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "this server holds as many connections as it serves at once; retry shortly",
+    )
+    .into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn shutdown_token() -> &'static CancellationToken {

@@ -246,3 +246,40 @@ async fn openapi_documents_the_admin_api() {
     assert!(body.contains("/admin/faults/reset"), "{body}");
     assert!(body.contains("admin_token"), "{body}");
 }
+
+#[tokio::test]
+async fn rule_routes_from_the_admin_api_take_a_bounded_set_of_metric_labels() {
+    const SERVICE: &str = "fault-labels";
+    let profile = FaultProfile {
+        name: "test".into(),
+        seed: None,
+        rules: Vec::new(),
+    };
+    let engine = FaultEngine::new(SERVICE, None, &profile, Some(1));
+    let app = Service::new(SERVICE, Router::new(), utoipa::openapi::OpenApi::default())
+        .faults(engine)
+        .admin_token(AdminToken::new(Some(TOKEN)))
+        .into_router();
+    // Five updates of 100 rules each, every rule on a route never seen before: 500 names.
+    for update in 0..5 {
+        let rules: Vec<FaultRule> = (0..100)
+            .map(|i| rule(&format!("/made-up/{update}/{i}"), FaultKind::Error, 0.5))
+            .collect();
+        let body = serde_json::json!({ "rules": rules }).to_string();
+        let (status, _, text) = call(&app, admin("PUT", "/admin/faults", Some(TOKEN), &body)).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+    }
+    let rendered = ftshop_platform::http_metrics::prometheus().render();
+    let needle = format!("service=\"{SERVICE}\"");
+    let routes: std::collections::BTreeSet<&str> = rendered
+        .lines()
+        .filter(|l| l.starts_with("chaos_") && l.contains(&needle))
+        .filter_map(|l| l.split("route=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(
+        routes.len(),
+        ftshop_platform::faults::MAX_ROUTE_LABELS + 1,
+        "{routes:?}"
+    );
+    assert!(routes.contains("other"));
+}

@@ -27,6 +27,7 @@
 //! Metrics go through the `metrics` facade (the application installs the exporter); names are
 //! listed in the README.
 
+mod attempt;
 pub mod breaker;
 pub mod bulkhead;
 pub mod cache;

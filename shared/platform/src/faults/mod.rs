@@ -14,6 +14,7 @@ pub mod admin;
 pub mod layer;
 mod profile;
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -173,6 +174,26 @@ struct State {
     rules: Vec<LiveRule>,
     /// Label sets exported to the gauges, so removed rules are set back to 0.
     exported: Vec<(String, FaultKind)>,
+    /// Route labels handed out so far (see [`State::route_label`]).
+    route_labels: BTreeSet<String>,
+}
+
+/// Distinct `route` label values the chaos metrics take per process; later rule routes share
+/// `other`. Rules name routes freely (any string from the admin API, up to 100 per update), and
+/// a series, once exported, stays in `/metrics` for the life of the process.
+pub const MAX_ROUTE_LABELS: usize = 32;
+
+/// The `route` label for a rule's route: the route itself while fewer than
+/// [`MAX_ROUTE_LABELS`] are in use (a route keeps its label once given), `other` after.
+fn route_label(given: &mut BTreeSet<String>, route: &str) -> String {
+    if given.contains(route) {
+        return route.to_owned();
+    }
+    if given.len() < MAX_ROUTE_LABELS {
+        given.insert(route.to_owned());
+        return route.to_owned();
+    }
+    "other".to_owned()
 }
 
 struct LiveRule {
@@ -231,6 +252,7 @@ impl FaultEngine {
                 seed,
                 rules: Vec::new(),
                 exported: Vec::new(),
+                route_labels: BTreeSet::new(),
             }),
             crash_hook: std::sync::OnceLock::new(),
         });
@@ -308,7 +330,12 @@ impl FaultEngine {
         state
             .rules
             .retain(|r| r.expires_at.is_none_or(|expiry| now < expiry));
-        for live in state.rules.iter_mut() {
+        let State {
+            rules,
+            route_labels,
+            ..
+        } = &mut *state;
+        for live in rules.iter_mut() {
             if !live.rule.matches(method, route) {
                 continue;
             }
@@ -327,7 +354,7 @@ impl FaultEngine {
                 live.injected += 1;
                 let kind = live.rule.kind;
                 let latency_ms = live.rule.latency_ms;
-                let label_route = live.rule.route.clone();
+                let label_route = route_label(route_labels, &live.rule.route);
                 let window_on = live.active_until.is_some();
                 drop(state);
                 let labels = [
@@ -391,25 +418,36 @@ impl FaultEngine {
     }
 
     /// Sets `chaos_fault_active` and `chaos_fault_configured` for every rule (0 for rules that
-    /// went away), dropping expired rules.
+    /// went away), dropping expired rules. Route labels are bounded ([`MAX_ROUTE_LABELS`]).
     fn export_gauges(&self) {
         let now = Instant::now();
         let mut state = self.lock();
         state
             .rules
             .retain(|r| r.expires_at.is_none_or(|expiry| now < expiry));
-        let current: Vec<(String, FaultKind, bool, f64)> = state
-            .rules
-            .iter()
-            .map(|r| {
-                (
-                    r.rule.route.clone(),
-                    r.rule.kind,
-                    r.active_until.is_some_and(|until| now < until),
-                    r.rule.probability,
-                )
-            })
-            .collect();
+        // Rules sharing a label (`other`, or one route twice) export one series: active if any
+        // is, the highest probability.
+        let mut merged: Vec<(String, FaultKind, bool, f64)> = Vec::new();
+        let State {
+            rules,
+            route_labels,
+            ..
+        } = &mut *state;
+        for r in rules.iter() {
+            let label = route_label(route_labels, &r.rule.route);
+            let active = r.active_until.is_some_and(|until| now < until);
+            match merged
+                .iter_mut()
+                .find(|(l, k, _, _)| *l == label && *k == r.rule.kind)
+            {
+                Some(entry) => {
+                    entry.2 |= active;
+                    entry.3 = entry.3.max(r.rule.probability);
+                }
+                None => merged.push((label, r.rule.kind, active, r.rule.probability)),
+            }
+        }
+        let current = merged;
         let previous = std::mem::replace(
             &mut state.exported,
             current.iter().map(|(r, k, _, _)| (r.clone(), *k)).collect(),

@@ -10,7 +10,8 @@ use crate::error::{BoxError, BreakerOpen};
 
 pin_project! {
     /// Response future of [`CircuitBreakerService`](super::CircuitBreakerService): records the
-    /// outcome when the inner future completes (dropping it early records nothing).
+    /// outcome when the inner future completes (dropping it early reports a cancelled call,
+    /// counted as described on [`Permit`](super::Permit)).
     #[derive(Debug)]
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F, P> {

@@ -11,8 +11,22 @@
 //! only runs when an outcome is recorded or the state changes. Every admission carries the
 //! state generation it was admitted in, so an outcome that arrives after a transition (a slow
 //! call admitted while closed finishing during half-open) cannot corrupt the new state's
-//! bookkeeping. A [`Permit`] dropped without an outcome (the caller was cancelled) gives its
-//! half-open slot back, so a cancelled trial call can never wedge the breaker in half-open.
+//! bookkeeping.
+//!
+//! A [`Permit`] dropped without an outcome means its call was cancelled (a hedge loser, an
+//! outer deadline, a client that hung up). It is still accounted for, never lost:
+//! - an attempt that lost a hedge race it *started first* (it had not answered within the
+//!   hedge delay plus the winner's whole latency) counts as a failure, as Envoy's router
+//!   reports a per-try timeout to the host's outlier detector as a local-origin timeout even
+//!   when `hedge_on_per_try_timeout` keeps the request running;
+//! - any other cancelled call that had already run for at least the slow-call threshold
+//!   counts as a slow call (it was slow whatever its outcome would have been, as
+//!   Resilience4j's slow-call rate judges duration alone);
+//! - any other is not judged (the caller gave up early, nothing was learnt about the
+//!   dependency): it is counted as `cancelled` and, in half-open, gives its trial slot back.
+//!
+//! So a cancelled trial call can never wedge the breaker in half-open: it either decides as
+//! a trial or frees its slot for another probe.
 //!
 //! Time comes from [`tokio::time::Instant`], so tests drive every transition with a paused
 //! clock.
@@ -38,6 +52,7 @@ pub use self::future::ResponseFuture;
 pub use self::layer::{CircuitBreakerLayer, CircuitBreakerService};
 pub use self::registry::{BreakerRegistry, UnknownBreaker};
 use self::window::{Counts, Window};
+use crate::attempt::{self, Fate};
 pub use crate::error::BreakerOpen;
 use crate::error::ResilienceError;
 
@@ -225,6 +240,7 @@ struct CallCounters {
     failure: Counter,
     slow: Counter,
     rejected: Counter,
+    cancelled: Counter,
 }
 
 impl CallCounters {
@@ -241,6 +257,7 @@ impl CallCounters {
             failure: counter("failure"),
             slow: counter("slow"),
             rejected: counter("rejected"),
+            cancelled: counter("cancelled"),
         }
     }
 }
@@ -312,11 +329,13 @@ impl CircuitBreaker {
     }
 
     /// Asks to make a call. On `Ok`, make the call and report its outcome on the [`Permit`]
-    /// (dropping it unreported means "no outcome": nothing is recorded). On `Err`, do not call.
+    /// (dropping it unreported means the call was cancelled: see the module docs for how that
+    /// is counted). On `Err`, do not call.
     pub fn try_acquire(&self) -> Result<Permit<'_>, BreakerOpen> {
         self.admit().map(|ticket| Permit {
             breaker: self,
             ticket: Some(ticket),
+            fate: attempt::current(),
         })
     }
 
@@ -326,6 +345,7 @@ impl CircuitBreaker {
         self.admit().map(|ticket| OwnedPermit {
             breaker: self.clone(),
             ticket: Some(ticket),
+            fate: attempt::current(),
         })
     }
 
@@ -553,6 +573,29 @@ impl CircuitBreaker {
         }
     }
 
+    /// A permit dropped without an outcome: its call was cancelled (rules in the module docs).
+    fn cancelled(&self, ticket: Ticket, fate: Option<&Fate>) {
+        let s = &*self.shared;
+        if fate.is_some_and(Fate::is_superseded) {
+            self.record(ticket, Outcome::Failure);
+            return;
+        }
+        let slow = match (s.config.slow_call_duration, ticket.start) {
+            (Some(threshold), Some(start)) => {
+                Instant::now().saturating_duration_since(start) >= threshold
+            }
+            _ => false,
+        };
+        if slow {
+            // `record` measures the duration again and counts it as a slow call.
+            self.record(ticket, Outcome::Success);
+        } else {
+            s.calls.cancelled.increment(1);
+            self.release(ticket);
+        }
+    }
+
+    /// Gives a half-open trial slot back (a cancelled call that decided nothing).
     fn release(&self, ticket: Ticket) {
         if State::from_bits(ticket.packed) != State::HalfOpen {
             return;
@@ -681,12 +724,16 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 /// Permission to make one call, borrowed from a [`CircuitBreaker`]. Report the outcome with
 /// [`success`](Self::success), [`failure`](Self::failure) or [`record`](Self::record); dropping
-/// it unreported records nothing (and frees a half-open trial slot).
-#[must_use = "report the outcome of the call, or drop the permit to record nothing"]
+/// it unreported means the call was cancelled: a hedge loser that started first counts as a
+/// failure, a call that ran for the slow-call threshold counts as slow, any other is counted
+/// as `cancelled` and frees its half-open trial slot (see the [module docs](self)).
+#[must_use = "report the outcome of the call; dropping the permit reports a cancelled call"]
 #[derive(Debug)]
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     ticket: Option<Ticket>,
+    /// The hedge attempt it was admitted in, if any (to learn whether it was superseded).
+    fate: Option<Arc<Fate>>,
 }
 
 impl Permit<'_> {
@@ -711,17 +758,18 @@ impl Permit<'_> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
-            self.breaker.release(ticket);
+            self.breaker.cancelled(ticket, self.fate.as_deref());
         }
     }
 }
 
 /// Like [`Permit`] but owning a clone of the breaker.
-#[must_use = "report the outcome of the call, or drop the permit to record nothing"]
+#[must_use = "report the outcome of the call; dropping the permit reports a cancelled call"]
 #[derive(Debug)]
 pub struct OwnedPermit {
     breaker: CircuitBreaker,
     ticket: Option<Ticket>,
+    fate: Option<Arc<Fate>>,
 }
 
 impl OwnedPermit {
@@ -736,7 +784,7 @@ impl OwnedPermit {
 impl Drop for OwnedPermit {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
-            self.breaker.release(ticket);
+            self.breaker.cancelled(ticket, self.fate.as_deref());
         }
     }
 }

@@ -6,7 +6,10 @@
 //!   Redis is gone; **L2 in Redis** lets replicas share what one of them loaded (Exchange
 //!   replicas share rates) and survives restarts.
 //! - **Single flight**: when a hot key expires, one caller loads it and the others wait for that
-//!   result, so a dependency sees one request instead of a stampede.
+//!   result, so a dependency sees one request instead of a stampede. Every L1 write goes
+//!   through the in-flight lock: a load writes only while it is still its key's current
+//!   flight, and `insert` or an invalidation detaches it, so an older loaded value never
+//!   overwrites a newer write (compare-and-set on the flight id).
 //! - **Last-known-good**: an expired value is kept for `max_staleness` after its TTL; if the
 //!   load fails, it is served (marked [`CacheSource::Stale`]) instead of an error. A bounded
 //!   age, because a week-old exchange rate is worse than an honest error.
@@ -358,13 +361,24 @@ where
         }
 
         let flight = {
-            let mut inflight = inner
-                .inflight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut inflight = inner.lock_inflight();
+            // Check L1 again under the lock: a flight that finished between our first look
+            // and taking the lock stored its value in L1 before removing itself, so a fresh
+            // entry now means the key was just loaded and must not be loaded twice.
+            let just_loaded = || {
+                let now = Instant::now();
+                inner
+                    .l1_get(key, now)
+                    .filter(|entry| inner.is_fresh(entry, now))
+            };
             match inflight.get(key) {
                 Some((_, flight)) => flight.clone(),
                 None => {
+                    if let Some(entry) = just_loaded() {
+                        drop(inflight);
+                        inner.metrics.hit.increment(1);
+                        return Ok(Cached::from_entry(entry, CacheSource::L1, Instant::now()));
+                    }
                     let id = inner
                         .next_flight
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -406,19 +420,32 @@ where
 
     /// Stores `value` in L1 and L2. An L2 failure is returned (and counted) but L1 is updated
     /// regardless.
+    ///
+    /// A load of `key` already in flight is detached: its callers still get what it loads, but
+    /// it no longer writes to the cache, so it cannot overwrite this newer value.
     pub async fn insert(&self, key: &str, value: V) -> Result<(), L2Error> {
         let entry = Entry {
             value,
             stored_at: Instant::now(),
         };
-        self.inner.l1.insert(key.to_owned(), entry.clone());
+        {
+            let mut inflight = self.inner.lock_inflight();
+            inflight.remove(key);
+            self.inner.l1.insert(key.to_owned(), entry.clone());
+        }
         self.inner.l2_store(key, &entry.value).await
     }
 
-    /// Removes `key` from both tiers.
+    /// Removes `key` from both tiers. A load of `key` already in flight is detached (it no
+    /// longer writes to the cache), so the value it loaded before the invalidation does not
+    /// come back.
     pub async fn invalidate(&self, key: &str) -> Result<(), L2Error> {
         let inner = &*self.inner;
-        inner.l1.remove(key);
+        {
+            let mut inflight = inner.lock_inflight();
+            inflight.remove(key);
+            inner.l1.remove(key);
+        }
         let Some(l2) = &inner.l2 else { return Ok(()) };
         let result = l2.delete(&l2.full_key(&inner.config.namespace, key)).await;
         inner.count_l2(&result);
@@ -430,20 +457,29 @@ where
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<usize, L2Error> {
         let inner = &*self.inner;
         let removed = std::cell::Cell::new(0_usize);
-        inner.l1.retain(|key, _| {
-            let keep = !glob_match(pattern, key);
-            if !keep {
-                removed.set(removed.get() + 1);
-            }
-            keep
-        });
+        {
+            // In-flight loads of matching keys are detached, as in `invalidate`.
+            let mut inflight = inner.lock_inflight();
+            inflight.retain(|key, _| !glob_match(pattern, key));
+            inner.l1.retain(|key, _| {
+                let keep = !glob_match(pattern, key);
+                if !keep {
+                    removed.set(removed.get() + 1);
+                }
+                keep
+            });
+        }
         inner.l2_delete_matching(pattern).await?;
         Ok(removed.get())
     }
 
     /// Removes every key of this namespace from both tiers.
     pub async fn clear(&self) -> Result<(), L2Error> {
-        self.inner.l1.clear();
+        {
+            let mut inflight = self.inner.lock_inflight();
+            inflight.clear();
+            self.inner.l1.clear();
+        }
         self.inner.l2_delete_matching("*").await
     }
 
@@ -457,18 +493,29 @@ where
             let outcome = AssertUnwindSafe(inner.fill(&key, load))
                 .catch_unwind()
                 .await;
-            // Remove the flight only after L1 holds the value, so nobody sees neither.
-            {
-                let mut inflight = inner
-                    .inflight
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if inflight
+            // Write L1 and remove the flight in one step under the in-flight lock, so nobody
+            // sees neither; and only while this flight is still the key's current one: an
+            // `insert` or an invalidation since it started detached it, and its value must
+            // not overwrite theirs (compare-and-set on the flight id).
+            let current = {
+                let mut inflight = inner.lock_inflight();
+                let current = inflight
                     .get(&key)
-                    .is_some_and(|(current, _)| *current == id)
-                {
+                    .is_some_and(|(current, _)| *current == id);
+                if current {
                     inflight.remove(&key);
+                    if let Ok(Ok(ok)) = &outcome {
+                        inner.l1.insert(key.clone(), ok.entry.clone());
+                    }
                 }
+                current
+            };
+            if let Ok(Ok(ok)) = &outcome
+                && current
+                && ok.source == CacheSource::Loaded
+            {
+                // Failure is counted and logged inside; L1 already serves the value.
+                let _ = inner.l2_store(&key, &ok.entry.value).await;
             }
             match outcome {
                 Ok(result) => result,
@@ -496,6 +543,13 @@ impl<V> Inner<V>
 where
     V: Clone + Send + Sync + Serialize + DeserializeOwned + 'static,
 {
+    /// The in-flight loads by key. Also taken by every write to L1 (`insert`, invalidations and
+    /// a finishing load), so a load can check that it is still current and write in one step.
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Flight<V>)>> {
+        // The map stays consistent through a panic elsewhere: keep going.
+        self.inflight.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The L1 entry for `key` if it is still servable (fresh or within `max_staleness`). One
     /// past that is removed here: the L1 map has no expiry of its own.
     fn l1_get(&self, key: &str, now: Instant) -> Option<Entry<V>> {
@@ -529,9 +583,9 @@ where
         Fut: Future<Output = Result<V, E>>,
         E: Send + Sync + 'static,
     {
+        // The caller (`load_flight`) writes the result to L1 and L2 if it is still current.
         let l2_stale = match self.l2_lookup(key).await {
             L2Lookup::Fresh(entry) => {
-                self.l1.insert(key.to_owned(), entry.clone());
                 return Ok(FlightOk {
                     entry,
                     source: CacheSource::L2,
@@ -546,9 +600,6 @@ where
                     value,
                     stored_at: Instant::now(),
                 };
-                self.l1.insert(key.to_owned(), entry.clone());
-                // Failure is counted and logged inside; L1 already serves the value.
-                let _ = self.l2_store(key, &entry.value).await;
                 Ok(FlightOk {
                     entry,
                     source: CacheSource::Loaded,

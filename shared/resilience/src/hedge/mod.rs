@@ -9,6 +9,17 @@
 //!
 //! Both attempts are polled in the caller's task (no spawn): the loser is dropped, which
 //! cancels it. Only use hedging for idempotent calls.
+//!
+//! The loser is still accounted for by the breakers inside it: a first attempt that loses to
+//! the hedge is marked superseded, so its breaker permit counts it as a failure (it did not
+//! answer within the delay plus the hedge's whole latency; Envoy's router likewise reports a
+//! per-try timeout to the host's outlier detector as a timeout when it hedges). A hedge that
+//! loses to the first attempt started later and proved nothing: it counts only as slow if it
+//! already ran past its breaker's slow-call threshold, else as cancelled. Without this, a
+//! replica that swallows every request never trips its breaker while hedging hides it, and
+//! keeps getting first attempts that each pay the hedge delay. Pick the delay at about the
+//! p95 latency so that a healthy replica's lost races (about 5 % of its calls) stay far
+//! below the breaker's failure-rate threshold.
 
 mod future;
 mod layer;
@@ -20,6 +31,7 @@ use metrics::Counter;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::{Hedge, HedgeLayer};
+use crate::attempt::{self, Fate};
 use crate::error::ResilienceError;
 use crate::retry::RetryBudget;
 
@@ -54,6 +66,7 @@ impl HedgePolicy {
 
     /// Runs `attempt` once, and a second time if the first is still pending after the delay.
     /// The first `Ok` wins; if both fail, the error of the one that failed last is returned.
+    /// A first attempt dropped because the hedge won is marked superseded (module docs).
     pub(crate) async fn run<T, E, F, Fut>(
         &self,
         metrics: &HedgeMetrics,
@@ -66,7 +79,8 @@ impl HedgePolicy {
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
-        let primary = attempt();
+        let primary_fate = Fate::nested();
+        let primary = attempt::scope(primary_fate.clone(), attempt());
         tokio::pin!(primary);
         let hedge_timer = tokio::time::sleep(self.delay);
         tokio::select! {
@@ -83,7 +97,7 @@ impl HedgePolicy {
             metrics.budget_exhausted.increment(1);
             return primary.await;
         }
-        let hedge = attempt();
+        let hedge = attempt::scope(Fate::nested(), attempt());
         tokio::pin!(hedge);
         let primary_failed_first = tokio::select! {
             biased;
@@ -97,6 +111,9 @@ impl HedgePolicy {
             result = &mut hedge => match result {
                 Ok(value) => {
                     metrics.hedge_won.increment(1);
+                    // The first attempt, still pending, is dropped on return: it lost a race it
+                    // started first.
+                    primary_fate.supersede();
                     return Ok(value);
                 }
                 Err(_) => false,

@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tower::retry::budget::{Budget, TpsBudget};
@@ -11,9 +11,14 @@ use crate::error::ConfigError;
 /// Every call deposits; every retry withdraws. With `ratio = 0.2`, at most one retry per five
 /// calls over the last `ttl`, plus `min_per_sec * ttl` retries that are always allowed so a
 /// low-traffic client can still retry.
+///
+/// Concurrent withdrawals never overdraw it: tower's `TpsBudget::withdraw` reads the balance
+/// and then subtracts (check-then-act), so N callers racing on the last token could all get
+/// it; withdrawals here are serialized by a lock (deposits stay lock-free: they only add).
 #[derive(Clone)]
 pub struct RetryBudget {
     inner: Arc<TpsBudget>,
+    withdrawals: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for RetryBudget {
@@ -27,6 +32,7 @@ impl Default for RetryBudget {
     fn default() -> Self {
         RetryBudget {
             inner: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
+            withdrawals: Arc::default(),
         }
     }
 }
@@ -46,6 +52,7 @@ impl RetryBudget {
         }
         Ok(RetryBudget {
             inner: Arc::new(TpsBudget::new(ttl, min_per_sec, ratio)),
+            withdrawals: Arc::default(),
         })
     }
 
@@ -56,6 +63,11 @@ impl RetryBudget {
 
     /// Takes one retry from the budget; `false` means do not retry.
     pub fn try_withdraw(&self) -> bool {
+        // The guarded data is tower's atomics: a panic under the lock leaves nothing torn.
+        let _serialized = self
+            .withdrawals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.inner.withdraw()
     }
 }
