@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Suite, alive, eventually, get_json, signal};
+use ftshop_platform::money;
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -17,7 +18,8 @@ async fn buy_sells_one_unit_credits_the_bonus_and_honours_the_idempotency_key() 
 
     let before = get_json(&suite, format!("{store}/product?product=1")).await;
     let stock_before = before["stock"].as_i64().expect("stock");
-    let value = before["value"].as_f64().expect("value");
+    let value_cents = before["value_cents"].as_i64().expect("value_cents");
+    let points = money::bonus_points(value_cents);
     let balance_before = get_json(&suite, format!("{fidelity}/balance/{user}")).await["points"]
         .as_i64()
         .expect("points");
@@ -37,14 +39,19 @@ async fn buy_sells_one_unit_credits_the_bonus_and_honours_the_idempotency_key() 
     let first: Value = first.json().await.expect("json");
     assert_eq!(first["product"]["id"], "1");
     assert_eq!(first["bonus"]["status"], "credited");
+    assert_eq!(first["bonus"]["points"].as_i64(), Some(points));
+    // Exact: the rate as the decimal Exchange wrote, the price in cents, one rounding half away
+    // from zero (docs/design.md, "Money").
+    let rate = money::decimal_from_f64(first["rate"].as_f64().expect("rate")).expect("rate");
+    assert!(rate > money::Decimal::ZERO);
+    let expected_total = money::convert(value_cents, rate).expect("a total");
     assert_eq!(
-        first["bonus"]["points"].as_i64(),
-        Some(value.round() as i64)
+        first["total"],
+        json!(money::decimal_to_f64(money::cents_to_decimal(
+            expected_total
+        ))),
+        "{first}"
     );
-    let rate = first["rate"].as_f64().expect("rate");
-    assert!(rate > 0.0);
-    let expected_total = ((value * 100.0).round() * rate).round() / 100.0;
-    assert!((first["total"].as_f64().expect("total") - expected_total).abs() < 0.005);
     assert!(
         first["transaction_id"]
             .as_str()
@@ -58,11 +65,7 @@ async fn buy_sells_one_unit_credits_the_bonus_and_honours_the_idempotency_key() 
         "stock falls by one"
     );
     let balance = get_json(&suite, format!("{fidelity}/balance/{user}")).await["points"].as_i64();
-    assert_eq!(
-        balance,
-        Some(value.round() as i64),
-        "balance rises by round(value)"
-    );
+    assert_eq!(balance, Some(points), "balance rises by round(value)");
 
     // Same key, same body: the same answer and no second sale.
     let second = buy().await.expect("buy again");
@@ -81,11 +84,7 @@ async fn buy_sells_one_unit_credits_the_bonus_and_honours_the_idempotency_key() 
         "replayed key sells nothing"
     );
     let balance = get_json(&suite, format!("{fidelity}/balance/{user}")).await["points"].as_i64();
-    assert_eq!(
-        balance,
-        Some(value.round() as i64),
-        "replayed key credits nothing"
-    );
+    assert_eq!(balance, Some(points), "replayed key credits nothing");
 
     // The order is on record.
     let order = get_json(

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::StatusCode;
+use ftshop_platform::money::{Decimal, RateBand};
 use ftshop_platform::telemetry::{
     FinishedSpan, SpanKind, TRACEPARENT_HEADER, TraceContext, export_span, outgoing_context,
 };
@@ -137,9 +138,11 @@ pub struct Product {
     pub value_cents: i64,
 }
 
+/// Exchange's answer. `rate` is read from the JSON number exactly (its shortest decimal text).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Rate {
-    pub rate: f64,
+    #[serde(with = "ftshop_platform::money::json")]
+    pub rate: Decimal,
     #[serde(default)]
     pub source: Option<String>,
 }
@@ -280,12 +283,14 @@ impl Downstreams {
                 timeout,
             )
             .await?;
-        if !(rate.rate.is_finite() && rate.rate > 0.0) {
-            return Err(StepError::Decode {
+        // Exchange refuses implausible rates at its boundary; this is the second check, so a
+        // misconfigured or foreign Exchange cannot price an order at 1e300 or 0 either.
+        RateBand::DEFAULT
+            .check(rate.rate)
+            .map_err(|err| StepError::Decode {
                 step: Step::Exchange,
-                cause: format!("rate {} is not positive", rate.rate),
-            });
-        }
+                cause: err.to_string(),
+            })?;
         Ok(rate)
     }
 

@@ -403,7 +403,7 @@ impl Resilient {
     }
 
     /// Writes a freshly loaded rate to the database, at most once a second.
-    fn remember_rate(&self, rate: f64) {
+    fn remember_rate(&self, rate: ftshop_platform::money::Decimal) {
         let Some(db) = self.rate_store.get().cloned() else {
             return;
         };
@@ -429,7 +429,10 @@ impl Resilient {
         match crate::orders::last_rate(db, RATE_PAIR).await {
             Ok(Some((rate, age_ms)))
                 if u128::try_from(age_ms).unwrap_or(u128::MAX)
-                    <= self.settings.rate_max_stale.as_millis() =>
+                    <= self.settings.rate_max_stale.as_millis()
+                    && ftshop_platform::money::RateBand::DEFAULT
+                        .check(rate)
+                        .is_ok() =>
             {
                 Some(Rate {
                     rate,

@@ -1,19 +1,8 @@
-//! Money is integer cents everywhere; JSON shows it as a decimal number of the currency.
+//! Money is integer cents in storage and arithmetic, rates are exact decimals, and JSON shows
+//! both as decimal numbers; the one rounding rule (half away from zero) and the conversion live
+//! in [`ftshop_platform::money`] so every service rounds the same way.
 
-/// Cents as the JSON number users read (49.9 for 4990 cents).
-pub fn cents_to_number(cents: i64) -> f64 {
-    cents as f64 / 100.0
-}
-
-/// `value × rate`, rounded half away from zero to whole cents.
-pub fn convert(value_cents: i64, rate: f64) -> i64 {
-    (value_cents as f64 * rate).round() as i64
-}
-
-/// Bonus points: `round(value)` in whole currency units, half away from zero.
-pub fn bonus_points(value_cents: i64) -> i64 {
-    (value_cents + 50).div_euclid(100)
-}
+pub use ftshop_platform::money::{Decimal, bonus_points, cents_to_decimal, convert, to_cents};
 
 #[cfg(test)]
 mod tests {
@@ -29,7 +18,11 @@ mod tests {
 
     #[test]
     fn conversion_rounds_to_cents() {
-        assert_eq!(convert(4990, 5.3123), 26508);
-        assert_eq!(cents_to_number(4990), 49.9);
+        let rate: Decimal = "5.3123".parse().unwrap_or_default();
+        assert_eq!(convert(4990, rate), Some(26508));
+        assert_eq!(cents_to_decimal(4990).to_string(), "49.90");
+        // The case: 24.50 USD at 5.31 is 130.095 BRL, half a cent up: 130.10.
+        let rate: Decimal = "5.31".parse().unwrap_or_default();
+        assert_eq!(convert(2450, rate), Some(13010));
     }
 }

@@ -16,6 +16,7 @@
 //! overwriting the newer outcome.
 
 use ftshop_platform::db::{Db, is_unique_violation, now_millis};
+use ftshop_platform::money::Decimal;
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::{AnyQueryResult, AnyRow};
@@ -175,7 +176,8 @@ pub struct Completion<'a> {
     pub user: &'a str,
     pub transaction_id: &'a str,
     pub value_cents: i64,
-    pub rate: f64,
+    /// Stored exactly, as decimal text in `rate_exact`.
+    pub rate: Decimal,
     pub total_cents: i64,
     pub bonus_points: i64,
     /// `credited`, or `pending` when the bonus goes to the outbox.
@@ -194,14 +196,14 @@ pub async fn complete(db: &Db, lease: &Lease, c: &Completion<'_>) -> Result<bool
     let mut tx = db.pool.begin().await?;
     // The first statement writes (SQLite: take the write lock before reading anything).
     let updated = sqlx::query(
-        "UPDATE orders SET status = 'completed', failed_step = NULL, transaction_id = $2, value_cents = $3, rate = $4, \
+        "UPDATE orders SET status = 'completed', failed_step = NULL, transaction_id = $2, value_cents = $3, rate_exact = $4, \
          total_cents = $5, bonus_points = $6, bonus_status = $7, response_status = 200, response = $8, updated_at = $9, \
          completed_sync = $10, next_attempt_at = NULL, version = version + 1 WHERE order_id = $1 AND version = $11",
     )
     .bind(lease.order_id.clone())
     .bind(c.transaction_id.to_owned())
     .bind(c.value_cents)
-    .bind(c.rate)
+    .bind(c.rate.to_string())
     .bind(c.total_cents)
     .bind(c.bonus_points)
     .bind(c.bonus_status.to_owned())
@@ -254,20 +256,20 @@ pub async fn defer(
     db: &Db,
     lease: &Lease,
     value_cents: i64,
-    rate: f64,
+    rate: Decimal,
     total_cents: i64,
     bonus_points: i64,
     response: &str,
 ) -> Result<bool, sqlx::Error> {
     let now = now_millis();
     let written = sqlx::query(
-        "UPDATE orders SET status = 'pending', value_cents = $2, rate = $3, total_cents = $4, bonus_points = $5, \
+        "UPDATE orders SET status = 'pending', value_cents = $2, rate_exact = $3, total_cents = $4, bonus_points = $5, \
          bonus_status = 'pending', response_status = 202, response = $6, updated_at = $7, next_attempt_at = $7, \
          completed_sync = 0, version = version + 1 WHERE order_id = $1 AND version = $8",
     )
     .bind(lease.order_id.clone())
     .bind(value_cents)
-    .bind(rate)
+    .bind(rate.to_string())
     .bind(total_cents)
     .bind(bonus_points)
     .bind(response.to_owned())
@@ -287,7 +289,8 @@ pub struct DueOrder {
     pub status: String,
     pub attempts: i64,
     pub value_cents: Option<i64>,
-    pub rate: Option<f64>,
+    /// The rate the order was priced at (`rate_exact`); `None` before it was priced.
+    pub rate: Option<Decimal>,
     pub response: Option<String>,
     /// The version read; [`lease_due`] claims the order from it.
     pub version: i64,
@@ -296,7 +299,7 @@ pub struct DueOrder {
 pub async fn due_orders(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Error> {
     let now = now_millis();
     let rows = sqlx::query(
-        "SELECT order_id, user_id, product_id, status, attempts, value_cents, rate, response, version FROM orders \
+        "SELECT order_id, user_id, product_id, status, attempts, value_cents, rate_exact, response, version FROM orders \
          WHERE ft = 1 AND ((status = 'pending' AND next_attempt_at <= $1) \
             OR (status = 'processing' AND updated_at < $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $1))) \
          ORDER BY created_at LIMIT $3",
@@ -315,7 +318,7 @@ pub async fn due_orders(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Erro
                 status: row.try_get("status")?,
                 attempts: row.try_get("attempts")?,
                 value_cents: row.try_get("value_cents")?,
-                rate: row.try_get("rate")?,
+                rate: decimal_column(row, "rate_exact")?,
                 response: row.try_get("response")?,
                 version: row.try_get("version")?,
             })
@@ -565,8 +568,10 @@ pub struct OrderView {
     pub failed_step: Option<String>,
     /// Why a deferred order was cancelled (`out-of-stock`, `unknown-product`).
     pub cancel_reason: Option<String>,
-    /// Total in BRL.
-    pub total: Option<f64>,
+    /// Total in BRL (a JSON number, exact to the cent).
+    #[schema(value_type = Option<f64>, example = 130.1)]
+    #[serde(with = "ftshop_platform::money::json::option")]
+    pub total: Option<Decimal>,
     pub bonus_points: Option<i64>,
     pub bonus_status: Option<String>,
     pub created_at_ms: i64,
@@ -593,7 +598,7 @@ pub async fn find(db: &Db, order_id: &str) -> Result<Option<OrderView>, sqlx::Er
         cancel_reason: row.try_get("cancel_reason")?,
         total: row
             .try_get::<Option<i64>, _>("total_cents")?
-            .map(crate::money::cents_to_number),
+            .map(crate::money::cents_to_decimal),
         bonus_points: row.try_get("bonus_points")?,
         bonus_status: row.try_get("bonus_status")?,
         created_at_ms: row.try_get("created_at")?,
@@ -601,14 +606,14 @@ pub async fn find(db: &Db, order_id: &str) -> Result<Option<OrderView>, sqlx::Er
     }))
 }
 
-/// Remembers the last rate Exchange answered (one row per currency pair).
-pub async fn store_last_rate(db: &Db, pair: &str, rate: f64) -> Result<(), sqlx::Error> {
+/// Remembers the last rate Exchange answered (one row per currency pair), as decimal text.
+pub async fn store_last_rate(db: &Db, pair: &str, rate: Decimal) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO last_rate (pair, rate, stored_at) VALUES ($1, $2, $3) \
          ON CONFLICT (pair) DO UPDATE SET rate = excluded.rate, stored_at = excluded.stored_at",
     )
     .bind(pair.to_owned())
-    .bind(rate)
+    .bind(rate.to_string())
     .bind(now_millis())
     .execute(&db.pool)
     .await?;
@@ -616,14 +621,34 @@ pub async fn store_last_rate(db: &Db, pair: &str, rate: f64) -> Result<(), sqlx:
 }
 
 /// The last remembered rate for `pair` and its age in milliseconds.
-pub async fn last_rate(db: &Db, pair: &str) -> Result<Option<(f64, i64)>, sqlx::Error> {
+pub async fn last_rate(db: &Db, pair: &str) -> Result<Option<(Decimal, i64)>, sqlx::Error> {
     let row = sqlx::query("SELECT rate, stored_at FROM last_rate WHERE pair = $1")
         .bind(pair.to_owned())
         .fetch_optional(&db.pool)
         .await?;
-    row.map(|row| -> Result<(f64, i64), sqlx::Error> {
+    row.map(|row| -> Result<(Decimal, i64), sqlx::Error> {
         let stored_at: i64 = row.try_get("stored_at")?;
-        Ok((row.try_get("rate")?, (now_millis() - stored_at).max(0)))
+        let rate = decimal_column(&row, "rate")?.ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "rate".to_owned(),
+            source: "NULL rate".into(),
+        })?;
+        Ok((rate, (now_millis() - stored_at).max(0)))
+    })
+    .transpose()
+}
+
+/// A decimal stored as text (`rate_exact`, `last_rate.rate`), read exactly; text that is not a
+/// decimal is a decode error, never a guess.
+fn decimal_column(row: &sqlx::any::AnyRow, column: &str) -> Result<Option<Decimal>, sqlx::Error> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|text| {
+        text.trim()
+            .parse::<Decimal>()
+            .or_else(|_| Decimal::from_scientific(text.trim()))
+            .map_err(|err| sqlx::Error::ColumnDecode {
+                index: column.to_owned(),
+                source: Box::new(err),
+            })
     })
     .transpose()
 }

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
 use crate::AppState;
-use crate::downstream::{Product, StepError};
+use crate::downstream::{Product, Step, StepError};
 use crate::ft::{Degradations, SellFailure};
-use crate::money::{bonus_points, cents_to_number, convert};
+use crate::money::{Decimal, bonus_points, cents_to_decimal, convert, to_cents};
 use crate::orders::{self, Backlog, Claim, Completion, NewOrder, OrderView};
 
 #[derive(OpenApi)]
@@ -66,8 +66,10 @@ fn default_ft() -> bool {
 pub struct ProductView {
     pub id: String,
     pub name: String,
-    /// Price in USD.
-    pub value: f64,
+    /// Price in USD, exact to the cent (a JSON number: `24.5`).
+    #[schema(value_type = f64, example = 24.5)]
+    #[serde(with = "ftshop_platform::money::json")]
+    pub value: Decimal,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -86,10 +88,15 @@ pub struct BuyResponse {
     /// Store's sale; `null` while the sale is deferred.
     pub transaction_id: Option<String>,
     pub product: ProductView,
-    /// USD→BRL rate used.
-    pub rate: f64,
-    /// `value × rate` in BRL, rounded to cents.
-    pub total: f64,
+    /// USD→BRL rate used, the exact decimal Exchange answered (a JSON number: `5.31`).
+    #[schema(value_type = f64, example = 5.31)]
+    #[serde(with = "ftshop_platform::money::json")]
+    pub rate: Decimal,
+    /// `value × rate` in BRL, computed exactly and rounded once to cents, half away from zero
+    /// (24.50 × 5.31 = 130.095 → `130.1`; docs/design.md, "Money").
+    #[schema(value_type = f64, example = 130.1)]
+    #[serde(with = "ftshop_platform::money::json")]
+    pub total: Decimal,
     pub bonus: BonusView,
     /// Every fallback that saved this purchase (empty on the happy path).
     pub degraded: Vec<String>,
@@ -171,9 +178,9 @@ async fn buy(
             let completion = Completion {
                 user: &request.user,
                 transaction_id: &transaction_id,
-                value_cents: (answer.product.value * 100.0).round() as i64,
+                value_cents: cents(answer.product.value)?,
                 rate: answer.rate,
-                total_cents: (answer.total * 100.0).round() as i64,
+                total_cents: cents(answer.total)?,
                 bonus_points: answer.bonus.points,
                 bonus_status: &answer.bonus.status,
                 completed_sync: true,
@@ -190,9 +197,9 @@ async fn buy(
             let written = orders::defer(
                 &state.db,
                 &lease,
-                (answer.product.value * 100.0).round() as i64,
+                cents(answer.product.value)?,
                 answer.rate,
-                (answer.total * 100.0).round() as i64,
+                cents(answer.total)?,
                 answer.bonus.points,
                 &body,
             )
@@ -226,6 +233,24 @@ async fn buy(
             Err(problem)
         }
     }
+}
+
+/// An amount of the answer in cents; it was made from cents, so this is exact and cannot fail
+/// short of a bug.
+fn cents(amount: Decimal) -> Result<i64, Problem> {
+    to_cents(amount).ok_or_else(|| Problem::internal(format!("amount {amount} beyond i64 cents")))
+}
+
+/// `value_cents × rate` as the BRL total of an answer, rounded once to cents by the suite's rule
+/// ([`ftshop_platform::money::convert`]). A total beyond `i64` cents is the rate's fault (the
+/// price is bounded by the catalog): an Exchange step error, never a saturated number.
+pub(crate) fn total(value_cents: i64, rate: Decimal) -> Result<Decimal, StepError> {
+    convert(value_cents, rate)
+        .map(cents_to_decimal)
+        .ok_or_else(|| StepError::Decode {
+            step: Step::Exchange,
+            cause: format!("{value_cents} cents at rate {rate} give no representable total"),
+        })
 }
 
 /// This request's claim on its order was superseded while it ran (the order looked abandoned
@@ -290,6 +315,7 @@ async fn purchase(
         value_cents,
     } = calls.product(&request.product, request_id).await?;
     let rate = calls.exchange(request_id).await?;
+    let total = total(value_cents, rate.rate)?;
     let sale = calls.sell(&id, &sale_key(order_id), request_id).await?;
     let points = bonus_points(value_cents);
     calls
@@ -310,10 +336,10 @@ async fn purchase(
         product: ProductView {
             id,
             name,
-            value: cents_to_number(value_cents),
+            value: cents_to_decimal(value_cents),
         },
         rate: rate.rate,
-        total: cents_to_number(convert(value_cents, rate.rate)),
+        total,
         bonus: BonusView {
             points,
             status: "credited".to_owned(),
@@ -346,10 +372,10 @@ async fn ft_purchase(
         product: ProductView {
             id: product.id.clone(),
             name: product.name.clone(),
-            value: cents_to_number(product.value_cents),
+            value: cents_to_decimal(product.value_cents),
         },
         rate: rate.rate,
-        total: cents_to_number(convert(product.value_cents, rate.rate)),
+        total: total(product.value_cents, rate.rate)?,
         bonus: BonusView {
             points,
             status: "pending".to_owned(),

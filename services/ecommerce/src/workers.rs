@@ -21,9 +21,9 @@ use tokio::time::Instant;
 use crate::AppState;
 use crate::downstream::StepError;
 use crate::ft::{Degradations, SellFailure};
-use crate::money::{bonus_points, cents_to_number, convert};
+use crate::money::{bonus_points, cents_to_decimal, to_cents};
 use crate::orders::{self, Completion, DueOrder, Lease, OutboxEntry};
-use crate::routes::{BonusView, BuyResponse, ProductView, sale_key};
+use crate::routes::{BonusView, BuyResponse, ProductView, sale_key, total};
 
 /// How often each worker looks for due work.
 const POLL: Duration = Duration::from_millis(200);
@@ -127,29 +127,36 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
                 .product(&order.product, &request_id, deadline, &mut degraded)
                 .await;
             let rate = ft.rate(&request_id, deadline, &mut degraded).await;
-            match (product, rate) {
-                (Ok(product), Ok(rate)) => BuyResponse {
+            // A rate that prices this product beyond any total is the Exchange step failing.
+            let priced = match (product, rate) {
+                (Ok(product), Ok(rate)) => {
+                    total(product.value_cents, rate.rate).map(|total| (product, rate, total))
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            match priced {
+                Ok((product, rate, total)) => BuyResponse {
                     order_id: order.order_id.clone(),
                     status: "pending".to_owned(),
                     transaction_id: None,
                     product: ProductView {
                         id: product.id.clone(),
                         name: product.name.clone(),
-                        value: cents_to_number(product.value_cents),
+                        value: cents_to_decimal(product.value_cents),
                     },
                     rate: rate.rate,
-                    total: cents_to_number(convert(product.value_cents, rate.rate)),
+                    total,
                     bonus: BonusView {
                         points: bonus_points(product.value_cents),
                         status: "pending".to_owned(),
                     },
                     degraded: degraded.0.clone(),
                 },
-                (Err(e), _) | (_, Err(e)) if !is_final(&e) => {
+                Err(e) if !is_final(&e) => {
                     retry_later(state, &order, &lease).await?;
                     return Ok(());
                 }
-                (Err(e), _) | (_, Err(e)) => return cancel(state, &order, &lease, &e).await,
+                Err(e) => return cancel(state, &order, &lease, &e).await,
             }
         }
     };
@@ -170,9 +177,12 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
             answer.transaction_id = Some(sale.transaction_id.clone());
             answer.bonus.status = "pending".to_owned();
             let body = serde_json::to_string(&answer)?;
-            let value_cents = order
-                .value_cents
-                .unwrap_or((answer.product.value * 100.0).round() as i64);
+            let (Some(value_cents), Some(total_cents)) = (
+                order.value_cents.or_else(|| to_cents(answer.product.value)),
+                to_cents(answer.total),
+            ) else {
+                anyhow::bail!("order {}: amounts beyond i64 cents", order.order_id);
+            };
             let written = orders::complete(
                 &state.db,
                 &lease,
@@ -181,7 +191,7 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
                     transaction_id: &sale.transaction_id,
                     value_cents,
                     rate: order.rate.unwrap_or(answer.rate),
-                    total_cents: (answer.total * 100.0).round() as i64,
+                    total_cents,
                     bonus_points: answer.bonus.points,
                     // The dispatcher credits it: the outbox row is written with the completion.
                     bonus_status: "pending",

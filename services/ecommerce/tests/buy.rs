@@ -32,6 +32,9 @@ struct Script {
     /// Sales per replica (0 or 1).
     sells_by_replica: [usize; 2],
     bonus_calls: Vec<(String, i64, String)>,
+    /// The product's price in cents (default 4990) and Exchange's `rate` (default 5.0).
+    price_cents: Option<i64>,
+    rate: Option<Value>,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -50,29 +53,33 @@ async fn product(
     State((s, replica)): State<(Shared, usize)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> axum::response::Response {
-    let (status, delay) = {
+    let (status, delay, cents) = {
         let mut s = s.lock().expect("lock");
         s.product_calls += 1;
         let delay = match s.slow_product_replica {
             Some(slow) if slow != replica => None,
             _ => s.product_delay,
         };
-        (s.product_status, delay)
+        (s.product_status, delay, s.price_cents.unwrap_or(4990))
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
     match status {
         Some(code) => problem(code, "scripted"),
-        None => Json(json!({"id": q.get("product"), "name": "Thing", "value": 49.9, "value_cents": 4990, "stock": 10})).into_response(),
+        None => Json(json!({"id": q.get("product"), "name": "Thing", "value": cents as f64 / 100.0, "value_cents": cents, "stock": 10})).into_response(),
     }
 }
 
 async fn exchange(State((s, _)): State<(Shared, usize)>) -> axum::response::Response {
-    match s.lock().expect("lock").exchange_status {
+    let s = s.lock().expect("lock");
+    match s.exchange_status {
         Some(code) => problem(code, "scripted"),
-        None => Json(json!({"rate": 5.0, "as_of": "2026-11-23T00:00:00Z", "source": "live"}))
-            .into_response(),
+        None => {
+            let rate = s.rate.clone().unwrap_or(json!(5.0));
+            Json(json!({"rate": rate, "as_of": "2026-11-23T00:00:00Z", "source": "live"}))
+                .into_response()
+        }
     }
 }
 
@@ -125,6 +132,7 @@ struct TestApp {
     url: String,
     script: Shared,
     http: reqwest::Client,
+    database_url: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -162,7 +170,7 @@ async fn spawn_app_in(
         replicas.push(serve(fake).await);
     }
     let mut common = CommonArgs::for_data_dir(dir.path());
-    common.database_url = database_url;
+    common.database_url = database_url.clone();
     common.admin_token = Some(ADMIN_TOKEN.to_owned());
     let config = Config {
         common,
@@ -182,6 +190,7 @@ async fn spawn_app_in(
         url,
         script,
         http: reqwest::Client::new(),
+        database_url,
         _dir: dir,
     }
 }
@@ -211,6 +220,30 @@ impl TestApp {
 
     fn script(&self) -> std::sync::MutexGuard<'_, Script> {
         self.script.lock().expect("lock")
+    }
+
+    /// The order row's stored figures: `(value_cents, rate_exact, total_cents)`.
+    async fn stored_figures(&self, order_id: &str) -> (i64, String, i64) {
+        use sqlx::Row;
+        let db = ftshop_platform::db::Db::connect(
+            self.database_url.as_deref(),
+            self._dir.path(),
+            "ecommerce",
+        )
+        .await
+        .expect("the test's database");
+        let row = sqlx::query(
+            "SELECT value_cents, rate_exact, total_cents FROM orders WHERE order_id = $1",
+        )
+        .bind(order_id.to_owned())
+        .fetch_one(&db.pool)
+        .await
+        .expect("the order row");
+        (
+            row.try_get("value_cents").expect("value_cents"),
+            row.try_get("rate_exact").expect("rate_exact"),
+            row.try_get("total_cents").expect("total_cents"),
+        )
     }
 }
 
@@ -269,6 +302,74 @@ async fn happy_path_and_replay_on_postgres() {
         .await
         .expect("postgres");
     happy_path_and_replay(spawn_app(Some(url)).await).await;
+}
+
+/// 24.50 USD at 5.31 is exactly 130.095 BRL: half a cent, rounded away from zero to 130.10
+/// (f64 arithmetic gave 130.09). The answer, the order view and the stored row all say so, on
+/// the plain and the fault-tolerant path.
+async fn totals_are_exact_and_rounded_half_away_from_zero(app: TestApp) {
+    app.script().price_cents = Some(2450);
+    app.script().rate = Some(json!(5.31));
+    for ft in [false, true] {
+        let (status, body) = app
+            .buy(None, json!({"product": "7", "user": "alice", "ft": ft}))
+            .await;
+        assert_eq!(status, 200, "ft={ft}: {body}");
+        assert_eq!(body["product"]["value"], json!(24.5), "{body}");
+        assert_eq!(body["rate"], json!(5.31), "{body}");
+        assert_eq!(body["total"], json!(130.1), "ft={ft}: {body}");
+        assert_eq!(
+            body["bonus"]["points"], 25,
+            "round(24.50) half away from zero"
+        );
+
+        let order_id = body["order_id"].as_str().expect("order id");
+        let view = order_view(&app, order_id).await;
+        assert_eq!(view["total"], json!(130.1), "{view}");
+        let (value_cents, rate, total_cents) = app.stored_figures(order_id).await;
+        assert_eq!(
+            (value_cents, rate.as_str(), total_cents),
+            (2450, "5.31", 13010)
+        );
+    }
+}
+
+#[tokio::test]
+async fn totals_are_exact_on_sqlite() {
+    totals_are_exact_and_rounded_half_away_from_zero(spawn_app(None).await).await;
+}
+
+#[tokio::test]
+async fn totals_are_exact_on_postgres() {
+    let url = ftshop_platform::db::testing::fresh_postgres_database()
+        .await
+        .expect("postgres");
+    totals_are_exact_and_rounded_half_away_from_zero(spawn_app(Some(url)).await).await;
+}
+
+/// A rate no market gives (1e300 used to saturate the total to 9.2e16 BRL, 1e-9 to price the
+/// product at 0) fails the Exchange step: nothing is sold, no bonus, on either path.
+#[tokio::test]
+async fn absurd_rates_fail_the_exchange_step_and_sell_nothing() {
+    let app = spawn_app(None).await;
+    for absurd in [
+        json!(1e300),
+        json!(1e-9),
+        json!(0),
+        json!(-5.31),
+        json!("5.31"),
+    ] {
+        app.script().rate = Some(absurd.clone());
+        for ft in [false, true] {
+            let (status, body) = app
+                .buy(None, json!({"product": "7", "user": "alice", "ft": ft}))
+                .await;
+            assert_eq!(status, 502, "rate {absurd}, ft={ft}: {body}");
+            assert_eq!(body["step"], "exchange", "rate {absurd}, ft={ft}: {body}");
+        }
+    }
+    assert_eq!(app.script().sell_calls, 0);
+    assert!(app.script().bonus_calls.is_empty());
 }
 
 #[tokio::test]

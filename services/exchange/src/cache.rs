@@ -25,6 +25,7 @@ use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use ftshop_platform::money::{Decimal, decimal_to_f64};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
@@ -54,7 +55,7 @@ pub enum Origin {
 /// A rate and where it came from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quote {
-    pub rate: f64,
+    pub rate: Decimal,
     /// Wall-clock time the rate was fetched.
     pub as_of: OffsetDateTime,
     pub origin: Origin,
@@ -79,15 +80,15 @@ pub enum Refresh {
 /// A rate fetched elsewhere or earlier, and how old it is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Snapshot {
-    pub rate: f64,
+    pub rate: Decimal,
     /// Wall-clock time the rate was fetched from a source.
     pub as_of: OffsetDateTime,
     pub age: Duration,
 }
 
 /// A plain fetch from the source (no shared tier).
-impl<E: std::fmt::Display> From<Result<f64, E>> for Refresh {
-    fn from(fetched: Result<f64, E>) -> Self {
+impl<E: std::fmt::Display> From<Result<Decimal, E>> for Refresh {
+    fn from(fetched: Result<Decimal, E>) -> Self {
         match fetched {
             Ok(rate) => Refresh::Fetched(Snapshot {
                 rate,
@@ -123,7 +124,7 @@ struct State {
 
 #[derive(Clone, Copy)]
 struct Entry {
-    rate: f64,
+    rate: Decimal,
     /// When the rate was fetched from a source (in the past for a shared rate).
     fetched_at: Instant,
     as_of: OffsetDateTime,
@@ -160,7 +161,7 @@ impl RatesCache {
     /// A quote for a client request, refreshing through `fetch` when needed, counted in
     /// `resilience_cache_requests_total{cache="exchange_rate",result=hit|miss|stale}` (a refresh
     /// that ends without any rate to serve counts as a miss). `fetch` returns a plain
-    /// `Result<f64, E>` from the source or a [`Refresh`] from the shared tier.
+    /// `Result<Decimal, E>` from the source or a [`Refresh`] from the shared tier.
     pub async fn get<F, Fut, R>(&self, fetch: F) -> Result<Quote, Unavailable>
     where
         F: FnOnce() -> Fut,
@@ -231,7 +232,8 @@ impl RatesCache {
         state.last_good = Some(entry);
         state.refreshed_at = Some(now);
         state.last_failure = None;
-        metrics::gauge!("exchange_rate").set(entry.rate);
+        // A gauge is an f64 by nature: for graphs only, never read back as money.
+        metrics::gauge!("exchange_rate").set(decimal_to_f64(entry.rate));
         Ok(quote(&entry, origin, now))
     }
 
@@ -336,11 +338,20 @@ mod tests {
     const TTL: Duration = Duration::from_secs(2);
     const MAX_STALE: Duration = Duration::from_secs(10);
 
-    async fn ok(rate: f64) -> Result<f64, String> {
-        Ok(rate)
+    async fn ok(rate: f64) -> Result<Decimal, String> {
+        Ok(dec(rate))
     }
 
-    async fn fail() -> Result<f64, String> {
+    fn dec(rate: f64) -> Decimal {
+        ftshop_platform::money::decimal_from_f64(rate).unwrap_or_default()
+    }
+
+    /// `rate` is the decimal `text` (a guard, since decimals cannot be matched as literals).
+    fn is(rate: impl std::borrow::Borrow<Decimal>, text: &str) -> bool {
+        text.parse() == Ok(*rate.borrow())
+    }
+
+    async fn fail() -> Result<Decimal, String> {
         Err("source down".to_owned())
     }
 
@@ -351,10 +362,10 @@ mod tests {
         assert!(matches!(
             first,
             Ok(Quote {
-                rate: 5.3,
+                rate,
                 origin: Origin::Live,
                 ..
-            })
+            }) if is(rate, "5.3")
         ));
         advance(Duration::from_millis(1999)).await;
         let second = cache.get(|| ok(9.9)).await;
@@ -362,10 +373,10 @@ mod tests {
             matches!(
                 second,
                 Ok(Quote {
-                    rate: 5.3,
+                    rate,
                     origin: Origin::Cache,
                     ..
-                })
+                }) if is(rate, "5.3")
             ),
             "{second:?}"
         );
@@ -382,10 +393,10 @@ mod tests {
             matches!(
                 quote,
                 Ok(Quote {
-                    rate: 5.4,
+                    rate,
                     origin: Origin::Live,
                     ..
-                })
+                }) if is(rate, "5.4")
             ),
             "{quote:?}"
         );
@@ -399,7 +410,7 @@ mod tests {
         advance(TTL).await;
         let stale = cache.get(fail).await;
         assert!(
-            matches!(stale, Ok(Quote { rate: 5.3, origin: Origin::Stale, age, .. }) if age == TTL)
+            matches!(stale, Ok(Quote { rate, origin: Origin::Stale, age, .. }) if age == TTL && is(rate, "5.3"))
         );
         assert!(
             cache.status().is_err(),
@@ -457,10 +468,10 @@ mod tests {
             matches!(
                 back,
                 Ok(Quote {
-                    rate: 5.5,
+                    rate,
                     origin: Origin::Live,
                     ..
-                })
+                }) if is(rate, "5.5")
             ),
             "{back:?}"
         );
@@ -493,7 +504,7 @@ mod tests {
                     .get(|| async move {
                         calls.fetch_add(1, Ordering::SeqCst);
                         sleep(Duration::from_millis(300)).await;
-                        Ok::<_, String>(5.3)
+                        Ok::<_, String>(dec(5.3))
                     })
                     .await
             })
@@ -518,10 +529,10 @@ mod tests {
                 matches!(
                     a,
                     Ok(Ok(Quote {
-                        rate: 5.3,
+                        rate,
                         origin: Origin::Cache,
                         ..
-                    }))
+                    })) if is(rate, "5.3")
                 )
             })
             .count();
@@ -541,7 +552,7 @@ mod tests {
                     .get(|| async move {
                         calls.fetch_add(1, Ordering::SeqCst);
                         sleep(Duration::from_millis(800)).await;
-                        Err::<f64, _>("timed out")
+                        Err::<Decimal, _>("timed out")
                     })
                     .await
             })
@@ -555,16 +566,16 @@ mod tests {
         assert!(answers.iter().all(|a| matches!(
             a,
             Ok(Ok(Quote {
-                rate: 5.3,
+                rate,
                 origin: Origin::Stale,
                 ..
-            }))
+            })) if is(rate, "5.3")
         )));
     }
 
     fn shared(rate: f64, age: Duration) -> Snapshot {
         Snapshot {
-            rate,
+            rate: dec(rate),
             as_of: OffsetDateTime::UNIX_EPOCH,
             age,
         }
@@ -579,7 +590,7 @@ mod tests {
         assert_eq!(
             got,
             Ok(Quote {
-                rate: 5.5,
+                rate: dec(5.5),
                 as_of: OffsetDateTime::UNIX_EPOCH,
                 origin: Origin::Cache,
                 age: Duration::from_millis(1500),
@@ -599,10 +610,10 @@ mod tests {
         assert!(matches!(
             live,
             Ok(Quote {
-                rate: 5.6,
+                rate,
                 origin: Origin::Live,
                 ..
-            })
+            }) if is(rate, "5.6")
         ));
     }
 
@@ -628,10 +639,10 @@ mod tests {
         assert!(answers.iter().all(|a| matches!(
             a,
             Ok(Ok(Quote {
-                rate: 5.5,
+                rate,
                 origin: Origin::Cache,
                 ..
-            }))
+            })) if is(rate, "5.5")
         )));
     }
 
@@ -651,7 +662,7 @@ mod tests {
             })
             .await;
         assert!(
-            matches!(newer, Ok(Quote { rate: 5.4, origin: Origin::Stale, age, .. }) if age == Duration::from_secs(1)),
+            matches!(newer, Ok(Quote { rate, origin: Origin::Stale, age, .. }) if age == Duration::from_secs(1) && is(rate, "5.4")),
             "{newer:?}"
         );
         // Younger than the TTL: a rate worth serving exists, so readiness stays fine.
@@ -672,7 +683,7 @@ mod tests {
             })
             .await;
         assert!(
-            matches!(kept, Ok(Quote { rate: 5.4, origin: Origin::Stale, age, .. }) if age == Duration::from_secs(3)),
+            matches!(kept, Ok(Quote { rate, origin: Origin::Stale, age, .. }) if age == Duration::from_secs(3) && is(rate, "5.4")),
             "{kept:?}"
         );
     }

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use ftshop_platform::config::CommonArgs;
 use ftshop_platform::health::Readiness;
+use ftshop_platform::money::{Decimal, RateBand};
 use ftshop_platform::server::{self, Service};
 use utoipa::OpenApi;
 
@@ -61,6 +62,15 @@ pub struct Config {
     #[arg(long, env = "FTSHOP_EXCHANGE_UPSTREAM")]
     pub upstream_url: Option<reqwest::Url>,
 
+    /// Smallest rate believed (BRL per USD); a source answering less has failed, and the last
+    /// good rate is served instead.
+    #[arg(long, env = "FTSHOP_RATE_MIN", default_value = "0.000001")]
+    pub rate_min: Decimal,
+
+    /// Largest rate believed; a source answering more has failed (see `--rate-min`).
+    #[arg(long, env = "FTSHOP_RATE_MAX", default_value = "1000000")]
+    pub rate_max: Decimal,
+
     /// Timeout of one upstream fetch.
     #[arg(long, env = "FTSHOP_EXCHANGE_UPSTREAM_TIMEOUT", default_value = "800ms", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
@@ -99,6 +109,8 @@ impl Config {
             max_stale: Duration::from_secs(600),
             rate_seed: None,
             upstream_url: None,
+            rate_min: RateBand::DEFAULT.min,
+            rate_max: RateBand::DEFAULT.max,
             upstream_timeout: Duration::from_millis(800),
             upstream_pointer: "/rates/BRL".to_owned(),
             redis_key_prefix: "ftshop:".to_owned(),
@@ -127,6 +139,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let band = RateBand::new(config.rate_min, config.rate_max)
+            .map_err(|err| anyhow::anyhow!("--rate-min / --rate-max: {err}"))?;
         let source = match &config.upstream_url {
             Some(url) => RateSource::upstream(
                 url.clone(),
@@ -134,7 +148,8 @@ impl AppState {
                 config.upstream_timeout,
             )?,
             None => RateSource::simulated(config.rate_seed),
-        };
+        }
+        .with_band(band);
         anyhow::ensure!(
             !config.redis_timeout.is_zero(),
             "--redis-timeout must be positive"

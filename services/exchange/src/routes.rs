@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use ftshop_platform::Problem;
 use ftshop_platform::extract::Json;
+use ftshop_platform::money::Decimal;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use utoipa::OpenApi;
@@ -31,9 +32,11 @@ pub fn router(state: AppState) -> Router {
 /// The USD→BRL rate.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExchangeRate {
-    /// BRL per USD.
-    #[schema(example = 5.3123)]
-    pub rate: f64,
+    /// BRL per USD: an exact decimal written as a JSON number (up to 15 significant digits,
+    /// inside the configured plausible band, default 0.000001..=1000000).
+    #[schema(value_type = f64, example = 5.3123)]
+    #[serde(with = "ftshop_platform::money::json")]
+    pub rate: Decimal,
     /// When the rate was fetched from the source (RFC 3339, UTC).
     #[schema(example = "2025-01-31T12:00:00.123Z")]
     pub as_of: String,

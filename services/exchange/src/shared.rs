@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use ftshop_platform::money::{self, Decimal, RateBand};
 use ftshop_resilience::cache::RedisL2;
 use ftshop_resilience::{CacheConfig, CacheError, CacheSource, Cached, TieredCache};
 use serde::{Deserialize, Serialize};
@@ -53,10 +54,16 @@ pub struct SharedSettings {
     pub op_timeout: Duration,
 }
 
-/// The rate as stored in Redis.
+/// The rate as stored in Redis. `rate` is a JSON number written from the exact decimal
+/// ([`money::json`]); a stored rate outside [`RateBand::DEFAULT`] does not decode, so the tiered
+/// cache ignores it like any undecodable value and this replica asks its own source.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SharedRate {
-    rate: f64,
+    #[serde(
+        serialize_with = "money::json::serialize",
+        deserialize_with = "plausible_rate"
+    )]
+    rate: Decimal,
     /// When a replica fetched it from its source.
     #[serde(with = "time::serde::rfc3339")]
     as_of: OffsetDateTime,
@@ -99,7 +106,7 @@ impl SharedRates {
     /// One refresh: a fresh shared rate, else a fetch from `source` stored for everyone, else
     /// the failure with the shared last-known-good rate.
     pub async fn refresh(&self, source: Arc<RateSource>) -> Refresh {
-        if matches!(*source, RateSource::Simulated(_))
+        if source.is_simulated()
             && !self.walk_primed.swap(true, Ordering::SeqCst)
             && let Some(fresh) = self.prime_walk(&source).await
         {
@@ -165,7 +172,7 @@ impl SharedRates {
         let snapshot = snapshot(peek);
         source.observe(snapshot.rate);
         tracing::info!(
-            rate = snapshot.rate,
+            rate = %snapshot.rate,
             age_ms = snapshot.age.as_millis() as u64,
             fresh,
             "simulated rate continues from the shared rate"
@@ -200,6 +207,14 @@ impl SharedRates {
             )
         }
     }
+}
+
+/// A shared rate as read from Redis: a JSON number inside [`RateBand::DEFAULT`].
+fn plausible_rate<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+    let rate = money::json::deserialize(deserializer)?;
+    RateBand::DEFAULT
+        .check(rate)
+        .map_err(serde::de::Error::custom)
 }
 
 /// The peek's loader error: [`SharedRates::prime_walk`] only reads.

@@ -4,15 +4,23 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use ftshop_platform::money::{Decimal, RateBand, RateError};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 /// Target of `http_client_request_duration_seconds` for upstream fetches.
 const UPSTREAM_TARGET: &str = "upstream";
 
-/// The rate source behind the cache.
-pub enum RateSource {
-    Simulated(SimulatedRate),
+/// The rate source behind the cache, and the boundary where a rate enters the suite: every
+/// rate it hands out is an exact [`Decimal`] inside its [`RateBand`].
+pub struct RateSource {
+    kind: SourceKind,
+    band: RateBand,
+}
+
+enum SourceKind {
+    // Boxed: the seeded generator is larger than the upstream's client.
+    Simulated(Box<SimulatedRate>),
     Upstream(UpstreamRate),
 }
 
@@ -27,6 +35,10 @@ pub enum FetchError {
     Status(reqwest::StatusCode),
     #[error("upstream answer unusable: {0}")]
     Decode(String),
+    /// A number, but not a believable rate (`1e300`, `1e-9`, `0`, `-5.3`): a failed fetch, so
+    /// the cache serves its last good rate instead.
+    #[error("implausible rate refused: {0}")]
+    Implausible(RateError),
 }
 
 impl FetchError {
@@ -38,6 +50,7 @@ impl FetchError {
             FetchError::Status(status) if status.is_client_error() => "client_error",
             FetchError::Status(_) => "server_error",
             FetchError::Decode(_) => "decode_error",
+            FetchError::Implausible(_) => "implausible",
         }
     }
 }
@@ -46,9 +59,18 @@ impl RateSource {
     /// A simulated market; `None` seeds it at random.
     pub fn simulated(seed: Option<u64>) -> Self {
         let seed = seed.unwrap_or_else(rand::random);
-        RateSource::Simulated(SimulatedRate {
-            walk: Mutex::new(RandomWalk::new(seed)),
-        })
+        Self {
+            kind: SourceKind::Simulated(Box::new(SimulatedRate {
+                walk: Mutex::new(RandomWalk::new(seed)),
+            })),
+            band: RateBand::DEFAULT,
+        }
+    }
+
+    /// The same source refusing rates outside `band` (default [`RateBand::DEFAULT`]).
+    pub fn with_band(mut self, band: RateBand) -> Self {
+        self.band = band;
+        self
     }
 
     pub fn upstream(url: reqwest::Url, pointer: &str, timeout: Duration) -> anyhow::Result<Self> {
@@ -65,37 +87,52 @@ impl RateSource {
         let http = reqwest::Client::builder()
             .connect_timeout(timeout)
             .build()?;
-        Ok(RateSource::Upstream(UpstreamRate {
-            http,
-            url,
-            pointer: pointer.to_owned(),
-            timeout,
-        }))
+        Ok(Self {
+            kind: SourceKind::Upstream(UpstreamRate {
+                http,
+                url,
+                pointer: pointer.to_owned(),
+                timeout,
+            }),
+            band: RateBand::DEFAULT,
+        })
     }
 
-    /// One rate, newly obtained: the simulated walk takes a step, the upstream is asked.
-    pub async fn fetch(&self) -> Result<f64, FetchError> {
-        match self {
-            RateSource::Simulated(simulated) => Ok(simulated.next()),
-            RateSource::Upstream(upstream) => upstream.fetch().await,
-        }
+    /// One rate, newly obtained: the simulated walk takes a step, the upstream is asked. A rate
+    /// outside the band is [`FetchError::Implausible`], whichever source produced it.
+    pub async fn fetch(&self) -> Result<Decimal, FetchError> {
+        let rate = match &self.kind {
+            SourceKind::Simulated(simulated) => simulated.next(),
+            SourceKind::Upstream(upstream) => upstream.fetch(&self.band).await?,
+        };
+        self.band.check(rate).map_err(FetchError::Implausible)
+    }
+
+    /// The band this source's rates must lie in.
+    pub fn band(&self) -> RateBand {
+        self.band
     }
 
     /// Moves the simulated market to `rate`, a rate another replica published, so the next
     /// step continues from it: replicas sharing a cache walk one market instead of each their
     /// own. The upstream ignores it (it is the market).
-    pub fn observe(&self, rate: f64) {
-        if let RateSource::Simulated(simulated) = self {
+    pub fn observe(&self, rate: Decimal) {
+        if let SourceKind::Simulated(simulated) = &self.kind {
             simulated.walk().continue_from(rate);
         }
     }
 
     /// `simulated` or `upstream`, for logs and readiness details.
     pub fn kind(&self) -> &'static str {
-        match self {
-            RateSource::Simulated(_) => "simulated",
-            RateSource::Upstream(_) => "upstream",
+        match self.kind {
+            SourceKind::Simulated(_) => "simulated",
+            SourceKind::Upstream(_) => "upstream",
         }
+    }
+
+    /// True for the simulated market.
+    pub fn is_simulated(&self) -> bool {
+        matches!(self.kind, SourceKind::Simulated(_))
     }
 }
 
@@ -105,7 +142,7 @@ pub struct SimulatedRate {
 }
 
 impl SimulatedRate {
-    fn next(&self) -> f64 {
+    fn next(&self) -> Decimal {
         self.walk().step()
     }
 
@@ -117,21 +154,26 @@ impl SimulatedRate {
 
 /// A seeded random walk around a realistic USD/BRL value: small uniform steps, a gentle pull
 /// back towards [`RandomWalk::START`] so it does not wander off to the bounds, clamped to
-/// [`RandomWalk::MIN`]..=[`RandomWalk::MAX`] and rounded to 4 decimals. The same seed gives the
-/// same sequence (for a given `rand` version; `StdRng` is not portable across its releases).
+/// [`RandomWalk::MIN`]..=[`RandomWalk::MAX`] and rounded to 4 decimals, all in exact decimals.
+/// The same seed gives the same sequence (for a given `rand` version; `StdRng` is not portable
+/// across its releases).
 pub struct RandomWalk {
     rng: StdRng,
-    rate: f64,
+    rate: Decimal,
 }
 
 impl RandomWalk {
-    pub const START: f64 = 5.30;
-    pub const MIN: f64 = 4.50;
-    pub const MAX: f64 = 6.50;
+    pub const START: Decimal = Decimal::from_parts(530, 0, 0, false, 2);
+    pub const MIN: Decimal = Decimal::from_parts(450, 0, 0, false, 2);
+    pub const MAX: Decimal = Decimal::from_parts(650, 0, 0, false, 2);
     /// Largest move per step, before the pull towards the start.
-    pub const STEP: f64 = 0.01;
+    pub const STEP: Decimal = Decimal::from_parts(1, 0, 0, false, 2);
+    /// Decimals of a simulated rate.
+    const DECIMALS: u32 = 4;
+    /// Largest move per step in units of the last decimal (`STEP` = 100 × 0.0001).
+    const STEP_UNITS: i64 = 100;
     /// Fraction of the distance to [`Self::START`] recovered on each step.
-    const PULL: f64 = 0.02;
+    const PULL: Decimal = Decimal::from_parts(2, 0, 0, false, 2);
 
     pub fn new(seed: u64) -> Self {
         Self {
@@ -140,19 +182,20 @@ impl RandomWalk {
         }
     }
 
-    /// Continues the walk from `rate` (clamped to the bounds; ignored unless finite).
-    pub fn continue_from(&mut self, rate: f64) {
-        if rate.is_finite() {
-            self.rate = rate.clamp(Self::MIN, Self::MAX);
-        }
+    /// Continues the walk from `rate` (clamped to the bounds).
+    pub fn continue_from(&mut self, rate: Decimal) {
+        self.rate = rate.clamp(Self::MIN, Self::MAX);
     }
 
     /// Moves the rate and returns it.
-    pub fn step(&mut self) -> f64 {
-        let noise = self.rng.random_range(-Self::STEP..=Self::STEP);
+    pub fn step(&mut self) -> Decimal {
+        let noise = Decimal::new(
+            self.rng.random_range(-Self::STEP_UNITS..=Self::STEP_UNITS),
+            Self::DECIMALS,
+        );
         let pull = (Self::START - self.rate) * Self::PULL;
         let next = (self.rate + pull + noise).clamp(Self::MIN, Self::MAX);
-        self.rate = (next * 10_000.0).round() / 10_000.0;
+        self.rate = next.round_dp_with_strategy(Self::DECIMALS, ftshop_platform::money::ROUNDING);
         self.rate
     }
 }
@@ -166,9 +209,9 @@ pub struct UpstreamRate {
 }
 
 impl UpstreamRate {
-    async fn fetch(&self) -> Result<f64, FetchError> {
+    async fn fetch(&self, band: &RateBand) -> Result<Decimal, FetchError> {
         let started = Instant::now();
-        let result = self.fetch_once().await;
+        let result = self.fetch_once(band).await;
         let outcome = match &result {
             Ok(_) => "success",
             Err(err) => err.outcome(),
@@ -183,7 +226,7 @@ impl UpstreamRate {
         result
     }
 
-    async fn fetch_once(&self) -> Result<f64, FetchError> {
+    async fn fetch_once(&self, band: &RateBand) -> Result<Decimal, FetchError> {
         let classify = |err: reqwest::Error| {
             if err.is_timeout() {
                 FetchError::Timeout(self.timeout)
@@ -206,7 +249,7 @@ impl UpstreamRate {
             return Err(FetchError::Status(status));
         }
         let body: serde_json::Value = response.json().await.map_err(classify)?;
-        rate_at(&body, &self.pointer)
+        rate_at(&body, &self.pointer, band)
     }
 }
 
@@ -223,24 +266,43 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Reads a positive, finite rate at `pointer`; numbers and numeric strings are accepted.
-pub fn rate_at(body: &serde_json::Value, pointer: &str) -> Result<f64, FetchError> {
+/// Reads the rate at `pointer` as an exact decimal inside `band`. Numbers are read through
+/// their shortest decimal text ([`money::decimal_from_f64`](ftshop_platform::money::decimal_from_f64)),
+/// numeric strings (`"5.1"`, `"5.1e0"`) exactly. Anything else, NaN and infinities are
+/// [`FetchError::Decode`]; a number outside the band (`0`, `-5.3`, `1e300`, `1e-9`) is
+/// [`FetchError::Implausible`].
+pub fn rate_at(
+    body: &serde_json::Value,
+    pointer: &str,
+    band: &RateBand,
+) -> Result<Decimal, FetchError> {
+    use std::str::FromStr;
     let value = body
         .pointer(pointer)
         .ok_or_else(|| FetchError::Decode(format!("nothing at JSON pointer {pointer:?}")))?;
+    let not_a_number = || FetchError::Decode(format!("value at {pointer:?} is not a number"));
     let rate = match value {
-        serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        serde_json::Value::Number(n) => {
+            let float = n.as_f64().ok_or_else(not_a_number)?;
+            return band.check_f64(float).map_err(FetchError::Implausible);
+        }
+        serde_json::Value::String(s) => {
+            let s = s.trim();
+            match Decimal::from_str(s).or_else(|_| Decimal::from_scientific(s)) {
+                Ok(rate) => Some(rate),
+                // A number no decimal holds ("1e300") is absurd, not malformed.
+                Err(_) => match s.parse::<f64>() {
+                    Ok(float) if float.is_finite() => {
+                        return band.check_f64(float).map_err(FetchError::Implausible);
+                    }
+                    _ => None,
+                },
+            }
+        }
         _ => None,
     }
-    .ok_or_else(|| FetchError::Decode(format!("value at {pointer:?} is not a number")))?;
-    if rate.is_finite() && rate > 0.0 {
-        Ok(rate)
-    } else {
-        Err(FetchError::Decode(format!(
-            "rate {rate} at {pointer:?} is not positive and finite"
-        )))
-    }
+    .ok_or_else(not_a_number)?;
+    band.check(rate).map_err(FetchError::Implausible)
 }
 
 #[cfg(test)]
@@ -252,12 +314,12 @@ mod tests {
     fn the_walk_is_deterministic_for_a_seed() {
         let mut a = RandomWalk::new(42);
         let mut b = RandomWalk::new(42);
-        let first: Vec<f64> = (0..100).map(|_| a.step()).collect();
-        let second: Vec<f64> = (0..100).map(|_| b.step()).collect();
+        let first: Vec<Decimal> = (0..100).map(|_| a.step()).collect();
+        let second: Vec<Decimal> = (0..100).map(|_| b.step()).collect();
         assert_eq!(first, second);
 
         let mut c = RandomWalk::new(43);
-        let other: Vec<f64> = (0..100).map(|_| c.step()).collect();
+        let other: Vec<Decimal> = (0..100).map(|_| c.step()).collect();
         assert_ne!(first, other, "another seed gives another walk");
     }
 
@@ -271,20 +333,16 @@ mod tests {
                 (RandomWalk::MIN..=RandomWalk::MAX).contains(&rate),
                 "{rate} out of bounds"
             );
-            let scaled = rate * 10_000.0;
-            assert!(
-                (scaled - scaled.round()).abs() < 1e-6,
-                "{rate} has more than 4 decimals"
-            );
+            assert!(rate.scale() <= 4, "{rate} has more than 4 decimals");
             // A step is the noise plus a small pull towards the start.
             assert!(
-                (rate - previous).abs() <= 0.05,
+                (rate - previous).abs() <= dec("0.05"),
                 "step {previous} -> {rate} too large"
             );
             previous = rate;
         }
         let mut walk = RandomWalk::new(1);
-        assert!((walk.step() - RandomWalk::START).abs() <= RandomWalk::STEP + 1e-9);
+        assert!((walk.step() - RandomWalk::START).abs() <= RandomWalk::STEP);
     }
 
     #[tokio::test]
@@ -300,33 +358,41 @@ mod tests {
     #[tokio::test]
     async fn the_simulated_walk_continues_from_an_observed_rate() {
         let source = RateSource::simulated(Some(5));
-        source.observe(6.2);
+        source.observe(dec("6.2"));
         let next = source.fetch().await;
-        assert!(matches!(next, Ok(r) if (r - 6.2).abs() <= 0.03), "{next:?}");
-        source.observe(100.0);
+        assert!(
+            matches!(next, Ok(r) if (r - dec("6.2")).abs() <= dec("0.03")),
+            "{next:?}"
+        );
+        source.observe(dec("100"));
         let clamped = source.fetch().await;
         assert!(
-            matches!(clamped, Ok(r) if r <= RandomWalk::MAX && r > RandomWalk::MAX - 0.1),
+            matches!(clamped, Ok(r) if r <= RandomWalk::MAX && r > RandomWalk::MAX - dec("0.1")),
             "{clamped:?}"
         );
-        source.observe(f64::NAN);
-        assert!(matches!(source.fetch().await, Ok(r) if r.is_finite()));
     }
 
     #[test]
     fn rates_are_read_at_the_pointer() {
         let body = json!({"amount": 1.0, "base": "USD", "rates": {"BRL": 5.4321}});
-        assert!(matches!(rate_at(&body, "/rates/BRL"), Ok(r) if r == 5.4321));
-        assert!(matches!(rate_at(&json!({"r": "5.1"}), "/r"), Ok(r) if r == 5.1));
-        assert!(matches!(rate_at(&json!(5.2), ""), Ok(r) if r == 5.2));
+        let band = RateBand::DEFAULT;
+        assert!(matches!(rate_at(&body, "/rates/BRL", &band), Ok(r) if r == dec("5.4321")));
+        assert!(matches!(rate_at(&json!({"r": "5.1"}), "/r", &band), Ok(r) if r == dec("5.1")));
+        assert!(matches!(rate_at(&json!(5.2), "", &band), Ok(r) if r == dec("5.2")));
+        // Exact: the decimal written, not the nearest binary fraction.
+        assert_eq!(rate_at(&json!(5.31), "", &band).ok(), Some(dec("5.31")));
+        // More digits than a JSON number carries: rounded once, here, to 15 significant digits.
+        assert_eq!(
+            rate_at(&json!("5.123456789012345678"), "", &band).ok(),
+            Some(dec("5.12345678901235"))
+        );
     }
 
     #[test]
     fn unusable_rates_are_failed_fetches() {
+        let band = RateBand::DEFAULT;
         for body in [
             json!({"rates": {}}),
-            json!({"rates": {"BRL": 0}}),
-            json!({"rates": {"BRL": -5.3}}),
             json!({"rates": {"BRL": "NaN"}}),
             json!({"rates": {"BRL": "inf"}}),
             json!({"rates": {"BRL": null}}),
@@ -334,9 +400,49 @@ mod tests {
             json!({"rates": {"BRL": "five"}}),
         ] {
             assert!(
-                matches!(rate_at(&body, "/rates/BRL"), Err(FetchError::Decode(_))),
+                matches!(
+                    rate_at(&body, "/rates/BRL", &band),
+                    Err(FetchError::Decode(_))
+                ),
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn absurd_rates_are_refused_at_the_boundary() {
+        let band = RateBand::DEFAULT;
+        for body in [
+            json!({"rates": {"BRL": 0}}),
+            json!({"rates": {"BRL": -5.3}}),
+            json!({"rates": {"BRL": 1e300}}),
+            json!({"rates": {"BRL": 1e-9}}),
+            json!({"rates": {"BRL": "1e300"}}),
+            json!({"rates": {"BRL": "0.000000001"}}),
+            json!({"rates": {"BRL": 1000000.5}}),
+        ] {
+            let got = rate_at(&body, "/rates/BRL", &band);
+            assert!(
+                matches!(got, Err(FetchError::Implausible(_))),
+                "{body}: {got:?}"
+            );
+        }
+        // The ends of the band are plausible.
+        assert!(rate_at(&json!(0.000001), "", &band).is_ok());
+        assert!(rate_at(&json!(1000000), "", &band).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_configured_band_refuses_the_walk_outside_it() {
+        let narrow = RateBand::new(dec("1"), dec("2")).unwrap_or_default();
+        let source = RateSource::simulated(Some(5)).with_band(narrow);
+        assert!(matches!(
+            source.fetch().await,
+            Err(FetchError::Implausible(_))
+        ));
+    }
+
+    fn dec(text: &str) -> Decimal {
+        text.parse().unwrap_or_else(|err| panic!("{text}: {err}"))
     }
 }

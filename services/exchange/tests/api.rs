@@ -176,6 +176,8 @@ const HEALTHY: u8 = 0;
 const FAILING: u8 = 1;
 const NONSENSE: u8 = 2;
 const HANGING: u8 = 3;
+/// Answers the rate as the string `"NaN"`.
+const NAN_TEXT: u8 = 4;
 
 #[derive(Clone, Default)]
 struct Upstream {
@@ -198,6 +200,7 @@ async fn upstream_latest(State(upstream): State<Upstream>) -> Response {
         HEALTHY => axum::Json(json!({"amount": 1.0, "base": "USD", "rates": {"BRL": rate}}))
             .into_response(),
         NONSENSE => axum::Json(json!({"rates": {"BRL": -rate}})).into_response(),
+        NAN_TEXT => axum::Json(json!({"rates": {"BRL": "NaN"}})).into_response(),
         HANGING => {
             tokio::time::sleep(Duration::from_secs(30)).await;
             AxumStatus::GATEWAY_TIMEOUT.into_response()
@@ -225,6 +228,48 @@ async fn spawn_with_upstream(ttl: Duration, max_stale: Duration) -> (Upstream, S
             .expect("upstream URL"),
     );
     (upstream, spawn_exchange(config).await)
+}
+
+/// An absurd upstream rate is a failed fetch at the boundary: Exchange keeps serving its last
+/// good rate as `stale`, never the absurd one (1e300 used to price a 24.50 USD order at
+/// 9.2e16 BRL, 1e-9 at 0).
+#[tokio::test]
+async fn absurd_upstream_rates_are_refused_and_the_last_good_rate_served() {
+    let (upstream, base) =
+        spawn_with_upstream(Duration::from_millis(50), Duration::from_secs(60)).await;
+    let url = format!("{base}/exchange");
+    let live = get(&url).await;
+    assert_eq!(live.source(), "live", "{live:?}");
+    assert_eq!(live.body["rate"], json!(5.1234));
+
+    for (mode, absurd) in [
+        (HEALTHY, 1e300),
+        (HEALTHY, 1e-9),
+        (HEALTHY, 0.0),
+        (HEALTHY, -5.31),
+        (HEALTHY, 1_000_001.0),
+        (NAN_TEXT, f64::NAN),
+    ] {
+        upstream.set(mode, absurd);
+        let stale = poll_until(&url, &format!("a stale rate instead of {absurd}"), |a| {
+            a.source() == "stale"
+        })
+        .await;
+        assert_rate_answer(&stale);
+        assert_eq!(stale.body["rate"], json!(5.1234), "{absurd}: {stale:?}");
+
+        upstream.set(HEALTHY, 5.1234);
+        poll_until(&url, "a live rate again", |a| a.source() == "live").await;
+    }
+
+    let metrics = get(&format!("{base}/metrics")).await;
+    let text = metrics.body.as_str().unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("http_client_request_duration_seconds")
+                && l.contains("outcome=\"implausible\"")),
+        "no implausible outcome in\n{text}"
+    );
 }
 
 #[tokio::test]

@@ -227,6 +227,29 @@ async fn replicas_share_one_rate_and_a_late_replica_serves_it_at_once() {
     keys.clean().await;
 }
 
+/// A shared rate outside the plausible band (another replica's bug, a hand-edited key) is not
+/// served, fresh as it is: the replica fetches its own rate and overwrites it.
+#[tokio::test]
+async fn an_absurd_shared_rate_is_ignored() {
+    for absurd in [1e300, 1e-9, 0.0, -5.31] {
+        let mut keys = Keyspace::new().await;
+        let config = keys.config(REDIS_URL, 7);
+        keys.store(absurd, Duration::from_secs(1)).await;
+
+        let base = spawn_exchange(config).await;
+        let answer = rate(&base).await;
+        assert_eq!(answer.source(), "live", "{absurd}: {answer:?}");
+        assert!((4.5..=6.5).contains(&answer.rate()), "{absurd}: {answer:?}");
+        let stored = keys.stored().await.expect("the new rate is in Redis");
+        assert_eq!(
+            stored["v"]["rate"].as_f64(),
+            Some(answer.rate()),
+            "{stored}"
+        );
+        keys.clean().await;
+    }
+}
+
 #[tokio::test]
 async fn a_restarted_replica_continues_the_walk_from_the_shared_last_known_good() {
     let mut keys = Keyspace::new().await;

@@ -41,7 +41,9 @@ pub fn parse(json: &str) -> anyhow::Result<Vec<SeedProduct>> {
     struct Entry {
         id: String,
         name: String,
-        value: f64,
+        /// A JSON number, read exactly (strings are refused).
+        #[serde(with = "ftshop_platform::money::json")]
+        value: ftshop_platform::money::Decimal,
         stock: u32,
     }
 

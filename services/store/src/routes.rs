@@ -14,6 +14,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use crate::money::cents_to_usd;
 use crate::repo::{Inventory, Product, SellError, SellOutcome};
 use crate::telemetry::{SaleOutcome, record_sale, record_stock};
+use ftshop_platform::money::Decimal;
 
 /// Response header set to `true` when a sale is answered from an earlier request with the same
 /// `Idempotency-Key`.
@@ -62,9 +63,10 @@ pub struct ProductView {
     pub id: String,
     #[schema(example = "Portable Bluetooth Speaker")]
     pub name: String,
-    /// Price in US dollars.
-    #[schema(example = 49.9)]
-    pub value: f64,
+    /// Price in US dollars, exact to the cent (a JSON number).
+    #[schema(value_type = f64, example = 49.9)]
+    #[serde(with = "ftshop_platform::money::json")]
+    pub value: Decimal,
     /// Price in US cents, exact.
     #[schema(example = 4990)]
     pub value_cents: i64,
@@ -101,9 +103,10 @@ pub struct SaleReceipt {
     /// Id of the product sold.
     #[schema(example = "8")]
     pub product: String,
-    /// Price in US dollars.
-    #[schema(example = 49.9)]
-    pub value: f64,
+    /// Price in US dollars, exact to the cent (a JSON number).
+    #[schema(value_type = f64, example = 49.9)]
+    #[serde(with = "ftshop_platform::money::json")]
+    pub value: Decimal,
     /// Price in US cents, exact.
     #[schema(example = 4990)]
     pub value_cents: i64,
