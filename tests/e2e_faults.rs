@@ -182,18 +182,9 @@ async fn a_crash_fault_makes_exchange_exit_and_up_brings_it_back() {
     )
     .await;
     // Restarted with the start profile (off): it answers again.
-    eventually(
-        Duration::from_secs(30),
-        "exchange-1 answers again",
-        || async {
-            suite
-                .http
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
+    eventually(Duration::from_secs(30), "exchange-1 answers again", || {
+        suite.answers_ok(&url)
+    })
     .await;
     let log = std::fs::read_to_string(suite.logs_dir().join("exchange-1.log")).unwrap_or_default();
     assert!(log.contains("crash fault injected"), "log: {log}");

@@ -99,13 +99,9 @@ async fn buy(suite: &Suite, key: &str, ft: bool) -> (u16, Option<String>, Value)
 }
 
 async fn ready(suite: &Suite, member: &str) -> bool {
-    let url = format!("{}/health/ready", suite.url(member));
     suite
-        .http
-        .get(&url)
-        .send()
+        .answers_ok(&format!("{}/health/ready", suite.url(member)))
         .await
-        .is_ok_and(|r| r.status().is_success())
 }
 
 async fn stock(suite: &Suite) -> i64 {

@@ -116,6 +116,15 @@ impl Suite {
         std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 
+    /// True when a GET of `url` answers 2xx.
+    pub async fn answers_ok(&self, url: &str) -> bool {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
     pub fn logs_dir(&self) -> PathBuf {
         self.dir.path().join("logs")
     }
