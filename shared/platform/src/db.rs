@@ -435,8 +435,10 @@ mod tests {
     use super::*;
 
     /// A transaction that SQLite rolled back on its own (`SQLITE_FULL` from `max_page_count`,
-    /// the file-level equivalent of a full disk) must not go back to the pool as a connection
-    /// sqlx still believes is inside a transaction.
+    /// the file-level equivalent of a full disk) must not go back to the pool. With the
+    /// connection pooled (the release check answering `true`), the last write below fails with
+    /// "database is locked", the issue's symptom (the next `begin()` became a SAVEPOINT whose
+    /// rollback left a write transaction open); with the check it is committed.
     #[tokio::test]
     async fn a_connection_left_inside_a_transaction_is_not_pooled() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -470,6 +472,12 @@ mod tests {
         );
         assert!(!pooled, "such a connection must be closed, not pooled");
         drop(conn);
+        // The release runs on a task: wait for it, so the next acquire would get this very
+        // connection back were it pooled (it is the only one the pool ever opened).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while db.pool.size() > db.pool.num_idle() as u32 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
 
         // What pooling it did (issue: acknowledged orders lost, "database is locked"): the next
         // begin() became a SAVEPOINT, its rollback a ROLLBACK TO that left a write transaction
