@@ -55,8 +55,8 @@ async fn every_file_in_the_data_dir_is_private_from_its_creation() {
     stop_and_wait(&mut supervisor, Signal::SIGTERM);
     watching.store(false, Ordering::Release);
     let (violations, seen) = watcher.join().expect("watcher");
-    guard.assert_no_member_left();
     assert!(violations.is_empty(), "loose modes seen: {violations:#?}");
+    guard.assert_no_member_left();
     for expected in ["up.json", "logs/ecommerce.log", "store.db", "store.db-wal"] {
         assert!(
             seen.contains(expected),
@@ -244,10 +244,10 @@ impl Drop for Cleanup {
     }
 }
 
-/// Walks `dir` until `watching` turns false; returns every loose mode seen and the relative
-/// path of every file seen.
-fn watch_modes(dir: &Path, watching: &AtomicBool) -> (Vec<String>, BTreeSet<String>) {
-    let mut violations = Vec::new();
+/// Walks `dir` until `watching` turns false; returns every loose mode seen (once each) and the
+/// relative path of every file seen.
+fn watch_modes(dir: &Path, watching: &AtomicBool) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut violations = BTreeSet::new();
     let mut seen = BTreeSet::new();
     while watching.load(Ordering::Acquire) {
         let mut stack = vec![dir.to_owned()];
@@ -262,8 +262,8 @@ fn watch_modes(dir: &Path, watching: &AtomicBool) -> (Vec<String>, BTreeSet<Stri
                 .display()
                 .to_string();
             let want = if meta.is_dir() { 0o700 } else { 0o600 };
-            if mode != want && violations.len() < 50 {
-                violations.push(format!("{relative:?} mode {mode:o}, want {want:o}"));
+            if mode != want {
+                violations.insert(format!("{relative:?} mode {mode:o}, want {want:o}"));
             }
             if meta.is_dir() {
                 if let Ok(entries) = std::fs::read_dir(&path) {
