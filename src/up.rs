@@ -157,6 +157,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             members: members.clone(),
         },
     ));
+    // This run's up.json (no pids yet) replaces a previous run's before any child exists, so
+    // no script reads the pids of a stopped suite, which may belong to other processes by now.
+    up_json
+        .commit(|_| ())
+        .with_context(|| format!("cannot write {}", data_dir.join("up.json").display()))?;
     let mut tasks = Vec::new();
     for member in &members {
         let env = ChildEnv {
@@ -233,6 +238,11 @@ async fn stop_all(tasks: Vec<tokio::task::JoinHandle<()>>) -> anyhow::Result<()>
 /// `FTSHOP_SUPERVISOR_PID`) asks Linux for SIGTERM when its parent dies (`PR_SET_PDEATHSIG`,
 /// prctl(2)), then checks that the parent is still the supervisor, since it may have died
 /// before the request was made. Without the variable (a service run on its own) it does nothing.
+///
+/// Linux sends the signal when the *thread* that spawned the child exits, not only the process:
+/// `up` spawns from tokio worker threads, which live as long as its runtime, and stops every
+/// child before the runtime ends. Done in the child (not in a `pre_exec` hook) because the
+/// workspace forbids `unsafe`.
 ///
 /// # Errors
 /// The variable is not a pid, the request fails, or the supervisor is already gone.
@@ -408,10 +418,18 @@ impl UpJson {
     /// # Errors
     /// up.json cannot be serialized or replaced (the previous file stays as it was).
     fn record(&self, member: &str, pid: Option<u32>, restarts: u32) -> anyhow::Result<Option<u64>> {
+        self.commit(|live| {
+            live.members.insert(member.to_owned(), (pid, restarts));
+        })
+    }
+
+    /// Applies `change` as the next generation and writes that snapshot unless a newer one is
+    /// on disk already; see [`UpJson::record`].
+    fn commit(&self, change: impl FnOnce(&mut Live)) -> anyhow::Result<Option<u64>> {
         let (generation, json) = {
             let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
             live.generation += 1;
-            live.members.insert(member.to_owned(), (pid, restarts));
+            change(&mut live);
             (live.generation, self.render(&live)?)
         };
         let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);

@@ -41,7 +41,7 @@ async fn every_file_in_the_data_dir_is_private_from_its_creation() {
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn ftshop up");
-    let mut guard = Cleanup::new(&data_dir);
+    let guard = Cleanup::new(&data_dir);
     let http = reqwest::Client::new();
     wait_until_ready(&http, &data_dir, &mut supervisor).await;
     let ecommerce = member_url(&data_dir, "ecommerce");
@@ -56,7 +56,7 @@ async fn every_file_in_the_data_dir_is_private_from_its_creation() {
     watching.store(false, Ordering::Release);
     let (violations, seen) = watcher.join().expect("watcher");
     assert!(violations.is_empty(), "loose modes seen: {violations:#?}");
-    guard.assert_no_member_left();
+    guard.assert_no_member_left_after("the stop");
     for expected in ["up.json", "logs/ecommerce.log", "store.db", "store.db-wal"] {
         assert!(
             seen.contains(expected),
@@ -71,6 +71,7 @@ async fn every_file_in_the_data_dir_is_private_from_its_creation() {
 /// process of the suite (found by its unique data dir on its command line) outlives it.
 #[tokio::test]
 async fn sigterm_at_any_moment_of_start_up_leaves_no_child() {
+    let mut orphans = Vec::new();
     for moment in [
         Moment::RightAfterSpawn,
         Moment::FirstChildRunning,
@@ -79,12 +80,20 @@ async fn sigterm_at_any_moment_of_start_up_leaves_no_child() {
     ] {
         let root = tempfile::tempdir().expect("tempdir");
         let data_dir = fresh_data_dir(&root);
-        let mut supervisor = spawn_up(&data_dir);
-        let mut guard = Cleanup::new(&data_dir);
-        moment.wait(&data_dir, &mut supervisor).await;
+        let (mut supervisor, banner) = spawn_up(&data_dir);
+        let guard = Cleanup::new(&data_dir);
+        moment.wait(&data_dir, &mut supervisor, &banner).await;
         stop_and_wait(&mut supervisor, Signal::SIGTERM);
-        guard.assert_no_member_left_after(&format!("SIGTERM {moment:?}"));
+        let left = guard.members_left();
+        if !left.is_empty() {
+            orphans.push(format!("{moment:?}: {left:?}"));
+        }
     }
+    assert!(
+        orphans.is_empty(),
+        "members still running 20 s after the supervisor exited, by moment of the SIGTERM: \
+         {orphans:#?}"
+    );
 }
 
 /// A SIGKILLed supervisor cannot stop anyone: its children stop themselves (Linux
@@ -93,9 +102,11 @@ async fn sigterm_at_any_moment_of_start_up_leaves_no_child() {
 async fn sigkill_of_the_supervisor_leaves_no_child() {
     let root = tempfile::tempdir().expect("tempdir");
     let data_dir = fresh_data_dir(&root);
-    let mut supervisor = spawn_up(&data_dir);
-    let mut guard = Cleanup::new(&data_dir);
-    Moment::AfterBanner.wait(&data_dir, &mut supervisor).await;
+    let (mut supervisor, banner) = spawn_up(&data_dir);
+    let guard = Cleanup::new(&data_dir);
+    Moment::AfterBanner
+        .wait(&data_dir, &mut supervisor, &banner)
+        .await;
     stop_and_wait(&mut supervisor, Signal::SIGKILL);
     guard.assert_no_member_left_after("SIGKILL after the banner");
 }
@@ -109,12 +120,12 @@ enum Moment {
     /// up.json lists at least three pids, the banner is not printed yet (the children are
     /// still migrating their databases).
     SomePidsInUpJson,
-    /// Every member is ready: the supervisor is in its steady state.
+    /// The banner is printed and every member is ready: the supervisor's steady state.
     AfterBanner,
 }
 
 impl Moment {
-    async fn wait(self, data_dir: &Path, supervisor: &mut Child) {
+    async fn wait(self, data_dir: &Path, supervisor: &mut Child, banner: &AtomicBool) {
         let deadline = Instant::now() + Duration::from_secs(90);
         let http = reqwest::Client::new();
         loop {
@@ -122,10 +133,11 @@ impl Moment {
                 Moment::RightAfterSpawn => true,
                 Moment::FirstChildRunning => !members_running(data_dir, supervisor.id()).is_empty(),
                 Moment::SomePidsInUpJson => pids_in_up_json(data_dir) >= 3,
-                Moment::AfterBanner => {
+                Moment::AfterBanner if banner.load(Ordering::Acquire) => {
                     wait_until_ready(&http, data_dir, supervisor).await;
                     true
                 }
+                Moment::AfterBanner => false,
             };
             if reached {
                 return;
@@ -160,17 +172,34 @@ fn up_env() -> Vec<(&'static str, &'static str)> {
     vec![("FTSHOP_ADMIN_TOKEN", common::ADMIN_TOKEN)]
 }
 
-fn spawn_up(data_dir: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ftshop"))
+/// Starts `ftshop up`; the flag turns true once its banner ("ftshop is up: ...") is printed.
+fn spawn_up(data_dir: &Path) -> (Child, Arc<AtomicBool>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ftshop"))
         .args(up_args(data_dir))
         .envs(up_env())
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .env_remove("FTSHOP_FAULTS")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
-        .expect("spawn ftshop up")
+        .expect("spawn ftshop up");
+    let banner = Arc::new(AtomicBool::new(false));
+    if let Some(stdout) = child.stdout.take() {
+        let banner = banner.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.starts_with("ftshop is up") || line.starts_with("ftshop started") {
+                    banner.store(true, Ordering::Release);
+                }
+            }
+        });
+    }
+    (child, banner)
 }
 
 /// Sends `signal` to the supervisor and waits (30 s at most) until it has exited.
@@ -214,22 +243,23 @@ impl Cleanup {
         }
     }
 
-    fn assert_no_member_left(&mut self) {
-        self.assert_no_member_left_after("the stop");
+    fn assert_no_member_left_after(&self, what: &str) {
+        let left = self.members_left();
+        assert!(
+            left.is_empty(),
+            "after {what}, members still running 20 s later: {left:?}"
+        );
     }
 
-    /// Polls (20 s at most: the children's own drain, 10 s, and a margin) until no member runs.
-    fn assert_no_member_left_after(&mut self, what: &str) {
+    /// Polls (20 s at most: the children's own drain, 10 s, and a margin) until no member
+    /// runs; returns those still running then.
+    fn members_left(&self) -> Vec<i32> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = members_running(&self.data_dir, 0);
-            if left.is_empty() {
-                return;
+            if left.is_empty() || Instant::now() >= deadline {
+                return left;
             }
-            assert!(
-                Instant::now() < deadline,
-                "after {what}, members still running 20 s later: {left:?}"
-            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
