@@ -13,6 +13,7 @@ pub mod faults;
 pub mod health;
 pub mod http_metrics;
 pub mod money;
+pub mod private_fs;
 pub mod problem;
 pub mod server;
 pub mod telemetry;
