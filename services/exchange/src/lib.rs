@@ -141,6 +141,16 @@ impl AppState {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         let band = RateBand::new(config.rate_min, config.rate_max)
             .map_err(|err| anyhow::anyhow!("--rate-min / --rate-max: {err}"))?;
+        // Ecommerce refuses rates outside the default band: a wider band here would serve rates
+        // that fail every purchase (docs/design.md, "Limits").
+        anyhow::ensure!(
+            ftshop_platform::limits::rate_band_is_accepted(&band),
+            "--rate-min / --rate-max: {}..={} must lie inside {}..={}, the band Ecommerce accepts",
+            band.min,
+            band.max,
+            RateBand::DEFAULT.min,
+            RateBand::DEFAULT.max
+        );
         let source = match &config.upstream_url {
             Some(url) => RateSource::upstream(
                 url.clone(),
