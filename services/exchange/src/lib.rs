@@ -294,4 +294,33 @@ mod tests {
         assert!(config.upstream_url.is_some());
         assert!(Cli::try_parse_from(["exchange", "--rate-ttl", "2"]).is_err());
     }
+
+    /// Issue 14, class 6: a band Ecommerce would not accept (wider than
+    /// [`RateBand::DEFAULT`]) is refused at start, so Exchange never serves a rate every
+    /// purchase then refuses; a narrower band is fine.
+    #[test]
+    fn a_rate_band_wider_than_ecommerce_accepts_is_refused_at_start() {
+        let dir = std::env::temp_dir();
+        let with_band = |min: &str, max: &str| {
+            let mut config = Config::for_data_dir(&dir);
+            config.rate_min = min.parse().unwrap_or_default();
+            config.rate_max = max.parse().unwrap_or_default();
+            AppState::new(&config)
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}"))
+        };
+        for (min, max) in [
+            ("0.0000001", "10"),
+            ("1", "1000000.5"),
+            ("0.0000001", "2000000"),
+        ] {
+            let err = with_band(min, max).err().unwrap_or_default();
+            assert!(
+                err.contains("the band Ecommerce accepts"),
+                "{min}..={max}: {err}"
+            );
+        }
+        assert_eq!(with_band("1", "10"), Ok(()));
+        assert_eq!(with_band("0.000001", "1000000"), Ok(()));
+    }
 }
