@@ -34,7 +34,8 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Vec<SeedProduct>> {
 }
 
 /// Parses and validates a catalog: a JSON array of `{"id", "name", "value", "stock"}` with
-/// `value` in dollars (at most two decimals), unique valid ids and at least one product.
+/// `value` in dollars (at most two decimals) inside the suite's limits ([`check_limits`]),
+/// unique valid ids and at least one product. Errors name the product.
 pub fn parse(json: &str) -> anyhow::Result<Vec<SeedProduct>> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
