@@ -12,6 +12,7 @@ pub mod extract;
 pub mod faults;
 pub mod health;
 pub mod http_metrics;
+pub mod limits;
 pub mod money;
 pub mod private_fs;
 pub mod problem;
