@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::disk;
 use super::suite::{SuiteApi, signal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -26,6 +27,9 @@ pub enum Scenario {
     KillEcommerce,
     /// PostgreSQL and/or Redis unreachable for `--cut-for` (through scripts/tcp-proxy.py).
     ProxyCut,
+    /// The data dir's filesystem filled but a small margin for `--disk-full-for`, every
+    /// `--disk-full-every` (only on a filesystem of at most 1 GiB; see `disk.rs`).
+    DiskFull,
 }
 
 impl Scenario {
@@ -44,6 +48,7 @@ impl Scenario {
             Scenario::FreezeExchange => "freeze-exchange",
             Scenario::KillEcommerce => "kill-ecommerce",
             Scenario::ProxyCut => "proxy-cut",
+            Scenario::DiskFull => "disk-full",
         }
     }
 
@@ -60,10 +65,12 @@ impl Scenario {
                 "freeze-exchange" => Scenario::FreezeExchange,
                 "kill-ecommerce" => Scenario::KillEcommerce,
                 "proxy-cut" => Scenario::ProxyCut,
+                "disk-full" => Scenario::DiskFull,
                 other => bail!(
                     "unknown scenario {other:?}: use faults, kill, freeze-exchange, \
-                     kill-ecommerce, proxy-cut (comma-separated) or all (every one but \
-                     proxy-cut, which needs --database-url or --redis-url)"
+                     kill-ecommerce, proxy-cut, disk-full (comma-separated) or all (every one \
+                     but proxy-cut, which needs --database-url or --redis-url, and disk-full, \
+                     which needs a small filesystem)"
                 ),
             };
             list.insert(scenario);
@@ -218,6 +225,8 @@ pub struct Schedule {
     pub kill_every: Duration,
     pub freeze_for: Duration,
     pub cut_for: Duration,
+    pub disk_full_for: Duration,
+    pub disk_full_every: Duration,
     pub fault_seed: u64,
     /// The suite already runs the default profile (started with it).
     pub faults_already_on: bool,
@@ -253,6 +262,7 @@ pub async fn run(scenario: Scenario, stage: Stage, stop: CancellationToken) {
         }
         Scenario::KillEcommerce => kill_ecommerce(&api, schedule, &timeline, &stop).await,
         Scenario::ProxyCut => proxy_cut(&proxies, schedule, &timeline, &cut, &stop).await,
+        Scenario::DiskFull => disk_full(&api, schedule, &timeline, &stop).await,
     }
 }
 
@@ -506,5 +516,102 @@ async fn proxy_cut(
             Some(*pid),
             format!("{name} reachable again"),
         );
+    }
+}
+
+/// Fills the data dir's filesystem at t = every, 2 × every, ... (all but
+/// [`disk::MARGIN_BYTES`], so purchases take the rest), holds it for `disk_full_for`, frees it.
+/// The filler is removed when the run stops, or when this task is dropped.
+async fn disk_full(
+    api: &SuiteApi,
+    schedule: Schedule,
+    timeline: &Timeline,
+    stop: &CancellationToken,
+) {
+    let start = Instant::now();
+    let target = api.data_dir.display().to_string();
+    let mut round: u32 = 0;
+    loop {
+        round += 1;
+        // Only a fill whose whole hold fits in the load: the load must meet the freeing too.
+        let offset = schedule.disk_full_every * round;
+        if offset + schedule.disk_full_for > schedule.duration {
+            return;
+        }
+        let at = start + offset;
+        if wait(at.saturating_duration_since(Instant::now()), stop).await {
+            return;
+        }
+        let dir = api.data_dir.clone();
+        let filled =
+            tokio::task::spawn_blocking(move || disk::Filler::fill(&dir, disk::MARGIN_BYTES)).await;
+        let filler = match filled {
+            Ok(Ok(filler)) => filler,
+            Ok(Err(err)) => {
+                timeline.log(
+                    Scenario::DiskFull,
+                    "fill-failed",
+                    Some(&target),
+                    None,
+                    format!("{err:#}"),
+                );
+                continue;
+            }
+            Err(err) => {
+                timeline.log(
+                    Scenario::DiskFull,
+                    "fill-failed",
+                    Some(&target),
+                    None,
+                    err.to_string(),
+                );
+                continue;
+            }
+        };
+        timeline.log(
+            Scenario::DiskFull,
+            "fill",
+            Some(&target),
+            None,
+            format!(
+                "filesystem full but {} KiB (filler {:.1} MiB) for {:.1} s",
+                disk::MARGIN_BYTES >> 10,
+                filler.bytes() as f64 / f64::from(1 << 20),
+                schedule.disk_full_for.as_secs_f64()
+            ),
+        );
+        // Freed after `disk_full_for`, or at once when the run stops earlier.
+        let stopped = wait(schedule.disk_full_for, stop).await;
+        let freed = filler.free();
+        timeline.log(
+            Scenario::DiskFull,
+            if freed.is_ok() { "free" } else { "free-failed" },
+            Some(&target),
+            None,
+            match freed {
+                Ok(()) => "filler removed".to_owned(),
+                Err(err) => format!("cannot remove the filler: {err}"),
+            },
+        );
+        if stopped {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_leaves_out_the_scenarios_that_need_setup() {
+        let all = Scenario::parse_list("all").expect("all");
+        assert_eq!(all.0, Scenario::DEFAULT.to_vec());
+        assert!(!all.0.contains(&Scenario::DiskFull));
+        assert!(!all.0.contains(&Scenario::ProxyCut));
+        let list = Scenario::parse_list("disk-full,all").expect("disk-full,all");
+        assert_eq!(list.0.len(), 5);
+        assert!(list.0.contains(&Scenario::DiskFull));
+        assert_eq!(Scenario::DiskFull.name(), "disk-full");
     }
 }
