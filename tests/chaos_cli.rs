@@ -274,3 +274,62 @@ fn disk_full_refuses_a_data_dir_on_a_large_filesystem() {
         "no suite was started"
     );
 }
+
+#[test]
+fn a_database_file_taken_away_mid_run_is_refused_honestly_and_every_invariant_holds() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let data = tempfile::tempdir().expect("tempdir");
+    let output = chaos(&[
+        "--scenarios",
+        "db-file-gone",
+        "--db-gone-for",
+        "3s",
+        "--duration",
+        "10s",
+        "--vus",
+        "8",
+        "--fault-seed",
+        "42",
+        "--keep",
+        "--data-dir",
+        data.path().to_str().expect("utf-8 path"),
+        "--out",
+        out.path().to_str().expect("utf-8 path"),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "ftshop chaos failed ({}):\n{stderr}\n{stdout}",
+        output.status
+    );
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(out.path().join("chaos.json")).expect("chaos.json written"),
+    )
+    .expect("chaos.json is JSON");
+    assert_eq!(report["passed"], true, "{stdout}");
+    let verdicts = report["verdicts"].as_array().expect("verdicts");
+    assert_eq!(verdicts.len(), 4);
+    assert!(verdicts.iter().all(|v| v["holds"] == true), "{stdout}");
+    let events = report["scenario_events"].as_array().expect("events");
+    for action in ["remove", "restore"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["scenario"] == "db-file-gone" && e["action"] == action),
+            "no {action}:\n{stderr}"
+        );
+    }
+    assert!(data.path().join("store.db").exists(), "store.db is back");
+    // The Store noticed: it refused requests while its file was away (it used to go on
+    // selling into a file that had lost its name).
+    let refused = ["store-1", "store-2"].iter().any(|member| {
+        std::fs::read_to_string(data.path().join("logs").join(format!("{member}.log")))
+            .unwrap_or_default()
+            .contains("database file lost; request refused")
+    });
+    assert!(
+        refused,
+        "no Store request was refused while store.db was away"
+    );
+}

@@ -156,6 +156,69 @@ pub fn remove_leftover(dir: &Path) -> bool {
     std::fs::remove_file(dir.join(FILLER)).is_ok()
 }
 
+/// The database files `db-file-gone` may take away (`--db-gone-file`).
+pub const DB_FILES: [&str; 3] = ["store.db", "ecommerce.db", "fidelity.db"];
+
+/// Suffix of a database file while `db-file-gone` holds it away.
+const AWAY: &str = ".chaos-away";
+
+/// A database file renamed away from its path (the services' open handles keep it, under
+/// another name); renamed back by [`MovedAway::restore`] or when dropped, so it never stays
+/// away after the run.
+pub struct MovedAway {
+    path: PathBuf,
+    away: PathBuf,
+    restored: bool,
+}
+
+impl MovedAway {
+    /// Renames `path` to `<path>.chaos-away`.
+    pub fn rename(path: &Path) -> anyhow::Result<Self> {
+        let away = away_of(path);
+        std::fs::rename(path, &away)
+            .with_context(|| format!("renaming {} away", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            away,
+            restored: false,
+        })
+    }
+
+    /// Renames it back.
+    pub fn restore(mut self) -> std::io::Result<()> {
+        self.restored = true;
+        std::fs::rename(&self.away, &self.path)
+    }
+}
+
+impl Drop for MovedAway {
+    fn drop(&mut self) {
+        if !self.restored {
+            let _ = std::fs::rename(&self.away, &self.path);
+        }
+    }
+}
+
+fn away_of(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(AWAY);
+    PathBuf::from(name)
+}
+
+/// Renames back a database file `db-file-gone` left away (an aborted scenario task); true
+/// when there was one.
+pub fn restore_leftover(dir: &Path) -> bool {
+    let mut restored = false;
+    for name in DB_FILES {
+        let path = dir.join(name);
+        let away = away_of(&path);
+        if away.exists() && !path.exists() {
+            restored |= std::fs::rename(&away, &path).is_ok();
+        }
+    }
+    restored
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +237,20 @@ mod tests {
             assert!(err.to_string().contains("refused"), "{err}");
             assert!(!Path::new("/").join(FILLER).exists());
         }
+    }
+
+    #[test]
+    fn a_database_file_moved_away_comes_back_even_when_the_task_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store.db");
+        std::fs::write(&path, b"data").expect("file");
+        let moved = MovedAway::rename(&path).expect("rename");
+        assert!(!path.exists());
+        drop(moved);
+        assert_eq!(std::fs::read(&path).expect("back"), b"data");
+        let moved = MovedAway::rename(&path).expect("rename");
+        std::mem::forget(moved); // an aborted task that never ran its drop
+        assert!(restore_leftover(dir.path()));
+        assert_eq!(std::fs::read(&path).expect("back"), b"data");
     }
 }

@@ -62,9 +62,9 @@ pub struct ChaosArgs {
     pub fault_seed: Option<u64>,
 
     /// Scenarios to apply while the load runs, comma-separated: faults, kill, freeze-exchange,
-    /// kill-ecommerce, proxy-cut, disk-full; `all` is every one but proxy-cut (which needs
-    /// --database-url or --redis-url) and disk-full (which needs a data dir on a filesystem of
-    /// at most 1 GiB, or root to mount a tmpfs).
+    /// kill-ecommerce, proxy-cut, disk-full, db-file-gone; `all` is every one but proxy-cut
+    /// (which needs --database-url or --redis-url), disk-full (which needs a data dir on a
+    /// filesystem of at most 1 GiB, or root to mount a tmpfs) and db-file-gone.
     #[arg(long, default_value = "all", value_parser = Scenario::parse_list)]
     pub scenarios: ScenarioList,
 
@@ -100,6 +100,14 @@ pub struct ChaosArgs {
     /// `--disk-full-for`).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub disk_full_every: Duration,
+
+    /// `db-file-gone`: how long the database file stays renamed away.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub db_gone_for: Duration,
+
+    /// `db-file-gone`: which SQLite file of the data dir is taken away.
+    #[arg(long, default_value = "store.db", value_parser = disk::DB_FILES)]
+    pub db_gone_file: String,
 
     /// PostgreSQL for the suite this run starts (instead of SQLite files), e.g.
     /// `postgres://postgres@127.0.0.1:5432/ftshop_chaos`; loopback only. With `proxy-cut` the
@@ -185,6 +193,18 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         ensure!(
             args.disk_full_every > args.disk_full_for,
             "--disk-full-every must be longer than --disk-full-for (the disk is freed in between)"
+        );
+    }
+    let db_gone = scenarios.contains(&Scenario::DbFileGone);
+    if db_gone {
+        ensure!(
+            args.database_url.is_none(),
+            "db-file-gone takes a SQLite file away: it needs the embedded databases, drop \
+             --database-url"
+        );
+        ensure!(
+            !args.db_gone_for.is_zero() && args.db_gone_for <= Duration::from_secs(60),
+            "--db-gone-for must be within (0s, 60s]"
         );
     }
     if let Some(url) = &args.database_url {
@@ -334,6 +354,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         freeze_for_s: args.freeze_for.as_secs_f64(),
         disk_full_for_s: disk_full.then_some(args.disk_full_for.as_secs_f64()),
         disk_full_every_s: disk_full.then_some(args.disk_full_every.as_secs_f64()),
+        db_gone_file: db_gone.then(|| args.db_gone_file.clone()),
+        db_gone_for_s: db_gone.then_some(args.db_gone_for.as_secs_f64()),
         drain_timeout_s: args.drain_timeout.as_secs_f64(),
     };
 
@@ -480,6 +502,11 @@ async fn drive(
         cut_for: args.cut_for,
         disk_full_for: args.disk_full_for,
         disk_full_every: args.disk_full_every,
+        db_gone_for: args.db_gone_for,
+        db_gone_file: disk::DB_FILES
+            .into_iter()
+            .find(|name| *name == args.db_gone_file)
+            .unwrap_or(disk::DB_FILES[0]),
         fault_seed: seed,
         faults_already_on: start_profile == "default",
     };
@@ -512,6 +539,9 @@ async fn drive(
     }
     if disk::remove_leftover(&api.data_dir) {
         eprintln!("[chaos] removed a disk-full filler left in the data dir");
+    }
+    if disk::restore_leftover(&api.data_dir) {
+        eprintln!("[chaos] renamed back a database file db-file-gone left away");
     }
     let _ = load.await;
     progress.abort();

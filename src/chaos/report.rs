@@ -79,6 +79,11 @@ pub struct Settings {
     pub disk_full_for_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_full_every_s: Option<f64>,
+    /// `db-file-gone` only: the file taken away, and for how long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_gone_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_gone_for_s: Option<f64>,
     pub drain_timeout_s: f64,
 }
 

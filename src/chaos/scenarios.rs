@@ -30,6 +30,8 @@ pub enum Scenario {
     /// The data dir's filesystem filled but a small margin for `--disk-full-for`, every
     /// `--disk-full-every` (only on a filesystem of at most 1 GiB; see `disk.rs`).
     DiskFull,
+    /// A SQLite database file renamed away for `--db-gone-for`, then back (SQLite only).
+    DbFileGone,
 }
 
 impl Scenario {
@@ -49,6 +51,7 @@ impl Scenario {
             Scenario::KillEcommerce => "kill-ecommerce",
             Scenario::ProxyCut => "proxy-cut",
             Scenario::DiskFull => "disk-full",
+            Scenario::DbFileGone => "db-file-gone",
         }
     }
 
@@ -66,11 +69,12 @@ impl Scenario {
                 "kill-ecommerce" => Scenario::KillEcommerce,
                 "proxy-cut" => Scenario::ProxyCut,
                 "disk-full" => Scenario::DiskFull,
+                "db-file-gone" => Scenario::DbFileGone,
                 other => bail!(
                     "unknown scenario {other:?}: use faults, kill, freeze-exchange, \
-                     kill-ecommerce, proxy-cut, disk-full (comma-separated) or all (every one \
-                     but proxy-cut, which needs --database-url or --redis-url, and disk-full, \
-                     which needs a small filesystem)"
+                     kill-ecommerce, proxy-cut, disk-full, db-file-gone (comma-separated) or all \
+                     (every one but proxy-cut, which needs --database-url or --redis-url, \
+                     disk-full, which needs a small filesystem, and db-file-gone)"
                 ),
             };
             list.insert(scenario);
@@ -227,6 +231,9 @@ pub struct Schedule {
     pub cut_for: Duration,
     pub disk_full_for: Duration,
     pub disk_full_every: Duration,
+    pub db_gone_for: Duration,
+    /// One of [`disk::DB_FILES`].
+    pub db_gone_file: &'static str,
     pub fault_seed: u64,
     /// The suite already runs the default profile (started with it).
     pub faults_already_on: bool,
@@ -263,6 +270,7 @@ pub async fn run(scenario: Scenario, stage: Stage, stop: CancellationToken) {
         Scenario::KillEcommerce => kill_ecommerce(&api, schedule, &timeline, &stop).await,
         Scenario::ProxyCut => proxy_cut(&proxies, schedule, &timeline, &cut, &stop).await,
         Scenario::DiskFull => disk_full(&api, schedule, &timeline, &stop).await,
+        Scenario::DbFileGone => db_file_gone(&api, schedule, &timeline, &stop).await,
     }
 }
 
@@ -599,6 +607,62 @@ async fn disk_full(
     }
 }
 
+/// Renames `<data dir>/<db_gone_file>` away at t = 0.4 × duration (after the freeze at one
+/// third, before the ecommerce kill just past half) for `db_gone_for`, then back. The running
+/// services keep their open handles on it under the other name; what they must do meanwhile
+/// is refuse (503, readiness not_ready), and a process restarted meanwhile must refuse to
+/// start rather than create an empty database.
+async fn db_file_gone(
+    api: &SuiteApi,
+    schedule: Schedule,
+    timeline: &Timeline,
+    stop: &CancellationToken,
+) {
+    if wait(schedule.duration.mul_f64(0.4), stop).await {
+        return;
+    }
+    let path = api.data_dir.join(schedule.db_gone_file);
+    let moved = match disk::MovedAway::rename(&path) {
+        Ok(moved) => moved,
+        Err(err) => {
+            timeline.log(
+                Scenario::DbFileGone,
+                "remove-failed",
+                Some(schedule.db_gone_file),
+                None,
+                format!("{err:#}"),
+            );
+            return;
+        }
+    };
+    timeline.log(
+        Scenario::DbFileGone,
+        "remove",
+        Some(schedule.db_gone_file),
+        None,
+        format!(
+            "renamed away for {:.1} s (open handles keep it under another name)",
+            schedule.db_gone_for.as_secs_f64()
+        ),
+    );
+    let _ = wait(schedule.db_gone_for, stop).await;
+    let restored = moved.restore();
+    timeline.log(
+        Scenario::DbFileGone,
+        if restored.is_ok() {
+            "restore"
+        } else {
+            "restore-failed"
+        },
+        Some(schedule.db_gone_file),
+        None,
+        match restored {
+            Ok(()) => "renamed back".to_owned(),
+            Err(err) => format!("cannot rename it back: {err}"),
+        },
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,6 +673,7 @@ mod tests {
         assert_eq!(all.0, Scenario::DEFAULT.to_vec());
         assert!(!all.0.contains(&Scenario::DiskFull));
         assert!(!all.0.contains(&Scenario::ProxyCut));
+        assert!(!all.0.contains(&Scenario::DbFileGone));
         let list = Scenario::parse_list("disk-full,all").expect("disk-full,all");
         assert_eq!(list.0.len(), 5);
         assert!(list.0.contains(&Scenario::DiskFull));
