@@ -50,8 +50,9 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// A tmpfs this run mounted over its data dir; unmounted (lazily) when dropped, unless
-/// [`Tmpfs::keep`] was called (its files are evidence).
+/// A tmpfs this run mounted over its own temporary data dir; unmounted (lazily) when dropped,
+/// and the then empty mount point removed, unless [`Tmpfs::keep`] was called (its files are
+/// evidence).
 pub struct Tmpfs {
     dir: PathBuf,
     keep: bool,
@@ -90,8 +91,11 @@ impl Drop for Tmpfs {
         if self.keep {
             return;
         }
-        if let Err(err) = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH) {
-            eprintln!("[chaos] could not unmount {}: {err}", self.dir.display());
+        match nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir(&self.dir);
+            }
+            Err(err) => eprintln!("[chaos] could not unmount {}: {err}", self.dir.display()),
         }
     }
 }

@@ -403,13 +403,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 mounted.keep();
             }
         } else if let Some(mounted) = tmpfs.take() {
+            // Unmounting discards its files and removes the mount point.
             drop(mounted);
-            if let Err(err) = std::fs::remove_dir(&suite.data_dir) {
-                eprintln!(
-                    "[chaos] could not remove {}: {err}",
-                    suite.data_dir.display()
-                );
-            }
         } else if let Err(err) = std::fs::remove_dir_all(&suite.data_dir) {
             eprintln!(
                 "[chaos] could not remove {}: {err}",
