@@ -259,11 +259,6 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             let seed = args
                 .fault_seed
                 .unwrap_or_else(|| rand::random_range(0..1_000_000));
-            eprintln!(
-                "[chaos] starting ftshop up (faults {}, seed {seed}) in {}",
-                args.faults,
-                dir.display()
-            );
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             if disk_full {
                 // Never a real disk: a tmpfs of our own when we may mount one and the user
@@ -284,6 +279,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                     size as f64 / f64::from(1 << 20)
                 );
             }
+            eprintln!(
+                "[chaos] starting ftshop up (faults {}, seed {seed}) in {}",
+                args.faults,
+                dir.display()
+            );
             let mut backends = suite::Backends {
                 database_url: args.database_url.clone(),
                 redis_url: args.redis_url.clone(),
