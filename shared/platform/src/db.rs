@@ -40,7 +40,16 @@ impl Db {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Self::connect_postgres(url, service).await
             }
-            Some(url) if url.starts_with("sqlite:") => Self::connect_sqlite(url).await,
+            Some(url) if url.starts_with("sqlite:") => {
+                let mut db = Self::connect_sqlite(url).await?;
+                // A file named by the URL is guarded like the data dir's (an in-memory one
+                // has none); creating it or not is the URL's `mode`.
+                db.file = sqlite_url_path(url)
+                    .filter(|path| path.exists())
+                    .map(|path| DbFile::opened(&path))
+                    .transpose()?;
+                Ok(db)
+            }
             Some(other) => anyhow::bail!(
                 "DATABASE_URL must start with postgres:// or sqlite:, got {:?}",
                 other.split(':').next().unwrap_or_default()
@@ -318,6 +327,19 @@ impl DbFile {
             )),
         }
     }
+}
+
+/// The file a `sqlite:` URL names (`sqlite://PATH?...`, `sqlite:PATH`), `None` for an
+/// in-memory database.
+fn sqlite_url_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
+        return None;
+    }
+    Some(PathBuf::from(path))
 }
 
 /// How long readiness stays `not_ready` after a request met a storage fault, even when the
@@ -657,6 +679,26 @@ mod tests {
         std::fs::rename(&away, &path).expect("replace");
         let why = db.check_file().expect_err("replaced");
         assert!(why.contains("replaced"), "{why}");
+
+        // A database named by a `sqlite:` URL is guarded the same way.
+        let named = dir.path().join("named.db");
+        let url = format!("sqlite://{}?mode=rwc", named.display());
+        let db = Db::connect(Some(&url), dir.path(), "unused")
+            .await
+            .expect("db");
+        assert!(db.check_file().is_ok());
+        std::fs::remove_file(&named).expect("remove");
+        let why = db.check_file().expect_err("removed");
+        assert!(why.contains("removed"), "{why}");
+        assert_eq!(sqlite_url_path("sqlite::memory:"), None);
+        assert_eq!(
+            sqlite_url_path("sqlite://x.db?mode=memory&cache=shared"),
+            None
+        );
+        assert_eq!(
+            sqlite_url_path("sqlite:a/b.db"),
+            Some(PathBuf::from("a/b.db"))
+        );
     }
 
     /// A data dir that had a database and lost the file must not start over with an empty one
