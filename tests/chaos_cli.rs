@@ -142,3 +142,194 @@ fn unknown_scenarios_proxy_cut_without_servers_and_remote_servers_are_refused() 
         );
     }
 }
+
+/// A tmpfs mounted over a directory, unmounted when dropped. `None` (with the reason printed)
+/// when mounting is not permitted; a failure instead when `CI` is set, so CI never skips.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(dir)
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Tmpfs(dir.to_owned())),
+            other => {
+                let why = format!(
+                    "cannot mount a tmpfs on {} ({other:?}); needs root",
+                    dir.display()
+                );
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "{why}: CI must run this test"
+                );
+                eprintln!("SKIPPED: {why}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_disk_full_run_on_a_tmpfs_fills_and_frees_it_and_every_invariant_holds() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let data = tempfile::tempdir().expect("tempdir");
+    let Some(_tmpfs) = Tmpfs::mount(data.path(), "48m") else {
+        return;
+    };
+    let output = chaos(&[
+        "--scenarios",
+        "disk-full",
+        "--duration",
+        "12s",
+        "--vus",
+        "8",
+        "--disk-full-every",
+        "4s",
+        "--disk-full-for",
+        "2s",
+        "--fault-seed",
+        "42",
+        "--data-dir",
+        data.path().to_str().expect("utf-8 path"),
+        "--out",
+        out.path().to_str().expect("utf-8 path"),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "ftshop chaos failed ({}):\n{stderr}\n{stdout}",
+        output.status
+    );
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(out.path().join("chaos.json")).expect("chaos.json written"),
+    )
+    .expect("chaos.json is JSON");
+    assert_eq!(report["passed"], true, "{stdout}");
+    let verdicts = report["verdicts"].as_array().expect("verdicts");
+    assert_eq!(verdicts.len(), 4);
+    assert!(verdicts.iter().all(|v| v["holds"] == true), "{stdout}");
+    // Filled at 4 s and 8 s (a fill at 12 s would not fit), each freed again.
+    let events = report["scenario_events"].as_array().expect("events");
+    let count = |action: &str| {
+        events
+            .iter()
+            .filter(|e| e["scenario"] == "disk-full" && e["action"] == action)
+            .count()
+    };
+    assert_eq!(count("fill"), 2, "{stderr}");
+    assert_eq!(count("free"), 2, "{stderr}");
+    assert!(
+        !data.path().join("chaos-disk-filler").exists(),
+        "the filler is gone"
+    );
+    // The full disk was met: some purchases failed honestly and were replayed afterwards.
+    assert!(
+        report["load"]["by_status"]["503"].as_u64().unwrap_or(0) > 0,
+        "no purchase met the full disk:\n{stderr}"
+    );
+    assert!(report["load"]["acknowledged"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn disk_full_refuses_a_data_dir_on_a_large_filesystem() {
+    let data = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let stat = nix::sys::statvfs::statvfs(data.path()).expect("statvfs");
+    let size = stat.blocks() * stat.fragment_size();
+    if size <= 1 << 30 {
+        eprintln!(
+            "SKIPPED: {} is on a small filesystem",
+            data.path().display()
+        );
+        return;
+    }
+    let output = chaos(&[
+        "--scenarios",
+        "disk-full",
+        "--duration",
+        "1s",
+        "--data-dir",
+        data.path().to_str().expect("utf-8 path"),
+        "--out",
+        data.path().join("out").to_str().expect("utf-8 path"),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("so it can never fill a real disk"),
+        "{stderr}"
+    );
+    assert!(!data.path().join("chaos-disk-filler").exists());
+    assert!(
+        !data.path().join("up.json").exists(),
+        "no suite was started"
+    );
+}
+
+#[test]
+fn a_database_file_taken_away_mid_run_is_refused_honestly_and_every_invariant_holds() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let data = tempfile::tempdir().expect("tempdir");
+    let output = chaos(&[
+        "--scenarios",
+        "db-file-gone",
+        "--db-gone-for",
+        "3s",
+        "--duration",
+        "10s",
+        "--vus",
+        "8",
+        "--fault-seed",
+        "42",
+        "--keep",
+        "--data-dir",
+        data.path().to_str().expect("utf-8 path"),
+        "--out",
+        out.path().to_str().expect("utf-8 path"),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "ftshop chaos failed ({}):\n{stderr}\n{stdout}",
+        output.status
+    );
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(out.path().join("chaos.json")).expect("chaos.json written"),
+    )
+    .expect("chaos.json is JSON");
+    assert_eq!(report["passed"], true, "{stdout}");
+    let verdicts = report["verdicts"].as_array().expect("verdicts");
+    assert_eq!(verdicts.len(), 4);
+    assert!(verdicts.iter().all(|v| v["holds"] == true), "{stdout}");
+    let events = report["scenario_events"].as_array().expect("events");
+    for action in ["remove", "restore"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["scenario"] == "db-file-gone" && e["action"] == action),
+            "no {action}:\n{stderr}"
+        );
+    }
+    assert!(data.path().join("store.db").exists(), "store.db is back");
+    // The Store noticed: it refused requests while its file was away (it used to go on
+    // selling into a file that had lost its name).
+    let refused = ["store-1", "store-2"].iter().any(|member| {
+        std::fs::read_to_string(data.path().join("logs").join(format!("{member}.log")))
+            .unwrap_or_default()
+            .contains("database file lost; request refused")
+    });
+    assert!(
+        refused,
+        "no Store request was refused while store.db was away"
+    );
+}

@@ -7,6 +7,7 @@
 //! ([`invariants::check`]) is a pure function over what the run collected, so it is tested on
 //! fabricated data. See docs/chaos.md.
 
+mod disk;
 mod invariants;
 mod proxy;
 mod report;
@@ -61,8 +62,9 @@ pub struct ChaosArgs {
     pub fault_seed: Option<u64>,
 
     /// Scenarios to apply while the load runs, comma-separated: faults, kill, freeze-exchange,
-    /// kill-ecommerce, proxy-cut; `all` is every one but proxy-cut (which needs --database-url
-    /// or --redis-url).
+    /// kill-ecommerce, proxy-cut, disk-full, db-file-gone; `all` is every one but proxy-cut
+    /// (which needs --database-url or --redis-url), disk-full (which needs a data dir on a
+    /// filesystem of at most 1 GiB, or root to mount a tmpfs) and db-file-gone.
     #[arg(long, default_value = "all", value_parser = Scenario::parse_list)]
     pub scenarios: ScenarioList,
 
@@ -89,6 +91,23 @@ pub struct ChaosArgs {
     /// `proxy-cut`: how long PostgreSQL/Redis stay unreachable.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub cut_for: Duration,
+
+    /// `disk-full`: how long the data dir's filesystem stays full.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub disk_full_for: Duration,
+
+    /// `disk-full`: the filesystem is filled at t = this, 2 × this, ... (longer than
+    /// `--disk-full-for`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub disk_full_every: Duration,
+
+    /// `db-file-gone`: how long the database file stays renamed away.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub db_gone_for: Duration,
+
+    /// `db-file-gone`: which SQLite file of the data dir is taken away.
+    #[arg(long, default_value = "store.db", value_parser = disk::DB_FILES)]
+    pub db_gone_file: String,
 
     /// PostgreSQL for the suite this run starts (instead of SQLite files), e.g.
     /// `postgres://postgres@127.0.0.1:5432/ftshop_chaos`; loopback only. With `proxy-cut` the
@@ -165,6 +184,29 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             "--cut-for must be at most 60s"
         );
     }
+    let disk_full = scenarios.contains(&Scenario::DiskFull);
+    if disk_full {
+        ensure!(
+            !args.disk_full_for.is_zero() && args.disk_full_for <= Duration::from_secs(60),
+            "--disk-full-for must be within (0s, 60s]"
+        );
+        ensure!(
+            args.disk_full_every > args.disk_full_for,
+            "--disk-full-every must be longer than --disk-full-for (the disk is freed in between)"
+        );
+    }
+    let db_gone = scenarios.contains(&Scenario::DbFileGone);
+    if db_gone {
+        ensure!(
+            args.database_url.is_none(),
+            "db-file-gone takes a SQLite file away: it needs the embedded databases, drop \
+             --database-url"
+        );
+        ensure!(
+            !args.db_gone_for.is_zero() && args.db_gone_for <= Duration::from_secs(60),
+            "--db-gone-for must be within (0s, 60s]"
+        );
+    }
     if let Some(url) = &args.database_url {
         proxy::ensure_loopback("postgres", url)?;
     }
@@ -199,9 +241,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     });
 
     let mut proxies: Vec<proxy::Proxy> = Vec::new();
+    // Declared before the suite, so an early return stops the suite before unmounting.
+    let mut tmpfs: Option<disk::Tmpfs> = None;
     let (mut own, data_dir, seed) = match &args.attach_data_dir {
         Some(dir) => {
             let up = suite::attach(dir)?;
+            if disk_full {
+                disk::ensure_small(dir)?;
+            }
             (None, dir.clone(), args.fault_seed.unwrap_or(up.fault_seed))
         }
         None => {
@@ -212,12 +259,31 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             let seed = args
                 .fault_seed
                 .unwrap_or_else(|| rand::random_range(0..1_000_000));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            if disk_full {
+                // Never a real disk: a tmpfs of our own when we may mount one and the user
+                // named no data dir; otherwise the named dir must already be on a small one.
+                if args.data_dir.is_none() && disk::is_root() {
+                    let mounted = disk::Tmpfs::mount(&dir)?;
+                    eprintln!(
+                        "[chaos] disk-full: mounted a {} tmpfs on {}",
+                        disk::TMPFS_SIZE,
+                        mounted.dir().display()
+                    );
+                    tmpfs = Some(mounted);
+                }
+                let size = disk::ensure_small(&dir)?;
+                eprintln!(
+                    "[chaos] disk-full: {} is on a filesystem of {:.1} MiB",
+                    dir.display(),
+                    size as f64 / f64::from(1 << 20)
+                );
+            }
             eprintln!(
                 "[chaos] starting ftshop up (faults {}, seed {seed}) in {}",
                 args.faults,
                 dir.display()
             );
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let mut backends = suite::Backends {
                 database_url: args.database_url.clone(),
                 redis_url: args.redis_url.clone(),
@@ -286,6 +352,10 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         products: args.products.0.clone(),
         kill_every_s: args.kill_every.as_secs_f64(),
         freeze_for_s: args.freeze_for.as_secs_f64(),
+        disk_full_for_s: disk_full.then_some(args.disk_full_for.as_secs_f64()),
+        disk_full_every_s: disk_full.then_some(args.disk_full_every.as_secs_f64()),
+        db_gone_file: db_gone.then(|| args.db_gone_file.clone()),
+        db_gone_for_s: db_gone.then_some(args.db_gone_for.as_secs_f64()),
         drain_timeout_s: args.drain_timeout.as_secs_f64(),
     };
 
@@ -325,6 +395,16 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         // Kept on a violation: its databases and logs are the rest of the evidence.
         if args.keep || (!report.passed && !report.interrupted) {
             eprintln!("[chaos] data dir kept: {}", suite.data_dir.display());
+            if let Some(mounted) = tmpfs.take() {
+                eprintln!(
+                    "[chaos] it is a tmpfs, left mounted: `umount {}` when done",
+                    mounted.dir().display()
+                );
+                mounted.keep();
+            }
+        } else if let Some(mounted) = tmpfs.take() {
+            // Unmounting discards its files and removes the mount point.
+            drop(mounted);
         } else if let Err(err) = std::fs::remove_dir_all(&suite.data_dir) {
             eprintln!(
                 "[chaos] could not remove {}: {err}",
@@ -415,6 +495,13 @@ async fn drive(
         kill_every: args.kill_every,
         freeze_for: args.freeze_for,
         cut_for: args.cut_for,
+        disk_full_for: args.disk_full_for,
+        disk_full_every: args.disk_full_every,
+        db_gone_for: args.db_gone_for,
+        db_gone_file: disk::DB_FILES
+            .into_iter()
+            .find(|name| *name == args.db_gone_file)
+            .unwrap_or(disk::DB_FILES[0]),
         fault_seed: seed,
         faults_already_on: start_profile == "default",
     };
@@ -444,6 +531,12 @@ async fn drive(
     }
     for pid in cut.release_all() {
         eprintln!("[chaos] SIGUSR2 to proxy pid {pid} (left cut)");
+    }
+    if disk::remove_leftover(&api.data_dir) {
+        eprintln!("[chaos] removed a disk-full filler left in the data dir");
+    }
+    if disk::restore_leftover(&api.data_dir) {
+        eprintln!("[chaos] renamed back a database file db-file-gone left away");
     }
     let _ = load.await;
     progress.abort();

@@ -74,6 +74,16 @@ pub struct Settings {
     pub products: Vec<String>,
     pub kill_every_s: f64,
     pub freeze_for_s: f64,
+    /// `disk-full` only: how long the disk stayed full, and how often it was filled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_full_for_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_full_every_s: Option<f64>,
+    /// `db-file-gone` only: the file taken away, and for how long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_gone_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_gone_for_s: Option<f64>,
     pub drain_timeout_s: f64,
 }
 

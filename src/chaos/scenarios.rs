@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::disk;
 use super::suite::{SuiteApi, signal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -26,6 +27,11 @@ pub enum Scenario {
     KillEcommerce,
     /// PostgreSQL and/or Redis unreachable for `--cut-for` (through scripts/tcp-proxy.py).
     ProxyCut,
+    /// The data dir's filesystem filled but a small margin for `--disk-full-for`, every
+    /// `--disk-full-every` (only on a filesystem of at most 1 GiB; see `disk.rs`).
+    DiskFull,
+    /// A SQLite database file renamed away for `--db-gone-for`, then back (SQLite only).
+    DbFileGone,
 }
 
 impl Scenario {
@@ -44,6 +50,8 @@ impl Scenario {
             Scenario::FreezeExchange => "freeze-exchange",
             Scenario::KillEcommerce => "kill-ecommerce",
             Scenario::ProxyCut => "proxy-cut",
+            Scenario::DiskFull => "disk-full",
+            Scenario::DbFileGone => "db-file-gone",
         }
     }
 
@@ -60,10 +68,13 @@ impl Scenario {
                 "freeze-exchange" => Scenario::FreezeExchange,
                 "kill-ecommerce" => Scenario::KillEcommerce,
                 "proxy-cut" => Scenario::ProxyCut,
+                "disk-full" => Scenario::DiskFull,
+                "db-file-gone" => Scenario::DbFileGone,
                 other => bail!(
                     "unknown scenario {other:?}: use faults, kill, freeze-exchange, \
-                     kill-ecommerce, proxy-cut (comma-separated) or all (every one but \
-                     proxy-cut, which needs --database-url or --redis-url)"
+                     kill-ecommerce, proxy-cut, disk-full, db-file-gone (comma-separated) or all \
+                     (every one but proxy-cut, which needs --database-url or --redis-url, \
+                     disk-full, which needs a small filesystem, and db-file-gone)"
                 ),
             };
             list.insert(scenario);
@@ -218,6 +229,11 @@ pub struct Schedule {
     pub kill_every: Duration,
     pub freeze_for: Duration,
     pub cut_for: Duration,
+    pub disk_full_for: Duration,
+    pub disk_full_every: Duration,
+    pub db_gone_for: Duration,
+    /// One of [`disk::DB_FILES`].
+    pub db_gone_file: &'static str,
     pub fault_seed: u64,
     /// The suite already runs the default profile (started with it).
     pub faults_already_on: bool,
@@ -253,6 +269,8 @@ pub async fn run(scenario: Scenario, stage: Stage, stop: CancellationToken) {
         }
         Scenario::KillEcommerce => kill_ecommerce(&api, schedule, &timeline, &stop).await,
         Scenario::ProxyCut => proxy_cut(&proxies, schedule, &timeline, &cut, &stop).await,
+        Scenario::DiskFull => disk_full(&api, schedule, &timeline, &stop).await,
+        Scenario::DbFileGone => db_file_gone(&api, schedule, &timeline, &stop).await,
     }
 }
 
@@ -506,5 +524,159 @@ async fn proxy_cut(
             Some(*pid),
             format!("{name} reachable again"),
         );
+    }
+}
+
+/// Fills the data dir's filesystem at t = every, 2 × every, ... (all but
+/// [`disk::MARGIN_BYTES`], so purchases take the rest), holds it for `disk_full_for`, frees it.
+/// The filler is removed when the run stops, or when this task is dropped.
+async fn disk_full(
+    api: &SuiteApi,
+    schedule: Schedule,
+    timeline: &Timeline,
+    stop: &CancellationToken,
+) {
+    let start = Instant::now();
+    let target = api.data_dir.display().to_string();
+    let mut round: u32 = 0;
+    loop {
+        round += 1;
+        // Only a fill whose whole hold fits in the load: the load must meet the freeing too.
+        let offset = schedule.disk_full_every * round;
+        if offset + schedule.disk_full_for > schedule.duration {
+            return;
+        }
+        let at = start + offset;
+        if wait(at.saturating_duration_since(Instant::now()), stop).await {
+            return;
+        }
+        let dir = api.data_dir.clone();
+        let filled =
+            tokio::task::spawn_blocking(move || disk::Filler::fill(&dir, disk::MARGIN_BYTES)).await;
+        let filler = match filled {
+            Ok(Ok(filler)) => filler,
+            Ok(Err(err)) => {
+                timeline.log(
+                    Scenario::DiskFull,
+                    "fill-failed",
+                    Some(&target),
+                    None,
+                    format!("{err:#}"),
+                );
+                continue;
+            }
+            Err(err) => {
+                timeline.log(
+                    Scenario::DiskFull,
+                    "fill-failed",
+                    Some(&target),
+                    None,
+                    err.to_string(),
+                );
+                continue;
+            }
+        };
+        timeline.log(
+            Scenario::DiskFull,
+            "fill",
+            Some(&target),
+            None,
+            format!(
+                "filesystem full but {} KiB (filler {:.1} MiB) for {:.1} s",
+                disk::MARGIN_BYTES >> 10,
+                filler.bytes() as f64 / f64::from(1 << 20),
+                schedule.disk_full_for.as_secs_f64()
+            ),
+        );
+        // Freed after `disk_full_for`, or at once when the run stops earlier.
+        let stopped = wait(schedule.disk_full_for, stop).await;
+        let freed = filler.free();
+        timeline.log(
+            Scenario::DiskFull,
+            if freed.is_ok() { "free" } else { "free-failed" },
+            Some(&target),
+            None,
+            match freed {
+                Ok(()) => "filler removed".to_owned(),
+                Err(err) => format!("cannot remove the filler: {err}"),
+            },
+        );
+        if stopped {
+            return;
+        }
+    }
+}
+
+/// Renames `<data dir>/<db_gone_file>` away at t = 0.4 × duration (after the freeze at one
+/// third, before the ecommerce kill just past half) for `db_gone_for`, then back. The running
+/// services keep their open handles on it under the other name; what they must do meanwhile
+/// is refuse (503, readiness not_ready), and a process restarted meanwhile must refuse to
+/// start rather than create an empty database.
+async fn db_file_gone(
+    api: &SuiteApi,
+    schedule: Schedule,
+    timeline: &Timeline,
+    stop: &CancellationToken,
+) {
+    if wait(schedule.duration.mul_f64(0.4), stop).await {
+        return;
+    }
+    let path = api.data_dir.join(schedule.db_gone_file);
+    let moved = match disk::MovedAway::rename(&path) {
+        Ok(moved) => moved,
+        Err(err) => {
+            timeline.log(
+                Scenario::DbFileGone,
+                "remove-failed",
+                Some(schedule.db_gone_file),
+                None,
+                format!("{err:#}"),
+            );
+            return;
+        }
+    };
+    timeline.log(
+        Scenario::DbFileGone,
+        "remove",
+        Some(schedule.db_gone_file),
+        None,
+        format!(
+            "renamed away for {:.1} s (open handles keep it under another name)",
+            schedule.db_gone_for.as_secs_f64()
+        ),
+    );
+    let _ = wait(schedule.db_gone_for, stop).await;
+    let restored = moved.restore();
+    timeline.log(
+        Scenario::DbFileGone,
+        if restored.is_ok() {
+            "restore"
+        } else {
+            "restore-failed"
+        },
+        Some(schedule.db_gone_file),
+        None,
+        match restored {
+            Ok(()) => "renamed back".to_owned(),
+            Err(err) => format!("cannot rename it back: {err}"),
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_leaves_out_the_scenarios_that_need_setup() {
+        let all = Scenario::parse_list("all").expect("all");
+        assert_eq!(all.0, Scenario::DEFAULT.to_vec());
+        assert!(!all.0.contains(&Scenario::DiskFull));
+        assert!(!all.0.contains(&Scenario::ProxyCut));
+        assert!(!all.0.contains(&Scenario::DbFileGone));
+        let list = Scenario::parse_list("disk-full,all").expect("disk-full,all");
+        assert_eq!(list.0.len(), 5);
+        assert!(list.0.contains(&Scenario::DiskFull));
+        assert_eq!(Scenario::DiskFull.name(), "disk-full");
     }
 }

@@ -126,6 +126,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     };
     workers::spawn(state.clone());
 
+    let guarded = db.clone();
     let readiness = Readiness::new()
         .check("database", move || {
             let db = db.clone();
@@ -149,6 +150,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     Ok(Service::new("ecommerce", router(state), ApiDoc::openapi())
         .admin_routes(admin)
         .readiness(readiness)
+        .database(&guarded)
         .with_common(&config.common)?
         .into_router())
 }

@@ -68,6 +68,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     let state = AppState { db: db.clone() };
     tokio::spawn(queue::run_worker(db.clone()));
     let queue_db = db.clone();
+    let guarded = db.clone();
     let readiness = Readiness::new()
         .check("database", move || {
             let db = db.clone();
@@ -79,6 +80,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
         });
     Ok(Service::new(NAME, router(state), ApiDoc::openapi())
         .readiness(readiness)
+        .database(&guarded)
         .with_common(&config.common)?
         .into_router())
 }

@@ -83,6 +83,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     Ok(
         Service::new(SERVICE, router(AppState::new(inventory)), ApiDoc::openapi())
             .readiness(readiness)
+            .database(&db)
             .with_common(&config.common)?
             .into_router(),
     )

@@ -3,7 +3,8 @@
 //! service so the suite can share a database). SQL is written once with `$1` placeholders,
 //! which both backends accept; DDL differs and lives in `migrations/{sqlite,postgres}`.
 
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ pub enum Backend {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// The SQLite file this pool opened (`None` on PostgreSQL and in-memory SQLite).
+    pub file: Option<DbFile>,
 }
 
 impl Db {
@@ -49,7 +52,14 @@ impl Db {
                         crate::private_fs::tighten_if_exists(Path::new(&file))?;
                     }
                 }
-                Self::connect_sqlite(url).await
+                let mut db = Self::connect_sqlite(url).await?;
+                // A file named by the URL is guarded like the data dir's (an in-memory one
+                // has none); creating it or not is the URL's `mode`.
+                db.file = sqlite_file(url)
+                    .filter(|path| path.exists())
+                    .map(DbFile::opened)
+                    .transpose()?;
+                Ok(db)
             }
             Some(other) => anyhow::bail!(
                 "DATABASE_URL must start with postgres:// or sqlite:, got {:?}",
@@ -57,8 +67,33 @@ impl Db {
             ),
             None => {
                 let path = data_dir.join(format!("{service}.db"));
+                let marker = DbFile::marker_of(&path);
+                // A data dir that had this database and lost it must not start over empty:
+                // a fresh catalog would sell stock that was already sold.
+                if !path.exists() && marker.exists() {
+                    anyhow::bail!(
+                        "the database file {} is missing, but {} says this data dir had one: \
+                         restore it (deploy/backup/sqlite-restore.sh) or, to start with an \
+                         empty database on purpose, remove {}",
+                        path.display(),
+                        marker.display(),
+                        marker.display()
+                    );
+                }
+                // The data dir 0700 and the file created here, once, 0600 (an empty file is an
+                // empty database); the pool opens it without `create`, so a file lost later is
+                // never silently recreated empty by a new pooled connection (that one fails
+                // with SQLITE_CANTOPEN instead).
                 prepare_private_sqlite(data_dir, &path)?;
-                Self::connect_sqlite(&format!("sqlite://{}?mode=rwc", path.display())).await
+                let url = format!("sqlite://{}?mode=rw", path.display());
+                let mut db = Self::connect_sqlite(&url).await?;
+                let file = DbFile::opened(&path)?;
+                if !marker.exists() {
+                    std::fs::write(&marker, format!("{}\n", now_millis()))
+                        .with_context(|| format!("cannot write {}", marker.display()))?;
+                }
+                db.file = Some(file);
+                Ok(db)
             }
         }?;
         db.create_probe_table().await?;
@@ -87,6 +122,7 @@ impl Db {
         Ok(Self {
             pool,
             backend: Backend::Sqlite,
+            file: None,
         })
     }
 
@@ -135,6 +171,7 @@ impl Db {
         Ok(Self {
             pool,
             backend: Backend::Postgres,
+            file: None,
         })
     }
 
@@ -170,6 +207,9 @@ impl Db {
     /// rather than `SELECT 1`, because a full disk, a read-only file or a held write lock let
     /// reads through while every purchase fails. `Ok(detail)` when ready, `Err(reason)` not.
     pub async fn check_storage(&self) -> Result<String, String> {
+        if let Err(why) = self.check_file() {
+            return Err(format!("{:?}: {why}", self.backend));
+        }
         let probe = async {
             let mut tx = self.pool.begin().await?;
             sqlx::query(
@@ -198,6 +238,23 @@ impl Db {
         }
     }
 
+    /// Whether the SQLite file this pool opened is still the one at its path (`Ok` on
+    /// PostgreSQL). An open handle keeps reading and writing a file that was removed (or
+    /// renamed, or replaced by another) as if nothing happened, and whatever it writes then is
+    /// lost with the inode: so a removed, renamed or replaced file is a
+    /// [`StorageFault::Damaged`] (recorded, readiness `not_ready`), and nothing served from it
+    /// may be acknowledged (see [`crate::server::Service::database`]). `Err(reason)` then.
+    pub fn check_file(&self) -> Result<(), String> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        file.check().inspect_err(|_| {
+            storage_health().record(StorageFault::Damaged);
+            metrics::counter!("storage_faults_total", "kind" => StorageFault::Damaged.as_str())
+                .increment(1);
+        })
+    }
+
     /// Creates the write probe's table (both backends; in the service's schema on PostgreSQL).
     async fn create_probe_table(&self) -> anyhow::Result<()> {
         sqlx::query(
@@ -216,6 +273,61 @@ impl Db {
         })
         .context("cannot create the storage probe table")?;
         Ok(())
+    }
+}
+
+/// The SQLite file a [`Db`] opened: its path and the identity (device, inode) of the file
+/// that was there when the pool opened it.
+#[derive(Debug, Clone)]
+pub struct DbFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl DbFile {
+    /// Identity of the file at `path` now.
+    fn opened(path: &Path) -> anyhow::Result<Self> {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// `<file>.created`: written next to a database file the first time a service opens it, so
+    /// a later start can tell "new data dir" from "database file lost".
+    pub fn marker_of(path: &Path) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".created");
+        PathBuf::from(name)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `Ok` while the file at the path is the one opened; `Err(reason)` when it was removed,
+    /// replaced or cannot be read.
+    pub fn check(&self) -> Result<(), String> {
+        match std::fs::metadata(&self.path) {
+            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => Ok(()),
+            Ok(_) => Err(format!(
+                "database file {} was replaced by another file since it was opened (restart \
+                 the service to use the new one)",
+                self.path.display()
+            )),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(format!(
+                "database file {} was removed or renamed since it was opened",
+                self.path.display()
+            )),
+            Err(err) => Err(format!(
+                "database file {} cannot be read: {err}",
+                self.path.display()
+            )),
+        }
     }
 }
 
@@ -540,5 +652,98 @@ mod tests {
             .await
             .expect("read from another connection");
         assert_eq!(seen, 1, "an acknowledged write must be committed");
+    }
+
+    /// An open pool keeps writing a removed or renamed file as if nothing happened (SQLite in
+    /// WAL mode reports no error): the identity check must see it, the write probe's readiness
+    /// must turn `not_ready`, and putting the same file back heals it; another file in its
+    /// place is not the database that was opened.
+    #[tokio::test]
+    async fn a_removed_renamed_or_replaced_database_file_is_a_storage_fault() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(None, dir.path(), "gone").await.expect("db");
+        let path = dir.path().join("gone.db");
+        assert!(db.check_file().is_ok());
+        assert!(db.check_storage().await.is_ok());
+
+        let away = dir.path().join("elsewhere.db");
+        std::fs::rename(&path, &away).expect("rename away");
+        // What makes it dangerous: the write still succeeds, into a file with another name.
+        sqlx::query("INSERT INTO ftshop_storage_probe (id, checked_at, pad) VALUES (2, 0, '')")
+            .execute(&db.pool)
+            .await
+            .expect("SQLite does not notice");
+        let why = db.check_file().expect_err("renamed away");
+        assert!(why.contains("removed or renamed"), "{why}");
+        let not_ready = db.check_storage().await.expect_err("not ready");
+        assert!(not_ready.contains("removed or renamed"), "{not_ready}");
+
+        // A new pooled connection meanwhile fails (SQLITE_CANTOPEN) instead of creating an
+        // empty database in its place.
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            match db.pool.acquire().await {
+                Ok(conn) => held.push(conn),
+                Err(err) => {
+                    assert_eq!(StorageFault::of(&err), Some(StorageFault::Damaged), "{err}")
+                }
+            }
+        }
+        assert!(held.len() < 8, "no new connection was attempted");
+        assert!(
+            !path.exists(),
+            "a new connection created an empty database in place of the lost one"
+        );
+        drop(held);
+
+        std::fs::rename(&away, &path).expect("rename back");
+        assert!(db.check_file().is_ok(), "the same file back heals");
+
+        // Another file at the path (a copy is another inode).
+        std::fs::copy(&path, &away).expect("copy");
+        std::fs::rename(&away, &path).expect("replace");
+        let why = db.check_file().expect_err("replaced");
+        assert!(why.contains("replaced"), "{why}");
+
+        // A database named by a `sqlite:` URL is guarded the same way.
+        let named = dir.path().join("named.db");
+        let url = format!("sqlite://{}?mode=rwc", named.display());
+        let db = Db::connect(Some(&url), dir.path(), "unused")
+            .await
+            .expect("db");
+        assert!(db.check_file().is_ok());
+        std::fs::remove_file(&named).expect("remove");
+        let why = db.check_file().expect_err("removed");
+        assert!(why.contains("removed"), "{why}");
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("sqlite://x.db?mode=memory&cache=shared"), None);
+        assert_eq!(sqlite_file("sqlite:a/b.db"), Some(Path::new("a/b.db")));
+    }
+
+    /// A data dir that had a database and lost the file must not start over with an empty one
+    /// (the Store would seed its catalog again and sell stock that was already sold); a new
+    /// data dir, or one whose marker was removed on purpose, starts empty.
+    #[tokio::test]
+    async fn starting_on_a_data_dir_that_lost_its_database_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(None, dir.path(), "lost").await.expect("db");
+        db.pool.close().await;
+        let path = dir.path().join("lost.db");
+        let marker = DbFile::marker_of(&path);
+        assert!(marker.exists(), "the first start leaves a marker");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let err = Db::connect(None, dir.path(), "lost")
+            .await
+            .expect_err("a lost database file refuses the start");
+        assert!(format!("{err:#}").contains("is missing"), "{err:#}");
+        assert!(!path.exists(), "no empty database was created");
+
+        std::fs::remove_file(&marker).expect("remove the marker on purpose");
+        let db = Db::connect(None, dir.path(), "lost")
+            .await
+            .expect("empty start");
+        assert!(db.check_file().is_ok());
     }
 }

@@ -29,6 +29,7 @@ use utoipa::OpenApi as _;
 
 use crate::admin::AdminToken;
 use crate::config::CommonArgs;
+use crate::db::Db;
 use crate::faults::{FaultEngine, FaultProfile};
 use crate::health::Readiness;
 use crate::{MAX_BODY_BYTES, Problem, REQUEST_ID_HEADER, admin, extract, faults, http_metrics};
@@ -42,6 +43,7 @@ pub struct Service {
     faults: Arc<FaultEngine>,
     admin_token: AdminToken,
     admin_routes: Router,
+    database: Option<Db>,
 }
 
 impl Service {
@@ -58,6 +60,7 @@ impl Service {
             faults: FaultEngine::off(name),
             admin_token: AdminToken::default(),
             admin_routes: Router::new(),
+            database: None,
         }
     }
 
@@ -100,6 +103,16 @@ impl Service {
         self
     }
 
+    /// The service's database: while its SQLite file is removed, renamed or replaced (see
+    /// [`Db::check_file`]), the service's routes answer 503 problem+json
+    /// (`storage-unavailable`) instead of running, and an answer produced while it went away
+    /// is withheld the same way, because what the handler wrote went to a file that no longer
+    /// has a name and is lost with it. Health, metrics and admin routes are not guarded.
+    pub fn database(mut self, db: &Db) -> Self {
+        self.database = Some(db.clone());
+        self
+    }
+
     pub fn readiness(mut self, readiness: Readiness) -> Self {
         self.readiness = readiness;
         self
@@ -116,7 +129,16 @@ impl Service {
             faults,
             admin_token,
             admin_routes,
+            database,
         } = self;
+        let router = match database {
+            Some(db) if db.file.is_some() => router.layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    database_file_guard(db.clone(), req, next)
+                },
+            )),
+            _ => router,
+        };
         openapi.merge(faults::admin::AdminDoc::openapi());
         openapi.info.title = format!("ftshop {name}");
         openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
@@ -169,6 +191,39 @@ impl Service {
             .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
             .layer(CatchPanicLayer::custom(panic_to_problem))
     }
+}
+
+/// See [`Service::database`]: checked before the handler (nothing is done on a lost file) and
+/// after it (the file went away while it ran: its answer cannot be kept).
+async fn database_file_guard(
+    db: Db,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(why) = db.check_file() {
+        return lost_database_file(&why);
+    }
+    let response = next.run(req).await;
+    if response.status().is_server_error() {
+        return response;
+    }
+    match db.check_file() {
+        Ok(()) => response,
+        Err(why) => lost_database_file(&why),
+    }
+}
+
+fn lost_database_file(why: &str) -> Response {
+    tracing::error!(reason = why, "database file lost; request refused");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage-unavailable",
+        format!(
+            "the service cannot write its data (damaged: {why}); nothing is acknowledged, \
+             retry later"
+        ),
+    )
+    .into_response()
 }
 
 fn live(service: &'static str) -> axum::Json<serde_json::Value> {
@@ -367,4 +422,71 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown signal received; draining");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::post;
+    use tower::ServiceExt as _;
+
+    /// Every route of a service with a database answers 503 problem+json while its SQLite
+    /// file is gone, and withholds an answer whose write went to a file that lost its name
+    /// while the handler ran; health stays served, and the same file back heals it.
+    #[tokio::test]
+    async fn a_lost_database_file_withholds_every_answer_of_the_service() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(None, dir.path(), "guarded").await.expect("db");
+        let path = dir.path().join("guarded.db");
+        let away = dir.path().join("away.db");
+        let routes = Router::new()
+            .route("/read", get(|| async { "read" }))
+            .route(
+                "/write",
+                post({
+                    let db = db.clone();
+                    let (path, away) = (path.clone(), away.clone());
+                    move || async move {
+                        sqlx::query(
+                            "INSERT INTO ftshop_storage_probe (id, checked_at, pad) \
+                                     VALUES (7, 0, '')",
+                        )
+                        .execute(&db.pool)
+                        .await
+                        .expect("write");
+                        // The file loses its name after the commit, before the answer.
+                        std::fs::rename(&path, &away).expect("rename away");
+                        "written"
+                    }
+                }),
+            );
+        let app = Service::new("guarded", routes, utoipa::openapi::OpenApi::default())
+            .database(&db)
+            .into_router();
+        let call = |method: &str, uri: &str| {
+            let app = app.clone();
+            let request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .expect("request");
+            async move { app.oneshot(request).await.expect("answer") }
+        };
+
+        assert_eq!(call("GET", "/read").await.status(), 200);
+        let withheld = call("POST", "/write").await;
+        assert_eq!(withheld.status(), 503);
+        assert_eq!(
+            withheld.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let read = call("GET", "/read").await;
+        assert_eq!(read.status(), 503, "nothing is served from a lost file");
+        assert_eq!(call("GET", "/health/live").await.status(), 200);
+        assert_eq!(call("GET", "/health/ready").await.status(), 200);
+
+        std::fs::rename(&away, &path).expect("rename back");
+        assert_eq!(call("GET", "/read").await.status(), 200);
+    }
 }
