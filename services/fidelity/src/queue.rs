@@ -23,10 +23,11 @@ const POLL: Duration = Duration::from_millis(200);
 const CLAIM_HOLD_MS: i64 = 10_000;
 
 /// Durably accepts a bonus for later crediting. Idempotent: a transaction already queued is
-/// left as it is.
+/// left as it is; so it goes through the database breaker and is retried within the retry
+/// budget when the connection is lost mid-way ([`Db::run_idempotent`]).
 pub async fn enqueue(db: &Db, transaction_id: &str, user: &str, points: i64) -> anyhow::Result<()> {
     let now = now_millis();
-    sqlx::query(
+    db.run_idempotent(|| sqlx::query(
         "INSERT INTO pending_bonuses (transaction_id, user_id, points, attempts, next_attempt_at, created_at) \
          VALUES ($1, $2, $3, 0, $4, $4) ON CONFLICT (transaction_id) DO NOTHING",
     )
@@ -34,7 +35,7 @@ pub async fn enqueue(db: &Db, transaction_id: &str, user: &str, points: i64) -> 
     .bind(user.to_owned())
     .bind(points)
     .bind(now)
-    .execute(&db.pool)
+    .execute(&db.pool))
     .await
     .context("cannot queue bonus")?;
     Ok(())
@@ -50,8 +51,11 @@ pub struct QueueStats {
 }
 
 pub async fn stats(db: &Db) -> anyhow::Result<QueueStats> {
-    let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM pending_bonuses")
-        .fetch_one(&db.pool)
+    let row = db
+        .run(|| {
+            sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM pending_bonuses")
+                .fetch_one(&db.pool)
+        })
         .await
         .context("cannot read the pending queue")?;
     let depth: i64 = row.try_get("n")?;
@@ -88,14 +92,21 @@ pub async fn run_worker(db: Db) {
 
 /// Credits every due bonus once; returns how many were handled.
 pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
-    let rows = sqlx::query(
-        "SELECT transaction_id, user_id, points, attempts, next_attempt_at FROM pending_bonuses \
-         WHERE next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT 64",
-    )
-    .bind(now_millis())
-    .fetch_all(&db.pool)
-    .await
-    .context("cannot read due bonuses")?;
+    // Every statement goes through the database breaker, so during an outage the worker fails
+    // fast too; only the delete (idempotent) is retried on a lost connection.
+    let now = now_millis();
+    let rows = db
+        .run(|| {
+            sqlx::query(
+                "SELECT transaction_id, user_id, points, attempts, next_attempt_at \
+                 FROM pending_bonuses WHERE next_attempt_at <= $1 \
+                 ORDER BY next_attempt_at LIMIT 64",
+            )
+            .bind(now)
+            .fetch_all(&db.pool)
+        })
+        .await
+        .context("cannot read due bonuses")?;
     let n = rows.len();
     for row in rows {
         let transaction_id: String = row.try_get("transaction_id")?;
@@ -105,17 +116,21 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
         let due_at: i64 = row.try_get("next_attempt_at")?;
         // Compare-and-set claim on what was read, so two workers (Fidelity replicas sharing
         // PostgreSQL) never credit-and-reschedule one bonus at once; the loser leaves it.
-        let claimed = sqlx::query(
-            "UPDATE pending_bonuses SET next_attempt_at = $4 \
-             WHERE transaction_id = $1 AND attempts = $2 AND next_attempt_at = $3",
-        )
-        .bind(transaction_id.clone())
-        .bind(attempts)
-        .bind(due_at)
-        .bind(now_millis() + CLAIM_HOLD_MS)
-        .execute(&db.pool)
-        .await
-        .context("cannot claim a due bonus")?;
+        let hold_until = now_millis() + CLAIM_HOLD_MS;
+        let claimed = db
+            .run(|| {
+                sqlx::query(
+                    "UPDATE pending_bonuses SET next_attempt_at = $4 \
+                     WHERE transaction_id = $1 AND attempts = $2 AND next_attempt_at = $3",
+                )
+                .bind(transaction_id.clone())
+                .bind(attempts)
+                .bind(due_at)
+                .bind(hold_until)
+                .execute(&db.pool)
+            })
+            .await
+            .context("cannot claim a due bonus")?;
         if claimed.rows_affected() != 1 {
             continue;
         }
@@ -131,11 +146,13 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
                 };
                 metrics::counter!("fidelity_bonus_total", "outcome" => label, "via" => "queue")
                     .increment(1);
-                sqlx::query("DELETE FROM pending_bonuses WHERE transaction_id = $1")
-                    .bind(transaction_id)
-                    .execute(&db.pool)
-                    .await
-                    .context("cannot dequeue bonus")?;
+                db.run_idempotent(|| {
+                    sqlx::query("DELETE FROM pending_bonuses WHERE transaction_id = $1")
+                        .bind(transaction_id.clone())
+                        .execute(&db.pool)
+                })
+                .await
+                .context("cannot dequeue bonus")?;
             }
             Err(err) => {
                 let delay = full_jitter(
@@ -143,16 +160,20 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
                     Duration::from_millis(200),
                     Duration::from_secs(30),
                 );
-                sqlx::query(
-                    "UPDATE pending_bonuses SET attempts = $2, next_attempt_at = $3, last_error = $4 \
-                     WHERE transaction_id = $1 AND attempts = $5",
-                )
-                .bind(transaction_id)
-                .bind(attempts + 1)
-                .bind(now_millis() + i64::try_from(delay.as_millis()).unwrap_or(30_000))
-                .bind(format!("{err:#}"))
-                .bind(attempts)
-                .execute(&db.pool)
+                let next = now_millis() + i64::try_from(delay.as_millis()).unwrap_or(30_000);
+                let last_error = format!("{err:#}");
+                db.run(|| {
+                    sqlx::query(
+                        "UPDATE pending_bonuses SET attempts = $2, next_attempt_at = $3, \
+                         last_error = $4 WHERE transaction_id = $1 AND attempts = $5",
+                    )
+                    .bind(transaction_id.clone())
+                    .bind(attempts + 1)
+                    .bind(next)
+                    .bind(last_error.clone())
+                    .bind(attempts)
+                    .execute(&db.pool)
+                })
                 .await
                 .context("cannot reschedule bonus")?;
             }

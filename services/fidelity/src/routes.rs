@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ftshop_platform::Problem;
 use ftshop_platform::extract::{Json, Path, validate_id};
+use ftshop_platform::repository::Read;
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
@@ -205,10 +206,12 @@ async fn get_pending(State(state): State<AppState>) -> Result<Json<QueueStats>, 
 async fn get_balance(
     State(state): State<AppState>,
     Path(user): Path<String>,
-) -> Result<Json<Balance>, Problem> {
+) -> Result<Read<Balance>, Problem> {
     validate_id("user", &user)?;
-    let points = ledger::balance(&state.db, &user)
-        .await
-        .map_err(|err| Problem::from_anyhow(&err))?;
-    Ok(Json(Balance { user, points }))
+    let db = &state.db;
+    let read = state
+        .balances
+        .read(db, &user, || ledger::balance(db, &user))
+        .await?;
+    Ok(read.map(|points| Balance { user, points }))
 }

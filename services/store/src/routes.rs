@@ -15,6 +15,7 @@ use crate::money::cents_to_usd;
 use crate::repo::{Inventory, Product, SellError, SellOutcome};
 use crate::telemetry::{SaleOutcome, record_sale, record_stock};
 use ftshop_platform::money::Decimal;
+use ftshop_platform::repository::Read;
 
 /// Response header set to `true` when a sale is answered from an earlier request with the same
 /// `Idempotency-Key`.
@@ -131,13 +132,20 @@ pub struct SaleReceipt {
 pub async fn get_product(
     State(state): State<AppState>,
     Query(query): Query<ProductQuery>,
-) -> Result<Json<ProductView>, Problem> {
+) -> Result<Read<ProductView>, Problem> {
     validate_id("product", &query.product)?;
-    match state.inventory.product(&query.product).await? {
+    let read = state.inventory.read_product(&query.product).await?;
+    let stale = read.stale;
+    match read.value {
         Some(product) => {
-            // Both replicas share the stock: each read keeps this replica's gauge current too.
-            record_stock(&product.id, product.stock);
-            Ok(Json(product.into()))
+            if stale.is_none() {
+                // Both replicas share the stock: each read keeps this replica's gauge current.
+                record_stock(&product.id, product.stock);
+            }
+            Ok(Read {
+                value: product.into(),
+                stale,
+            })
         }
         None => Err(unknown_product(&query.product)),
     }
@@ -152,9 +160,9 @@ pub async fn get_product(
 )]
 pub async fn list_products(
     State(state): State<AppState>,
-) -> Result<Json<Vec<ProductView>>, Problem> {
-    let products = state.inventory.products().await?;
-    Ok(Json(products.into_iter().map(ProductView::from).collect()))
+) -> Result<Read<Vec<ProductView>>, Problem> {
+    let read = state.inventory.read_products().await?;
+    Ok(read.map(|products| products.into_iter().map(ProductView::from).collect()))
 }
 
 /// Sells one unit of a product.

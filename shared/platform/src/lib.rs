@@ -14,6 +14,7 @@ pub mod health;
 pub mod http_metrics;
 pub mod money;
 pub mod problem;
+pub mod repository;
 pub mod server;
 pub mod telemetry;
 
