@@ -436,14 +436,16 @@ pub mod testing {
         Ok(format!("{base}/{name}"))
     }
 
-    /// A TCP proxy on 127.0.0.1:0 to `target` that can be cut (every connection dropped, new
-    /// ones accepted and closed at once, as a crashed server or a cut network looks to the
-    /// client) and restored: the database outage of the resilient-repository tests.
+    /// A TCP proxy on 127.0.0.1:0 to `target` that can be cut and restored: the database
+    /// outage of the resilient-repository tests. Cut, every open connection is dropped and new
+    /// ones are accepted and then never answered (held until restored), as a server behind a
+    /// cut network looks to a client: a connection attempt waits out its own timeout.
     pub struct TcpProxy {
         /// The port to connect to instead of the target's.
         pub port: u16,
         up: std::sync::Arc<std::sync::atomic::AtomicBool>,
         connections: std::sync::Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+        held: std::sync::Arc<Mutex<Vec<tokio::net::TcpStream>>>,
         accept: tokio::task::JoinHandle<()>,
     }
 
@@ -456,13 +458,16 @@ pub mod testing {
             let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
             let connections: std::sync::Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> =
                 std::sync::Arc::default();
+            let held: std::sync::Arc<Mutex<Vec<tokio::net::TcpStream>>> = std::sync::Arc::default();
             let accept = {
                 let (up, connections, target) =
                     (up.clone(), connections.clone(), target.to_owned());
+                let held = held.clone();
                 tokio::spawn(async move {
                     while let Ok((mut client, _)) = listener.accept().await {
                         if !up.load(Ordering::SeqCst) {
-                            continue; // closed at once: as good as refused
+                            lock(&held).push(client); // never answered while cut
+                            continue;
                         }
                         let target = target.clone();
                         let task = tokio::spawn(async move {
@@ -479,11 +484,12 @@ pub mod testing {
                 port,
                 up,
                 connections,
+                held,
                 accept,
             })
         }
 
-        /// Cuts the database off: drops every connection and refuses new ones.
+        /// Cuts the database off: drops every connection; new ones get no answer.
         pub fn cut(&self) {
             self.up.store(false, std::sync::atomic::Ordering::SeqCst);
             for task in lock(&self.connections).drain(..) {
@@ -491,9 +497,10 @@ pub mod testing {
             }
         }
 
-        /// Lets connections through again.
+        /// Lets connections through again (the ones held while cut are closed).
         pub fn restore(&self) {
             self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+            lock(&self.held).clear();
         }
 
         /// A proxy in front of the server of `url` (`scheme://[user@]host:port/db`), and the
@@ -518,6 +525,7 @@ pub mod testing {
         fn drop(&mut self) {
             self.cut();
             self.accept.abort();
+            lock(&self.held).clear();
         }
     }
 
