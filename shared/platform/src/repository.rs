@@ -373,4 +373,93 @@ mod tests {
             assert!(!is_connection_lost(&not), "{not}");
         }
     }
+
+    fn connection_reset() -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+    }
+
+    /// An idempotent write whose answer was lost after it committed (the COMMIT outcome is
+    /// unknown to the caller) is made again, and applied once; a plain write never is.
+    #[tokio::test]
+    async fn an_idempotent_write_is_retried_after_a_lost_connection_and_applied_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(None, dir.path(), "retry").await.expect("db");
+        sqlx::query("CREATE TABLE credits (id TEXT PRIMARY KEY)")
+            .execute(&db.pool)
+            .await
+            .expect("table");
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let credited = db
+            .run_idempotent(|| async {
+                let attempt = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let inserted = sqlx::query(
+                    "INSERT INTO credits (id) VALUES ('t-1') ON CONFLICT (id) DO NOTHING",
+                )
+                .execute(&db.pool)
+                .await?
+                .rows_affected();
+                if attempt == 0 {
+                    return Err(connection_reset()); // committed, but the answer was lost
+                }
+                Ok(inserted)
+            })
+            .await
+            .expect("the retry answers");
+        assert_eq!(attempts.into_inner(), 2, "retried once");
+        assert_eq!(
+            credited, 0,
+            "the retry found the committed row and inserted nothing"
+        );
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credits")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+        assert_eq!(rows, 1, "applied once");
+
+        let plain = std::sync::atomic::AtomicU32::new(0);
+        let err = db
+            .run(|| async {
+                plain.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err::<(), _>(connection_reset())
+            })
+            .await
+            .expect_err("not retried");
+        assert_eq!(
+            plain.into_inner(),
+            1,
+            "a plain write is never retried: {err}"
+        );
+    }
+
+    /// With the breaker open a call fails at once as [`CircuitOpen`], without running, and
+    /// answers 503 problem+json with `Retry-After`.
+    #[tokio::test]
+    async fn an_open_breaker_fails_calls_without_running_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(None, dir.path(), "open").await.expect("db");
+        for _ in 0..BREAKER_MIN_CALLS {
+            let _ = db
+                .run(|| async { Err::<(), _>(sqlx::Error::PoolTimedOut) })
+                .await;
+        }
+        assert_eq!(db.breaker().state(), ftshop_resilience::State::Open);
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        let err = db
+            .run(|| async {
+                ran.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            })
+            .await
+            .expect_err("rejected");
+        assert!(!ran.into_inner(), "the call must not run");
+        let open = CircuitOpen::of(&err).expect("a CircuitOpen");
+        assert!(open.retry_after <= BREAKER_WAIT, "{open:?}");
+        let response = crate::Problem::from(err).into_response();
+        assert_eq!(response.status(), 503);
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .expect("Retry-After");
+        assert!(retry_after == "1" || retry_after == "2", "{retry_after:?}");
+    }
 }
