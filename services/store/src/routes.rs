@@ -123,10 +123,15 @@ pub struct SaleReceipt {
     tag = "store",
     params(ProductQuery),
     responses(
-        (status = 200, description = "The product", body = ProductView),
+        (status = 200, description = "The product; while the database is away, the last one read, marked stale", body = ProductView,
+            headers(
+            ("x-ftshop-stale" = String, description = "`true` when the database is unreachable and this is the last value read, at most `--stale-reads-max` old (absent on a fresh answer)"),
+            ("Age" = u64, description = "With `x-ftshop-stale`: whole seconds since the value was read from the database (RFC 9111)"),
+        )),
         (status = 400, description = "Missing `product` parameter", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid product id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unreachable and nothing cached for this product (type `database-unavailable`, `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_product(
@@ -156,7 +161,14 @@ pub async fn get_product(
     get,
     path = "/products",
     tag = "store",
-    responses((status = 200, description = "All products", body = Vec<ProductView>))
+    responses(
+        (status = 200, description = "All products; while the database is away, the last list read, marked stale", body = Vec<ProductView>,
+            headers(
+            ("x-ftshop-stale" = String, description = "`true` when the database is unreachable and this is the last value read, at most `--stale-reads-max` old (absent on a fresh answer)"),
+            ("Age" = u64, description = "With `x-ftshop-stale`: whole seconds since the value was read from the database (RFC 9111)"),
+        )),
+        (status = 503, description = "Database unreachable and no list cached (type `database-unavailable`, `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub async fn list_products(
     State(state): State<AppState>,
@@ -187,6 +199,7 @@ pub async fn list_products(
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not `application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid body or product id, or Idempotency-Key reused for another product (type `idempotency-key-reused`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unreachable or failing (types `database-unavailable`, `storage-unavailable`; `Retry-After`): nothing was sold. A sale never uses cached data", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn sell(
@@ -268,6 +281,11 @@ mod tests {
             conflict["application/problem+json"].is_object(),
             "{conflict}"
         );
+        for path in ["/product", "/products"] {
+            let ok = &doc["paths"][path]["get"]["responses"]["200"]["headers"];
+            assert!(ok["x-ftshop-stale"].is_object(), "{path}: {ok}");
+            assert!(ok["Age"].is_object(), "{path}: {ok}");
+        }
         let get = &doc["paths"]["/product"]["get"]["parameters"][0];
         assert_eq!(get["name"], "product");
         assert_eq!(get["in"], "query");
