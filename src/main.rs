@@ -65,9 +65,24 @@ pub(crate) fn print_report(text: &str) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Before anything else, in the main thread and before the runtime starts any: umask 077, so
+/// every file this process, its libraries (SQLite's `-wal`/`-shm`) and its children create is
+/// owner-only from its first byte (the data dir, databases, logs and up.json hold the admin
+/// token and customer data; a report left 0600 costs nothing). Then a child of `ftshop up` ties
+/// its life to the supervisor's.
+fn main() -> anyhow::Result<()> {
+    ftshop_platform::private_fs::restrict_umask();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. }) {
+        up::exit_with_supervisor()?;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { service } => {
             ftshop_platform::telemetry::init();

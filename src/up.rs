@@ -3,17 +3,29 @@
 //! Each process is `ftshop serve <service> ...`; when one exits (a crash fault, a SIGKILL from a
 //! chaos script) the supervisor starts it again after an exponential backoff (100 ms doubling,
 //! jittered, at most 5 s), which resets once the process has stayed up for 10 s, as Docker's
-//! restart policy does. Ctrl-C (or SIGTERM) stops every child: SIGTERM first,
+//! restart policy does. Ctrl-C, SIGTERM or SIGHUP stops every child: SIGTERM first,
 //! SIGKILL for any that has not drained within 10 s.
 //!
-//! The supervisor writes `<data-dir>/up.json` (URLs, pids, admin token; mode 0600) so scripts
-//! and tests can find the processes, including on free ports (`--port-base 0`).
+//! Right at every moment of the supervisor's life:
+//! - **Signals**: the handlers are installed before the data dir is touched and before the first
+//!   child is spawned, so a signal during start-up stops the children already started and exits
+//!   (no banner) instead of killing the supervisor and orphaning them.
+//! - **Children**: each runs in its own process group (a terminal's Ctrl-C reaches only the
+//!   supervisor, which stops them in order) and, on Linux, asks the kernel for SIGTERM when the
+//!   supervisor dies (`PR_SET_PDEATHSIG`, see [`exit_with_supervisor`]), so even a SIGKILLed
+//!   supervisor leaves no child running.
+//! - **State**: `<data-dir>/up.json` (URLs, pids, admin token) has one writer, [`UpJson`]: every
+//!   change takes a generation number under one lock, and a snapshot is written only if no newer
+//!   one is on disk, atomically (0600 temporary file, then rename). Scripts and tests find the
+//!   processes there, including on free ports (`--port-base 0`).
+//! - **Files**: the data dir is 0700 and every file in it 0600 from its creation
+//!   ([`ftshop_platform::private_fs`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -26,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
 /// How long a child may drain after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Set by the supervisor on each child: the pid the child must die with.
+const SUPERVISOR_PID_ENV: &str = "FTSHOP_SUPERVISOR_PID";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct UpArgs {
@@ -81,6 +95,8 @@ struct Member {
 
 #[derive(Debug, Serialize)]
 struct UpFile<'a> {
+    /// Grows with every change; a reader can tell a newer snapshot from an older one.
+    generation: u64,
     supervisor_pid: u32,
     admin_token: &'a str,
     faults: &'a str,
@@ -97,12 +113,18 @@ struct MemberState<'a> {
     restarts: u32,
 }
 
-/// Pids and restart counts, shared by the member tasks and written to up.json.
-type Registry = Arc<Mutex<BTreeMap<String, (Option<u32>, u32)>>>;
-
+/// Runs the suite until Ctrl-C, SIGTERM or SIGHUP.
+///
+/// # Errors
+/// The signal handlers cannot be installed, the data dir cannot be made private (see
+/// [`ftshop_platform::private_fs::ensure_private_dir`]), or the fault profile is unreadable.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    // First of all, before any child exists: from here on a signal cancels `stop` instead of
+    // killing the supervisor, and everything below watches `stop`.
+    let stop = CancellationToken::new();
+    stop_on_signals(stop.clone())?;
+    ftshop_platform::private_fs::ensure_private_dir(&args.data_dir)
+        .with_context(|| format!("data dir {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
     let token = args.admin_token.clone().unwrap_or_else(generate_token);
     // Fail before starting anything when the profile is unreadable; children get an absolute
@@ -122,11 +144,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let members = plan(&args, &data_dir, &faults, fault_seed)?;
     let exe = std::env::current_exe().context("cannot find the ftshop executable")?;
     if args.logs == "files" {
-        std::fs::create_dir_all(data_dir.join("logs"))?;
+        ftshop_platform::private_fs::ensure_private_dir(&data_dir.join("logs"))?;
     }
 
-    let registry: Registry = Arc::new(Mutex::new(BTreeMap::new()));
-    let stop = CancellationToken::new();
+    let up_json = Arc::new(UpJson::new(
+        data_dir.join("up.json"),
+        UpFixed {
+            admin_token: token.clone(),
+            faults: faults.clone(),
+            fault_seed,
+            data_dir: data_dir.clone(),
+            members: members.clone(),
+        },
+    ));
+    // This run's up.json (no pids yet) replaces a previous run's before any child exists, so
+    // no script reads the pids of a stopped suite, which may belong to other processes by now.
+    up_json
+        .commit(|_| ())
+        .with_context(|| format!("cannot write {}", data_dir.join("up.json").display()))?;
     let mut tasks = Vec::new();
     for member in &members {
         let env = ChildEnv {
@@ -137,25 +172,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             log_file: (args.logs == "files")
                 .then(|| data_dir.join("logs").join(format!("{}.log", member.name))),
         };
-        let write = UpWriter {
-            member: member.name.clone(),
-            path: data_dir.join("up.json"),
-            token: token.clone(),
-            faults: faults.clone(),
-            fault_seed,
-            data_dir: data_dir.clone(),
-            members: members.clone(),
-        };
         tasks.push(tokio::spawn(supervise(
             member.clone(),
             env,
-            registry.clone(),
-            write,
+            up_json.clone(),
             stop.clone(),
         )));
     }
 
-    let ready = wait_until_live(&members, Duration::from_secs(60)).await;
+    let ready = tokio::select! {
+        ready = wait_until_live(&members, Duration::from_secs(60)) => ready,
+        () = stop.cancelled() => return stop_all(tasks).await,
+    };
     let faults_line = if profile.rules.is_empty() {
         "off".to_owned()
     } else {
@@ -174,13 +202,65 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         &faults_line,
     );
 
-    ftshop_platform::server::shutdown_signal().await;
-    println!("stopping ftshop...");
-    stop.cancel();
+    stop.cancelled().await;
+    stop_all(tasks).await
+}
+
+/// Installs the handlers for SIGTERM, SIGINT and SIGHUP (a closed terminal) now, and cancels
+/// `stop` on the first of them. Returns only once all three are installed.
+fn stop_on_signals(stop: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => "SIGHUP",
+        };
+        println!("stopping ftshop ({name})...");
+        stop.cancel();
+    });
+    Ok(())
+}
+
+/// Waits for every member task, each of which stops its child once `stop` is cancelled.
+async fn stop_all(tasks: Vec<tokio::task::JoinHandle<()>>) -> anyhow::Result<()> {
     for task in tasks {
         let _ = task.await;
     }
     println!("all processes stopped");
+    Ok(())
+}
+
+/// Called first thing by `ftshop serve`: a child of `ftshop up` (which sets
+/// `FTSHOP_SUPERVISOR_PID`) asks Linux for SIGTERM when its parent dies (`PR_SET_PDEATHSIG`,
+/// prctl(2)), then checks that the parent is still the supervisor, since it may have died
+/// before the request was made. Without the variable (a service run on its own) it does nothing.
+///
+/// Linux sends the signal when the *thread* that spawned the child exits, not only the process:
+/// `up` spawns from tokio worker threads, which live as long as its runtime, and stops every
+/// child before the runtime ends. Done in the child (not in a `pre_exec` hook) because the
+/// workspace forbids `unsafe`.
+///
+/// # Errors
+/// The variable is not a pid, the request fails, or the supervisor is already gone.
+pub fn exit_with_supervisor() -> anyhow::Result<()> {
+    let Ok(pid) = std::env::var(SUPERVISOR_PID_ENV) else {
+        return Ok(());
+    };
+    let pid: i32 = pid
+        .parse()
+        .with_context(|| format!("{SUPERVISOR_PID_ENV}={pid:?} is not a pid"))?;
+    #[cfg(target_os = "linux")]
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+        .context("cannot ask to be stopped with the supervisor")?;
+    let parent = nix::unistd::getppid().as_raw();
+    anyhow::ensure!(
+        parent == pid,
+        "the supervisor (pid {pid}) is gone (parent is now {parent}); not starting"
+    );
     Ok(())
 }
 
@@ -293,33 +373,88 @@ struct ChildEnv {
     log_file: Option<PathBuf>,
 }
 
-struct UpWriter {
-    /// The member whose task owns this writer (names its temporary file).
-    member: String,
-    path: PathBuf,
-    token: String,
+/// What up.json says that never changes while `up` runs.
+struct UpFixed {
+    admin_token: String,
     faults: String,
     fault_seed: u64,
     data_dir: PathBuf,
     members: Vec<Member>,
 }
 
-impl UpWriter {
-    fn write(&self, registry: &Registry) {
-        let Ok(states) = registry.lock().map(|r| r.clone()) else {
-            return;
+/// The one writer of up.json. Member tasks report their child's pid and restart count with
+/// [`UpJson::record`]; each change gets the next generation number under the `live` lock, and a
+/// snapshot reaches the disk only if no newer generation is there already, so two tasks
+/// reporting at once can never leave the older snapshot on disk.
+struct UpJson {
+    path: PathBuf,
+    fixed: UpFixed,
+    live: Mutex<Live>,
+    /// The generation on disk (0: none yet). Held while writing, so writes never overlap.
+    written: Mutex<u64>,
+}
+
+/// Pids and restart counts by member name, and the generation of the last change.
+#[derive(Default)]
+struct Live {
+    generation: u64,
+    members: BTreeMap<String, (Option<u32>, u32)>,
+}
+
+impl UpJson {
+    fn new(path: PathBuf, fixed: UpFixed) -> Self {
+        Self {
+            path,
+            fixed,
+            live: Mutex::new(Live::default()),
+            written: Mutex::new(0),
+        }
+    }
+
+    /// Records `member`'s pid (None while it is not running) and restart count, and writes
+    /// up.json unless a newer snapshot is already on disk. Returns the generation written, or
+    /// None when this snapshot was superseded. Blocking file I/O of a few hundred bytes.
+    ///
+    /// # Errors
+    /// up.json cannot be serialized or replaced (the previous file stays as it was).
+    fn record(&self, member: &str, pid: Option<u32>, restarts: u32) -> anyhow::Result<Option<u64>> {
+        self.commit(|live| {
+            live.members.insert(member.to_owned(), (pid, restarts));
+        })
+    }
+
+    /// Applies `change` as the next generation and writes that snapshot unless a newer one is
+    /// on disk already; see [`UpJson::record`].
+    fn commit(&self, change: impl FnOnce(&mut Live)) -> anyhow::Result<Option<u64>> {
+        let (generation, json) = {
+            let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+            live.generation += 1;
+            change(&mut live);
+            (live.generation, self.render(&live)?)
         };
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        if *written >= generation {
+            return Ok(None);
+        }
+        ftshop_platform::private_fs::write_private_atomic(&self.path, &json)?;
+        *written = generation;
+        Ok(Some(generation))
+    }
+
+    fn render(&self, live: &Live) -> anyhow::Result<Vec<u8>> {
+        let fixed = &self.fixed;
         let file = UpFile {
+            generation: live.generation,
             supervisor_pid: std::process::id(),
-            admin_token: &self.token,
-            faults: &self.faults,
-            fault_seed: self.fault_seed,
-            data_dir: self.data_dir.display().to_string(),
-            members: self
+            admin_token: &fixed.admin_token,
+            faults: &fixed.faults,
+            fault_seed: fixed.fault_seed,
+            data_dir: fixed.data_dir.display().to_string(),
+            members: fixed
                 .members
                 .iter()
                 .map(|m| {
-                    let (pid, restarts) = states.get(&m.name).copied().unwrap_or((None, 0));
+                    let (pid, restarts) = live.members.get(&m.name).copied().unwrap_or((None, 0));
                     MemberState {
                         member: m,
                         pid,
@@ -328,37 +463,20 @@ impl UpWriter {
                 })
                 .collect(),
         };
-        let Ok(json) = serde_json::to_vec_pretty(&file) else {
-            return;
-        };
-        // Write then rename, so readers never see half a file.
-        // One temporary file per member task, so concurrent writers never interleave.
-        let tmp = self
-            .path
-            .with_extension(format!("json.{}.tmp", self.member));
-        if std::fs::write(&tmp, json).is_ok() {
-            restrict_permissions(&tmp);
-            let _ = std::fs::rename(&tmp, &self.path);
+        Ok(serde_json::to_vec_pretty(&file)?)
+    }
+
+    /// [`UpJson::record`], reporting a failure on stderr: a stale up.json must not stop the
+    /// supervisor from keeping the suite running.
+    fn report(&self, member: &str, pid: Option<u32>, restarts: u32) {
+        if let Err(err) = self.record(member, pid, restarts) {
+            eprintln!("[up] cannot write {}: {err:#}", self.path.display());
         }
     }
 }
 
-#[cfg(unix)]
-fn restrict_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-}
-#[cfg(not(unix))]
-fn restrict_permissions(_path: &Path) {}
-
 /// Keeps one member running until `stop` turns true.
-async fn supervise(
-    member: Member,
-    env: ChildEnv,
-    registry: Registry,
-    writer: UpWriter,
-    stop: CancellationToken,
-) {
+async fn supervise(member: Member, env: ChildEnv, up_json: Arc<UpJson>, stop: CancellationToken) {
     let new_backoff = || {
         ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
@@ -382,10 +500,7 @@ async fn supervise(
                 continue;
             }
         };
-        if let Ok(mut r) = registry.lock() {
-            r.insert(member.name.clone(), (child.id(), restarts));
-        }
-        writer.write(&registry);
+        up_json.report(&member.name, child.id(), restarts);
 
         tokio::select! {
             status = child.wait() => {
@@ -397,16 +512,15 @@ async fn supervise(
                 let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                 restarts += 1;
                 eprintln!("[up] {} exited ({status}); restart #{restarts} in {} ms", member.name, delay.as_millis());
-                if let Ok(mut r) = registry.lock() {
-                    r.insert(member.name.clone(), (None, restarts));
-                }
-                writer.write(&registry);
+                up_json.report(&member.name, None, restarts);
                 if wait_or_stop(delay, &stop).await {
                     return;
                 }
             }
             () = stop.cancelled() => {
                 terminate(&mut child, &member.name).await;
+                // No pid of a stopped process stays in up.json for a script to signal.
+                up_json.report(&member.name, None, restarts);
                 return;
             }
         }
@@ -425,6 +539,7 @@ fn spawn(member: &Member, env: &ChildEnv) -> anyhow::Result<Child> {
     let mut cmd = Command::new(&env.exe);
     cmd.args(&member.args)
         .env("FTSHOP_ADMIN_TOKEN", &env.token)
+        .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .kill_on_drop(true);
     if let Some(url) = &env.database_url {
@@ -434,10 +549,7 @@ fn spawn(member: &Member, env: &ChildEnv) -> anyhow::Result<Child> {
         cmd.env("REDIS_URL", url);
     }
     if let Some(path) = &env.log_file {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let file = ftshop_platform::private_fs::open_private_append(path)?;
         cmd.stdout(file.try_clone()?).stderr(file);
     }
     // Own process group: a Ctrl-C in the terminal reaches only the supervisor, which then
@@ -517,4 +629,110 @@ fn print_banner(
         );
     }
     println!("Ctrl-C stops everything.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRITERS: u32 = 6;
+    const CHANGES: u32 = 150;
+
+    fn up_json(dir: &Path) -> UpJson {
+        let members = (0..WRITERS)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                service: "store",
+                url: format!("http://127.0.0.1:{}", 9000 + i),
+                port: 9000 + i as u16,
+                args: Vec::new(),
+            })
+            .collect();
+        UpJson::new(
+            dir.join("up.json"),
+            UpFixed {
+                admin_token: "t".into(),
+                faults: "off".into(),
+                fault_seed: 1,
+                data_dir: dir.to_owned(),
+                members,
+            },
+        )
+    }
+
+    /// The pids up.json lists, by member name, and its generation.
+    fn read(path: &Path) -> Option<(u64, BTreeMap<String, u64>)> {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let pids = v["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| Some((m["name"].as_str()?.to_owned(), m["pid"].as_u64()?)))
+            .collect();
+        Some((v["generation"].as_u64()?, pids))
+    }
+
+    /// Six member tasks report at once, each its own rising pid. Whatever the interleaving, a
+    /// reader never sees up.json go back (no member's pid and no generation ever decreases), and
+    /// the last file holds every member's last pid under the last generation.
+    #[test]
+    fn concurrent_writers_never_put_an_older_snapshot_over_a_newer_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = up_json(dir.path());
+        let path = dir.path().join("up.json");
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut last: Option<(u64, BTreeMap<String, u64>)> = None;
+                let mut reads = 0u32;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    let Some((generation, pids)) = read(&path) else {
+                        continue;
+                    };
+                    reads += 1;
+                    if let Some((last_generation, last_pids)) = &last {
+                        assert!(generation >= *last_generation, "generation went back");
+                        for (name, pid) in last_pids {
+                            let now = pids.get(name).copied().unwrap_or(0);
+                            assert!(now >= *pid, "{name}'s pid went back from {pid} to {now}");
+                        }
+                    }
+                    last = Some((generation, pids));
+                }
+                reads
+            });
+            let writers: Vec<_> = (0..WRITERS)
+                .map(|i| {
+                    let up = &up;
+                    scope.spawn(move || {
+                        for pid in 1..=CHANGES {
+                            up.record(&format!("m{i}"), Some(pid), 0).expect("record");
+                        }
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.join().expect("writer");
+            }
+            done.store(true, std::sync::atomic::Ordering::Release);
+            assert!(reader.join().expect("reader") > 0, "the reader saw up.json");
+        });
+        let (generation, pids) = read(&path).expect("up.json");
+        assert_eq!(generation, u64::from(WRITERS * CHANGES));
+        for i in 0..WRITERS {
+            assert_eq!(
+                pids.get(&format!("m{i}")),
+                Some(&u64::from(CHANGES)),
+                "m{i}"
+            );
+        }
+        use std::os::unix::fs::MetadataExt;
+        let mode = std::fs::metadata(&path).expect("stat").mode() & 0o7777;
+        assert_eq!(format!("{mode:o}"), "600");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .filter(|n| n != "up.json")
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
 }

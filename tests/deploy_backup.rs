@@ -396,3 +396,61 @@ fn sqlite_restore_refuses_a_damaged_backup_and_leaves_the_data_alone() {
     ));
     assert_eq!(sqlite(&db, "SELECT COUNT(*) FROM t;"), "3");
 }
+
+/// Backups and restored databases hold customer data: the scripts create every directory 0700
+/// and every file 0600 themselves (umask 077 first), even when run from a shell with umask 022.
+#[test]
+fn sqlite_backup_and_restore_create_owner_only_files() {
+    use std::os::unix::fs::MetadataExt;
+    let mode = |path: &Path| {
+        let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        format!("{:o}", meta.mode() & 0o7777)
+    };
+    let run = |name: &str, args: &[&Path]| {
+        let out = Command::new("bash")
+            .args(["-c", "umask 022 && exec bash \"$0\" \"$@\""])
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("deploy/backup")
+                    .join(name),
+            )
+            .args(args)
+            .output()
+            .expect("run backup script");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default(),
+        )
+    };
+    let root = tempfile::tempdir().expect("tempdir");
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    sqlite(
+        &data.join("store.db"),
+        "CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);",
+    );
+
+    let backup_root = root.path().join("backups");
+    let backup = run("sqlite-backup.sh", &[&data, &backup_root]);
+    assert_eq!(mode(&backup_root), "700", "the backup root");
+    assert_eq!(mode(&backup), "700", "the backup");
+    for file in ["store.db", "SHA256SUMS"] {
+        assert_eq!(mode(&backup.join(file)), "600", "backup {file}");
+    }
+
+    let restored = root.path().join("restored");
+    run("sqlite-restore.sh", &[&backup, &restored]);
+    assert_eq!(mode(&restored), "700", "the restored data dir");
+    assert_eq!(
+        mode(&restored.join("store.db")),
+        "600",
+        "the restored store.db"
+    );
+}

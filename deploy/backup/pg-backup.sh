@@ -6,6 +6,9 @@
 #
 # Safe while the services run. Use a pg_dump at least as new as the server.
 set -euo pipefail
+# Backups and databases hold customer data: every directory and file this script creates is
+# owner-only from its creation (0700/0600), whatever the caller's umask.
+umask 077
 
 if [ "$#" -ne 2 ]; then
   echo "usage: $0 DATABASE_URL OUTPUT_FILE" >&2
@@ -21,7 +24,6 @@ if ! command -v pg_dump >/dev/null; then
 fi
 
 mkdir -p "$(dirname "$output")"
-umask 077
 pg_dump --dbname="$database_url" --format=custom --schema='ftshop_*' --no-owner --no-privileges \
   --file="$output.partial"
 # A dump pg_restore cannot list is no backup.

@@ -7,6 +7,9 @@
 # Writes BACKUP_ROOT/ftshop-sqlite-<UTC timestamp>/ with one file per database, each checked
 # with `PRAGMA integrity_check`, and a SHA256SUMS manifest; prints that directory's path last.
 set -euo pipefail
+# Backups and databases hold customer data: every directory and file this script creates is
+# owner-only from its creation (0700/0600), whatever the caller's umask.
+umask 077
 
 if [ "$#" -ne 2 ]; then
   echo "usage: $0 DATA_DIR BACKUP_ROOT" >&2
@@ -31,7 +34,6 @@ fi
 target="$backup_root/ftshop-sqlite-$(date -u +%Y%m%dT%H%M%SZ)"
 partial="$target.partial"
 mkdir -p "$partial"
-chmod 0700 "$partial"
 
 for db in "${databases[@]}"; do
   name=$(basename "$db")

@@ -8,6 +8,9 @@
 # `<service>.db` and removes its stale `-wal`/`-shm` files (replaying an old WAL over a restored
 # file would corrupt it).
 set -euo pipefail
+# Backups and databases hold customer data: every directory and file this script creates is
+# owner-only from its creation (0700/0600), whatever the caller's umask.
+umask 077
 
 if [ "$#" -ne 2 ]; then
   echo "usage: $0 BACKUP_DIR DATA_DIR" >&2

@@ -52,8 +52,9 @@ impl Proxy {
             script.display()
         );
         let listen = free_port()?;
-        let log = std::fs::File::create(data_dir.join(format!("{name}-proxy.log")))
-            .with_context(|| format!("creating {name}-proxy.log"))?;
+        let log = ftshop_platform::private_fs::create_private(
+            &data_dir.join(format!("{name}-proxy.log")),
+        )?;
         let mut cmd = Command::new("python3");
         // Own process group: a Ctrl-C in the terminal must not take the database away from the
         // suite while this run is stopping it in order.

@@ -61,8 +61,8 @@ impl OwnSuite {
         backends: &Backends,
         http: &reqwest::Client,
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("creating {}", data_dir.display()))?;
+        // The suite's data dir and up.log (its banner prints the admin token) are private.
+        ftshop_platform::private_fs::ensure_private_dir(&data_dir)?;
         // A reused data dir may hold the up.json of an earlier suite: never wait on its URLs.
         let stale = data_dir.join("up.json");
         if stale.exists() {
@@ -70,7 +70,7 @@ impl OwnSuite {
                 .with_context(|| format!("removing the old {}", stale.display()))?;
         }
         let exe = std::env::current_exe().context("cannot find the ftshop executable")?;
-        let log = std::fs::File::create(data_dir.join("up.log")).context("creating up.log")?;
+        let log = ftshop_platform::private_fs::create_private(&data_dir.join("up.log"))?;
         let mut cmd = Command::new(exe);
         cmd.args(["up", "--port-base", "0", "--host", "127.0.0.1", "--faults"])
             .arg(faults)

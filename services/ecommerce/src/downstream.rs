@@ -82,6 +82,11 @@ pub enum StepError {
     Transport { step: Step, cause: String },
     #[error("{}: unreadable answer: {cause}", step.as_str())]
     Decode { step: Step, cause: String },
+    /// The step answered, but with data outside the suite's shared limits
+    /// ([`ftshop_platform::limits`]): a product whose bonus Fidelity would refuse. Found before
+    /// any side effect; never counted against a breaker (the replica is healthy, its data is not).
+    #[error("{}: outside the suite's limits: {cause}", step.as_str())]
+    OutsideLimits { step: Step, cause: String },
 }
 
 impl StepError {
@@ -90,7 +95,8 @@ impl StepError {
             StepError::Timeout { step, .. }
             | StepError::Status { step, .. }
             | StepError::Transport { step, .. }
-            | StepError::Decode { step, .. } => *step,
+            | StepError::Decode { step, .. }
+            | StepError::OutsideLimits { step, .. } => *step,
         }
     }
 
@@ -116,6 +122,11 @@ impl StepError {
                     detail.clone().unwrap_or_else(|| "out of stock".to_owned()),
                 )
             }
+            // A 502: the client's request is fine, the catalog's data is not (docs/design.md,
+            // "Limits"). The order is `failed`, so a replay after the price is corrected sells.
+            StepError::OutsideLimits { .. } => {
+                Problem::new(StatusCode::BAD_GATEWAY, "outside-limits", self.to_string())
+            }
             StepError::Timeout { .. } => Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "downstream-timeout",
@@ -136,6 +147,20 @@ pub struct Product {
     pub id: String,
     pub name: String,
     pub value_cents: i64,
+}
+
+impl Product {
+    /// The bonus points of this product when the suite's limits accept its price
+    /// ([`ftshop_platform::limits::check_price`]: Fidelity credits them), checked before
+    /// anything is sold; otherwise an [`StepError::OutsideLimits`] of the product step naming it.
+    pub fn checked_bonus(&self) -> Result<i64, StepError> {
+        ftshop_platform::limits::check_price(self.value_cents).map_err(|err| {
+            StepError::OutsideLimits {
+                step: Step::Product,
+                cause: format!("product {:?}: {err}", self.id),
+            }
+        })
+    }
 }
 
 /// Exchange's answer. `rate` is read from the JSON number exactly (its shortest decimal text).
@@ -347,6 +372,7 @@ impl Downstreams {
             Err(StepError::Status { .. }) => "server_error",
             Err(StepError::Transport { .. }) => "unreachable",
             Err(StepError::Decode { .. }) => "decode_error",
+            Err(StepError::OutsideLimits { .. }) => "outside_limits",
         };
         metrics::histogram!(
             "http_client_request_duration_seconds",

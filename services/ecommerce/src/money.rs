@@ -2,4 +2,4 @@
 //! both as decimal numbers; the one rounding rule (half away from zero) and the conversion live
 //! in [`ftshop_platform::money`] so every service rounds the same way.
 
-pub use ftshop_platform::money::{Decimal, bonus_points, cents_to_decimal, convert, to_cents};
+pub use ftshop_platform::money::{Decimal, cents_to_decimal, to_cents};

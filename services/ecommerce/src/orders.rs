@@ -17,7 +17,8 @@
 //!
 //! Every function goes through the database breaker ([`Db::run`]). The compare-and-set
 //! transitions ([`complete`], [`defer`], [`cancel`], [`finish_unsuccessfully`],
-//! [`reschedule_order`], [`reschedule_bonus`]), [`bonus_delivered`] and the `last_rate` upsert
+//! [`reschedule_order`], [`reschedule_bonus`], [`dead_letter_bonus`]), [`bonus_delivered`] and
+//! the `last_rate` upsert
 //! are also retried within the retry budget when the connection is lost mid-call
 //! ([`Db::run_idempotent`]): a retry after a COMMIT that did happen finds the version already
 //! moved and reports the lease superseded (`Ok(false)`), and the caller answers the stored
@@ -496,7 +497,7 @@ pub async fn due_bonuses(db: &Db, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::
 async fn due_bonuses_once(db: &Db, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT transaction_id, order_id, user_id, points, attempts, next_attempt_at FROM bonus_outbox \
-         WHERE next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
+         WHERE dead_lettered_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
     )
     .bind(now_millis())
     .bind(limit)
@@ -526,7 +527,7 @@ pub async fn lease_bonus(db: &Db, entry: &OutboxEntry, hold_ms: i64) -> Result<b
 async fn lease_bonus_once(db: &Db, entry: &OutboxEntry, hold_ms: i64) -> Result<bool, sqlx::Error> {
     let taken = sqlx::query(
         "UPDATE bonus_outbox SET next_attempt_at = $4 \
-         WHERE transaction_id = $1 AND attempts = $2 AND next_attempt_at = $3",
+         WHERE transaction_id = $1 AND attempts = $2 AND next_attempt_at = $3 AND dead_lettered_at IS NULL",
     )
     .bind(entry.transaction_id.clone())
     .bind(entry.attempts)
@@ -600,13 +601,64 @@ async fn reschedule_bonus_once(
     Ok(updated_one(&written))
 }
 
+/// Fidelity refused a leased entry for good (a final 4xx): the entry becomes a dead letter
+/// (`dead_lettered_at`, migration 0006), never retried, and its order's `bonus_status` says
+/// `dead-letter`, in one transaction. `Ok(false)`: the entry changed meanwhile; nothing written.
+pub async fn dead_letter_bonus(
+    db: &Db,
+    entry: &OutboxEntry,
+    error: &str,
+) -> Result<bool, sqlx::Error> {
+    db.run_idempotent(|| dead_letter_bonus_once(db, entry, error))
+        .await
+}
+
+async fn dead_letter_bonus_once(
+    db: &Db,
+    entry: &OutboxEntry,
+    error: &str,
+) -> Result<bool, sqlx::Error> {
+    let now = now_millis();
+    let mut tx = db.pool.begin().await?;
+    let written = sqlx::query(
+        "UPDATE bonus_outbox SET attempts = $2, last_error = $3, dead_lettered_at = $4 \
+         WHERE transaction_id = $1 AND attempts = $5 AND dead_lettered_at IS NULL",
+    )
+    .bind(entry.transaction_id.clone())
+    .bind(entry.attempts + 1)
+    .bind(error.to_owned())
+    .bind(now)
+    .bind(entry.attempts)
+    .execute(&mut *tx)
+    .await?;
+    if !updated_one(&written) {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE orders SET bonus_status = 'dead-letter', updated_at = $2 \
+         WHERE order_id = $1 AND bonus_status <> 'credited'",
+    )
+    .bind(entry.order_id.clone())
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Depth of the backlogs and the age of their oldest entries, for metrics and readiness.
 #[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
 pub struct Backlog {
     pub pending_orders: i64,
     pub oldest_pending_order_age_seconds: f64,
+    /// Bonuses in the outbox still being delivered (dead letters not included).
     pub outbox_bonuses: i64,
     pub oldest_outbox_bonus_age_seconds: f64,
+    /// Bonuses Fidelity refused for good (a final 4xx), kept for an operator, never retried.
+    pub dead_letter_bonuses: i64,
+    /// Seconds since the oldest of them was dead-lettered (0 when there is none).
+    pub oldest_dead_letter_bonus_age_seconds: f64,
 }
 
 pub async fn backlog(db: &Db) -> Result<Backlog, sqlx::Error> {
@@ -620,15 +672,24 @@ async fn backlog_once(db: &Db) -> Result<Backlog, sqlx::Error> {
     )
     .fetch_one(&db.pool)
     .await?;
-    let outbox = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM bonus_outbox")
-        .fetch_one(&db.pool)
-        .await?;
+    let outbox = sqlx::query(
+        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM bonus_outbox WHERE dead_lettered_at IS NULL",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    let dead = sqlx::query(
+        "SELECT COUNT(*) AS n, MIN(dead_lettered_at) AS oldest FROM bonus_outbox WHERE dead_lettered_at IS NOT NULL",
+    )
+    .fetch_one(&db.pool)
+    .await?;
     let age = |oldest: Option<i64>| oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
     Ok(Backlog {
         pending_orders: orders.try_get("n")?,
         oldest_pending_order_age_seconds: age(orders.try_get("oldest")?),
         outbox_bonuses: outbox.try_get("n")?,
         oldest_outbox_bonus_age_seconds: age(outbox.try_get("oldest")?),
+        dead_letter_bonuses: dead.try_get("n")?,
+        oldest_dead_letter_bonus_age_seconds: age(dead.try_get("oldest")?),
     })
 }
 
@@ -698,13 +759,16 @@ pub struct OrderView {
     pub ft: bool,
     pub transaction_id: Option<String>,
     pub failed_step: Option<String>,
-    /// Why a deferred order was cancelled (`out-of-stock`, `unknown-product`).
+    /// Why a deferred order was cancelled (`out-of-stock`, `unknown-product`,
+    /// `outside-limits`, `rejected-by-store`).
     pub cancel_reason: Option<String>,
     /// Total in BRL (a JSON number, exact to the cent).
     #[schema(value_type = Option<f64>, example = 130.1)]
     #[serde(with = "ftshop_platform::money::json::option")]
     pub total: Option<Decimal>,
     pub bonus_points: Option<i64>,
+    /// `credited`; `pending` (in the outbox, retried until Fidelity acknowledges); or
+    /// `dead-letter` (Fidelity refused it for good: kept for an operator, see `GET /backlog`).
     pub bonus_status: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,

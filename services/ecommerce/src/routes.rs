@@ -13,7 +13,7 @@ use utoipa::OpenApi;
 use crate::AppState;
 use crate::downstream::{Product, Step, StepError};
 use crate::ft::{Degradations, SellFailure};
-use crate::money::{Decimal, bonus_points, cents_to_decimal, convert, to_cents};
+use crate::money::{Decimal, cents_to_decimal, to_cents};
 use crate::orders::{self, Backlog, Claim, Completion, NewOrder, OrderView};
 
 #[derive(OpenApi)]
@@ -114,7 +114,7 @@ pub struct BuyResponse {
         (status = 404, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Out of stock, or the same key is being processed", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields or key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "A downstream step failed", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "A downstream step failed, or the product's price is outside the suite's limits (type `outside-limits`, step `product`: its bonus would be refused by Fidelity; nothing is sold)", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "A downstream step timed out", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -242,14 +242,15 @@ fn cents(amount: Decimal) -> Result<i64, Problem> {
 }
 
 /// `value_cents × rate` as the BRL total of an answer, rounded once to cents by the suite's rule
-/// ([`ftshop_platform::money::convert`]). A total beyond `i64` cents is the rate's fault (the
-/// price is bounded by the catalog): an Exchange step error, never a saturated number.
+/// ([`ftshop_platform::limits::check_total`]). A total beyond what a JSON number holds exactly
+/// is the rate's fault (the price is bounded by the shared limits, checked first): an Exchange
+/// step error, never a saturated number.
 pub(crate) fn total(value_cents: i64, rate: Decimal) -> Result<Decimal, StepError> {
-    convert(value_cents, rate)
+    ftshop_platform::limits::check_total(value_cents, rate)
         .map(cents_to_decimal)
-        .ok_or_else(|| StepError::Decode {
+        .map_err(|err| StepError::Decode {
             step: Step::Exchange,
-            cause: format!("{value_cents} cents at rate {rate} give no representable total"),
+            cause: err.to_string(),
         })
 }
 
@@ -309,15 +310,17 @@ async fn purchase(
     request_id: &str,
 ) -> Result<Outcome, PurchaseFailure> {
     let calls = &state.downstreams;
+    let product = calls.product(&request.product, request_id).await?;
+    // The bonus Fidelity will be asked for, checked against its limits before the sale.
+    let points = product.checked_bonus()?;
     let Product {
         id,
         name,
         value_cents,
-    } = calls.product(&request.product, request_id).await?;
+    } = product;
     let rate = calls.exchange(request_id).await?;
     let total = total(value_cents, rate.rate)?;
     let sale = calls.sell(&id, &sale_key(order_id), request_id).await?;
-    let points = bonus_points(value_cents);
     calls
         .bonus(&request.user, points, &sale.transaction_id, request_id)
         .await
@@ -363,8 +366,10 @@ async fn ft_purchase(
     let product = ft
         .product(&request.product, request_id, deadline, &mut degraded)
         .await?;
+    // The bonus Fidelity will be asked for, checked against its limits before the sale (and
+    // before the outbox could hold a bonus Fidelity refuses for good).
+    let points = product.checked_bonus()?;
     let rate = ft.rate(request_id, deadline, &mut degraded).await?;
-    let points = bonus_points(product.value_cents);
     let mut answer = BuyResponse {
         order_id: order_id.to_owned(),
         status: "pending".to_owned(),

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::AppState;
 use crate::downstream::StepError;
 use crate::ft::{Degradations, SellFailure};
-use crate::money::{bonus_points, cents_to_decimal, to_cents};
+use crate::money::{cents_to_decimal, to_cents};
 use crate::orders::{self, Completion, DueOrder, Lease, OutboxEntry};
 use crate::routes::{BonusView, BuyResponse, ProductView, sale_key, total};
 
@@ -127,15 +127,17 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
                 .product(&order.product, &request_id, deadline, &mut degraded)
                 .await;
             let rate = ft.rate(&request_id, deadline, &mut degraded).await;
-            // A rate that prices this product beyond any total is the Exchange step failing.
+            // A rate that prices this product beyond any total is the Exchange step failing; a
+            // price whose bonus Fidelity would refuse cancels the order before any sale.
             let priced = match (product, rate) {
-                (Ok(product), Ok(rate)) => {
-                    total(product.value_cents, rate.rate).map(|total| (product, rate, total))
-                }
+                (Ok(product), Ok(rate)) => product.checked_bonus().and_then(|points| {
+                    total(product.value_cents, rate.rate)
+                        .map(|total| (product, rate, total, points))
+                }),
                 (Err(e), _) | (_, Err(e)) => Err(e),
             };
             match priced {
-                Ok((product, rate, total)) => BuyResponse {
+                Ok((product, rate, total, points)) => BuyResponse {
                     order_id: order.order_id.clone(),
                     status: "pending".to_owned(),
                     transaction_id: None,
@@ -147,7 +149,7 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
                     rate: rate.rate,
                     total,
                     bonus: BonusView {
-                        points: bonus_points(product.value_cents),
+                        points,
                         status: "pending".to_owned(),
                     },
                     degraded: degraded.0.clone(),
@@ -245,8 +247,20 @@ async fn retry_later(state: &AppState, order: &DueOrder, lease: &Lease) -> Resul
     Ok(())
 }
 
+/// An order step that will fail the same way however often it is retried: a 4xx from Store
+/// (unknown product, out of stock) or a product outside the suite's limits.
 fn is_final(err: &StepError) -> bool {
     matches!(err, StepError::Status { status, .. } if status.is_client_error())
+        || matches!(err, StepError::OutsideLimits { .. })
+}
+
+/// Fidelity refuses this very request for good, so sending it again can only be refused again:
+/// 400 (malformed), 409 (`transaction-conflict`: the transaction id was credited with another
+/// user or amount), 413, 415, 422 (a user, transaction id or bonus outside its limits). Other
+/// 4xx (401/403 a token or route misconfiguration, 404, 408, 429) can heal and are retried with
+/// backoff like a 5xx.
+fn is_final_refusal(err: &StepError) -> bool {
+    matches!(err, StepError::Status { status, .. } if matches!(status.as_u16(), 400 | 409 | 413 | 415 | 422))
 }
 
 async fn cancel(
@@ -256,6 +270,7 @@ async fn cancel(
     err: &StepError,
 ) -> anyhow::Result<()> {
     let reason = match err {
+        StepError::OutsideLimits { .. } => "outside-limits",
         StepError::Status { status, .. } if status.as_u16() == 409 => "out-of-stock",
         StepError::Status { status, .. } if status.as_u16() == 404 => "unknown-product",
         _ => "rejected-by-store",
@@ -319,18 +334,16 @@ async fn deliver(state: &AppState, entry: OutboxEntry) -> anyhow::Result<()> {
             orders::bonus_delivered(&state.db, &entry.transaction_id, &entry.order_id).await?;
             metrics::counter!("shop_bonus_outbox_total", "outcome" => "delivered").increment(1);
         }
-        Err(err) if is_final(&err) => {
-            // Fidelity refuses this bonus for good (e.g. a conflicting credit): keep it for an
-            // operator, retry rarely, and say so loudly.
-            tracing::error!(transaction_id = entry.transaction_id, error = %err, "Fidelity refuses a bonus; needs attention");
-            metrics::counter!("shop_bonus_outbox_total", "outcome" => "refused").increment(1);
-            orders::reschedule_bonus(
-                &state.db,
-                &entry,
-                later(Duration::from_secs(3600)),
-                &err.to_string(),
-            )
-            .await?;
+        Err(err) if is_final_refusal(&err) => {
+            // Fidelity refuses this bonus for good (e.g. a conflicting credit): retrying can
+            // only be refused again, so it goes to the dead letters after this one attempt,
+            // kept for an operator (GET /backlog, shop_outbox_dead_letters, the
+            // FtshopBonusDeadLettered alert; the order says `dead-letter`).
+            tracing::error!(transaction_id = entry.transaction_id, order_id = entry.order_id, error = %err, "Fidelity refuses a bonus for good; dead-lettered, needs attention");
+            if orders::dead_letter_bonus(&state.db, &entry, &err.to_string()).await? {
+                metrics::counter!("shop_bonus_outbox_total", "outcome" => "dead_letter")
+                    .increment(1);
+            }
         }
         Err(err) => {
             metrics::counter!("shop_bonus_outbox_total", "outcome" => "retry").increment(1);
@@ -353,6 +366,9 @@ async fn record_backlog(state: AppState) -> anyhow::Result<usize> {
         .set(b.oldest_pending_order_age_seconds);
     metrics::gauge!("shop_outbox_bonuses").set(b.outbox_bonuses as f64);
     metrics::gauge!("shop_outbox_oldest_age_seconds").set(b.oldest_outbox_bonus_age_seconds);
+    metrics::gauge!("shop_outbox_dead_letters").set(b.dead_letter_bonuses as f64);
+    metrics::gauge!("shop_outbox_oldest_dead_letter_age_seconds")
+        .set(b.oldest_dead_letter_bonus_age_seconds);
     tokio::time::sleep(Duration::from_millis(800)).await;
     Ok(0)
 }

@@ -32,6 +32,8 @@ struct Script {
     /// Sales per replica (0 or 1).
     sells_by_replica: [usize; 2],
     bonus_calls: Vec<(String, i64, String)>,
+    /// Every /bonus request, answered or refused.
+    bonus_attempts: usize,
     /// The product's price in cents (default 4990) and Exchange's `rate` (default 5.0).
     price_cents: Option<i64>,
     rate: Option<Value>,
@@ -108,8 +110,16 @@ async fn bonus(
     Json(body): Json<Value>,
 ) -> axum::response::Response {
     let mut s = s.lock().expect("lock");
+    s.bonus_attempts += 1;
     if let Some(code) = s.bonus_status {
         return problem(code, "scripted");
+    }
+    // Like the real Fidelity: 1 to 1,000,000 points per purchase, otherwise 422.
+    if !(1..=1_000_000).contains(&body["bonus"].as_i64().unwrap_or_default()) {
+        return problem(
+            422,
+            "`bonus` must be a whole number of points from 1 to 1000000",
+        );
     }
     s.bonus_calls.push((
         body["user"].as_str().unwrap_or_default().to_owned(),
@@ -243,6 +253,31 @@ impl TestApp {
             row.try_get("value_cents").expect("value_cents"),
             row.try_get("rate_exact").expect("rate_exact"),
             row.try_get("total_cents").expect("total_cents"),
+        )
+    }
+}
+
+impl TestApp {
+    /// The outbox row of a transaction: `(attempts, dead_lettered_at)`.
+    async fn outbox_row(&self, transaction_id: &str) -> (i64, Option<i64>) {
+        use sqlx::Row;
+        let db = ftshop_platform::db::Db::connect(
+            self.database_url.as_deref(),
+            self._dir.path(),
+            "ecommerce",
+        )
+        .await
+        .expect("the test's database");
+        let row = sqlx::query(
+            "SELECT attempts, dead_lettered_at FROM bonus_outbox WHERE transaction_id = $1",
+        )
+        .bind(transaction_id.to_owned())
+        .fetch_one(&db.pool)
+        .await
+        .expect("the outbox row");
+        (
+            row.try_get("attempts").expect("attempts"),
+            row.try_get("dead_lettered_at").expect("dead_lettered_at"),
         )
     }
 }
@@ -1091,4 +1126,167 @@ async fn a_cut_database_fails_purchases_fast_sells_nothing_and_recovers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(app.script().sell_calls, 2, "one sale after the outage");
+}
+
+// ---- limits that disagree between services (issue 14, class 6) -------------------------------
+
+/// A price whose bonus Fidelity refuses (0.49 USD gives 0 points; 1,000,000.50 USD gives
+/// 1,000,001, over its maximum) is refused before anything is sold, on both paths: 502
+/// `outside-limits` naming the product step, no sale, no bonus, nothing in the outbox; the order
+/// is `failed` at step `product`. (It used to sell and then answer 502 with ft=false, and 200
+/// with a bonus stuck in the outbox with ft=true.)
+#[tokio::test]
+async fn a_product_whose_bonus_fidelity_refuses_is_refused_before_any_sale() {
+    let app = spawn_app(None).await;
+    // One product id per price: the ft path caches the catalog.
+    for (product, cents, points) in [("7", 49, 0), ("8", 100_000_050, 1_000_001)] {
+        app.script().price_cents = Some(cents);
+        for ft in [false, true] {
+            let key = format!("limits-{cents}-{ft}");
+            let (status, body) = app
+                .buy(
+                    Some(&key),
+                    json!({"product": product, "user": "alice", "ft": ft}),
+                )
+                .await;
+            assert_eq!(status, 502, "{cents} cents, ft={ft}: {body}");
+            assert_eq!(body["step"], "product", "{body}");
+            assert!(
+                body["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("outside-limits")),
+                "{body}"
+            );
+            let detail = body["detail"].as_str().unwrap_or_default();
+            assert!(
+                detail.contains(&format!("product {product:?}"))
+                    && detail.contains(&format!("bonus of {points} points")),
+                "{detail}"
+            );
+            // The order is `failed`, not `rejected`: a replay re-drives it (and would sell once
+            // the catalog is corrected); here it is refused again, still before any sale.
+            let (again, replayed) = app
+                .buy(
+                    Some(&key),
+                    json!({"product": product, "user": "alice", "ft": ft}),
+                )
+                .await;
+            assert_eq!((again, &replayed["step"]), (502, &json!("product")));
+        }
+    }
+    assert_eq!(app.script().sell_calls, 0, "nothing was sold");
+    assert_eq!(app.script().bonus_attempts, 0, "no bonus was sent");
+    let backlog = app.get_json("/backlog").await;
+    assert_eq!(backlog["outbox_bonuses"], 0, "{backlog}");
+    assert_eq!(backlog["dead_letter_bonuses"], 0, "{backlog}");
+
+    // The edges' neighbours sell (0.50 USD is 1 point, 1,000,000.49 USD is 1,000,000).
+    for (product, cents, points) in [("9", 50, 1), ("10", 100_000_049, 1_000_000)] {
+        app.script().price_cents = Some(cents);
+        for ft in [false, true] {
+            let (status, body) = app
+                .buy(None, json!({"product": product, "user": "alice", "ft": ft}))
+                .await;
+            assert_eq!(status, 200, "{cents} cents, ft={ft}: {body}");
+            assert_eq!(
+                body["bonus"],
+                json!({"points": points, "status": "credited"})
+            );
+        }
+    }
+}
+
+/// An outbox entry Fidelity refuses with a final 4xx goes to the dead letters after one
+/// dispatcher attempt (it used to be rescheduled hourly, forever): it is no longer due, the
+/// order says `dead-letter`, and /backlog counts it apart from the bonuses still in delivery.
+async fn a_final_refusal_is_dead_lettered_after_one_attempt(app: TestApp) {
+    app.script().bonus_status = Some(409);
+    let (status, body) = app.buy(None, ft_order()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["bonus"]["status"], "pending", "{body}");
+    let order_id = body["order_id"].as_str().expect("order id").to_owned();
+    let transaction_id = body["transaction_id"].as_str().expect("tx").to_owned();
+
+    let view = wait_for_order(&app, &order_id, "dead-lettered", |v| {
+        v["bonus_status"] == "dead-letter"
+    })
+    .await;
+    assert_eq!(view["status"], "completed", "{view}");
+    let (attempts, dead_lettered_at) = app.outbox_row(&transaction_id).await;
+    assert_eq!(attempts, 1, "one dispatcher attempt");
+    assert!(dead_lettered_at.is_some(), "dead-lettered, not rescheduled");
+    assert_eq!(
+        app.script().bonus_attempts,
+        2,
+        "the /buy attempt and one dispatcher attempt"
+    );
+
+    let backlog = app.get_json("/backlog").await;
+    assert_eq!(backlog["dead_letter_bonuses"], 1, "{backlog}");
+    assert!(
+        backlog["oldest_dead_letter_bonus_age_seconds"]
+            .as_f64()
+            .is_some_and(|age| age >= 0.0),
+        "{backlog}"
+    );
+    assert_eq!(backlog["outbox_bonuses"], 0, "{backlog}");
+
+    // Fidelity would now accept it, but a dead letter is never retried by itself: another
+    // purchase's bonus is delivered meanwhile, this one is not.
+    app.script().bonus_status = Some(500);
+    let (status, second) = app.buy(None, ft_order()).await;
+    assert_eq!(status, 200, "{second}");
+    let second_id = second["order_id"].as_str().expect("order id").to_owned();
+    app.script().bonus_status = None;
+    wait_for_order(&app, &second_id, "credited", |v| {
+        v["bonus_status"] == "credited"
+    })
+    .await;
+    assert_eq!(
+        order_view(&app, &order_id).await["bonus_status"],
+        "dead-letter"
+    );
+    assert_eq!(app.outbox_row(&transaction_id).await.0, 1);
+    assert!(
+        app.script()
+            .bonus_calls
+            .iter()
+            .all(|(_, _, tx)| *tx != transaction_id),
+        "the dead letter was not sent again"
+    );
+}
+
+#[tokio::test]
+async fn a_final_refusal_is_dead_lettered_after_one_attempt_on_sqlite() {
+    a_final_refusal_is_dead_lettered_after_one_attempt(spawn_app(None).await).await;
+}
+
+#[tokio::test]
+async fn a_final_refusal_is_dead_lettered_after_one_attempt_on_postgres() {
+    let url = ftshop_platform::db::testing::fresh_postgres_database()
+        .await
+        .expect("postgres");
+    a_final_refusal_is_dead_lettered_after_one_attempt(spawn_app(Some(url)).await).await;
+}
+
+/// A 4xx that can heal (429 Too Many Requests) is retried with backoff, never dead-lettered.
+#[tokio::test]
+async fn a_refusal_that_can_heal_is_retried_not_dead_lettered() {
+    let app = spawn_app(None).await;
+    app.script().bonus_status = Some(429);
+    let (status, body) = app.buy(None, ft_order()).await;
+    assert_eq!(status, 200, "{body}");
+    let order_id = body["order_id"].as_str().expect("order id").to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while app.script().bonus_attempts < 3 {
+        assert!(std::time::Instant::now() < deadline, "not retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(order_view(&app, &order_id).await["bonus_status"], "pending");
+    app.script().bonus_status = None;
+    wait_for_order(&app, &order_id, "credited", |v| {
+        v["bonus_status"] == "credited"
+    })
+    .await;
+    assert_eq!(app.get_json("/backlog").await["dead_letter_bonuses"], 0);
 }

@@ -141,6 +141,16 @@ impl AppState {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         let band = RateBand::new(config.rate_min, config.rate_max)
             .map_err(|err| anyhow::anyhow!("--rate-min / --rate-max: {err}"))?;
+        // Ecommerce refuses rates outside the default band: a wider band here would serve rates
+        // that fail every purchase (docs/design.md, "Limits").
+        anyhow::ensure!(
+            ftshop_platform::limits::rate_band_is_accepted(&band),
+            "--rate-min / --rate-max: {}..={} must lie inside {}..={}, the band Ecommerce accepts",
+            band.min,
+            band.max,
+            RateBand::DEFAULT.min,
+            RateBand::DEFAULT.max
+        );
         let source = match &config.upstream_url {
             Some(url) => RateSource::upstream(
                 url.clone(),
@@ -283,5 +293,34 @@ mod tests {
         assert_eq!(config.upstream_timeout, Duration::from_secs(1));
         assert!(config.upstream_url.is_some());
         assert!(Cli::try_parse_from(["exchange", "--rate-ttl", "2"]).is_err());
+    }
+
+    /// Issue 14, class 6: a band Ecommerce would not accept (wider than
+    /// [`RateBand::DEFAULT`]) is refused at start, so Exchange never serves a rate every
+    /// purchase then refuses; a narrower band is fine.
+    #[test]
+    fn a_rate_band_wider_than_ecommerce_accepts_is_refused_at_start() {
+        let dir = std::env::temp_dir();
+        let with_band = |min: &str, max: &str| {
+            let mut config = Config::for_data_dir(&dir);
+            config.rate_min = min.parse().unwrap_or_default();
+            config.rate_max = max.parse().unwrap_or_default();
+            AppState::new(&config)
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}"))
+        };
+        for (min, max) in [
+            ("0.0000001", "10"),
+            ("1", "1000000.5"),
+            ("0.0000001", "2000000"),
+        ] {
+            let err = with_band(min, max).err().unwrap_or_default();
+            assert!(
+                err.contains("the band Ecommerce accepts"),
+                "{min}..={max}: {err}"
+            );
+        }
+        assert_eq!(with_band("1", "10"), Ok(()));
+        assert_eq!(with_band("0.000001", "1000000"), Ok(()));
     }
 }

@@ -6,6 +6,11 @@
 //! a credit happen once however often it is retried, and the queue row is deleted only after.
 //! Depth and oldest age are exported as `fidelity_pending_bonuses` and
 //! `fidelity_oldest_pending_age_seconds`, and readiness fails when the oldest is too old.
+//!
+//! A queued bonus whose transaction id was credited before with another user or amount (a
+//! conflict) can never be credited: it becomes a **dead letter** (`dead_lettered_at`, migration
+//! 0003), kept rather than deleted, never retried, left out of depth, age and readiness, and
+//! counted in `GET /bonus/pending` (`dead_letters`) and `fidelity_dead_letter_bonuses`.
 
 use ftshop_resilience::full_jitter;
 use std::time::Duration;
@@ -48,24 +53,41 @@ pub struct QueueStats {
     pub depth: i64,
     /// Age of the oldest of them (0 when empty).
     pub oldest_age_seconds: f64,
+    /// Bonuses that can never be credited (their transaction id was credited with another user
+    /// or amount): kept for an operator, never retried, not in `depth`.
+    pub dead_letters: i64,
 }
 
 pub async fn stats(db: &Db) -> anyhow::Result<QueueStats> {
     let row = db
         .run(|| {
-            sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM pending_bonuses")
-                .fetch_one(&db.pool)
+            sqlx::query(
+                "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM pending_bonuses \
+                 WHERE dead_lettered_at IS NULL",
+            )
+            .fetch_one(&db.pool)
         })
         .await
         .context("cannot read the pending queue")?;
     let depth: i64 = row.try_get("n")?;
     let oldest: Option<i64> = row.try_get("oldest")?;
+    let dead_letters: i64 = db
+        .run(|| {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pending_bonuses WHERE dead_lettered_at IS NOT NULL",
+            )
+            .fetch_one(&db.pool)
+        })
+        .await
+        .context("cannot count the dead letters")?;
     let oldest_age_seconds = oldest.map_or(0.0, |t| (now_millis() - t).max(0) as f64 / 1000.0);
     metrics::gauge!("fidelity_pending_bonuses").set(depth as f64);
     metrics::gauge!("fidelity_oldest_pending_age_seconds").set(oldest_age_seconds);
+    metrics::gauge!("fidelity_dead_letter_bonuses").set(dead_letters as f64);
     Ok(QueueStats {
         depth,
         oldest_age_seconds,
+        dead_letters,
     })
 }
 
@@ -99,7 +121,7 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
         .run(|| {
             sqlx::query(
                 "SELECT transaction_id, user_id, points, attempts, next_attempt_at \
-                 FROM pending_bonuses WHERE next_attempt_at <= $1 \
+                 FROM pending_bonuses WHERE dead_lettered_at IS NULL AND next_attempt_at <= $1 \
                  ORDER BY next_attempt_at LIMIT 64",
             )
             .bind(now)
@@ -120,8 +142,8 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
         let claimed = db
             .run(|| {
                 sqlx::query(
-                    "UPDATE pending_bonuses SET next_attempt_at = $4 \
-                     WHERE transaction_id = $1 AND attempts = $2 AND next_attempt_at = $3",
+                    "UPDATE pending_bonuses SET next_attempt_at = $4 WHERE transaction_id = $1 \
+                     AND attempts = $2 AND next_attempt_at = $3 AND dead_lettered_at IS NULL",
                 )
                 .bind(transaction_id.clone())
                 .bind(attempts)
@@ -135,14 +157,32 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
             continue;
         }
         match ledger::credit(db, &transaction_id, &user, points).await {
+            Ok(Credit::Conflict) => {
+                // Never creditable: kept as a dead letter for an operator, not retried, not
+                // deleted (the caller was answered 202 for it).
+                tracing::error!(%transaction_id, %user, points, "queued bonus conflicts with an earlier credit of its transaction id; dead-lettered, needs attention");
+                metrics::counter!("fidelity_bonus_total", "outcome" => "conflict", "via" => "queue")
+                    .increment(1);
+                let now = now_millis();
+                db.run(|| {
+                    sqlx::query(
+                        "UPDATE pending_bonuses SET attempts = $2, dead_lettered_at = $3, \
+                         last_error = $4 WHERE transaction_id = $1 AND attempts = $5",
+                    )
+                    .bind(transaction_id.clone())
+                    .bind(attempts + 1)
+                    .bind(now)
+                    .bind("transaction-conflict: the transaction id was credited with another user or amount")
+                    .bind(attempts)
+                    .execute(&db.pool)
+                })
+                .await
+                .context("cannot dead-letter a conflicting bonus")?;
+            }
             Ok(outcome) => {
                 let label = match outcome {
-                    Credit::Credited => "credited",
                     Credit::Duplicate => "duplicate",
-                    Credit::Conflict => {
-                        tracing::error!(%transaction_id, "queued bonus conflicts with an earlier credit; dropped");
-                        "conflict"
-                    }
+                    _ => "credited",
                 };
                 metrics::counter!("fidelity_bonus_total", "outcome" => label, "via" => "queue")
                     .increment(1);

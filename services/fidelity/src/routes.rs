@@ -15,8 +15,10 @@ use crate::AppState;
 use crate::ledger::{self, Credit};
 use crate::queue::{self, QueueStats};
 
-/// Largest bonus one transaction may credit.
-pub const MAX_BONUS: i64 = 1_000_000;
+/// Largest bonus one transaction may credit: the suite's shared limit
+/// ([`ftshop_platform::limits::BONUS_POINTS_MAX`]), which Store's catalog and Ecommerce check
+/// before a sale, so no sold product's bonus is refused here.
+pub const MAX_BONUS: i64 = ftshop_platform::limits::BONUS_POINTS_MAX;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -99,9 +101,10 @@ async fn post_bonus(
 ) -> Result<Response, Problem> {
     validate_id("user", &request.user)?;
     validate_id("transaction_id", &request.transaction_id)?;
-    if !(1..=MAX_BONUS).contains(&request.bonus) {
+    if ftshop_platform::limits::check_bonus(request.bonus).is_err() {
         return Err(Problem::validation(format!(
-            "`bonus` must be a whole number of points from 1 to {MAX_BONUS}"
+            "`bonus` must be a whole number of points from {} to {MAX_BONUS}",
+            ftshop_platform::limits::BONUS_POINTS_MIN
         )));
     }
     let BonusRequest {

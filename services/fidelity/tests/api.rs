@@ -42,6 +42,7 @@ on_both_backends!(
     two_instances_on_one_database_credit_once,
     health_openapi_and_metrics_are_served,
     an_async_bonus_is_queued_then_credited_once,
+    a_queued_bonus_that_conflicts_is_dead_lettered_not_dropped,
 );
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,6 +475,44 @@ async fn an_async_bonus_is_queued_then_credited_once(backend: Backend) {
     let again = fidelity.bonus("queued", 7, "tx-async-1").await;
     assert_eq!(again.body, receipt("queued", 7, "tx-async-1", true));
     assert_eq!(fidelity.balance("queued").await, 7);
+    let ready = fidelity.get("/health/ready").await;
+    assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
+}
+
+/// Issue 14, class 6: a queued bonus (answered 202) whose transaction id was already credited
+/// with another user can never be credited. It becomes a dead letter, counted apart from the
+/// queue depth (and readiness), instead of being deleted without a trace.
+async fn a_queued_bonus_that_conflicts_is_dead_lettered_not_dropped(backend: Backend) {
+    let fidelity = spawn(backend).await;
+    let credited = fidelity.bonus("first", 5, "tx-shared").await;
+    assert_eq!(credited.status, StatusCode::OK, "{credited:?}");
+    let queued = fidelity
+        .send(
+            fidelity
+                .client
+                .post(format!("{}/bonus", fidelity.base))
+                .header("prefer", "respond-async")
+                .json(&json!({"user": "second", "bonus": 5, "transaction_id": "tx-shared"})),
+        )
+        .await;
+    assert_eq!(queued.status, StatusCode::ACCEPTED, "{queued:?}");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let pending = loop {
+        let pending = fidelity.get("/bonus/pending").await;
+        assert_eq!(pending.status, StatusCode::OK, "{pending:?}");
+        if pending.body["dead_letters"] == 1 {
+            break pending;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never dead-lettered: {pending:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(pending.body["depth"], 0, "{pending:?}");
+    assert_eq!(fidelity.balance("first").await, 5);
+    assert_eq!(fidelity.balance("second").await, 0);
     let ready = fidelity.get("/health/ready").await;
     assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
 }

@@ -14,7 +14,9 @@ pub struct Config {
     pub port: u16,
 
     /// Seed catalog (JSON array of `{id, name, value, stock}`) used when the database has no
-    /// products yet; defaults to the built-in catalog.
+    /// products yet; defaults to the built-in catalog. Every `value` must give a bonus Fidelity
+    /// credits (0.50 to 1000000.49 USD, `ftshop_platform::limits`), or the start fails naming
+    /// the product.
     #[arg(long, env = "FTSHOP_CATALOG")]
     pub catalog: Option<PathBuf>,
 }

@@ -44,6 +44,7 @@ on_both_backends!(
     idempotency_key_reused_for_another_product_is_rejected,
     restart_keeps_stock_and_does_not_reseed,
     catalog_file_overrides_the_built_in_one,
+    catalog_prices_outside_the_shared_limits_stop_the_start,
     health_ready_checks_database_and_stock,
     openapi_and_metrics_are_served,
 );
@@ -357,6 +358,60 @@ async fn catalog_file_overrides_the_built_in_one(backend: Backend) {
     assert_eq!(store.sell("lamp", None).await.status, StatusCode::OK);
     store.sell("lamp", None).await.assert_problem(409);
     store.get("/product?product=1").await.assert_problem(404);
+}
+
+/// Issue 14, class 6: a catalog file with a price whose bonus Fidelity refuses (0.49 USD gives
+/// 0 points, 1,000,000.50 USD gives 1,000,001) stops the start with an error naming the product,
+/// and so does such a price already in the database (written before the limits existed: the
+/// seed only fills an empty database).
+async fn catalog_prices_outside_the_shared_limits_stop_the_start(backend: Backend) {
+    let (mut config, dir) = common::config(backend).await;
+    let path = dir.path().join("catalog.json");
+    for (value, id) in [("0.49", "cheap"), ("1000000.50", "dear")] {
+        std::fs::write(
+            &path,
+            format!(
+                r#"[{{"id": "lamp", "name": "Desk Lamp", "value": 19.99, "stock": 1}},
+                    {{"id": "{id}", "name": "Odd", "value": {value}, "stock": 1}}]"#
+            ),
+        )
+        .expect("write catalog");
+        config.catalog = Some(path.clone());
+        let err = match ftshop_store::app(&config).await {
+            Ok(_) => panic!("a catalog priced {value} USD was accepted"),
+            Err(err) => format!("{err:#}"),
+        };
+        assert!(err.contains(&format!("product \"{id}\"")), "{err}");
+        assert!(err.contains("1 to 1000000 points"), "{err}");
+    }
+
+    // The built-in catalog is seeded; then a price is changed behind the Store's back.
+    config.catalog = None;
+    drop(
+        ftshop_store::app(&config)
+            .await
+            .expect("the built-in catalog starts"),
+    );
+    let db = ftshop_platform::db::Db::connect(
+        config.common.database_url.as_deref(),
+        &config.common.data_dir,
+        ftshop_store::SERVICE,
+    )
+    .await
+    .expect("the store database");
+    sqlx::query("UPDATE products SET value_cents = 49 WHERE id = '3'")
+        .execute(&db.pool)
+        .await
+        .expect("update a price");
+    let err = match ftshop_store::app(&config).await {
+        Ok(_) => panic!("a stored price of 0.49 USD was accepted"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(err.contains("product \"3\""), "{err}");
+    assert!(
+        err.contains("price 0.49 USD gives a bonus of 0 points"),
+        "{err}"
+    );
 }
 
 async fn health_ready_checks_database_and_stock(backend: Backend) {

@@ -31,7 +31,9 @@ pub struct Db {
 }
 
 impl Db {
-    /// Connects to `database_url`, or to `<data_dir>/<service>.db` when none is given.
+    /// Connects to `database_url`, or to `<data_dir>/<service>.db` when none is given. The
+    /// embedded database holds customer data: its directory is made 0700 and the file exists
+    /// with mode 0600 before SQLite opens it (see [`crate::private_fs`]).
     pub async fn connect(
         database_url: Option<&str>,
         data_dir: &Path,
@@ -42,15 +44,25 @@ impl Db {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Self::connect_postgres(url, service).await
             }
-            Some(url) if url.starts_with("sqlite:") => Self::connect_sqlite(url).await,
+            Some(url) if url.starts_with("sqlite:") => {
+                if let Some(path) = sqlite_file(url) {
+                    // A file the operator named: never created here (the URL's mode decides),
+                    // but an existing one and its companions are made owner-only.
+                    for suffix in ["", "-wal", "-shm", "-journal"] {
+                        let mut file = path.as_os_str().to_owned();
+                        file.push(suffix);
+                        crate::private_fs::tighten_if_exists(Path::new(&file))?;
+                    }
+                }
+                Self::connect_sqlite(url).await
+            }
             Some(other) => anyhow::bail!(
                 "DATABASE_URL must start with postgres:// or sqlite:, got {:?}",
                 other.split(':').next().unwrap_or_default()
             ),
             None => {
-                std::fs::create_dir_all(data_dir)
-                    .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
                 let path = data_dir.join(format!("{service}.db"));
+                prepare_private_sqlite(data_dir, &path)?;
                 Self::connect_sqlite(&format!("sqlite://{}?mode=rwc", path.display())).await
             }
         }?;
@@ -386,6 +398,34 @@ pub fn now_millis() -> i64 {
         .unwrap_or_default()
 }
 
+/// Owner-only data dir and database file before SQLite opens it: SQLite would create the file
+/// 0644 (less the umask), and creates `-wal`/`-shm` with the database file's mode, so a 0600
+/// database gives 0600 companions. Companions left looser by an older version are tightened.
+fn prepare_private_sqlite(data_dir: &Path, path: &Path) -> anyhow::Result<()> {
+    crate::private_fs::ensure_private_dir(data_dir)
+        .with_context(|| format!("data dir {}", data_dir.display()))?;
+    crate::private_fs::ensure_private_file(path)?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut companion = path.as_os_str().to_owned();
+        companion.push(suffix);
+        crate::private_fs::tighten_if_exists(Path::new(&companion))?;
+    }
+    Ok(())
+}
+
+/// The file a `sqlite:` URL names, if any (`sqlite://data/x.db?mode=rwc` gives `data/x.db`;
+/// `sqlite::memory:` and in-memory modes give none).
+fn sqlite_file(url: &str) -> Option<&Path> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
+        return None;
+    }
+    Some(Path::new(path))
+}
+
 /// Helpers for tests that need a real PostgreSQL: each call creates a fresh, uniquely named
 /// database so tests run in parallel without sharing state.
 pub mod testing {
@@ -541,8 +581,10 @@ mod tests {
     use super::*;
 
     /// A transaction that SQLite rolled back on its own (`SQLITE_FULL` from `max_page_count`,
-    /// the file-level equivalent of a full disk) must not go back to the pool as a connection
-    /// sqlx still believes is inside a transaction.
+    /// the file-level equivalent of a full disk) must not go back to the pool. With the
+    /// connection pooled (the release check answering `true`), the last write below fails with
+    /// "database is locked", the issue's symptom (the next `begin()` became a SAVEPOINT whose
+    /// rollback left a write transaction open); with the check it is committed.
     #[tokio::test]
     async fn a_connection_left_inside_a_transaction_is_not_pooled() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -576,6 +618,12 @@ mod tests {
         );
         assert!(!pooled, "such a connection must be closed, not pooled");
         drop(conn);
+        // The release runs on a task: wait for it, so the next acquire would get this very
+        // connection back were it pooled (it is the only one the pool ever opened).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while db.pool.size() > db.pool.num_idle() as u32 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
 
         // What pooling it did (issue: acknowledged orders lost, "database is locked"): the next
         // begin() became a SAVEPOINT, its rollback a ROLLBACK TO that left a write transaction

@@ -132,14 +132,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
 }
 
 /// Validates a user-supplied identifier (product id, user id): 1 to 64 characters of
-/// `[A-Za-z0-9_.:-]`. Returns a 422 problem naming the field otherwise.
+/// `[A-Za-z0-9_.:-]` ([`crate::limits::is_valid_id`], the rule every service shares). Returns a 422 problem naming the field otherwise.
 pub fn validate_id(field: &str, value: &str) -> Result<(), Problem> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
-    if ok {
+    if crate::limits::is_valid_id(value) {
         Ok(())
     } else {
         Err(Problem::validation(format!(
