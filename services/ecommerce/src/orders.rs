@@ -14,6 +14,17 @@
 //! answer or get `409 request-in-progress`. A holder that was superseded (its order looked
 //! abandoned and a worker took it over) finds its write refused (`Ok(false)`) instead of
 //! overwriting the newer outcome.
+//!
+//! Every function goes through the database breaker ([`Db::run`]). The compare-and-set
+//! transitions ([`complete`], [`defer`], [`cancel`], [`finish_unsuccessfully`],
+//! [`reschedule_order`], [`reschedule_bonus`], [`dead_letter_bonus`]), [`bonus_delivered`] and
+//! the `last_rate` upsert
+//! are also retried within the retry budget when the connection is lost mid-call
+//! ([`Db::run_idempotent`]): a retry after a COMMIT that did happen finds the version already
+//! moved and reports the lease superseded (`Ok(false)`), and the caller answers the stored
+//! answer, which is the one it wrote; nothing is written twice. [`claim`] (a fresh order's
+//! insert) and the lease grabs are not retried: a replayed claim would turn into a 409 or a
+//! duplicate-key error instead of the order.
 
 use ftshop_platform::db::{Db, is_unique_violation, now_millis};
 use ftshop_platform::money::Decimal;
@@ -66,6 +77,10 @@ pub enum Claim {
 /// replays its answer or takes it over by compare-and-set when its earlier attempt failed or
 /// was abandoned. Concurrent calls with one key: exactly one gets `Fresh`/`Resumed`.
 pub async fn claim(db: &Db, order: &NewOrder<'_>) -> Result<Claim, sqlx::Error> {
+    db.run(|| claim_once(db, order)).await
+}
+
+async fn claim_once(db: &Db, order: &NewOrder<'_>) -> Result<Claim, sqlx::Error> {
     if let Some(key) = order.idempotency_key
         && let Some(claim) = existing(db, key, order.fingerprint).await?
     {
@@ -160,6 +175,10 @@ fn stored_answer(row: &AnyRow) -> Result<Option<(u16, String)>, sqlx::Error> {
 /// The answer stored for an order that reached a state with one (`completed`, `pending`,
 /// `rejected`, `cancelled`, or `failed`): what a request whose lease was superseded answers.
 pub async fn answer_of(db: &Db, order_id: &str) -> Result<Option<(u16, String)>, sqlx::Error> {
+    db.run(|| answer_of_once(db, order_id)).await
+}
+
+async fn answer_of_once(db: &Db, order_id: &str) -> Result<Option<(u16, String)>, sqlx::Error> {
     let row =
         sqlx::query("SELECT status, response_status, response FROM orders WHERE order_id = $1")
             .bind(order_id.to_owned())
@@ -192,6 +211,10 @@ pub struct Completion<'a> {
 /// superseded and nothing was written.
 #[must_use = "a superseded lease wrote nothing"]
 pub async fn complete(db: &Db, lease: &Lease, c: &Completion<'_>) -> Result<bool, sqlx::Error> {
+    db.run_idempotent(|| complete_once(db, lease, c)).await
+}
+
+async fn complete_once(db: &Db, lease: &Lease, c: &Completion<'_>) -> Result<bool, sqlx::Error> {
     let now = now_millis();
     let mut tx = db.pool.begin().await?;
     // The first statement writes (SQLite: take the write lock before reading anything).
@@ -261,6 +284,29 @@ pub async fn defer(
     bonus_points: i64,
     response: &str,
 ) -> Result<bool, sqlx::Error> {
+    db.run_idempotent(|| {
+        defer_once(
+            db,
+            lease,
+            value_cents,
+            rate,
+            total_cents,
+            bonus_points,
+            response,
+        )
+    })
+    .await
+}
+
+async fn defer_once(
+    db: &Db,
+    lease: &Lease,
+    value_cents: i64,
+    rate: Decimal,
+    total_cents: i64,
+    bonus_points: i64,
+    response: &str,
+) -> Result<bool, sqlx::Error> {
     let now = now_millis();
     let written = sqlx::query(
         "UPDATE orders SET status = 'pending', value_cents = $2, rate_exact = $3, total_cents = $4, bonus_points = $5, \
@@ -297,6 +343,10 @@ pub struct DueOrder {
 }
 
 pub async fn due_orders(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Error> {
+    db.run(|| due_orders_once(db, limit)).await
+}
+
+async fn due_orders_once(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Error> {
     let now = now_millis();
     let rows = sqlx::query(
         "SELECT order_id, user_id, product_id, status, attempts, value_cents, rate_exact, response, version FROM orders \
@@ -336,6 +386,14 @@ pub async fn lease_due(
     order: &DueOrder,
     hold_ms: i64,
 ) -> Result<Option<Lease>, sqlx::Error> {
+    db.run(|| lease_due_once(db, order, hold_ms)).await
+}
+
+async fn lease_due_once(
+    db: &Db,
+    order: &DueOrder,
+    hold_ms: i64,
+) -> Result<Option<Lease>, sqlx::Error> {
     let now = now_millis();
     let taken = sqlx::query(
         "UPDATE orders SET version = version + 1, next_attempt_at = $3, \
@@ -362,6 +420,16 @@ pub async fn reschedule_order(
     attempts: i64,
     next_attempt_at: i64,
 ) -> Result<bool, sqlx::Error> {
+    db.run_idempotent(|| reschedule_order_once(db, lease, attempts, next_attempt_at))
+        .await
+}
+
+async fn reschedule_order_once(
+    db: &Db,
+    lease: &Lease,
+    attempts: i64,
+    next_attempt_at: i64,
+) -> Result<bool, sqlx::Error> {
     let written = sqlx::query(
         "UPDATE orders SET attempts = $2, next_attempt_at = $3, version = version + 1 \
          WHERE order_id = $1 AND version = $4",
@@ -378,6 +446,17 @@ pub async fn reschedule_order(
 /// A deferred order that can never complete (out of stock, unknown product).
 #[must_use = "a superseded lease wrote nothing"]
 pub async fn cancel(
+    db: &Db,
+    lease: &Lease,
+    reason: &str,
+    response_status: u16,
+    response: &str,
+) -> Result<bool, sqlx::Error> {
+    db.run_idempotent(|| cancel_once(db, lease, reason, response_status, response))
+        .await
+}
+
+async fn cancel_once(
     db: &Db,
     lease: &Lease,
     reason: &str,
@@ -412,6 +491,10 @@ pub struct OutboxEntry {
 }
 
 pub async fn due_bonuses(db: &Db, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::Error> {
+    db.run(|| due_bonuses_once(db, limit)).await
+}
+
+async fn due_bonuses_once(db: &Db, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT transaction_id, order_id, user_id, points, attempts, next_attempt_at FROM bonus_outbox \
          WHERE dead_lettered_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
@@ -438,6 +521,10 @@ pub async fn due_bonuses(db: &Db, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::
 /// the `attempts` and `next_attempt_at` read), so two dispatchers never deliver and
 /// reschedule one entry at once. `false`: another dispatcher has it; leave it.
 pub async fn lease_bonus(db: &Db, entry: &OutboxEntry, hold_ms: i64) -> Result<bool, sqlx::Error> {
+    db.run(|| lease_bonus_once(db, entry, hold_ms)).await
+}
+
+async fn lease_bonus_once(db: &Db, entry: &OutboxEntry, hold_ms: i64) -> Result<bool, sqlx::Error> {
     let taken = sqlx::query(
         "UPDATE bonus_outbox SET next_attempt_at = $4 \
          WHERE transaction_id = $1 AND attempts = $2 AND next_attempt_at = $3 AND dead_lettered_at IS NULL",
@@ -453,6 +540,15 @@ pub async fn lease_bonus(db: &Db, entry: &OutboxEntry, hold_ms: i64) -> Result<b
 
 /// Fidelity acknowledged: the outbox row goes and the order says `credited`, together.
 pub async fn bonus_delivered(
+    db: &Db,
+    transaction_id: &str,
+    order_id: &str,
+) -> Result<(), sqlx::Error> {
+    db.run_idempotent(|| bonus_delivered_once(db, transaction_id, order_id))
+        .await
+}
+
+async fn bonus_delivered_once(
     db: &Db,
     transaction_id: &str,
     order_id: &str,
@@ -481,6 +577,16 @@ pub async fn reschedule_bonus(
     next_attempt_at: i64,
     error: &str,
 ) -> Result<bool, sqlx::Error> {
+    db.run_idempotent(|| reschedule_bonus_once(db, entry, next_attempt_at, error))
+        .await
+}
+
+async fn reschedule_bonus_once(
+    db: &Db,
+    entry: &OutboxEntry,
+    next_attempt_at: i64,
+    error: &str,
+) -> Result<bool, sqlx::Error> {
     let written = sqlx::query(
         "UPDATE bonus_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 \
          WHERE transaction_id = $1 AND attempts = $5",
@@ -499,6 +605,15 @@ pub async fn reschedule_bonus(
 /// (`dead_lettered_at`, migration 0006), never retried, and its order's `bonus_status` says
 /// `dead-letter`, in one transaction. `Ok(false)`: the entry changed meanwhile; nothing written.
 pub async fn dead_letter_bonus(
+    db: &Db,
+    entry: &OutboxEntry,
+    error: &str,
+) -> Result<bool, sqlx::Error> {
+    db.run_idempotent(|| dead_letter_bonus_once(db, entry, error))
+        .await
+}
+
+async fn dead_letter_bonus_once(
     db: &Db,
     entry: &OutboxEntry,
     error: &str,
@@ -547,6 +662,10 @@ pub struct Backlog {
 }
 
 pub async fn backlog(db: &Db) -> Result<Backlog, sqlx::Error> {
+    db.run(|| backlog_once(db)).await
+}
+
+async fn backlog_once(db: &Db) -> Result<Backlog, sqlx::Error> {
     let now = now_millis();
     let orders = sqlx::query(
         "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM orders WHERE status = 'pending'",
@@ -579,6 +698,29 @@ pub async fn backlog(db: &Db) -> Result<Backlog, sqlx::Error> {
 #[must_use = "a superseded lease wrote nothing"]
 #[allow(clippy::too_many_arguments)]
 pub async fn finish_unsuccessfully(
+    db: &Db,
+    lease: &Lease,
+    step: &str,
+    final_answer: bool,
+    response_status: u16,
+    response: &str,
+    transaction_id: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    db.run_idempotent(|| {
+        finish_unsuccessfully_once(
+            db,
+            lease,
+            step,
+            final_answer,
+            response_status,
+            response,
+            transaction_id,
+        )
+    })
+    .await
+}
+
+async fn finish_unsuccessfully_once(
     db: &Db,
     lease: &Lease,
     step: &str,
@@ -633,6 +775,10 @@ pub struct OrderView {
 }
 
 pub async fn find(db: &Db, order_id: &str) -> Result<Option<OrderView>, sqlx::Error> {
+    db.run(|| find_once(db, order_id)).await
+}
+
+async fn find_once(db: &Db, order_id: &str) -> Result<Option<OrderView>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT order_id, status, user_id, product_id, ft, transaction_id, failed_step, cancel_reason, total_cents, \
          bonus_points, bonus_status, created_at, updated_at FROM orders WHERE order_id = $1",
@@ -662,6 +808,11 @@ pub async fn find(db: &Db, order_id: &str) -> Result<Option<OrderView>, sqlx::Er
 
 /// Remembers the last rate Exchange answered (one row per currency pair), as decimal text.
 pub async fn store_last_rate(db: &Db, pair: &str, rate: Decimal) -> Result<(), sqlx::Error> {
+    db.run_idempotent(|| store_last_rate_once(db, pair, rate))
+        .await
+}
+
+async fn store_last_rate_once(db: &Db, pair: &str, rate: Decimal) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO last_rate (pair, rate, stored_at) VALUES ($1, $2, $3) \
          ON CONFLICT (pair) DO UPDATE SET rate = excluded.rate, stored_at = excluded.stored_at",
@@ -676,6 +827,10 @@ pub async fn store_last_rate(db: &Db, pair: &str, rate: Decimal) -> Result<(), s
 
 /// The last remembered rate for `pair` and its age in milliseconds.
 pub async fn last_rate(db: &Db, pair: &str) -> Result<Option<(Decimal, i64)>, sqlx::Error> {
+    db.run(|| last_rate_once(db, pair)).await
+}
+
+async fn last_rate_once(db: &Db, pair: &str) -> Result<Option<(Decimal, i64)>, sqlx::Error> {
     let row = sqlx::query("SELECT rate, stored_at FROM last_rate WHERE pair = $1")
         .bind(pair.to_owned())
         .fetch_optional(&db.pool)

@@ -1048,6 +1048,86 @@ async fn an_abandoned_order_is_driven_once_by_a_burst_of_replays_and_the_worker(
     assert_eq!(app.script().bonus_calls.len(), 1, "one bonus: {view}");
 }
 
+/// Issue 14, class 9: with ecommerce's PostgreSQL cut (a TCP proxy the test cuts and
+/// restores), a purchase fails with 503 problem+json and `Retry-After`, and once the `db`
+/// breaker is open it does so well under the pool's 5 s acquire timeout, selling nothing;
+/// when the database returns, purchases go through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_database_fails_purchases_fast_sells_nothing_and_recovers() {
+    use ftshop_platform::db::testing::{TcpProxy, fresh_postgres_database};
+    let url = fresh_postgres_database().await.expect("postgres");
+    let (proxy, through) = TcpProxy::in_front_of(&url).await.expect("proxy");
+    let app = spawn_app(Some(through)).await;
+    let (status, body) = app.buy(Some("before-outage"), order()).await;
+    assert_eq!(status, 200, "{body}");
+
+    proxy.cut();
+    let buy = |key: String| {
+        let request = app
+            .http
+            .post(format!("{}/buy", app.url))
+            .header("idempotency-key", key)
+            .json(&order());
+        async move {
+            let started = std::time::Instant::now();
+            let response = request.send().await.expect("post");
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body: Value = response.json().await.expect("json body");
+            (status, retry_after, body, started.elapsed())
+        }
+    };
+    let first = futures::future::join_all((0..6).map(|i| buy(format!("cut-{i}")))).await;
+    for (status, retry_after, body, _) in &first {
+        assert_eq!(*status, 503, "{body}");
+        assert!(retry_after.is_some(), "{body}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (status, retry_after, body) = loop {
+        let (status, retry_after, body, elapsed) = buy("during-outage".to_owned()).await;
+        if elapsed < Duration::from_secs(1) {
+            break (status, retry_after, body);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no purchase failed fast within 60 s"
+        );
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/database-unavailable")),
+        "{body}"
+    );
+    assert!(retry_after.is_some(), "{body}");
+    assert_eq!(
+        app.script().sell_calls,
+        1,
+        "nothing sold while the database is away"
+    );
+
+    proxy.restore();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _, body, _) = buy("after-outage".to_owned()).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no purchase went through within 60 s of the database's return: {body}"
+        );
+        // A poll interval, not a wait for the condition.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.script().sell_calls, 2, "one sale after the outage");
+}
+
 // ---- limits that disagree between services (issue 14, class 6) -------------------------------
 
 /// A price whose bonus Fidelity refuses (0.49 USD gives 0 points; 1,000,000.50 USD gives

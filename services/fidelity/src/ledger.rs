@@ -21,12 +21,30 @@ pub enum Credit {
 }
 
 /// Credits `points` to `user` once for `transaction_id`.
+///
+/// Through the database breaker, and retried within the retry budget when the connection is
+/// lost mid-way ([`Db::run_idempotent`]): the insert is keyed by `transaction_id`, so a retry
+/// after a COMMIT that did happen inserts nothing and answers [`Credit::Duplicate`] (the
+/// caller's receipt is the same: credited once).
 pub async fn credit(
     db: &Db,
     transaction_id: &str,
     user: &str,
     points: i64,
 ) -> anyhow::Result<Credit> {
+    db.run_idempotent(|| credit_once(db, transaction_id, user, points))
+        .await
+        .context("cannot credit")?
+        .ok_or_else(|| anyhow::anyhow!("transaction {transaction_id} neither inserts nor exists"))
+}
+
+/// One attempt; `None` when the row that blocked the insert vanished twice (rolled back).
+async fn credit_once(
+    db: &Db,
+    transaction_id: &str,
+    user: &str,
+    points: i64,
+) -> Result<Option<Credit>, sqlx::Error> {
     // Two rounds at most: an empty lookup means the row that blocked our insert was rolled
     // back in between, and the second insert then goes through (or meets a committed row).
     for _ in 0..2 {
@@ -41,33 +59,33 @@ pub async fn credit(
         .execute(&db.pool)
         .await;
         match inserted {
-            Ok(done) if done.rows_affected() == 1 => return Ok(Credit::Credited),
+            Ok(done) if done.rows_affected() == 1 => return Ok(Some(Credit::Credited)),
             Ok(_) => {}
             // ON CONFLICT makes this unlikely, but a unique violation means the same thing.
             Err(err) if is_unique_violation(&err) => {}
-            Err(err) => return Err(err).context("cannot insert credit"),
+            Err(err) => return Err(err),
         }
         let existing: Option<(String, i64)> =
             sqlx::query_as("SELECT user_id, points FROM credits WHERE transaction_id = $1")
                 .bind(transaction_id)
                 .fetch_optional(&db.pool)
-                .await
-                .context("cannot read existing credit")?;
+                .await?;
         match existing {
             Some((existing_user, existing_points))
                 if existing_user == user && existing_points == points =>
             {
-                return Ok(Credit::Duplicate);
+                return Ok(Some(Credit::Duplicate));
             }
-            Some(_) => return Ok(Credit::Conflict),
+            Some(_) => return Ok(Some(Credit::Conflict)),
             None => {}
         }
     }
-    anyhow::bail!("transaction {transaction_id} neither inserts nor exists")
+    Ok(None)
 }
 
-/// The user's points: the sum of their credits (0 when there are none).
-pub async fn balance(db: &Db, user: &str) -> anyhow::Result<i64> {
+/// The user's points: the sum of their credits (0 when there are none), from the database
+/// (the caller puts it under the breaker, see [`crate::AppState::balances`]).
+pub async fn balance(db: &Db, user: &str) -> Result<i64, sqlx::Error> {
     // PostgreSQL sums BIGINT into NUMERIC, which the Any driver cannot decode: cast it back.
     sqlx::query_scalar(
         "SELECT CAST(COALESCE(SUM(points), 0) AS BIGINT) FROM credits WHERE user_id = $1",
@@ -75,5 +93,4 @@ pub async fn balance(db: &Db, user: &str) -> anyhow::Result<i64> {
     .bind(user)
     .fetch_one(&db.pool)
     .await
-    .context("cannot read balance")
 }

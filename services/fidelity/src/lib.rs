@@ -13,6 +13,7 @@ use std::future::Future;
 use ftshop_platform::config::CommonArgs;
 use ftshop_platform::db::Db;
 use ftshop_platform::health::Readiness;
+use ftshop_platform::repository::ReadCache;
 use ftshop_platform::server::{self, Service};
 use utoipa::OpenApi;
 
@@ -53,6 +54,8 @@ impl Config {
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    /// Balances last read, answered (marked stale) while the database is away.
+    pub balances: ReadCache<i64>,
 }
 
 /// Connects, migrates and returns the full fidelity application.
@@ -65,7 +68,10 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     )
     .await?;
     db.migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS).await?;
-    let state = AppState { db: db.clone() };
+    let state = AppState {
+        db: db.clone(),
+        balances: ReadCache::new("fidelity.balance", config.common.stale_reads_max)?,
+    };
     tokio::spawn(queue::run_worker(db.clone()));
     let queue_db = db.clone();
     let guarded = db.clone();

@@ -28,10 +28,11 @@ const POLL: Duration = Duration::from_millis(200);
 const CLAIM_HOLD_MS: i64 = 10_000;
 
 /// Durably accepts a bonus for later crediting. Idempotent: a transaction already queued is
-/// left as it is.
+/// left as it is; so it goes through the database breaker and is retried within the retry
+/// budget when the connection is lost mid-way ([`Db::run_idempotent`]).
 pub async fn enqueue(db: &Db, transaction_id: &str, user: &str, points: i64) -> anyhow::Result<()> {
     let now = now_millis();
-    sqlx::query(
+    db.run_idempotent(|| sqlx::query(
         "INSERT INTO pending_bonuses (transaction_id, user_id, points, attempts, next_attempt_at, created_at) \
          VALUES ($1, $2, $3, 0, $4, $4) ON CONFLICT (transaction_id) DO NOTHING",
     )
@@ -39,7 +40,7 @@ pub async fn enqueue(db: &Db, transaction_id: &str, user: &str, points: i64) -> 
     .bind(user.to_owned())
     .bind(points)
     .bind(now)
-    .execute(&db.pool)
+    .execute(&db.pool))
     .await
     .context("cannot queue bonus")?;
     Ok(())
@@ -58,20 +59,27 @@ pub struct QueueStats {
 }
 
 pub async fn stats(db: &Db) -> anyhow::Result<QueueStats> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM pending_bonuses WHERE dead_lettered_at IS NULL",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .context("cannot read the pending queue")?;
+    let row = db
+        .run(|| {
+            sqlx::query(
+                "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM pending_bonuses \
+                 WHERE dead_lettered_at IS NULL",
+            )
+            .fetch_one(&db.pool)
+        })
+        .await
+        .context("cannot read the pending queue")?;
     let depth: i64 = row.try_get("n")?;
     let oldest: Option<i64> = row.try_get("oldest")?;
-    let dead_letters: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM pending_bonuses WHERE dead_lettered_at IS NOT NULL",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .context("cannot count the dead letters")?;
+    let dead_letters: i64 = db
+        .run(|| {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pending_bonuses WHERE dead_lettered_at IS NOT NULL",
+            )
+            .fetch_one(&db.pool)
+        })
+        .await
+        .context("cannot count the dead letters")?;
     let oldest_age_seconds = oldest.map_or(0.0, |t| (now_millis() - t).max(0) as f64 / 1000.0);
     metrics::gauge!("fidelity_pending_bonuses").set(depth as f64);
     metrics::gauge!("fidelity_oldest_pending_age_seconds").set(oldest_age_seconds);
@@ -106,14 +114,21 @@ pub async fn run_worker(db: Db) {
 
 /// Credits every due bonus once; returns how many were handled.
 pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
-    let rows = sqlx::query(
-        "SELECT transaction_id, user_id, points, attempts, next_attempt_at FROM pending_bonuses \
-         WHERE dead_lettered_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT 64",
-    )
-    .bind(now_millis())
-    .fetch_all(&db.pool)
-    .await
-    .context("cannot read due bonuses")?;
+    // Every statement goes through the database breaker, so during an outage the worker fails
+    // fast too; only the delete (idempotent) is retried on a lost connection.
+    let now = now_millis();
+    let rows = db
+        .run(|| {
+            sqlx::query(
+                "SELECT transaction_id, user_id, points, attempts, next_attempt_at \
+                 FROM pending_bonuses WHERE dead_lettered_at IS NULL AND next_attempt_at <= $1 \
+                 ORDER BY next_attempt_at LIMIT 64",
+            )
+            .bind(now)
+            .fetch_all(&db.pool)
+        })
+        .await
+        .context("cannot read due bonuses")?;
     let n = rows.len();
     for row in rows {
         let transaction_id: String = row.try_get("transaction_id")?;
@@ -123,17 +138,21 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
         let due_at: i64 = row.try_get("next_attempt_at")?;
         // Compare-and-set claim on what was read, so two workers (Fidelity replicas sharing
         // PostgreSQL) never credit-and-reschedule one bonus at once; the loser leaves it.
-        let claimed = sqlx::query(
-            "UPDATE pending_bonuses SET next_attempt_at = $4 \
-             WHERE transaction_id = $1 AND attempts = $2 AND next_attempt_at = $3 AND dead_lettered_at IS NULL",
-        )
-        .bind(transaction_id.clone())
-        .bind(attempts)
-        .bind(due_at)
-        .bind(now_millis() + CLAIM_HOLD_MS)
-        .execute(&db.pool)
-        .await
-        .context("cannot claim a due bonus")?;
+        let hold_until = now_millis() + CLAIM_HOLD_MS;
+        let claimed = db
+            .run(|| {
+                sqlx::query(
+                    "UPDATE pending_bonuses SET next_attempt_at = $4 WHERE transaction_id = $1 \
+                     AND attempts = $2 AND next_attempt_at = $3 AND dead_lettered_at IS NULL",
+                )
+                .bind(transaction_id.clone())
+                .bind(attempts)
+                .bind(due_at)
+                .bind(hold_until)
+                .execute(&db.pool)
+            })
+            .await
+            .context("cannot claim a due bonus")?;
         if claimed.rows_affected() != 1 {
             continue;
         }
@@ -144,16 +163,19 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
                 tracing::error!(%transaction_id, %user, points, "queued bonus conflicts with an earlier credit of its transaction id; dead-lettered, needs attention");
                 metrics::counter!("fidelity_bonus_total", "outcome" => "conflict", "via" => "queue")
                     .increment(1);
-                sqlx::query(
-                    "UPDATE pending_bonuses SET attempts = $2, dead_lettered_at = $3, last_error = $4 \
-                     WHERE transaction_id = $1 AND attempts = $5",
-                )
-                .bind(transaction_id)
-                .bind(attempts + 1)
-                .bind(now_millis())
-                .bind("transaction-conflict: the transaction id was credited with another user or amount")
-                .bind(attempts)
-                .execute(&db.pool)
+                let now = now_millis();
+                db.run(|| {
+                    sqlx::query(
+                        "UPDATE pending_bonuses SET attempts = $2, dead_lettered_at = $3, \
+                         last_error = $4 WHERE transaction_id = $1 AND attempts = $5",
+                    )
+                    .bind(transaction_id.clone())
+                    .bind(attempts + 1)
+                    .bind(now)
+                    .bind("transaction-conflict: the transaction id was credited with another user or amount")
+                    .bind(attempts)
+                    .execute(&db.pool)
+                })
                 .await
                 .context("cannot dead-letter a conflicting bonus")?;
             }
@@ -164,11 +186,13 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
                 };
                 metrics::counter!("fidelity_bonus_total", "outcome" => label, "via" => "queue")
                     .increment(1);
-                sqlx::query("DELETE FROM pending_bonuses WHERE transaction_id = $1")
-                    .bind(transaction_id)
-                    .execute(&db.pool)
-                    .await
-                    .context("cannot dequeue bonus")?;
+                db.run_idempotent(|| {
+                    sqlx::query("DELETE FROM pending_bonuses WHERE transaction_id = $1")
+                        .bind(transaction_id.clone())
+                        .execute(&db.pool)
+                })
+                .await
+                .context("cannot dequeue bonus")?;
             }
             Err(err) => {
                 let delay = full_jitter(
@@ -176,16 +200,20 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
                     Duration::from_millis(200),
                     Duration::from_secs(30),
                 );
-                sqlx::query(
-                    "UPDATE pending_bonuses SET attempts = $2, next_attempt_at = $3, last_error = $4 \
-                     WHERE transaction_id = $1 AND attempts = $5",
-                )
-                .bind(transaction_id)
-                .bind(attempts + 1)
-                .bind(now_millis() + i64::try_from(delay.as_millis()).unwrap_or(30_000))
-                .bind(format!("{err:#}"))
-                .bind(attempts)
-                .execute(&db.pool)
+                let next = now_millis() + i64::try_from(delay.as_millis()).unwrap_or(30_000);
+                let last_error = format!("{err:#}");
+                db.run(|| {
+                    sqlx::query(
+                        "UPDATE pending_bonuses SET attempts = $2, next_attempt_at = $3, \
+                         last_error = $4 WHERE transaction_id = $1 AND attempts = $5",
+                    )
+                    .bind(transaction_id.clone())
+                    .bind(attempts + 1)
+                    .bind(next)
+                    .bind(last_error.clone())
+                    .bind(attempts)
+                    .execute(&db.pool)
+                })
                 .await
                 .context("cannot reschedule bonus")?;
             }

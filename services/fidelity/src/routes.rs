@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ftshop_platform::Problem;
 use ftshop_platform::extract::{Json, Path, validate_id};
+use ftshop_platform::repository::Read;
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
@@ -90,6 +91,7 @@ pub struct Balance {
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not `application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid user, transaction id or bonus", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unreachable: neither credited nor queued (type `database-unavailable`, `Retry-After`); retrying with the same transaction id is safe", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn post_bonus(
@@ -201,17 +203,24 @@ async fn get_pending(State(state): State<AppState>) -> Result<Json<QueueStats>, 
     get, path = "/balance/{user}", tag = "fidelity",
     params(("user" = String, Path, description = "User id")),
     responses(
-        (status = 200, description = "The balance", body = Balance),
+        (status = 200, description = "The balance; while the database is away, the last one read, marked stale", body = Balance,
+            headers(
+                ("x-ftshop-stale" = String, description = "`true` when the database is unreachable and this is the last balance read, at most `--stale-reads-max` old (absent on a fresh answer)"),
+                ("Age" = u64, description = "With `x-ftshop-stale`: whole seconds since the balance was read from the database (RFC 9111)"),
+            )),
         (status = 422, description = "Invalid user id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unreachable and no balance cached for this user (type `database-unavailable`, `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn get_balance(
     State(state): State<AppState>,
     Path(user): Path<String>,
-) -> Result<Json<Balance>, Problem> {
+) -> Result<Read<Balance>, Problem> {
     validate_id("user", &user)?;
-    let points = ledger::balance(&state.db, &user)
-        .await
-        .map_err(|err| Problem::from_anyhow(&err))?;
-    Ok(Json(Balance { user, points }))
+    let db = &state.db;
+    let read = state
+        .balances
+        .read(db, &user, || ledger::balance(db, &user))
+        .await?;
+    Ok(read.map(|points| Balance { user, points }))
 }

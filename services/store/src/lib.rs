@@ -43,7 +43,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     .await?;
     db.migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS).await?;
 
-    let inventory = Inventory::new(db.clone());
+    let inventory = Inventory::new(db.clone(), config.common.stale_reads_max)?;
     let seeded = inventory
         .seed(&catalog)
         .await

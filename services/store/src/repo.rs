@@ -6,20 +6,28 @@
 //! must write first: a deferred transaction that reads and then writes can fail with
 //! `SQLITE_BUSY_SNAPSHOT` when another process wrote in between.
 
+use std::time::Duration;
+
 use ftshop_platform::db::{Db, is_unique_violation, now_millis};
+use ftshop_platform::repository::{Read, ReadCache};
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::catalog::SeedProduct;
 
-/// Products, stock and sales, over the service's database.
+/// Products, stock and sales, over the service's database. Every call goes through the
+/// database breaker ([`Db::run`]); the two catalog reads also have a [`ReadCache`] that answers
+/// them, marked stale, while the database is away.
 #[derive(Debug, Clone)]
 pub struct Inventory {
     db: Db,
+    product_cache: ReadCache<Product>,
+    catalog_cache: ReadCache<Vec<Product>>,
 }
 
 /// A product as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     pub id: String,
     pub name: String,
@@ -67,8 +75,14 @@ pub enum SellError {
 }
 
 impl Inventory {
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    /// The inventory over `db`; reads answer cached values up to `max_staleness` old while the
+    /// database is away (zero: never). Errors only on an invalid cache setting.
+    pub fn new(db: Db, max_staleness: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            db,
+            product_cache: ReadCache::new("store.product", max_staleness)?,
+            catalog_cache: ReadCache::new("store.products", max_staleness)?,
+        })
     }
 
     pub fn db(&self) -> &Db {
@@ -104,7 +118,35 @@ impl Inventory {
         Ok(inserted)
     }
 
+    /// One product, fresh from the database; while the database is away, the last one read
+    /// (at most `max_staleness` old), marked stale. For display only: a sale reads the database.
+    pub async fn read_product(&self, id: &str) -> Result<Read<Option<Product>>, sqlx::Error> {
+        self.product_cache
+            .read_optional(&self.db, id, || self.product_row(id))
+            .await
+    }
+
+    /// Every product as [`products`](Self::products) orders them, fresh from the database;
+    /// while it is away, the last list read (at most `max_staleness` old), marked stale.
+    pub async fn read_products(&self) -> Result<Read<Vec<Product>>, sqlx::Error> {
+        self.catalog_cache
+            .read(&self.db, "all", || self.product_rows())
+            .await
+    }
+
+    /// One product, from the database (through the breaker, never from the cache).
     pub async fn product(&self, id: &str) -> Result<Option<Product>, sqlx::Error> {
+        self.db.run(|| self.product_row(id)).await
+    }
+
+    /// Every product: numeric ids first, in numeric order ("2" before "10"), then the others
+    /// in lexical order. Sorted here rather than in SQL so both backends agree. From the
+    /// database (through the breaker, never from the cache).
+    pub async fn products(&self) -> Result<Vec<Product>, sqlx::Error> {
+        self.db.run(|| self.product_rows()).await
+    }
+
+    async fn product_row(&self, id: &str) -> Result<Option<Product>, sqlx::Error> {
         sqlx::query("SELECT id, name, value_cents, stock FROM products WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.db.pool)
@@ -113,9 +155,7 @@ impl Inventory {
             .transpose()
     }
 
-    /// Every product: numeric ids first, in numeric order ("2" before "10"), then the others
-    /// in lexical order. Sorted here rather than in SQL so both backends agree.
-    pub async fn products(&self) -> Result<Vec<Product>, sqlx::Error> {
+    async fn product_rows(&self) -> Result<Vec<Product>, sqlx::Error> {
         let mut products = sqlx::query("SELECT id, name, value_cents, stock FROM products")
             .fetch_all(&self.db.pool)
             .await?
@@ -128,7 +168,32 @@ impl Inventory {
 
     /// Sells one unit of `product_id`. With an idempotency key, the first request sells and
     /// every later one (even a concurrent one) gets that same sale back.
+    ///
+    /// Through the database breaker. With a key, a sale whose connection was lost mid-way
+    /// (COMMIT outcome unknown) is retried within the retry budget ([`Db::run_idempotent`]):
+    /// the retry finds the committed sale by its key and answers it, or sells if nothing was
+    /// committed. Without a key a sale is never retried (a replay could sell twice).
     pub async fn sell(
+        &self,
+        product_id: &str,
+        key: Option<&str>,
+    ) -> Result<SellOutcome, SellError> {
+        // Domain outcomes travel inside `Ok`, so only database errors reach the breaker and
+        // the retry classifier.
+        let attempt = || async {
+            match self.sell_once(product_id, key).await {
+                Err(SellError::Database(err)) => Err(err),
+                outcome => Ok(outcome),
+            }
+        };
+        let outcome = match key {
+            Some(_) => self.db.run_idempotent(attempt).await,
+            None => self.db.run(attempt).await,
+        };
+        outcome.map_err(SellError::Database)?
+    }
+
+    async fn sell_once(
         &self,
         product_id: &str,
         key: Option<&str>,
@@ -150,7 +215,7 @@ impl Inventory {
         .await?;
         let Some(row) = sold else {
             tx.rollback().await?;
-            return Err(match self.product(product_id).await? {
+            return Err(match self.product_row(product_id).await? {
                 Some(_) => SellError::OutOfStock(product_id.to_owned()),
                 None => SellError::UnknownProduct(product_id.to_owned()),
             });

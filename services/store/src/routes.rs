@@ -15,6 +15,7 @@ use crate::money::cents_to_usd;
 use crate::repo::{Inventory, Product, SellError, SellOutcome};
 use crate::telemetry::{SaleOutcome, record_sale, record_stock};
 use ftshop_platform::money::Decimal;
+use ftshop_platform::repository::Read;
 
 /// Response header set to `true` when a sale is answered from an earlier request with the same
 /// `Idempotency-Key`.
@@ -122,22 +123,34 @@ pub struct SaleReceipt {
     tag = "store",
     params(ProductQuery),
     responses(
-        (status = 200, description = "The product", body = ProductView),
+        (status = 200, description = "The product; while the database is away, the last one read, marked stale", body = ProductView,
+            headers(
+            ("x-ftshop-stale" = String, description = "`true` when the database is unreachable and this is the last value read, at most `--stale-reads-max` old (absent on a fresh answer)"),
+            ("Age" = u64, description = "With `x-ftshop-stale`: whole seconds since the value was read from the database (RFC 9111)"),
+        )),
         (status = 400, description = "Missing `product` parameter", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid product id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unreachable and nothing cached for this product (type `database-unavailable`, `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_product(
     State(state): State<AppState>,
     Query(query): Query<ProductQuery>,
-) -> Result<Json<ProductView>, Problem> {
+) -> Result<Read<ProductView>, Problem> {
     validate_id("product", &query.product)?;
-    match state.inventory.product(&query.product).await? {
+    let read = state.inventory.read_product(&query.product).await?;
+    let stale = read.stale;
+    match read.value {
         Some(product) => {
-            // Both replicas share the stock: each read keeps this replica's gauge current too.
-            record_stock(&product.id, product.stock);
-            Ok(Json(product.into()))
+            if stale.is_none() {
+                // Both replicas share the stock: each read keeps this replica's gauge current.
+                record_stock(&product.id, product.stock);
+            }
+            Ok(Read {
+                value: product.into(),
+                stale,
+            })
         }
         None => Err(unknown_product(&query.product)),
     }
@@ -148,13 +161,20 @@ pub async fn get_product(
     get,
     path = "/products",
     tag = "store",
-    responses((status = 200, description = "All products", body = Vec<ProductView>))
+    responses(
+        (status = 200, description = "All products; while the database is away, the last list read, marked stale", body = Vec<ProductView>,
+            headers(
+            ("x-ftshop-stale" = String, description = "`true` when the database is unreachable and this is the last value read, at most `--stale-reads-max` old (absent on a fresh answer)"),
+            ("Age" = u64, description = "With `x-ftshop-stale`: whole seconds since the value was read from the database (RFC 9111)"),
+        )),
+        (status = 503, description = "Database unreachable and no list cached (type `database-unavailable`, `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub async fn list_products(
     State(state): State<AppState>,
-) -> Result<Json<Vec<ProductView>>, Problem> {
-    let products = state.inventory.products().await?;
-    Ok(Json(products.into_iter().map(ProductView::from).collect()))
+) -> Result<Read<Vec<ProductView>>, Problem> {
+    let read = state.inventory.read_products().await?;
+    Ok(read.map(|products| products.into_iter().map(ProductView::from).collect()))
 }
 
 /// Sells one unit of a product.
@@ -179,6 +199,7 @@ pub async fn list_products(
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not `application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid body or product id, or Idempotency-Key reused for another product (type `idempotency-key-reused`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unreachable or failing (types `database-unavailable`, `storage-unavailable`; `Retry-After`): nothing was sold. A sale never uses cached data", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn sell(
@@ -260,6 +281,11 @@ mod tests {
             conflict["application/problem+json"].is_object(),
             "{conflict}"
         );
+        for path in ["/product", "/products"] {
+            let ok = &doc["paths"][path]["get"]["responses"]["200"]["headers"];
+            assert!(ok["x-ftshop-stale"].is_object(), "{path}: {ok}");
+            assert!(ok["Age"].is_object(), "{path}: {ok}");
+        }
         let get = &doc["paths"]["/product"]["get"]["parameters"][0];
         assert_eq!(get["name"], "product");
         assert_eq!(get["in"], "query");

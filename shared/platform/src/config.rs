@@ -61,6 +61,13 @@ pub struct CommonArgs {
     #[arg(long, env = "FTSHOP_MAX_CONNECTIONS", default_value_t = 1024,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+
+    /// While the database is away, the reads that have a cache (Store `GET /product` and
+    /// `GET /products`, Fidelity `GET /balance/{user}`) answer the last value read, marked
+    /// stale, if it is at most this old; `0s` turns stale reads off. See docs/design.md.
+    #[arg(long, env = "FTSHOP_STALE_READS_MAX", default_value = "10m",
+        value_parser = parse_staleness)]
+    pub stale_reads_max: Duration,
 }
 
 impl CommonArgs {
@@ -79,6 +86,7 @@ impl CommonArgs {
             body_read_timeout: ServerLimits::default().body_read_timeout,
             max_connections: u32::try_from(ServerLimits::default().max_connections)
                 .unwrap_or(u32::MAX),
+            stale_reads_max: crate::repository::DEFAULT_MAX_STALENESS,
         }
     }
 
@@ -90,6 +98,16 @@ impl CommonArgs {
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
         }
     }
+}
+
+/// A humantime duration from 0 (stale reads off) to 24 h: a day-old stock level or balance is
+/// more misleading than an honest 503.
+fn parse_staleness(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if duration > Duration::from_secs(24 * 3600) {
+        return Err(format!("{value} is over 24h"));
+    }
+    Ok(duration)
 }
 
 /// A humantime duration (`10s`, `500ms`) between 1 ms and 1 h: a zero timeout would close every

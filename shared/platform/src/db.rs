@@ -20,12 +20,17 @@ pub enum Backend {
     Postgres,
 }
 
+/// A service's database: the pool, its engine, and the resilient-repository guard (the `db`
+/// breaker and the retry budget of idempotent writes, see [`crate::repository`]). Request
+/// paths go through [`Db::run`] or [`Db::run_idempotent`]; the readiness probe does not (it is
+/// how an outage's end is seen).
 #[derive(Debug, Clone)]
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
     /// The SQLite file this pool opened (`None` on PostgreSQL and in-memory SQLite).
     pub file: Option<DbFile>,
+    pub(crate) guard: crate::repository::Guard,
 }
 
 impl Db {
@@ -123,6 +128,7 @@ impl Db {
             pool,
             backend: Backend::Sqlite,
             file: None,
+            guard: crate::repository::Guard::new(),
         })
     }
 
@@ -172,6 +178,7 @@ impl Db {
             pool,
             backend: Backend::Postgres,
             file: None,
+            guard: crate::repository::Guard::new(),
         })
     }
 
@@ -579,6 +586,105 @@ pub mod testing {
         pool.close().await;
         let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
         Ok(format!("{base}/{name}"))
+    }
+
+    /// A TCP proxy on 127.0.0.1:0 to `target` that can be cut and restored: the database
+    /// outage of the resilient-repository tests. Cut, every open connection is dropped and new
+    /// ones are accepted and then never answered (held until restored), as a server behind a
+    /// cut network looks to a client: a connection attempt waits out its own timeout.
+    pub struct TcpProxy {
+        /// The port to connect to instead of the target's.
+        pub port: u16,
+        up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        connections: std::sync::Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+        held: std::sync::Arc<Mutex<Vec<tokio::net::TcpStream>>>,
+        accept: tokio::task::JoinHandle<()>,
+    }
+
+    impl TcpProxy {
+        /// Starts forwarding to `target` (`host:port`).
+        pub async fn start(target: &str) -> std::io::Result<Self> {
+            use std::sync::atomic::Ordering;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let port = listener.local_addr()?.port();
+            let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let connections: std::sync::Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+                std::sync::Arc::default();
+            let held: std::sync::Arc<Mutex<Vec<tokio::net::TcpStream>>> = std::sync::Arc::default();
+            let accept = {
+                let (up, connections, target) =
+                    (up.clone(), connections.clone(), target.to_owned());
+                let held = held.clone();
+                tokio::spawn(async move {
+                    while let Ok((mut client, _)) = listener.accept().await {
+                        if !up.load(Ordering::SeqCst) {
+                            lock(&held).push(client); // never answered while cut
+                            continue;
+                        }
+                        let target = target.clone();
+                        let task = tokio::spawn(async move {
+                            if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            }
+                        });
+                        lock(&connections).push(task);
+                    }
+                })
+            };
+            Ok(Self {
+                port,
+                up,
+                connections,
+                held,
+                accept,
+            })
+        }
+
+        /// Cuts the database off: drops every connection; new ones get no answer.
+        pub fn cut(&self) {
+            self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+            for task in lock(&self.connections).drain(..) {
+                task.abort();
+            }
+        }
+
+        /// Lets connections through again (the ones held while cut are closed).
+        pub fn restore(&self) {
+            self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+            lock(&self.held).clear();
+        }
+
+        /// A proxy in front of the server of `url` (`scheme://[user@]host:port/db`), and the
+        /// same URL through the proxy.
+        pub async fn in_front_of(url: &str) -> std::io::Result<(Self, String)> {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let (user, host_port) = match authority.rsplit_once('@') {
+                Some((user, host_port)) => (format!("{user}@"), host_port),
+                None => (String::new(), authority),
+            };
+            let proxy = Self::start(host_port).await?;
+            let host = host_port
+                .rsplit_once(':')
+                .map_or(host_port, |(host, _)| host);
+            let through = format!("{scheme}://{user}{host}:{}/{path}", proxy.port);
+            Ok((proxy, through))
+        }
+    }
+
+    impl Drop for TcpProxy {
+        fn drop(&mut self) {
+            self.cut();
+            self.accept.abort();
+            lock(&self.held).clear();
+        }
+    }
+
+    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

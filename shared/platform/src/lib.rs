@@ -16,6 +16,7 @@ pub mod limits;
 pub mod money;
 pub mod private_fs;
 pub mod problem;
+pub mod repository;
 pub mod server;
 pub mod telemetry;
 

@@ -20,6 +20,10 @@ pub struct Problem {
     /// Which downstream step failed (`product`, `exchange`, `sell`, `bonus`), when one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    /// Seconds after which a retry may succeed, sent as the `Retry-After` header (not in the
+    /// body). Set on 503s about the database.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -30,7 +34,14 @@ impl Problem {
             status: status.as_u16(),
             detail: Some(detail.into()),
             step: None,
+            retry_after: None,
         }
+    }
+
+    /// Adds `Retry-After: seconds` to the answer.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn with_step(mut self, step: &str) -> Self {
@@ -92,6 +103,11 @@ impl IntoResponse for Problem {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -127,12 +143,23 @@ impl Problem {
     fn of_db_error(err: &sqlx::Error) -> Self {
         match crate::db::note_storage_error(err) {
             Some(crate::db::StorageFault::Unavailable) => {
+                if let Some(open) = crate::repository::CircuitOpen::of(err) {
+                    // Logged once per transition by the breaker, not once per request.
+                    return Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "database-unavailable",
+                        "the database is unreachable (circuit breaker open); nothing was \
+                         changed, retry later",
+                    )
+                    .with_retry_after(open.retry_after.as_secs_f64().ceil().max(1.0) as u64);
+                }
                 tracing::error!(error = %err, "database unavailable");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "database-unavailable",
                     "the database is unreachable; nothing was changed, retry later",
                 )
+                .with_retry_after(1)
             }
             Some(fault) => {
                 tracing::error!(error = %err, kind = fault.as_str(), "storage fault");
@@ -144,6 +171,7 @@ impl Problem {
                         fault.as_str()
                     ),
                 )
+                .with_retry_after(1)
             }
             None => Problem::internal(format_args!("database: {err}")),
         }

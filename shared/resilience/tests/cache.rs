@@ -191,3 +191,26 @@ async fn get_does_not_return_stale_values() {
     advance(Duration::from_secs(61)).await;
     assert!(cache.get("k").await.is_none());
 }
+
+/// `last_known_good` answers whatever is still servable without loading: fresh as `L1`, past
+/// the TTL as `Stale` with its age, nothing once past `ttl + max_staleness`.
+#[tokio::test(start_paused = true)]
+async fn last_known_good_is_bounded_by_ttl_plus_max_staleness() {
+    let cache = rates();
+    assert_eq!(cache.last_known_good("usd-brl").await, None);
+    cache.insert("usd-brl", 5.31).await.unwrap();
+    let fresh = cache.last_known_good("usd-brl").await.unwrap();
+    assert_eq!((fresh.value, fresh.source), (5.31, CacheSource::L1));
+    advance(Duration::from_secs(200)).await;
+    let stale = cache.last_known_good("usd-brl").await.unwrap();
+    assert_eq!(
+        (stale.value, stale.source, stale.age),
+        (5.31, CacheSource::Stale, Duration::from_secs(200))
+    );
+    advance(Duration::from_secs(161)).await;
+    assert_eq!(
+        cache.last_known_good("usd-brl").await,
+        None,
+        "past 60 s + 300 s"
+    );
+}

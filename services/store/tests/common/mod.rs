@@ -157,3 +157,55 @@ async fn answer(response: reqwest::Response) -> Answer {
         body,
     }
 }
+
+/// An answer with its headers and how long it took.
+#[derive(Debug)]
+pub struct Timed {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub elapsed: std::time::Duration,
+}
+
+impl Timed {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Marked stale by the resilient repository (`x-ftshop-stale: true`).
+    pub fn is_stale(&self) -> bool {
+        self.header("x-ftshop-stale") == Some("true")
+    }
+}
+
+impl TestStore {
+    /// `GET path`, timed.
+    pub async fn timed_get(&self, path: &str) -> Timed {
+        timed(self.client.get(self.url(path))).await
+    }
+
+    /// `POST /sell {"product": product}` with `Idempotency-Key: key`, timed.
+    pub async fn timed_sell(&self, product: &str, key: &str) -> Timed {
+        timed(
+            self.client
+                .post(self.url("/sell"))
+                .header("idempotency-key", key)
+                .json(&json!({ "product": product })),
+        )
+        .await
+    }
+}
+
+async fn timed(request: reqwest::RequestBuilder) -> Timed {
+    let started = std::time::Instant::now();
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("response body");
+    Timed {
+        status,
+        headers,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        elapsed: started.elapsed(),
+    }
+}

@@ -332,6 +332,37 @@ where
         }
     }
 
+    /// Any value for `key` still within `ttl + max_staleness` (L1, else L2), fresh or not,
+    /// without loading: for a caller whose source of truth just failed outside
+    /// [`get_or_store`](Self::get_or_store) (a database read guarded by a breaker, say).
+    /// Marked [`CacheSource::Stale`] once past its TTL; counted as `hit`, `l2_hit`, `stale` or
+    /// `miss` like the other reads. `None` when nothing servable is cached.
+    pub async fn last_known_good(&self, key: &str) -> Option<Cached<V>> {
+        let inner = &*self.inner;
+        let now = Instant::now();
+        let found = match inner.l1_get(key, now) {
+            Some(entry) => Some((entry, CacheSource::L1)),
+            None => match inner.l2_lookup(key).await {
+                L2Lookup::Fresh(entry) | L2Lookup::Stale(entry) => Some((entry, CacheSource::L2)),
+                L2Lookup::Absent => None,
+            },
+        };
+        let Some((entry, tier)) = found else {
+            inner.metrics.miss.increment(1);
+            return None;
+        };
+        let now = Instant::now();
+        if !inner.is_fresh(&entry, now) {
+            inner.metrics.stale.increment(1);
+            return Some(Cached::from_entry(entry, CacheSource::Stale, now));
+        }
+        match tier {
+            CacheSource::L2 => inner.metrics.l2_hit.increment(1),
+            _ => inner.metrics.hit.increment(1),
+        }
+        Some(Cached::from_entry(entry, tier, now))
+    }
+
     /// The fresh value for `key`, loading it with `load` on a miss.
     ///
     /// Concurrent callers for the same key share one load (single flight). If the load fails,
