@@ -1,6 +1,7 @@
 //! `ftshop chaos`, the real binary: a short run that starts its own suite under the default
 //! faults, kills processes, freezes both exchanges and kills ecommerce mid-load, and must find
 //! every invariant holding; and the refusals that happen before anything starts.
+mod common;
 
 use std::process::{Command, Output};
 
@@ -143,46 +144,11 @@ fn unknown_scenarios_proxy_cut_without_servers_and_remote_servers_are_refused() 
     }
 }
 
-/// A tmpfs mounted over a directory, unmounted when dropped. `None` (with the reason printed)
-/// when mounting is not permitted; a failure instead when `CI` is set, so CI never skips.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("tmpfs")
-            .arg(dir)
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(Tmpfs(dir.to_owned())),
-            other => {
-                let why = format!(
-                    "cannot mount a tmpfs on {} ({other:?}); needs root",
-                    dir.display()
-                );
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "{why}: CI must run this test"
-                );
-                eprintln!("SKIPPED: {why}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_disk_full_run_on_a_tmpfs_fills_and_frees_it_and_every_invariant_holds() {
     let out = tempfile::tempdir().expect("tempdir");
     let data = tempfile::tempdir().expect("tempdir");
-    let Some(_tmpfs) = Tmpfs::mount(data.path(), "48m") else {
+    let Some(_tmpfs) = common::Tmpfs::mount(data.path(), "48m") else {
         return;
     };
     let output = chaos(&[

@@ -18,49 +18,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Suite, eventually, get_json};
+use common::{Suite, Tmpfs, eventually, get_json};
 use serde_json::{Value, json};
 
 const TMPFS_SIZE: &str = "32m";
 const PRODUCT: &str = "4";
 const USER: &str = "disk-full-user";
-
-/// A tmpfs mounted over a directory, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path) -> Option<Tmpfs> {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={TMPFS_SIZE},mode=0700")])
-            .arg("tmpfs")
-            .arg(dir)
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(Tmpfs(dir.to_owned())),
-            other => {
-                let why = format!(
-                    "cannot mount a tmpfs on {} ({other:?}); needs root",
-                    dir.display()
-                );
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "{why}: CI must run this test"
-                );
-                eprintln!("SKIPPED: {why}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
 
 /// Fills the filesystem of `dir` with one file until only `leave` bytes are free, so the
 /// purchases themselves fill the rest: some transactions then fail half-way or at COMMIT, the
@@ -114,7 +77,7 @@ async fn stock(suite: &Suite) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_purchases_honestly_turns_readiness_and_heals() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(_tmpfs) = Tmpfs::mount(dir.path()) else {
+    let Some(_tmpfs) = Tmpfs::mount(dir.path(), TMPFS_SIZE) else {
         return;
     };
     let suite = Suite::start_in(dir, &[]).await;

@@ -188,3 +188,41 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A tmpfs mounted over a directory, unmounted when dropped. `None` (with the reason printed)
+/// when mounting is not permitted; a failure instead when `CI` is set, so CI never skips.
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(dir)
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Tmpfs(dir.to_owned())),
+            other => {
+                let why = format!(
+                    "cannot mount a tmpfs on {} ({other:?}); needs root",
+                    dir.display()
+                );
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "{why}: CI must run this test"
+                );
+                eprintln!("SKIPPED: {why}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
