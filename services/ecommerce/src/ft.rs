@@ -244,6 +244,24 @@ impl Resilient {
         &self.settings
     }
 
+    /// How many Store replicas' `/sell` breakers admit calls now (closed, half-open, or open
+    /// with its wait over, so the next call is a probe): the order worker's concurrency, and 0
+    /// when every replica is ejected.
+    pub fn sell_replicas_admitting(&self) -> usize {
+        self.stores
+            .iter()
+            .filter(|r| {
+                let breaker = &r.route(SELL).1;
+                match breaker.state() {
+                    State::Closed | State::HalfOpen => true,
+                    State::ForcedOpen => false,
+                    // `state()` says Open until a call asks; the status knows the wait.
+                    State::Open => breaker.status().retry_after_ms == Some(0),
+                }
+            })
+            .count()
+    }
+
     /// Replica indices starting at the round-robin position, those whose breaker for `route`
     /// admits calls first (health-aware balancing; an open breaker is an ejected outlier: it
     /// opens on failures, on slow calls, and on first attempts that lost a hedge race, so a

@@ -168,6 +168,16 @@ async fn spawn_app_in(
     dir: tempfile::TempDir,
     script: Shared,
 ) -> TestApp {
+    spawn_app_promising(database_url, dir, script, Duration::from_secs(60)).await
+}
+
+/// Like [`spawn_app_in`], with a completion promise of `defer_promise` for deferred sales.
+async fn spawn_app_promising(
+    database_url: Option<String>,
+    dir: tempfile::TempDir,
+    script: Shared,
+    defer_promise: Duration,
+) -> TestApp {
     let mut replicas = Vec::new();
     for index in 0..2 {
         let fake = Router::new()
@@ -193,6 +203,7 @@ async fn spawn_app_in(
         bonus_timeout_ms: 150,
         hedge_after_ms: 40,
         rate_ttl_ms: 200,
+        defer_promise,
     };
     let app = ftshop_ecommerce::app(&config).await.expect("app");
     let url = serve(app).await;
@@ -578,6 +589,131 @@ async fn ft_defers_the_sale_when_no_store_replica_can_sell_and_completes_it_late
     let backlog = app.get_json("/backlog").await;
     assert_eq!(backlog["pending_orders"], 0);
     assert_eq!(backlog["outbox_bonuses"], 0);
+}
+
+/// Store fails every sale for good and the promise is 3 s. Two Store replicas give a drain-rate
+/// prior of 2 × 0.9 = 1.8 sales/s, falling while the backlog waits and nothing completes: the
+/// first purchases are deferred, each with an expected completion within the promise; once the
+/// backlog plus one more could not drain within it, every purchase is refused with
+/// `503 deferral-refused` (step `sell`) and a `Retry-After` in whole seconds. Nothing is sold.
+/// A deferred order still pending past its promise says `promise_missed`, in `GET /orders/{id}`
+/// and `GET /backlog`, and keeps saying so once it completes late.
+async fn refuses_to_defer_beyond_the_promise(database_url: Option<String>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app_promising(database_url, dir, Arc::default(), Duration::from_secs(3)).await;
+    app.script().sell_status = Some(503);
+
+    let mut answers = Vec::new();
+    for i in 0..10 {
+        let response = app
+            .http
+            .post(format!("{}/buy", app.url))
+            .json(&json!({"product": "7", "user": format!("u{i}"), "ft": true}))
+            .send()
+            .await
+            .expect("post");
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").map(|v| {
+            v.to_str()
+                .expect("ascii")
+                .parse::<u64>()
+                .expect("whole seconds")
+        });
+        let body: Value = response.json().await.expect("json");
+        answers.push((status, retry_after, body));
+    }
+    let accepted = answers.iter().take_while(|(s, _, _)| *s == 202).count();
+    // (k + 1) / rate <= 3 s with rate <= 1.8/s: at most 5 fit; the prior admits the first two
+    // even after the few seconds of busy time this loop can take.
+    assert!((2..=5).contains(&accepted), "{answers:#?}");
+    for (status, retry_after, body) in &answers[..accepted] {
+        assert_eq!(*retry_after, None);
+        assert_eq!(body["status"], "pending", "{status} {body}");
+        let expected = body["expected_completion_seconds"]
+            .as_f64()
+            .expect("seconds");
+        assert!(expected > 0.0 && expected <= 3.0, "{body}");
+        for field in ["expected_completion_at", "promised_by"] {
+            let at = body[field].as_str().expect(field);
+            assert!(
+                at.len() == 24 && at.ends_with('Z') && at.as_bytes()[10] == b'T',
+                "{at}"
+            );
+        }
+    }
+    for (status, retry_after, body) in &answers[accepted..] {
+        assert_eq!(
+            *status, 503,
+            "once refused, refused while nothing drains: {body}"
+        );
+        assert!(
+            body["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("/deferral-refused")),
+            "{body}"
+        );
+        assert_eq!(body["step"], "sell");
+        // (backlog + 1) / rate - promise, with backlog <= 5 and rate >= 18/40 per second.
+        let retry_after = retry_after.expect("Retry-After on a refusal");
+        assert!((1..=11).contains(&retry_after), "{retry_after}");
+    }
+    assert!(app.script().sales.is_empty(), "nothing sold");
+    let backlog = app.get_json("/backlog").await;
+    assert_eq!(backlog["pending_orders"], accepted as u64, "{backlog}");
+    assert_eq!(backlog["promise_seconds"], 3.0);
+    let rate = backlog["drain_rate_per_second"].as_f64().expect("rate");
+    assert!(rate > 0.0 && rate <= 1.8, "{backlog}");
+    let projected = backlog["projected_drain_seconds"]
+        .as_f64()
+        .expect("projected");
+    assert!(
+        (projected - accepted as f64 / rate).abs() < 0.5,
+        "{backlog}"
+    );
+    assert!(
+        projected + 1.0 / rate > 3.0,
+        "one more would not fit: {backlog}"
+    );
+
+    // Still failing past the promise: the first order says so.
+    let first = answers[0].2["order_id"]
+        .as_str()
+        .expect("order id")
+        .to_owned();
+    let view = order_view(&app, &first).await;
+    assert_eq!(view["promise_missed"], false, "{view}");
+    assert_eq!(
+        view["expected_completion_at"],
+        answers[0].2["expected_completion_at"]
+    );
+    let late = wait_for_order(&app, &first, "past its promise", |v| {
+        v["promise_missed"] == true
+    })
+    .await;
+    assert_eq!(late["status"], "pending");
+    let backlog = app.get_json("/backlog").await;
+    assert!(
+        backlog["pending_orders_past_promise"].as_i64() >= Some(1),
+        "{backlog}"
+    );
+
+    // Store recovers: the late orders complete and still say they missed the promise.
+    app.script().sell_status = None;
+    let done = wait_for_order(&app, &first, "completed", |v| v["status"] == "completed").await;
+    assert_eq!(done["promise_missed"], true, "{done}");
+}
+
+#[tokio::test]
+async fn ft_refuses_to_defer_beyond_the_completion_promise_on_sqlite() {
+    refuses_to_defer_beyond_the_promise(None).await;
+}
+
+#[tokio::test]
+async fn ft_refuses_to_defer_beyond_the_completion_promise_on_postgres() {
+    let url = ftshop_platform::db::testing::fresh_postgres_database()
+        .await
+        .expect("postgres");
+    refuses_to_defer_beyond_the_promise(Some(url)).await;
 }
 
 #[tokio::test]
