@@ -716,6 +716,62 @@ async fn ft_refuses_to_defer_beyond_the_completion_promise_on_postgres() {
     refuses_to_defer_beyond_the_promise(Some(url)).await;
 }
 
+/// The order worker drains the backlog at Store's pace, not at a per-order backoff's: eight
+/// deferred sales wait while Store fails until one of them has failed nine times (with the
+/// exponential backoff per order the worker used to apply, the orders would by then wait up to
+/// 10 s before their next attempts: 8-10 s measured); all complete within 3 s of Store
+/// recovering (a breaker's 500 ms wait plus a few retries of 100-300 ms: about 0.6 s measured),
+/// with one sale each. (While every Store breaker is open the
+/// worker makes no attempt, so only the oldest order takes the probes.)
+#[tokio::test]
+async fn the_worker_drains_the_backlog_as_soon_as_store_recovers() {
+    let app = spawn_app(None).await;
+    app.script().sell_status = Some(503);
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let (status, body) = app
+            .buy(
+                None,
+                json!({"product": "7", "user": format!("w{i}"), "ft": true}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["order_id"].as_str().expect("order id").to_owned());
+    }
+    let db = ftshop_platform::db::Db::connect(None, app._dir.path(), "ecommerce")
+        .await
+        .expect("the test's database");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        use sqlx::Row;
+        let row = sqlx::query("SELECT MAX(attempts) AS a FROM orders WHERE status = 'pending'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("attempts");
+        let most: Option<i64> = row.try_get("a").expect("a");
+        if most.is_some_and(|a| a >= 9) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never retried an order nine times: {most:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    app.script().sell_status = None;
+    let recovered = std::time::Instant::now();
+    for id in &ids {
+        wait_for_order(&app, id, "completed", |v| v["status"] == "completed").await;
+    }
+    let drained_in = recovered.elapsed();
+    assert!(
+        drained_in < Duration::from_secs(3),
+        "backlog drained {drained_in:?} after Store recovered"
+    );
+    assert_eq!(app.script().sales.len(), 8, "one sale per order");
+}
+
 #[tokio::test]
 async fn ft_cancels_a_deferred_order_when_store_runs_out() {
     let app = spawn_app(None).await;
