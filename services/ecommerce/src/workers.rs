@@ -90,23 +90,25 @@ where
 }
 
 /// The order worker's loop: a pass right after a pass that found work; otherwise the next pass
-/// when a sale is deferred, or after [`BACKLOG_POLL`] while deferred sales wait, or [`POLL`].
+/// when a sale is deferred, or after [`BACKLOG_POLL`] while deferred sales wait, or [`POLL`]
+/// (also after a failed pass).
 async fn drain_orders_forever(state: AppState) {
     loop {
-        match drive_due_orders(state.clone()).await {
+        let wait = match drive_due_orders(state.clone()).await {
             Ok(n) if n > 0 => continue,
-            Ok(_) => {}
+            Ok(_) if state.promise.view(Instant::now()).backlog > 0 => BACKLOG_POLL,
+            Ok(_) => POLL,
             Err(err) => {
+                // A storage fault: no faster than the usual pace.
                 note_storage_fault(&err);
                 tracing::warn!(
                     worker = "order worker",
                     error = format!("{err:#}"),
                     "pass failed"
-                )
+                );
+                POLL
             }
-        }
-        let backlog = state.promise.view(Instant::now()).backlog;
-        let wait = if backlog > 0 { BACKLOG_POLL } else { POLL };
+        };
         tokio::select! {
             () = state.deferred.notified() => {}
             () = tokio::time::sleep(wait) => {}
