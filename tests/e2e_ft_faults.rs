@@ -260,7 +260,12 @@ async fn ft_purchases_under_the_default_promise_are_acknowledged_or_refused_hone
             let expected = answer["expected_completion_seconds"]
                 .as_f64()
                 .expect("a 202 says when it expects to complete");
-            assert!(expected > 0.0 && expected <= 60.0, "{answer}");
+            // A sale in doubt (an attempt may have sold it) is deferred even beyond the promise,
+            // never refused as unsold; it says so and when it expects to complete.
+            let in_doubt = answer["degraded"]
+                .as_array()
+                .is_some_and(|d| d.contains(&json!("store:sale-in-doubt")));
+            assert!(expected > 0.0 && (in_doubt || expected <= 60.0), "{answer}");
         }
     }
     every_acknowledged_order_ends_and_nothing_is_sold_or_credited_twice(

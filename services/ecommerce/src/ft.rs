@@ -93,8 +93,10 @@ impl Degradations {
 pub enum SellFailure {
     /// A final answer from Store (unknown product, out of stock): pass it on.
     Final(StepError),
-    /// No replica could sell in time; the order may be deferred.
-    Unavailable(StepError),
+    /// No replica could sell in time; the order may be deferred. `in_doubt`: some attempt may
+    /// have sold the unit anyway (it timed out, or its answer was lost or unreadable), so the
+    /// order must be driven to its end under the same sale key, never refused as unsold.
+    Unavailable { error: StepError, in_doubt: bool },
 }
 
 pub struct Resilient {
@@ -327,6 +329,7 @@ impl Resilient {
             Err(other) => Err(StepError::Transport {
                 step: Step::Product,
                 cause: other.to_string(),
+                never_sent: false,
             }),
         }
     }
@@ -407,6 +410,7 @@ impl Resilient {
             Err(other) => StepError::Transport {
                 step: Step::Exchange,
                 cause: other.to_string(),
+                never_sent: false,
             },
         };
         // Nothing in memory (this process has just started): the rate remembered in the
@@ -483,6 +487,10 @@ impl Resilient {
         let order = self.order(&self.stores, SELL);
         let first = order[0];
         let attempts = AtomicUsize::new(0);
+        // Attempts sent whose outcome is unknown: counted before the request, uncounted once an
+        // answer says nothing was sold; an attempt dropped by its timeout or the deadline stays
+        // counted.
+        let in_doubt = AtomicUsize::new(0);
         let result = self
             .failover_counting(
                 &self.stores,
@@ -491,10 +499,19 @@ impl Resilient {
                 Step::Sell,
                 deadline,
                 &attempts,
-                |base| async move {
-                    self.calls
-                        .sell_at(&base, product, idempotency_key, request_id, timeout)
-                        .await
+                |base| {
+                    let in_doubt = &in_doubt;
+                    async move {
+                        in_doubt.fetch_add(1, Ordering::Relaxed);
+                        let result = self
+                            .calls
+                            .sell_at(&base, product, idempotency_key, request_id, timeout)
+                            .await;
+                        if !matches!(&result, Err(e) if e.may_have_happened()) {
+                            in_doubt.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        result
+                    }
                 },
             )
             .await;
@@ -508,7 +525,10 @@ impl Resilient {
                 Ok(sale)
             }
             Err(err) if !is_failure(&err) => Err(SellFailure::Final(err)),
-            Err(err) => Err(SellFailure::Unavailable(err)),
+            Err(error) => Err(SellFailure::Unavailable {
+                error,
+                in_doubt: in_doubt.load(Ordering::Relaxed) > 0,
+            }),
         }
     }
 
@@ -621,6 +641,7 @@ fn unreachable_inner(step: Step) -> StepError {
     StepError::Transport {
         step,
         cause: "no replica answered".to_owned(),
+        never_sent: false,
     }
 }
 
@@ -634,6 +655,7 @@ fn from_resilience(err: ResilienceError<StepError>, step: Step) -> StepError {
         other => StepError::Transport {
             step,
             cause: other.to_string(),
+            never_sent: false,
         },
     }
 }

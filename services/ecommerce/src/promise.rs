@@ -140,6 +140,14 @@ impl CompletionPromise {
         }
     }
 
+    /// Adds a deferred sale that cannot be refused (an attempt may have sold it already) at
+    /// `now`, whatever the projection; returns the time to drain the backlog including it.
+    pub fn defer_anyway(&self, now: Instant) -> Duration {
+        let mut sums = self.sums(now);
+        sums.backlog += 1;
+        Duration::from_secs_f64(sums.backlog as f64 / sums.rate(self.prior_rate))
+    }
+
     /// The order worker ended a deferred order (completed or cancelled) at `now`.
     pub fn completed(&self, now: Instant) {
         let mut sums = self.sums(now);
@@ -289,6 +297,12 @@ mod tests {
         // Two ended: 43 + 1 at 0.9/s still beyond; at 8 left, one more fits again.
         promise.set_backlog(now, 8);
         assert!(matches!(promise.admit(now), Admission::Accept { .. }));
+        // A sale in doubt joins the backlog beyond the promise, with its honest projection.
+        assert_eq!(
+            promise.defer_anyway(now),
+            Duration::from_secs_f64(10.0 / 0.9)
+        );
+        assert_eq!(promise.view(now).backlog, 10);
     }
 
     #[test]

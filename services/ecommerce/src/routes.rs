@@ -358,7 +358,7 @@ impl Refusal {
             "deferral-refused",
             format!(
                 "no Store replica can sell now, and the deferred sales ahead of this one would take {:.0} s to complete, beyond the {} s completion promise; nothing was sold, retry after {} s",
-                self.projected.as_secs_f64(),
+                self.projected.as_secs_f64().ceil(),
                 promise.as_secs(),
                 self.retry_after.as_secs()
             ),
@@ -495,11 +495,21 @@ async fn ft_purchase(
     let sale = match sale {
         Ok(sale) => sale,
         Err(SellFailure::Final(error)) => return Err(error.into()),
-        Err(SellFailure::Unavailable(error)) => {
+        Err(SellFailure::Unavailable { error, in_doubt }) => {
             // A 202 is a promise bounded in time: defer only what the backlog can complete
             // within it at the measured drain rate (crate::promise).
-            let expected = match state.promise.admit(tokio::time::Instant::now()) {
+            let now = tokio::time::Instant::now();
+            let expected = match state.promise.admit(now) {
                 Admission::Accept { expected } => expected,
+                // An attempt may have sold the unit (its answer was lost): refusing would say
+                // "nothing was sold" without knowing it. The order is deferred anyway, so the
+                // worker settles it under the same sale key; its answer says so, and when it
+                // expects to complete (possibly beyond the promise).
+                Admission::Refuse { .. } if in_doubt => {
+                    tracing::info!(order_id, %error, "sale in doubt; deferred beyond admission control");
+                    degraded.add("store:sale-in-doubt");
+                    state.promise.defer_anyway(now)
+                }
                 Admission::Refuse {
                     projected,
                     retry_after,

@@ -281,7 +281,7 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
             Ok(())
         }
         Err(SellFailure::Final(e)) => cancel(state, &order, &lease, &e).await,
-        Err(SellFailure::Unavailable(e)) => {
+        Err(SellFailure::Unavailable { error: e, .. }) => {
             tracing::debug!(order_id = order.order_id, error = %e, "sale still impossible; retrying soon");
             let retry = SALE_RETRY.mul_f64(rand::random_range(0.5..1.5));
             retry_later(state, &order, &lease, retry).await?;

@@ -25,6 +25,8 @@ struct Script {
     product_calls: usize,
     exchange_status: Option<u16>,
     sell_status: Option<u16>,
+    /// Store sells, then answers only after this long (the answer is late, the sale is done).
+    sell_delay: Option<Duration>,
     bonus_status: Option<u16>,
     /// Store's idempotency keys → transaction ids, like the real Store.
     sales: HashMap<String, String>,
@@ -89,19 +91,24 @@ async fn sell(
     State((s, replica)): State<(Shared, usize)>,
     headers: HeaderMap,
 ) -> axum::response::Response {
-    let mut s = s.lock().expect("lock");
-    s.sell_calls += 1;
-    s.sells_by_replica[replica] += 1;
-    if let Some(code) = s.sell_status {
-        return problem(code, "scripted");
+    let (tx, delay) = {
+        let mut s = s.lock().expect("lock");
+        s.sell_calls += 1;
+        s.sells_by_replica[replica] += 1;
+        if let Some(code) = s.sell_status {
+            return problem(code, "scripted");
+        }
+        let key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let next = format!("tx-{}", s.sales.len() + 1);
+        (s.sales.entry(key).or_insert(next).clone(), s.sell_delay)
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
     }
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let next = format!("tx-{}", s.sales.len() + 1);
-    let tx = s.sales.entry(key).or_insert(next).clone();
     Json(json!({"transaction_id": tx})).into_response()
 }
 
@@ -770,6 +777,54 @@ async fn the_worker_drains_the_backlog_as_soon_as_store_recovers() {
         "backlog drained {drained_in:?} after Store recovered"
     );
     assert_eq!(app.script().sales.len(), 8, "one sale per order");
+}
+
+/// A refusal says "nothing was sold", so it is only given when that is known. With a 1 s promise
+/// (prior 1.8 sales/s: one deferral fits), a purchase Store answers 503 is refused once the
+/// backlog is full; but a purchase whose sale Store made while its answer came too late (the
+/// unit may be sold) is deferred anyway, marked `store:sale-in-doubt`, and completes under its
+/// sale key with exactly that one sale.
+#[tokio::test]
+async fn a_sale_in_doubt_is_deferred_never_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app_promising(None, dir, Arc::default(), Duration::from_secs(1)).await;
+    app.script().sell_status = Some(503);
+    let (status, first) = app.buy(None, ft_order()).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, refused) = app.buy(None, ft_order()).await;
+    assert_eq!(
+        status, 503,
+        "Store said no sale, the backlog is full: {refused}"
+    );
+    assert!(app.script().sales.is_empty());
+
+    // Store sells but answers after every deadline: the outcome of each attempt is unknown.
+    {
+        let mut script = app.script();
+        script.sell_status = None;
+        script.sell_delay = Some(Duration::from_secs(2));
+    }
+    let (status, doubtful) = app.buy(None, ft_order()).await;
+    assert_eq!(status, 202, "a sale in doubt is never refused: {doubtful}");
+    assert!(
+        doubtful["degraded"]
+            .as_array()
+            .is_some_and(|d| d.contains(&json!("store:sale-in-doubt"))),
+        "{doubtful}"
+    );
+    assert!(doubtful["expected_completion_seconds"].as_f64() > Some(0.0));
+    let key = format!("order-{}", doubtful["order_id"].as_str().expect("order id"));
+    assert!(app.script().sales.contains_key(&key), "Store did sell it");
+
+    app.script().sell_delay = None;
+    for answer in [&first, &doubtful] {
+        let id = answer["order_id"].as_str().expect("order id");
+        wait_for_order(&app, id, "completed", |v| v["status"] == "completed").await;
+    }
+    let sales = app.script().sales.clone();
+    assert_eq!(sales.len(), 2, "one sale per acknowledged order: {sales:?}");
+    let done = order_view(&app, doubtful["order_id"].as_str().expect("id")).await;
+    assert_eq!(done["transaction_id"], json!(sales[&key]), "{done}");
 }
 
 #[tokio::test]
