@@ -51,10 +51,25 @@ pub struct UpArgs {
     #[arg(long, env = "FTSHOP_HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
 
-    /// Ports: ecommerce = base, store = base+1 and base+11, exchange = base+2 and base+12,
-    /// fidelity = base+3 (8080, 8081/8091, 8082/8092, 8083). 0 picks free ports.
+    /// Ports: ecommerce = base, store replicas base+1, base+11, base+21, ..., exchange replicas
+    /// base+2, base+12, ..., fidelity = base+3 (8080, 8081/8091, 8082/8092, 8083). 0 picks
+    /// free ports.
     #[arg(long, default_value_t = 8080)]
     pub port_base: u16,
+
+    /// Store replicas (`store-1` ... `store-N`): the sales capacity under Store's error fault
+    /// grows with them (docs/design.md, "Completion promise").
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=MAX_REPLICAS))]
+    pub stores: u16,
+
+    /// Exchange replicas (`exchange-1` ... `exchange-M`).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=MAX_REPLICAS))]
+    pub exchanges: u16,
+
+    /// Ecommerce's completion promise for a deferred (202) sale, e.g. `60s`, `2m`
+    /// (`ftshop serve ecommerce --defer-promise`).
+    #[arg(long, env = "FTSHOP_DEFER_PROMISE", default_value = "60s", value_parser = parse_promise)]
+    pub defer_promise: String,
 
     /// PostgreSQL for every service instead of the embedded SQLite files.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -80,6 +95,18 @@ pub struct UpArgs {
     /// `files` writes each process's log to <data-dir>/logs/<name>.log; `inherit` prints them here.
     #[arg(long, default_value = "files", value_parser = ["files", "inherit"])]
     pub logs: String,
+}
+
+/// Most replicas of one service: their ports, base+1+10k, stay below the next hundred's.
+const MAX_REPLICAS: i64 = 9;
+
+/// A promise humantime can read and above zero, kept as written for the child's flag.
+fn parse_promise(text: &str) -> Result<String, String> {
+    let promise = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if promise.is_zero() {
+        return Err("the completion promise must be above zero".to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 /// One process of the suite.
@@ -272,21 +299,23 @@ fn generate_token() -> String {
         .collect()
 }
 
-/// The six processes, their ports and arguments.
+/// The processes (ecommerce, `--stores` Store replicas, `--exchanges` Exchange replicas,
+/// fidelity), their ports and arguments.
 fn plan(
     args: &UpArgs,
     data_dir: &Path,
     faults: &str,
     fault_seed: u64,
 ) -> anyhow::Result<Vec<Member>> {
-    let offsets = [
-        ("ecommerce", "ecommerce", 0u16),
-        ("store-1", "store", 1),
-        ("store-2", "store", 11),
-        ("exchange-1", "exchange", 2),
-        ("exchange-2", "exchange", 12),
-        ("fidelity", "fidelity", 3),
-    ];
+    let mut offsets: Vec<(String, &'static str, u16)> =
+        vec![("ecommerce".to_owned(), "ecommerce", 0u16)];
+    for k in 0..args.stores {
+        offsets.push((format!("store-{}", k + 1), "store", 1 + 10 * k));
+    }
+    for k in 0..args.exchanges {
+        offsets.push((format!("exchange-{}", k + 1), "exchange", 2 + 10 * k));
+    }
+    offsets.push(("fidelity".to_owned(), "fidelity", 3));
     let ports: Vec<u16> = if args.port_base == 0 {
         free_ports(args.host, offsets.len())?
     } else {
@@ -309,7 +338,7 @@ fn plan(
         .iter()
         .zip(&ports)
         .map(|((name, service, _), port)| Member {
-            name: (*name).to_owned(),
+            name: name.clone(),
             service,
             url: url_of(*port),
             port: *port,
@@ -323,7 +352,7 @@ fn plan(
                 "--data-dir".into(),
                 data_dir.display().to_string(),
                 "--instance".into(),
-                (*name).into(),
+                name.clone(),
                 "--faults".into(),
                 faults.to_owned(),
                 "--fault-seed".into(),
@@ -348,6 +377,8 @@ fn plan(
             exchanges,
             "--fidelity-url".into(),
             fidelity,
+            "--defer-promise".into(),
+            args.defer_promise.clone(),
         ]);
     }
     Ok(members)

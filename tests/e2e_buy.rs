@@ -206,3 +206,99 @@ async fn up_restarts_a_killed_process_and_stops_everything_on_sigterm() {
         assert!(!alive(pid), "child {pid} still alive after up stopped");
     }
 }
+
+/// `ftshop up --stores 3 --exchanges 1 --defer-promise 45s --port-base 0`: up.json lists
+/// exactly ecommerce, store-1..3, exchange-1 and fidelity on distinct ports, each ready;
+/// ecommerce balances over the three Store replicas and the one Exchange (one breaker per
+/// replica and route), its drain-rate prior counts three replicas (3 × 0.9 sales/s) and its
+/// completion promise is the one given; a purchase goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_starts_the_requested_store_and_exchange_replicas() {
+    let suite = Suite::start(&[
+        "--stores",
+        "3",
+        "--exchanges",
+        "1",
+        "--defer-promise",
+        "45s",
+    ])
+    .await;
+    let up = suite.up_file().expect("up.json");
+    let members = up["members"].as_array().expect("members");
+    let names: Vec<&str> = members.iter().filter_map(|m| m["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ecommerce",
+            "store-1",
+            "store-2",
+            "store-3",
+            "exchange-1",
+            "fidelity"
+        ],
+        "{up}"
+    );
+    let services: Vec<&str> = members
+        .iter()
+        .filter_map(|m| m["service"].as_str())
+        .collect();
+    assert_eq!(
+        services,
+        [
+            "ecommerce",
+            "store",
+            "store",
+            "store",
+            "exchange",
+            "fidelity"
+        ]
+    );
+    let mut ports: Vec<u64> = members.iter().filter_map(|m| m["port"].as_u64()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 6, "distinct ports: {up}");
+    for name in ["store-3", "exchange-1"] {
+        assert!(
+            suite
+                .answers_ok(&format!("{}/health/ready", suite.url(name)))
+                .await
+        );
+    }
+
+    let ecommerce = suite.url("ecommerce");
+    let breakers = get_json(&suite, format!("{ecommerce}/breakers")).await;
+    let mut names: Vec<&str> = breakers
+        .as_array()
+        .expect("a list of breakers")
+        .iter()
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "exchange-1.exchange",
+            "fidelity.bonus",
+            "store-1.product",
+            "store-1.sell",
+            "store-2.product",
+            "store-2.sell",
+            "store-3.product",
+            "store-3.sell"
+        ],
+        "{breakers}"
+    );
+    let backlog = get_json(&suite, format!("{ecommerce}/backlog")).await;
+    assert_eq!(backlog["promise_seconds"], 45.0, "{backlog}");
+    let rate = backlog["drain_rate_per_second"].as_f64().expect("rate");
+    assert!((rate - 2.7).abs() < 1e-9, "{backlog}");
+
+    let bought = suite
+        .http
+        .post(format!("{ecommerce}/buy"))
+        .json(&json!({"product": "1", "user": "replicas", "ft": true}))
+        .send()
+        .await
+        .expect("buy");
+    assert_eq!(bought.status(), 200);
+}

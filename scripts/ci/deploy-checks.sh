@@ -70,6 +70,11 @@ scratch=$(mktemp -d)
 deploy/init-env.sh "$scratch/.env"
 docker-compose --env-file "$scratch/.env" -f compose.yaml config --quiet
 echo "docker-compose config (.env from deploy/init-env.sh): ok"
+# Scaling Store replicas (docs/deploy.md): the override merges into a valid model with four
+# Store replicas and ecommerce pointing at all of them.
+docker-compose --env-file "$scratch/.env" -f compose.yaml -f deploy/compose/stores-4.yaml config >"$scratch/stores-4.yaml"
+grep -q 'FTSHOP_STORE_URLS: http://store-1:8081,http://store-2:8091,http://store-3:8101,http://store-4:8111' "$scratch/stores-4.yaml"
+echo "docker-compose config with deploy/compose/stores-4.yaml: ok (4 Store replicas)"
 if docker-compose --env-file .env.example -f compose.yaml config --quiet 2>"$scratch/err"; then
   echo "compose.yaml starts without its secrets" >&2
   exit 1

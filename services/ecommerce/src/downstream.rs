@@ -63,7 +63,11 @@ fn transport_error(step: Step, err: reqwest::Error, timeout: Duration) -> StepEr
     } else {
         let cause =
             std::error::Error::source(&err).map_or_else(|| err.to_string(), |s| s.to_string());
-        StepError::Transport { step, cause }
+        StepError::Transport {
+            step,
+            cause,
+            never_sent: err.is_connect(),
+        }
     }
 }
 
@@ -79,7 +83,13 @@ pub enum StepError {
         detail: Option<String>,
     },
     #[error("{}: unreachable: {cause}", step.as_str())]
-    Transport { step: Step, cause: String },
+    Transport {
+        step: Step,
+        cause: String,
+        /// True when the request provably never reached the service (the connection could
+        /// not be made); false when it may have (or nothing is known).
+        never_sent: bool,
+    },
     #[error("{}: unreadable answer: {cause}", step.as_str())]
     Decode { step: Step, cause: String },
     /// The step answered, but with data outside the suite's shared limits
@@ -90,6 +100,17 @@ pub enum StepError {
 }
 
 impl StepError {
+    /// Whether the downstream may have acted on the request although the call failed: a
+    /// timeout, an unreadable answer, or a transport error after the connection was made. False
+    /// when the service answered that it did not (an error status), or never got the request.
+    pub fn may_have_happened(&self) -> bool {
+        match self {
+            StepError::Timeout { .. } | StepError::Decode { .. } => true,
+            StepError::Transport { never_sent, .. } => !never_sent,
+            StepError::Status { .. } | StepError::OutsideLimits { .. } => false,
+        }
+    }
+
     pub fn step(&self) -> Step {
         match self {
             StepError::Timeout { step, .. }

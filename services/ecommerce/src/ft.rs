@@ -93,8 +93,10 @@ impl Degradations {
 pub enum SellFailure {
     /// A final answer from Store (unknown product, out of stock): pass it on.
     Final(StepError),
-    /// No replica could sell in time; the order may be deferred.
-    Unavailable(StepError),
+    /// No replica could sell in time; the order may be deferred. `in_doubt`: some attempt may
+    /// have sold the unit anyway (it timed out, or its answer was lost or unreadable), so the
+    /// order must be driven to its end under the same sale key, never refused as unsold.
+    Unavailable { error: StepError, in_doubt: bool },
 }
 
 pub struct Resilient {
@@ -244,6 +246,24 @@ impl Resilient {
         &self.settings
     }
 
+    /// How many Store replicas' `/sell` breakers admit calls now (closed, half-open, or open
+    /// with its wait over, so the next call is a probe): the order worker's concurrency, and 0
+    /// when every replica is ejected.
+    pub fn sell_replicas_admitting(&self) -> usize {
+        self.stores
+            .iter()
+            .filter(|r| {
+                let breaker = &r.route(SELL).1;
+                match breaker.state() {
+                    State::Closed | State::HalfOpen => true,
+                    State::ForcedOpen => false,
+                    // `state()` says Open until a call asks; the status knows the wait.
+                    State::Open => breaker.status().retry_after_ms == Some(0),
+                }
+            })
+            .count()
+    }
+
     /// Replica indices starting at the round-robin position, those whose breaker for `route`
     /// admits calls first (health-aware balancing; an open breaker is an ejected outlier: it
     /// opens on failures, on slow calls, and on first attempts that lost a hedge race, so a
@@ -309,6 +329,7 @@ impl Resilient {
             Err(other) => Err(StepError::Transport {
                 step: Step::Product,
                 cause: other.to_string(),
+                never_sent: false,
             }),
         }
     }
@@ -389,6 +410,7 @@ impl Resilient {
             Err(other) => StepError::Transport {
                 step: Step::Exchange,
                 cause: other.to_string(),
+                never_sent: false,
             },
         };
         // Nothing in memory (this process has just started): the rate remembered in the
@@ -465,6 +487,10 @@ impl Resilient {
         let order = self.order(&self.stores, SELL);
         let first = order[0];
         let attempts = AtomicUsize::new(0);
+        // Attempts sent whose outcome is unknown: counted before the request, uncounted once an
+        // answer says nothing was sold; an attempt dropped by its timeout or the deadline stays
+        // counted.
+        let in_doubt = AtomicUsize::new(0);
         let result = self
             .failover_counting(
                 &self.stores,
@@ -473,10 +499,19 @@ impl Resilient {
                 Step::Sell,
                 deadline,
                 &attempts,
-                |base| async move {
-                    self.calls
-                        .sell_at(&base, product, idempotency_key, request_id, timeout)
-                        .await
+                |base| {
+                    let in_doubt = &in_doubt;
+                    async move {
+                        in_doubt.fetch_add(1, Ordering::Relaxed);
+                        let result = self
+                            .calls
+                            .sell_at(&base, product, idempotency_key, request_id, timeout)
+                            .await;
+                        if !matches!(&result, Err(e) if e.may_have_happened()) {
+                            in_doubt.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        result
+                    }
                 },
             )
             .await;
@@ -490,7 +525,10 @@ impl Resilient {
                 Ok(sale)
             }
             Err(err) if !is_failure(&err) => Err(SellFailure::Final(err)),
-            Err(err) => Err(SellFailure::Unavailable(err)),
+            Err(error) => Err(SellFailure::Unavailable {
+                error,
+                in_doubt: in_doubt.load(Ordering::Relaxed) > 0,
+            }),
         }
     }
 
@@ -603,6 +641,7 @@ fn unreachable_inner(step: Step) -> StepError {
     StepError::Transport {
         step,
         cause: "no replica answered".to_owned(),
+        never_sent: false,
     }
 }
 
@@ -616,6 +655,7 @@ fn from_resilience(err: ResilienceError<StepError>, step: Step) -> StepError {
         other => StepError::Transport {
             step,
             cause: other.to_string(),
+            never_sent: false,
         },
     }
 }

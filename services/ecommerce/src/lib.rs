@@ -6,6 +6,7 @@ mod downstream;
 mod ft;
 mod money;
 mod orders;
+pub mod promise;
 mod routes;
 mod workers;
 
@@ -82,6 +83,21 @@ pub struct Config {
     /// (after that it still serves as the last known good rate for up to 10 minutes).
     #[arg(long, env = "FTSHOP_RATE_TTL_MS", default_value_t = 1000)]
     pub rate_ttl_ms: u64,
+
+    /// With ft=true, the bound on how long a deferred (202) sale may wait to complete, e.g.
+    /// `60s`, `2m`. A purchase is deferred only when the backlog drains within it at the
+    /// measured rate; otherwise it is refused with 503 and Retry-After (docs/design.md,
+    /// "Completion promise").
+    #[arg(long, env = "FTSHOP_DEFER_PROMISE", default_value = "60s", value_parser = parse_promise)]
+    pub defer_promise: Duration,
+}
+
+fn parse_promise(text: &str) -> Result<Duration, String> {
+    let promise = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if promise.is_zero() {
+        return Err("the completion promise must be above zero".to_owned());
+    }
+    Ok(promise)
 }
 
 /// Shared by every handler.
@@ -93,6 +109,10 @@ pub struct AppState {
     pub resilient: Arc<Resilient>,
     /// The ft=true deadline of a whole /buy.
     pub buy_budget: Duration,
+    /// The completion promise of deferred sales and its admission control.
+    pub promise: Arc<promise::CompletionPromise>,
+    /// Wakes the order worker when a sale is deferred.
+    pub deferred: Arc<tokio::sync::Notify>,
 }
 
 /// Connects, migrates and returns the full ecommerce application.
@@ -123,6 +143,11 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
         downstreams: downstreams.clone(),
         resilient,
         buy_budget: Duration::from_millis(config.buy_budget_ms),
+        promise: Arc::new(promise::CompletionPromise::new(
+            config.defer_promise,
+            config.store_urls.len(),
+        )?),
+        deferred: Arc::new(tokio::sync::Notify::new()),
     };
     workers::spawn(state.clone());
 

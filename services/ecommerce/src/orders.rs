@@ -221,7 +221,9 @@ async fn complete_once(db: &Db, lease: &Lease, c: &Completion<'_>) -> Result<boo
     let updated = sqlx::query(
         "UPDATE orders SET status = 'completed', failed_step = NULL, transaction_id = $2, value_cents = $3, rate_exact = $4, \
          total_cents = $5, bonus_points = $6, bonus_status = $7, response_status = 200, response = $8, updated_at = $9, \
-         completed_sync = $10, next_attempt_at = NULL, version = version + 1 WHERE order_id = $1 AND version = $11",
+         completed_sync = $10, next_attempt_at = NULL, \
+         promise_missed = CASE WHEN promised_by IS NOT NULL AND promised_by < $9 THEN 1 ELSE 0 END, \
+         version = version + 1 WHERE order_id = $1 AND version = $11",
     )
     .bind(lease.order_id.clone())
     .bind(c.transaction_id.to_owned())
@@ -271,59 +273,54 @@ fn bonus_status_label(status: &str) -> &'static str {
     }
 }
 
-/// No Store replica could sell in time: the order is durably accepted as `pending` with its
-/// figures; the order worker completes or cancels it. `Ok(false)`: lease superseded, nothing
-/// written.
-#[must_use = "a superseded lease wrote nothing"]
-pub async fn defer(
-    db: &Db,
-    lease: &Lease,
-    value_cents: i64,
-    rate: Decimal,
-    total_cents: i64,
-    bonus_points: i64,
-    response: &str,
-) -> Result<bool, sqlx::Error> {
-    db.run_idempotent(|| {
-        defer_once(
-            db,
-            lease,
-            value_cents,
-            rate,
-            total_cents,
-            bonus_points,
-            response,
-        )
-    })
-    .await
+/// A deferred sale's figures, its completion promise and the 202 answer.
+pub struct Deferral<'a> {
+    pub value_cents: i64,
+    pub rate: Decimal,
+    pub total_cents: i64,
+    pub bonus_points: i64,
+    /// When the sale is expected to complete, epoch milliseconds.
+    pub expected_completion_at: i64,
+    /// The promise's bound, epoch milliseconds: ending later is a missed promise.
+    pub promised_by: i64,
+    pub response: &'a str,
 }
 
-async fn defer_once(
-    db: &Db,
-    lease: &Lease,
-    value_cents: i64,
-    rate: Decimal,
-    total_cents: i64,
-    bonus_points: i64,
-    response: &str,
-) -> Result<bool, sqlx::Error> {
+/// No Store replica could sell in time: the order is durably accepted as `pending` with its
+/// figures and promise; the order worker completes or cancels it. `Ok(false)`: lease
+/// superseded, nothing written.
+#[must_use = "a superseded lease wrote nothing"]
+pub async fn defer(db: &Db, lease: &Lease, d: &Deferral<'_>) -> Result<bool, sqlx::Error> {
+    db.run_idempotent(|| defer_once(db, lease, d)).await
+}
+
+async fn defer_once(db: &Db, lease: &Lease, d: &Deferral<'_>) -> Result<bool, sqlx::Error> {
     let now = now_millis();
     let written = sqlx::query(
         "UPDATE orders SET status = 'pending', value_cents = $2, rate_exact = $3, total_cents = $4, bonus_points = $5, \
          bonus_status = 'pending', response_status = 202, response = $6, updated_at = $7, next_attempt_at = $7, \
-         completed_sync = 0, version = version + 1 WHERE order_id = $1 AND version = $8",
+         completed_sync = 0, expected_completion_at = $9, promised_by = $10, promise_missed = 0, \
+         version = version + 1 WHERE order_id = $1 AND version = $8",
     )
     .bind(lease.order_id.clone())
-    .bind(value_cents)
-    .bind(rate.to_string())
-    .bind(total_cents)
-    .bind(bonus_points)
-    .bind(response.to_owned())
+    .bind(d.value_cents)
+    .bind(d.rate.to_string())
+    .bind(d.total_cents)
+    .bind(d.bonus_points)
+    .bind(d.response.to_owned())
     .bind(now)
     .bind(lease.version)
+    .bind(d.expected_completion_at)
+    .bind(d.promised_by)
     .execute(&db.pool)
     .await?;
     Ok(updated_one(&written))
+}
+
+/// Whether an order whose promise ends at `promised_by` (epoch ms; `None`: no promise, a
+/// synchronous answer) and that ends now misses it.
+pub fn misses_promise(promised_by: Option<i64>) -> bool {
+    promised_by.is_some_and(|by| now_millis() > by)
 }
 
 /// An order the worker must drive: a deferred sale, or an abandoned `processing` order.
@@ -340,6 +337,8 @@ pub struct DueOrder {
     pub response: Option<String>,
     /// The version read; [`lease_due`] claims the order from it.
     pub version: i64,
+    /// The bound of the completion promise of a deferred sale (epoch ms).
+    pub promised_by: Option<i64>,
 }
 
 pub async fn due_orders(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Error> {
@@ -349,7 +348,7 @@ pub async fn due_orders(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Erro
 async fn due_orders_once(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Error> {
     let now = now_millis();
     let rows = sqlx::query(
-        "SELECT order_id, user_id, product_id, status, attempts, value_cents, rate_exact, response, version FROM orders \
+        "SELECT order_id, user_id, product_id, status, attempts, value_cents, rate_exact, response, version, promised_by FROM orders \
          WHERE ft = 1 AND ((status = 'pending' AND next_attempt_at <= $1) \
             OR (status = 'processing' AND updated_at < $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $1))) \
          ORDER BY created_at LIMIT $3",
@@ -371,6 +370,7 @@ async fn due_orders_once(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Err
                 rate: decimal_column(row, "rate_exact")?,
                 response: row.try_get("response")?,
                 version: row.try_get("version")?,
+                promised_by: row.try_get("promised_by")?,
             })
         })
         .collect()
@@ -465,7 +465,9 @@ async fn cancel_once(
 ) -> Result<bool, sqlx::Error> {
     let written = sqlx::query(
         "UPDATE orders SET status = 'cancelled', cancel_reason = $2, response_status = $3, response = $4, \
-         updated_at = $5, next_attempt_at = NULL, version = version + 1 WHERE order_id = $1 AND version = $6",
+         updated_at = $5, next_attempt_at = NULL, \
+         promise_missed = CASE WHEN promised_by IS NOT NULL AND promised_by < $5 THEN 1 ELSE 0 END, \
+         version = version + 1 WHERE order_id = $1 AND version = $6",
     )
     .bind(lease.order_id.clone())
     .bind(reason.to_owned())
@@ -659,6 +661,15 @@ pub struct Backlog {
     pub dead_letter_bonuses: i64,
     /// Seconds since the oldest of them was dead-lettered (0 when there is none).
     pub oldest_dead_letter_bonus_age_seconds: f64,
+    /// Pending orders already past their completion promise (should stay 0).
+    pub pending_orders_past_promise: i64,
+    /// Deferred sales drained per second (measured while there is a backlog, with a prior at
+    /// start; see `crate::promise`).
+    pub drain_rate_per_second: f64,
+    /// Seconds to drain the pending orders at that rate.
+    pub projected_drain_seconds: f64,
+    /// The completion promise of a deferred sale (`--defer-promise`), in seconds.
+    pub promise_seconds: f64,
 }
 
 pub async fn backlog(db: &Db) -> Result<Backlog, sqlx::Error> {
@@ -682,6 +693,12 @@ async fn backlog_once(db: &Db) -> Result<Backlog, sqlx::Error> {
     )
     .fetch_one(&db.pool)
     .await?;
+    let late = sqlx::query(
+        "SELECT COUNT(*) AS n FROM orders WHERE status = 'pending' AND promised_by IS NOT NULL AND promised_by < $1",
+    )
+    .bind(now)
+    .fetch_one(&db.pool)
+    .await?;
     let age = |oldest: Option<i64>| oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
     Ok(Backlog {
         pending_orders: orders.try_get("n")?,
@@ -690,6 +707,8 @@ async fn backlog_once(db: &Db) -> Result<Backlog, sqlx::Error> {
         oldest_outbox_bonus_age_seconds: age(outbox.try_get("oldest")?),
         dead_letter_bonuses: dead.try_get("n")?,
         oldest_dead_letter_bonus_age_seconds: age(dead.try_get("oldest")?),
+        pending_orders_past_promise: late.try_get("n")?,
+        ..Backlog::default()
     })
 }
 
@@ -770,6 +789,13 @@ pub struct OrderView {
     /// `credited`; `pending` (in the outbox, retried until Fidelity acknowledges); or
     /// `dead-letter` (Fidelity refused it for good: kept for an operator, see `GET /backlog`).
     pub bonus_status: Option<String>,
+    /// A deferred sale: when it was expected to complete at acceptance (RFC 3339 UTC).
+    pub expected_completion_at: Option<String>,
+    /// A deferred sale: the completion promise's bound (RFC 3339 UTC).
+    pub promised_by: Option<String>,
+    /// True when a deferred sale ended (completed or cancelled) after its promise, or is
+    /// still pending past it.
+    pub promise_missed: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -781,15 +807,20 @@ pub async fn find(db: &Db, order_id: &str) -> Result<Option<OrderView>, sqlx::Er
 async fn find_once(db: &Db, order_id: &str) -> Result<Option<OrderView>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT order_id, status, user_id, product_id, ft, transaction_id, failed_step, cancel_reason, total_cents, \
-         bonus_points, bonus_status, created_at, updated_at FROM orders WHERE order_id = $1",
+         bonus_points, bonus_status, created_at, updated_at, expected_completion_at, promised_by, promise_missed \
+         FROM orders WHERE order_id = $1",
     )
     .bind(order_id.to_owned())
     .fetch_optional(&db.pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
+    let status: String = row.try_get("status")?;
+    let promised_by: Option<i64> = row.try_get("promised_by")?;
+    let promise_missed = row.try_get::<i64, _>("promise_missed")? != 0
+        || (status == "pending" && misses_promise(promised_by));
     Ok(Some(OrderView {
         order_id: row.try_get("order_id")?,
-        status: row.try_get("status")?,
+        status,
         user: row.try_get("user_id")?,
         product: row.try_get("product_id")?,
         ft: row.try_get::<i64, _>("ft")? != 0,
@@ -801,6 +832,11 @@ async fn find_once(db: &Db, order_id: &str) -> Result<Option<OrderView>, sqlx::E
             .map(crate::money::cents_to_decimal),
         bonus_points: row.try_get("bonus_points")?,
         bonus_status: row.try_get("bonus_status")?,
+        expected_completion_at: row
+            .try_get::<Option<i64>, _>("expected_completion_at")?
+            .and_then(crate::promise::rfc3339_millis),
+        promised_by: promised_by.and_then(crate::promise::rfc3339_millis),
+        promise_missed,
         created_at_ms: row.try_get("created_at")?,
         updated_at_ms: row.try_get("updated_at")?,
     }))

@@ -15,6 +15,7 @@ use crate::downstream::{Product, Step, StepError};
 use crate::ft::{Degradations, SellFailure};
 use crate::money::{Decimal, cents_to_decimal, to_cents};
 use crate::orders::{self, Backlog, Claim, Completion, NewOrder, OrderView};
+use crate::promise::{Admission, rfc3339_millis};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -100,6 +101,17 @@ pub struct BuyResponse {
     pub bonus: BonusView,
     /// Every fallback that saved this purchase (empty on the happy path).
     pub degraded: Vec<String>,
+    /// A deferred sale (202) only: when it is expected to complete, RFC 3339 UTC, from the
+    /// backlog and the measured drain rate at acceptance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_completion_at: Option<String>,
+    /// A deferred sale only: seconds from acceptance to the expected completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_completion_seconds: Option<f64>,
+    /// A deferred sale only: the promise's bound (acceptance + `--defer-promise`), RFC 3339
+    /// UTC; the sale completes or is cancelled by then, or the order says `promise_missed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promised_by: Option<String>,
 }
 
 /// Buy one unit of a product.
@@ -114,6 +126,7 @@ pub struct BuyResponse {
         (status = 404, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Out of stock, or the same key is being processed", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields or key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "ft=true: no Store replica could sell now and the backlog of deferred sales cannot complete this one within the completion promise (type `deferral-refused`, step `sell`; header `Retry-After` in seconds, from the measured drain rate). Nothing is sold; a replay of the same key after Retry-After drives the order again", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "A downstream step failed, or the product's price is outside the suite's limits (type `outside-limits`, step `product`: its bonus would be refused by Fidelity; nothing is sold)", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "A downstream step timed out", body = Problem, content_type = "application/problem+json"),
     )
@@ -192,23 +205,61 @@ async fn buy(
             metrics::counter!("shop_orders_total", "outcome" => "completed", "ft" => ft_label(request.ft)).increment(1);
             Ok(replay(200, body))
         }
-        Ok(Outcome::Deferred(answer)) => {
-            let body = serde_json::to_string(&answer).map_err(Problem::internal)?;
+        Ok(Outcome::Deferred(deferral)) => {
+            let answer = &deferral.answer;
+            let body = serde_json::to_string(answer).map_err(Problem::internal)?;
             let written = orders::defer(
                 &state.db,
                 &lease,
-                cents(answer.product.value)?,
-                answer.rate,
-                cents(answer.total)?,
-                answer.bonus.points,
-                &body,
+                &orders::Deferral {
+                    value_cents: cents(answer.product.value)?,
+                    rate: answer.rate,
+                    total_cents: cents(answer.total)?,
+                    bonus_points: answer.bonus.points,
+                    expected_completion_at: deferral.expected_at_ms,
+                    promised_by: deferral.promised_by_ms,
+                    response: &body,
+                },
             )
             .await?;
             if !written {
                 return superseded(&state, &order_id).await;
             }
+            state.deferred.notify_one();
             metrics::counter!("shop_orders_total", "outcome" => "accepted_pending", "ft" => ft_label(request.ft)).increment(1);
             Ok(replay(202, body))
+        }
+        Ok(Outcome::Refused(refusal)) => {
+            let problem = refusal.problem(state.promise.promise());
+            let body = serde_json::to_string(&problem).map_err(Problem::internal)?;
+            // `failed`, not a final answer: a replay of the key after Retry-After drives the
+            // order again, under the same sale key.
+            let written = orders::finish_unsuccessfully(
+                &state.db,
+                &lease,
+                Step::Sell.as_str(),
+                false,
+                problem.status,
+                &body,
+                None,
+            )
+            .await?;
+            if !written {
+                return superseded(&state, &order_id).await;
+            }
+            metrics::counter!("shop_orders_total", "outcome" => "refused", "ft" => ft_label(request.ft)).increment(1);
+            metrics::counter!("shop_deferrals_refused_total").increment(1);
+            tracing::info!(
+                order_id,
+                retry_after_s = refusal.retry_after.as_secs(),
+                "deferral refused: the backlog cannot complete it within the promise"
+            );
+            let mut response = replay(problem.status, body);
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(refusal.retry_after.as_secs()),
+            );
+            Ok(response)
         }
         Err(failure) => {
             let problem = failure.error.to_problem();
@@ -279,7 +330,41 @@ fn in_progress() -> Problem {
 /// How a purchase ended, before it is recorded.
 enum Outcome {
     Completed(BuyResponse),
-    Deferred(BuyResponse),
+    Deferred(Deferral),
+    /// The sale could not happen now and admission control refused to defer it.
+    Refused(Refusal),
+}
+
+/// A deferred sale admitted within the completion promise.
+struct Deferral {
+    answer: BuyResponse,
+    /// Epoch milliseconds.
+    expected_at_ms: i64,
+    promised_by_ms: i64,
+}
+
+/// A deferral refused by admission control ([`crate::promise`]).
+struct Refusal {
+    /// Seconds until the backlog has drained enough for one more deferral.
+    retry_after: std::time::Duration,
+    /// How long the backlog plus this sale would take to drain.
+    projected: std::time::Duration,
+}
+
+impl Refusal {
+    fn problem(&self, promise: std::time::Duration) -> Problem {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "deferral-refused",
+            format!(
+                "no Store replica can sell now, and the deferred sales ahead of this one would take {:.0} s to complete, beyond the {} s completion promise; nothing was sold, retry after {} s",
+                self.projected.as_secs_f64().ceil(),
+                promise.as_secs(),
+                self.retry_after.as_secs()
+            ),
+        )
+        .with_step(Step::Sell.as_str())
+    }
 }
 
 fn ft_label(ft: bool) -> &'static str {
@@ -348,6 +433,9 @@ async fn purchase(
             status: "credited".to_owned(),
         },
         degraded,
+        expected_completion_at: None,
+        expected_completion_seconds: None,
+        promised_by: None,
     }))
 }
 
@@ -386,6 +474,9 @@ async fn ft_purchase(
             status: "pending".to_owned(),
         },
         degraded: Vec::new(),
+        expected_completion_at: None,
+        expected_completion_seconds: None,
+        promised_by: None,
     };
 
     // Keep a little of the budget to record a deferral instead of selling to the last moment.
@@ -404,11 +495,49 @@ async fn ft_purchase(
     let sale = match sale {
         Ok(sale) => sale,
         Err(SellFailure::Final(error)) => return Err(error.into()),
-        Err(SellFailure::Unavailable(error)) => {
+        Err(SellFailure::Unavailable { error, in_doubt }) => {
+            // A 202 is a promise bounded in time: defer only what the backlog can complete
+            // within it at the measured drain rate (crate::promise).
+            let now = tokio::time::Instant::now();
+            let expected = match state.promise.admit(now) {
+                Admission::Accept { expected } => expected,
+                // An attempt may have sold the unit (its answer was lost): refusing would say
+                // "nothing was sold" without knowing it. The order is deferred anyway, so the
+                // worker settles it under the same sale key; its answer says so, and when it
+                // expects to complete (possibly beyond the promise).
+                Admission::Refuse { .. } if in_doubt => {
+                    tracing::info!(order_id, %error, "sale in doubt; deferred beyond admission control");
+                    degraded.add("store:sale-in-doubt");
+                    state.promise.defer_anyway(now)
+                }
+                Admission::Refuse {
+                    projected,
+                    retry_after,
+                } => {
+                    tracing::info!(order_id, %error, "no Store replica could sell in time; backlog beyond the promise");
+                    return Ok(Outcome::Refused(Refusal {
+                        retry_after,
+                        projected,
+                    }));
+                }
+            };
             tracing::info!(order_id, %error, "no Store replica could sell in time; deferring the sale");
             degraded.add("store:sale-deferred");
             answer.degraded = degraded.0;
-            return Ok(Outcome::Deferred(answer));
+            let now = ftshop_platform::db::now_millis();
+            let millis =
+                |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+            let expected_at_ms = now.saturating_add(millis(expected));
+            let promised_by_ms = now.saturating_add(millis(state.promise.promise()));
+            answer.expected_completion_at = rfc3339_millis(expected_at_ms);
+            answer.expected_completion_seconds =
+                Some((expected.as_secs_f64() * 1000.0).round() / 1000.0);
+            answer.promised_by = rfc3339_millis(promised_by_ms);
+            return Ok(Outcome::Deferred(Deferral {
+                answer,
+                expected_at_ms,
+                promised_by_ms,
+            }));
         }
     };
 
@@ -470,13 +599,23 @@ async fn get_order(
         .ok_or_else(|| Problem::not_found(format!("no order {id}")))
 }
 
-/// Deferred sales and undelivered bonuses: both drain to zero once faults stop.
+/// Deferred sales and undelivered bonuses, the drain rate of deferred sales, the time to drain
+/// them at that rate and the completion promise it is held to.
 #[utoipa::path(
     get, path = "/backlog", tag = "ecommerce",
     responses((status = 200, description = "Backlog depth and age", body = Backlog))
 )]
 async fn get_backlog(State(state): State<AppState>) -> Result<Json<Backlog>, Problem> {
-    Ok(Json(orders::backlog(&state.db).await?))
+    let mut backlog = orders::backlog(&state.db).await?;
+    let now = tokio::time::Instant::now();
+    state
+        .promise
+        .set_backlog(now, u64::try_from(backlog.pending_orders).unwrap_or(0));
+    let drain = state.promise.view(now);
+    backlog.drain_rate_per_second = drain.rate_per_second;
+    backlog.projected_drain_seconds = drain.projected_drain_seconds;
+    backlog.promise_seconds = drain.promise_seconds;
+    Ok(Json(backlog))
 }
 
 /// Every circuit breaker of the fault-tolerant path: state, failure rate, calls in window.

@@ -7,9 +7,22 @@
 //! - the **bonus dispatcher** delivers the outbox to Fidelity until it acknowledges (Fidelity
 //!   credits once per transaction id, so a delivery repeated after a lost answer is harmless).
 //!
-//! Both retry with exponential backoff and full jitter, so a recovering dependency is not met
-//! by a thundering herd. All their state is in the database: killing the process at any moment
-//! loses nothing, and the next start carries on.
+//! The bonus dispatcher, and the order worker for failures before the sale, retry with
+//! exponential backoff and full jitter, so a recovering dependency is not met by a thundering
+//! herd. A deferred sale is different: it waits under a completion promise
+//! ([`crate::promise`]), so the order worker drains the backlog at Store's physical rate:
+//! - no idle gaps: it looks again at once while orders are due, is woken by each new deferral,
+//!   polls every [`BACKLOG_POLL`] while the backlog is not empty, and retries a sale Store could
+//!   not make after [`SALE_RETRY`] (not an exponential backoff of up to seconds);
+//! - no wasted attempts: the per-replica `/sell` breakers gate it. A replica inside an error
+//!   window opens its breaker and is not tried ([`Resilient::sell`] puts it last and its open
+//!   breaker refuses without a request); while every replica's breaker is open the worker
+//!   leases nothing and makes no attempt until a breaker lets a probe through;
+//! - concurrency matched to replicas: as many sales at once as replicas whose breaker admits
+//!   calls, so a window that opens on one replica costs one attempt, not a batch.
+//!
+//! All their state is in the database: killing the process at any moment loses nothing, and the
+//! next start carries on.
 
 use ftshop_resilience::full_jitter;
 use std::time::Duration;
@@ -27,6 +40,13 @@ use crate::routes::{BonusView, BuyResponse, ProductView, sale_key, total};
 
 /// How often each worker looks for due work.
 const POLL: Duration = Duration::from_millis(200);
+/// How often the order worker looks while deferred sales wait (retries not yet due, or every
+/// Store breaker open): about the probing pace of a breaker (500 ms in open), so the first
+/// replica to admit calls again gets the backlog within a fraction of that.
+const BACKLOG_POLL: Duration = Duration::from_millis(50);
+/// A deferred sale Store could not make is due again after this (jittered ±50 %): the breakers,
+/// not a per-order backoff, keep the worker off a failing replica.
+const SALE_RETRY: Duration = Duration::from_millis(200);
 /// How many items each worker handles at once.
 const CONCURRENCY: usize = 8;
 /// A background sale attempt may take longer than a customer-facing one.
@@ -41,7 +61,7 @@ const BONUS_HOLD_MS: i64 = (BONUS_DELIVERY_TIMEOUT.as_millis() as i64) + 2_000;
 
 /// Starts both workers on the current runtime.
 pub fn spawn(state: AppState) {
-    tokio::spawn(run_forever("order worker", state.clone(), drive_due_orders));
+    tokio::spawn(drain_orders_forever(state.clone()));
     tokio::spawn(run_forever(
         "bonus dispatcher",
         state.clone(),
@@ -69,6 +89,33 @@ where
     }
 }
 
+/// The order worker's loop: a pass right after a pass that found work; otherwise the next pass
+/// when a sale is deferred, or after [`BACKLOG_POLL`] while deferred sales wait, or [`POLL`]
+/// (also after a failed pass).
+async fn drain_orders_forever(state: AppState) {
+    loop {
+        let wait = match drive_due_orders(state.clone()).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) if state.promise.view(Instant::now()).backlog > 0 => BACKLOG_POLL,
+            Ok(_) => POLL,
+            Err(err) => {
+                // A storage fault: no faster than the usual pace.
+                note_storage_fault(&err);
+                tracing::warn!(
+                    worker = "order worker",
+                    error = format!("{err:#}"),
+                    "pass failed"
+                );
+                POLL
+            }
+        };
+        tokio::select! {
+            () = state.deferred.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
 /// A storage fault met by a worker counts for readiness like one met by a request.
 fn note_storage_fault(err: &anyhow::Error) {
     if let Some(db_err) = err.chain().find_map(|e| e.downcast_ref::<sqlx::Error>()) {
@@ -80,13 +127,26 @@ fn later(delay: Duration) -> i64 {
     now_millis() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
+/// One pass over the due orders, oldest first. Returns how many were attempted.
 async fn drive_due_orders(state: AppState) -> anyhow::Result<usize> {
+    // Every Store replica's /sell breaker is open (each is inside an error window, or was a
+    // moment ago): an attempt now could only fail, so none is made.
+    let ready = state.resilient.sell_replicas_admitting();
+    if ready == 0 {
+        return Ok(0);
+    }
     let due = orders::due_orders(&state.db, 32).await?;
-    let n = due.len();
+    let attempted = std::sync::atomic::AtomicUsize::new(0);
     futures::stream::iter(due)
-        .for_each_concurrent(CONCURRENCY, |order| {
+        .for_each_concurrent(ready, |order| {
             let state = state.clone();
+            let attempted = &attempted;
             async move {
+                // The replicas closed meanwhile: leave the rest due for the next pass.
+                if state.resilient.sell_replicas_admitting() == 0 {
+                    return;
+                }
+                attempted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let id = order.order_id.clone();
                 if let Err(err) = drive_order(&state, order).await {
                     note_storage_fault(&err);
@@ -99,7 +159,7 @@ async fn drive_due_orders(state: AppState) -> anyhow::Result<usize> {
             }
         })
         .await;
-    Ok(n)
+    Ok(attempted.into_inner())
 }
 
 async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
@@ -153,9 +213,12 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
                         status: "pending".to_owned(),
                     },
                     degraded: degraded.0.clone(),
+                    expected_completion_at: None,
+                    expected_completion_seconds: None,
+                    promised_by: None,
                 },
                 Err(e) if !is_final(&e) => {
-                    retry_later(state, &order, &lease).await?;
+                    retry_later(state, &order, &lease, backoff(order.attempts)).await?;
                     return Ok(());
                 }
                 Err(e) => return cancel(state, &order, &lease, &e).await,
@@ -208,6 +271,7 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
             }
             metrics::counter!("shop_orders_total", "outcome" => "completed_deferred", "ft" => "on")
                 .increment(1);
+            order_ended(state, &order, "completed");
             tracing::info!(
                 order_id = order.order_id,
                 was = order.status,
@@ -217,11 +281,30 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
             Ok(())
         }
         Err(SellFailure::Final(e)) => cancel(state, &order, &lease, &e).await,
-        Err(SellFailure::Unavailable(e)) => {
-            tracing::debug!(order_id = order.order_id, error = %e, "sale still impossible; retrying later");
-            retry_later(state, &order, &lease).await?;
+        Err(SellFailure::Unavailable { error: e, .. }) => {
+            tracing::debug!(order_id = order.order_id, error = %e, "sale still impossible; retrying soon");
+            let retry = SALE_RETRY.mul_f64(rand::random_range(0.5..1.5));
+            retry_later(state, &order, &lease, retry).await?;
             Ok(())
         }
+    }
+}
+
+/// A deferred order ended (completed or cancelled): it leaves the backlog and counts for the
+/// drain rate; one that ended after its promise is counted as a missed promise.
+fn order_ended(state: &AppState, order: &DueOrder, outcome: &'static str) {
+    if order.status != "pending" {
+        // An abandoned order never had a 202: not part of the promised backlog.
+        return;
+    }
+    state.promise.completed(Instant::now());
+    if orders::misses_promise(order.promised_by) {
+        metrics::counter!("shop_promise_missed_total", "outcome" => outcome).increment(1);
+        tracing::warn!(
+            order_id = order.order_id,
+            outcome,
+            "deferred order ended after its completion promise"
+        );
     }
 }
 
@@ -235,12 +318,21 @@ fn lease_lost(lease: &Lease) {
     );
 }
 
-async fn retry_later(state: &AppState, order: &DueOrder, lease: &Lease) -> Result<(), sqlx::Error> {
-    let delay = full_jitter(
-        order.attempts,
+/// Exponential backoff with full jitter for failures before the sale (product, rate).
+fn backoff(attempts: i64) -> Duration {
+    full_jitter(
+        attempts,
         Duration::from_millis(200),
         Duration::from_secs(10),
-    );
+    )
+}
+
+async fn retry_later(
+    state: &AppState,
+    order: &DueOrder,
+    lease: &Lease,
+    delay: Duration,
+) -> Result<(), sqlx::Error> {
     if !orders::reschedule_order(&state.db, lease, order.attempts + 1, later(delay)).await? {
         lease_lost(lease);
     }
@@ -282,6 +374,7 @@ async fn cancel(
         return Ok(());
     }
     metrics::counter!("shop_orders_total", "outcome" => "cancelled", "ft" => "on").increment(1);
+    order_ended(state, order, "cancelled");
     tracing::info!(
         order_id = order.order_id,
         reason,
@@ -369,6 +462,15 @@ async fn record_backlog(state: AppState) -> anyhow::Result<usize> {
     metrics::gauge!("shop_outbox_dead_letters").set(b.dead_letter_bonuses as f64);
     metrics::gauge!("shop_outbox_oldest_dead_letter_age_seconds")
         .set(b.oldest_dead_letter_bonus_age_seconds);
+    metrics::gauge!("shop_pending_orders_past_promise").set(b.pending_orders_past_promise as f64);
+    let now = Instant::now();
+    state
+        .promise
+        .set_backlog(now, u64::try_from(b.pending_orders).unwrap_or(0));
+    let drain = state.promise.view(now);
+    metrics::gauge!("shop_defer_drain_rate_per_second").set(drain.rate_per_second);
+    metrics::gauge!("shop_defer_projected_drain_seconds").set(drain.projected_drain_seconds);
+    metrics::gauge!("shop_defer_promise_seconds").set(drain.promise_seconds);
     tokio::time::sleep(Duration::from_millis(800)).await;
     Ok(0)
 }

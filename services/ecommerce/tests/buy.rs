@@ -25,6 +25,8 @@ struct Script {
     product_calls: usize,
     exchange_status: Option<u16>,
     sell_status: Option<u16>,
+    /// Store sells, then answers only after this long (the answer is late, the sale is done).
+    sell_delay: Option<Duration>,
     bonus_status: Option<u16>,
     /// Store's idempotency keys → transaction ids, like the real Store.
     sales: HashMap<String, String>,
@@ -89,19 +91,24 @@ async fn sell(
     State((s, replica)): State<(Shared, usize)>,
     headers: HeaderMap,
 ) -> axum::response::Response {
-    let mut s = s.lock().expect("lock");
-    s.sell_calls += 1;
-    s.sells_by_replica[replica] += 1;
-    if let Some(code) = s.sell_status {
-        return problem(code, "scripted");
+    let (tx, delay) = {
+        let mut s = s.lock().expect("lock");
+        s.sell_calls += 1;
+        s.sells_by_replica[replica] += 1;
+        if let Some(code) = s.sell_status {
+            return problem(code, "scripted");
+        }
+        let key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let next = format!("tx-{}", s.sales.len() + 1);
+        (s.sales.entry(key).or_insert(next).clone(), s.sell_delay)
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
     }
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let next = format!("tx-{}", s.sales.len() + 1);
-    let tx = s.sales.entry(key).or_insert(next).clone();
     Json(json!({"transaction_id": tx})).into_response()
 }
 
@@ -168,6 +175,16 @@ async fn spawn_app_in(
     dir: tempfile::TempDir,
     script: Shared,
 ) -> TestApp {
+    spawn_app_promising(database_url, dir, script, Duration::from_secs(60)).await
+}
+
+/// Like [`spawn_app_in`], with a completion promise of `defer_promise` for deferred sales.
+async fn spawn_app_promising(
+    database_url: Option<String>,
+    dir: tempfile::TempDir,
+    script: Shared,
+    defer_promise: Duration,
+) -> TestApp {
     let mut replicas = Vec::new();
     for index in 0..2 {
         let fake = Router::new()
@@ -193,6 +210,7 @@ async fn spawn_app_in(
         bonus_timeout_ms: 150,
         hedge_after_ms: 40,
         rate_ttl_ms: 200,
+        defer_promise,
     };
     let app = ftshop_ecommerce::app(&config).await.expect("app");
     let url = serve(app).await;
@@ -578,6 +596,235 @@ async fn ft_defers_the_sale_when_no_store_replica_can_sell_and_completes_it_late
     let backlog = app.get_json("/backlog").await;
     assert_eq!(backlog["pending_orders"], 0);
     assert_eq!(backlog["outbox_bonuses"], 0);
+}
+
+/// Store fails every sale for good and the promise is 3 s. Two Store replicas give a drain-rate
+/// prior of 2 × 0.9 = 1.8 sales/s, falling while the backlog waits and nothing completes: the
+/// first purchases are deferred, each with an expected completion within the promise; once the
+/// backlog plus one more could not drain within it, every purchase is refused with
+/// `503 deferral-refused` (step `sell`) and a `Retry-After` in whole seconds. Nothing is sold.
+/// A deferred order still pending past its promise says `promise_missed`, in `GET /orders/{id}`
+/// and `GET /backlog`, and keeps saying so once it completes late.
+async fn refuses_to_defer_beyond_the_promise(database_url: Option<String>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app_promising(database_url, dir, Arc::default(), Duration::from_secs(3)).await;
+    app.script().sell_status = Some(503);
+
+    let mut answers = Vec::new();
+    for i in 0..10 {
+        let response = app
+            .http
+            .post(format!("{}/buy", app.url))
+            .json(&json!({"product": "7", "user": format!("u{i}"), "ft": true}))
+            .send()
+            .await
+            .expect("post");
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").map(|v| {
+            v.to_str()
+                .expect("ascii")
+                .parse::<u64>()
+                .expect("whole seconds")
+        });
+        let body: Value = response.json().await.expect("json");
+        answers.push((status, retry_after, body));
+    }
+    let accepted = answers.iter().take_while(|(s, _, _)| *s == 202).count();
+    // (k + 1) / rate <= 3 s with rate <= 1.8/s: at most 5 fit; the prior admits the first two
+    // even after the few seconds of busy time this loop can take.
+    assert!((2..=5).contains(&accepted), "{answers:#?}");
+    for (status, retry_after, body) in &answers[..accepted] {
+        assert_eq!(*retry_after, None);
+        assert_eq!(body["status"], "pending", "{status} {body}");
+        let expected = body["expected_completion_seconds"]
+            .as_f64()
+            .expect("seconds");
+        assert!(expected > 0.0 && expected <= 3.0, "{body}");
+        for field in ["expected_completion_at", "promised_by"] {
+            let at = body[field].as_str().expect(field);
+            assert!(
+                at.len() == 24 && at.ends_with('Z') && at.as_bytes()[10] == b'T',
+                "{at}"
+            );
+        }
+    }
+    for (status, retry_after, body) in &answers[accepted..] {
+        assert_eq!(
+            *status, 503,
+            "once refused, refused while nothing drains: {body}"
+        );
+        assert!(
+            body["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("/deferral-refused")),
+            "{body}"
+        );
+        assert_eq!(body["step"], "sell");
+        // (backlog + 1) / rate - promise, with backlog <= 5 and rate >= 18/40 per second.
+        let retry_after = retry_after.expect("Retry-After on a refusal");
+        assert!((1..=11).contains(&retry_after), "{retry_after}");
+    }
+    assert!(app.script().sales.is_empty(), "nothing sold");
+    let backlog = app.get_json("/backlog").await;
+    assert_eq!(backlog["pending_orders"], accepted as u64, "{backlog}");
+    assert_eq!(backlog["promise_seconds"], 3.0);
+    let rate = backlog["drain_rate_per_second"].as_f64().expect("rate");
+    assert!(rate > 0.0 && rate <= 1.8, "{backlog}");
+    let projected = backlog["projected_drain_seconds"]
+        .as_f64()
+        .expect("projected");
+    assert!(
+        (projected - accepted as f64 / rate).abs() < 0.5,
+        "{backlog}"
+    );
+    assert!(
+        projected + 1.0 / rate > 3.0,
+        "one more would not fit: {backlog}"
+    );
+
+    // Still failing past the promise: the first order says so.
+    let first = answers[0].2["order_id"]
+        .as_str()
+        .expect("order id")
+        .to_owned();
+    let view = order_view(&app, &first).await;
+    assert_eq!(view["promise_missed"], false, "{view}");
+    assert_eq!(
+        view["expected_completion_at"],
+        answers[0].2["expected_completion_at"]
+    );
+    let late = wait_for_order(&app, &first, "past its promise", |v| {
+        v["promise_missed"] == true
+    })
+    .await;
+    assert_eq!(late["status"], "pending");
+    let backlog = app.get_json("/backlog").await;
+    assert!(
+        backlog["pending_orders_past_promise"].as_i64() >= Some(1),
+        "{backlog}"
+    );
+
+    // Store recovers: the late orders complete and still say they missed the promise.
+    app.script().sell_status = None;
+    let done = wait_for_order(&app, &first, "completed", |v| v["status"] == "completed").await;
+    assert_eq!(done["promise_missed"], true, "{done}");
+}
+
+#[tokio::test]
+async fn ft_refuses_to_defer_beyond_the_completion_promise_on_sqlite() {
+    refuses_to_defer_beyond_the_promise(None).await;
+}
+
+#[tokio::test]
+async fn ft_refuses_to_defer_beyond_the_completion_promise_on_postgres() {
+    let url = ftshop_platform::db::testing::fresh_postgres_database()
+        .await
+        .expect("postgres");
+    refuses_to_defer_beyond_the_promise(Some(url)).await;
+}
+
+/// The order worker drains the backlog at Store's pace, not at a per-order backoff's: eight
+/// deferred sales wait while Store fails until one of them has failed nine times (with the
+/// exponential backoff per order the worker used to apply, the orders would by then wait up to
+/// 10 s before their next attempts: 8-10 s measured); all complete within 3 s of Store
+/// recovering (a breaker's 500 ms wait plus a few retries of 100-300 ms: about 0.6 s measured),
+/// with one sale each. (While every Store breaker is open the
+/// worker makes no attempt, so only the oldest order takes the probes.)
+#[tokio::test]
+async fn the_worker_drains_the_backlog_as_soon_as_store_recovers() {
+    let app = spawn_app(None).await;
+    app.script().sell_status = Some(503);
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let (status, body) = app
+            .buy(
+                None,
+                json!({"product": "7", "user": format!("w{i}"), "ft": true}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["order_id"].as_str().expect("order id").to_owned());
+    }
+    let db = ftshop_platform::db::Db::connect(None, app._dir.path(), "ecommerce")
+        .await
+        .expect("the test's database");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        use sqlx::Row;
+        let row = sqlx::query("SELECT MAX(attempts) AS a FROM orders WHERE status = 'pending'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("attempts");
+        let most: Option<i64> = row.try_get("a").expect("a");
+        if most.is_some_and(|a| a >= 9) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never retried an order nine times: {most:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    app.script().sell_status = None;
+    let recovered = std::time::Instant::now();
+    for id in &ids {
+        wait_for_order(&app, id, "completed", |v| v["status"] == "completed").await;
+    }
+    let drained_in = recovered.elapsed();
+    assert!(
+        drained_in < Duration::from_secs(3),
+        "backlog drained {drained_in:?} after Store recovered"
+    );
+    assert_eq!(app.script().sales.len(), 8, "one sale per order");
+}
+
+/// A refusal says "nothing was sold", so it is only given when that is known. With a 1 s promise
+/// (prior 1.8 sales/s: one deferral fits), a purchase Store answers 503 is refused once the
+/// backlog is full; but a purchase whose sale Store made while its answer came too late (the
+/// unit may be sold) is deferred anyway, marked `store:sale-in-doubt`, and completes under its
+/// sale key with exactly that one sale.
+#[tokio::test]
+async fn a_sale_in_doubt_is_deferred_never_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app_promising(None, dir, Arc::default(), Duration::from_secs(1)).await;
+    app.script().sell_status = Some(503);
+    let (status, first) = app.buy(None, ft_order()).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, refused) = app.buy(None, ft_order()).await;
+    assert_eq!(
+        status, 503,
+        "Store said no sale, the backlog is full: {refused}"
+    );
+    assert!(app.script().sales.is_empty());
+
+    // Store sells but answers after every deadline: the outcome of each attempt is unknown.
+    {
+        let mut script = app.script();
+        script.sell_status = None;
+        script.sell_delay = Some(Duration::from_secs(2));
+    }
+    let (status, doubtful) = app.buy(None, ft_order()).await;
+    assert_eq!(status, 202, "a sale in doubt is never refused: {doubtful}");
+    assert!(
+        doubtful["degraded"]
+            .as_array()
+            .is_some_and(|d| d.contains(&json!("store:sale-in-doubt"))),
+        "{doubtful}"
+    );
+    assert!(doubtful["expected_completion_seconds"].as_f64() > Some(0.0));
+    let key = format!("order-{}", doubtful["order_id"].as_str().expect("order id"));
+    assert!(app.script().sales.contains_key(&key), "Store did sell it");
+
+    app.script().sell_delay = None;
+    for answer in [&first, &doubtful] {
+        let id = answer["order_id"].as_str().expect("order id");
+        wait_for_order(&app, id, "completed", |v| v["status"] == "completed").await;
+    }
+    let sales = app.script().sales.clone();
+    assert_eq!(sales.len(), 2, "one sale per acknowledged order: {sales:?}");
+    let done = order_view(&app, doubtful["order_id"].as_str().expect("id")).await;
+    assert_eq!(done["transaction_id"], json!(sales[&key]), "{done}");
 }
 
 #[tokio::test]
