@@ -221,7 +221,21 @@ async fn buy(
                     response: &body,
                 },
             )
-            .await?;
+            .await;
+            let written = match written {
+                Ok(true) => {
+                    drop(deferral.admitted);
+                    true
+                }
+                Ok(false) => {
+                    deferral.admitted.not_written();
+                    false
+                }
+                Err(err) => {
+                    deferral.admitted.not_written();
+                    return Err(err.into());
+                }
+            };
             if !written {
                 return superseded(&state, &order_id).await;
             }
@@ -341,6 +355,8 @@ struct Deferral {
     /// Epoch milliseconds.
     expected_at_ms: i64,
     promised_by_ms: i64,
+    /// Held until the order is written, so a backlog count meanwhile does not miss it.
+    admitted: crate::promise::Admitted,
 }
 
 /// A deferral refused by admission control ([`crate::promise`]).
@@ -499,6 +515,9 @@ async fn ft_purchase(
             // A 202 is a promise bounded in time: defer only what the backlog can complete
             // within it at the measured drain rate (crate::promise).
             let now = tokio::time::Instant::now();
+            // Taken before the decision, so no backlog count can miss this sale until its order
+            // is written (or the request ends).
+            let admitted = state.promise.writing();
             let expected = match state.promise.admit(now) {
                 Admission::Accept { expected } => expected,
                 // An attempt may have sold the unit (its answer was lost): refusing would say
@@ -537,6 +556,7 @@ async fn ft_purchase(
                 answer,
                 expected_at_ms,
                 promised_by_ms,
+                admitted,
             }));
         }
     };
@@ -606,11 +626,14 @@ async fn get_order(
     responses((status = 200, description = "Backlog depth and age", body = Backlog))
 )]
 async fn get_backlog(State(state): State<AppState>) -> Result<Json<Backlog>, Problem> {
+    let mark = state.promise.mark();
     let mut backlog = orders::backlog(&state.db).await?;
     let now = tokio::time::Instant::now();
-    state
-        .promise
-        .set_backlog(now, u64::try_from(backlog.pending_orders).unwrap_or(0));
+    state.promise.set_backlog(
+        now,
+        mark,
+        u64::try_from(backlog.pending_orders).unwrap_or(0),
+    );
     let drain = state.promise.view(now);
     backlog.drain_rate_per_second = drain.rate_per_second;
     backlog.projected_drain_seconds = drain.projected_drain_seconds;

@@ -169,6 +169,9 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
         metrics::counter!("shop_order_claims_lost_total", "by" => "order_worker").increment(1);
         return Ok(());
     };
+    // Ending a deferred order changes the backlog: no database count is applied meanwhile
+    // (`CompletionPromise::set_backlog`).
+    let _ending = state.promise.writing();
     let request_id = format!("order-worker-{}", order.order_id);
     let deadline = Instant::now() + WORKER_BUDGET;
     let ft = &state.resilient;
@@ -453,6 +456,8 @@ async fn deliver(state: &AppState, entry: OutboxEntry) -> anyhow::Result<()> {
 
 /// Keeps the backlog gauges current (about once a second).
 async fn record_backlog(state: AppState) -> anyhow::Result<usize> {
+    // Marked before the count: see `CompletionPromise::set_backlog`.
+    let mark = state.promise.mark();
     let b = orders::backlog(&state.db).await?;
     metrics::gauge!("shop_pending_orders").set(b.pending_orders as f64);
     metrics::gauge!("shop_pending_order_oldest_age_seconds")
@@ -466,7 +471,7 @@ async fn record_backlog(state: AppState) -> anyhow::Result<usize> {
     let now = Instant::now();
     state
         .promise
-        .set_backlog(now, u64::try_from(b.pending_orders).unwrap_or(0));
+        .set_backlog(now, mark, u64::try_from(b.pending_orders).unwrap_or(0));
     let drain = state.promise.view(now);
     metrics::gauge!("shop_defer_drain_rate_per_second").set(drain.rate_per_second);
     metrics::gauge!("shop_defer_projected_drain_seconds").set(drain.projected_drain_seconds);
