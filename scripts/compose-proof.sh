@@ -237,6 +237,7 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 C down -v --remove-orphans -t 5 >/dev/null 2>&1 || true
 STEP_T=$(date +%s)
 
@@ -361,7 +362,7 @@ alerts_in_am() {
 import json, sys
 got = {(a["labels"].get("job"), a["labels"].get("instance")): a["status"]["state"] for a in json.load(sys.stdin)}
 want = [("store", "store-2:8091"), ("exchange", "exchange-2:8092")]
-print(", ".join(f"{j}/{i}: {got.get((j, i), \"absent\")}" for j, i in want))
+print(", ".join(f"{j}/{i}: " + got.get((j, i), "absent") for j, i in want))
 sys.exit(0 if all((j, i) in got for j, i in want) else 1)'
 }
 deadline=$((faults_at + 150))
