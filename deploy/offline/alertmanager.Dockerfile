@@ -10,7 +10,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && ln -s prometheus-alertmanager /usr/bin/alertmanager \
     && install -d -o nobody -g nogroup /alertmanager
-USER nobody
+USER 65534:65534
 WORKDIR /alertmanager
 EXPOSE 9093
 ENTRYPOINT ["/usr/bin/alertmanager"]

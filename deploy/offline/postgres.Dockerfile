@@ -16,6 +16,8 @@ RUN apt-get update \
 ENV PATH=/usr/lib/postgresql/${PG_MAJOR}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PGDATA=/var/lib/postgresql/data
 COPY postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint.sh
+# The user the Debian package created (its uid is not fixed).
+# hadolint ignore=DL3066
 USER postgres
 VOLUME ["/var/lib/postgresql/data"]
 EXPOSE 5432

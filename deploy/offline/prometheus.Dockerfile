@@ -9,7 +9,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends prometheus wget \
     && rm -rf /var/lib/apt/lists/* \
     && install -d -o nobody -g nogroup /prometheus
-USER nobody
+USER 65534:65534
 WORKDIR /prometheus
 EXPOSE 9090
 ENTRYPOINT ["/usr/bin/prometheus"]

@@ -10,6 +10,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && install -d -o redis -g redis /data
 COPY redis-entrypoint.sh /usr/local/bin/redis-entrypoint.sh
+# The user the Debian package created (its uid is not fixed).
+# hadolint ignore=DL3066
 USER redis
 WORKDIR /data
 EXPOSE 6379
