@@ -395,7 +395,7 @@ PY
 [ "$chaos_rc" = 0 ] || fail "ftshop chaos exited $chaos_rc (see $WORK/chaos.log)"
 acked=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(len(r["observed"]["acknowledged"]))' "$WORK/chaos/chaos.json" 2>/dev/null || echo "?")
 step_done "load to its end, drain, four invariants"
-proved "after the load ($acked acknowledged purchases): no acknowledged order lost, no unit oversold, no bonus credited twice, every backlog drained (ftshop chaos verdicts, $WORK/chaos/chaos.md)"
+proved "after the load ($acked acknowledged purchases): no acknowledged order lost, no unit oversold, no bonus credited twice, every backlog drained (ftshop chaos verdicts, ${WORK#"$ROOT"/}/chaos/chaos.md)"
 
 deadline=$(($(date +%s) + 90))
 until summary=$(targets_up); do
@@ -456,6 +456,7 @@ text = open(doc).read()
 if begin not in text or end not in text:
     sys.exit(f"{doc} has no {begin} ... {end} block")
 timings = [l.strip() for l in summary[summary.index("timings:") + 1:]]
+checks = [l.strip()[len("ok  "):] for l in summary[1:summary.index("timings:")]]
 rows = ["| step | seconds |", "|------|---------|"] + [
     f"| {t.split('s', 1)[1].strip()} | {t.split('s', 1)[0]} |" for t in timings]
 block = "\n".join([
@@ -467,6 +468,8 @@ block = "\n".join([
     "- images: $FTSHOP_IMAGE ($V_FTSHOP, Debian $DEBIAN_RELEASE, Rust $RUST_VERSION builder), "
     "ftshop-local/postgres:17 ($V_PG), ftshop-local/redis:$DEBIAN_RELEASE ($V_REDIS), "
     "ftshop-local/prometheus:$DEBIAN_RELEASE ($V_PROM), ftshop-local/alertmanager:$DEBIAN_RELEASE ($V_AM)",
+    "",
+    *[f"- ok: {c}" for c in checks],
     "",
     *rows,
     end,
