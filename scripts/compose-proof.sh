@@ -164,7 +164,9 @@ build_service_images() {
 }
 
 docker info >/dev/null 2>&1 || fail "no Docker engine reachable"
-if docker image inspect "$FTSHOP_IMAGE" "$BASE_IMAGE" "$BUILDER_IMAGE" >/dev/null 2>&1; then
+image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
+FTSHOP_IMAGE_BEFORE=$(image_id "$FTSHOP_IMAGE")
+if [ -n "$FTSHOP_IMAGE_BEFORE" ] && docker image inspect "$BASE_IMAGE" "$BUILDER_IMAGE" >/dev/null 2>&1; then
   COLD_OR_WARM="warm, images and build cache from an earlier run"
 else
   COLD_OR_WARM="cold, images built in this run"
@@ -177,6 +179,9 @@ build_service_images
 step_done "PostgreSQL, Redis, Prometheus, Alertmanager images"
 build_ftshop
 step_done "ftshop image (deploy/Dockerfile)"
+if [ -n "$FTSHOP_IMAGE_BEFORE" ] && [ "$(image_id "$FTSHOP_IMAGE")" != "$FTSHOP_IMAGE_BEFORE" ]; then
+  COLD_OR_WARM="warm, but the ftshop image rebuilt on cached dependencies: its build context changed"
+fi
 proved "images built offline: $BASE_IMAGE, $BUILDER_IMAGE, $FTSHOP_IMAGE, ftshop-local/{postgres:17,redis,prometheus,alertmanager}:$DEBIAN_RELEASE"
 [ "$BUILD_ONLY" = 1 ] && exit 0
 
