@@ -806,6 +806,92 @@ fn alertmanager_and_grafana_read_what_compose_provides() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Without a registry: compose.offline.yaml and deploy/Dockerfile's base images
+// (scripts/compose-proof.sh, docs/deploy.md "Offline").
+
+/// The default of a `${VAR:-default}` reference, or the value itself.
+fn default_of(value: &str) -> &str {
+    value
+        .strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .and_then(|v| v.split_once(":-"))
+        .map_or(value, |(_, default)| default)
+}
+
+#[test]
+fn the_offline_override_runs_every_service_from_a_local_image_or_not_at_all() {
+    // Every service compose.yaml runs must come from an image built on this machine
+    // (`ftshop-local/...`, never an upstream name) with pulls refused, or be switched off by a
+    // profile; a service added to compose.yaml without its offline image fails here.
+    let upstream = services(&compose());
+    let offline = services(&load_yaml(&root().join("compose.offline.yaml")));
+    for name in offline.keys() {
+        assert!(
+            upstream.contains_key(name),
+            "compose.offline.yaml names {name}, which compose.yaml does not run"
+        );
+    }
+    for name in upstream.keys() {
+        let Some(local) = offline.get(name) else {
+            panic!("compose.offline.yaml says nothing about {name}: it would be pulled");
+        };
+        if !strings(&local["profiles"]).is_empty() {
+            assert!(
+                local.get("image").is_none(),
+                "{name} is switched off by a profile and names no image"
+            );
+            continue;
+        }
+        let image = local["image"].as_str().unwrap_or_default();
+        assert!(
+            default_of(image).starts_with("ftshop-local/"),
+            "{name} runs {image:?} offline: expected an ftshop-local/ image"
+        );
+        assert_eq!(
+            local["pull_policy"].as_str(),
+            Some("never"),
+            "{name}: a missing local image must fail, not be pulled"
+        );
+    }
+}
+
+#[test]
+fn dockerfile_base_images_are_build_arguments_defaulting_to_the_official_images() {
+    // A build without a registry passes local bases (scripts/compose-proof.sh); a normal build
+    // gets the official images, as before.
+    let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).expect("Dockerfile");
+    let mut args = BTreeMap::new();
+    let mut stages = BTreeSet::new();
+    for line in dockerfile.lines().map(str::trim) {
+        if let Some((key, value)) = line.strip_prefix("ARG ").and_then(|a| a.split_once('=')) {
+            args.insert(key.to_owned(), value.to_owned());
+        }
+        let Some(from) = line.strip_prefix("FROM ") else {
+            continue;
+        };
+        let words: Vec<&str> = from.split_whitespace().collect();
+        let base = words[0];
+        let arg = base.strip_prefix("${").and_then(|b| b.strip_suffix('}'));
+        assert!(
+            stages.contains(base) || arg.is_some_and(|a| args.contains_key(a)),
+            "FROM {base}: neither an earlier stage nor a build argument declared before it"
+        );
+        if let [_, as_kw, stage] = words.as_slice() {
+            assert!(as_kw.eq_ignore_ascii_case("as"), "FROM {from}");
+            stages.insert((*stage).to_owned());
+        }
+    }
+    assert_eq!(
+        args.get("BUILDER_IMAGE").map(String::as_str),
+        Some("rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE}")
+    );
+    assert_eq!(
+        args.get("RUNTIME_IMAGE").map(String::as_str),
+        Some("debian:${DEBIAN_RELEASE}-slim")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // The image's build context.
 
 /// Whether `.dockerignore` keeps `path` (relative, `/`-separated) out of the build context.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Deployment checks that need no container engine and no cluster:
-#   1. deploy/Dockerfile lints clean (hadolint);
-#   2. every shell script under deploy/ and this one lint clean (shellcheck);
+#   1. deploy/Dockerfile and the offline images' Dockerfiles (deploy/offline) lint clean (hadolint);
+#   2. every shell script under deploy/, scripts/compose-proof.sh and this one lint clean (shellcheck);
 #   3. compose.yaml is valid against the Compose Specification schema (vendored in
 #      deploy/schemas) and `docker-compose config` (the real parser, no engine) accepts it;
 #   4. the Kubernetes base and overlays build with kustomize and validate strictly against
@@ -51,14 +51,14 @@ docker-compose version
 end
 
 section "Dockerfile (hadolint)"
-hadolint deploy/Dockerfile
-echo "deploy/Dockerfile: ok"
+hadolint deploy/Dockerfile deploy/offline/*.Dockerfile
+echo "deploy/Dockerfile, deploy/offline/*.Dockerfile: ok"
 end
 
 section "shell scripts (shellcheck)"
 mapfile -t scripts < <(find deploy -name '*.sh' -type f | sort)
-shellcheck "${scripts[@]}" scripts/ci/deploy-checks.sh
-printf '%s: ok\n' "${scripts[@]}" scripts/ci/deploy-checks.sh
+shellcheck "${scripts[@]}" scripts/compose-proof.sh scripts/ci/deploy-checks.sh
+printf '%s: ok\n' "${scripts[@]}" scripts/compose-proof.sh scripts/ci/deploy-checks.sh
 end
 
 section "compose.yaml"
