@@ -20,6 +20,13 @@ pub const FIRST_POLL: Duration = Duration::from_millis(100);
 /// and how few GETs a long-pending order costs the shop (about one a second).
 pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// At most this many `GET /orders/{id}` in flight at once, over all the followed orders of a
+/// run: following thousands of 202s must not become a load test of its own (unbounded, 10,000
+/// pending orders polled once a second each made the shop shed connections). With a large
+/// backlog each order is then polled less often than [`MAX_POLL_INTERVAL`], which the report
+/// shows as `poll_lag_ms` (how late polls ran against their schedule).
+pub const MAX_POLLS_IN_FLIGHT: usize = 4;
+
 /// How a followed order ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {
@@ -38,6 +45,8 @@ pub enum Fate {
 /// passes, or `interrupt` is cancelled. Returns the fate and, for an ended order, the time from
 /// `sent_at` to the poll that saw it end. Transport errors and 5xx answers are retried (the
 /// shop may be restarting); they never end the follow early.
+/// `polls` bounds the polls in flight across all followers (see [`MAX_POLLS_IN_FLIGHT`]);
+/// `lag` receives how late each poll ran against its schedule.
 pub async fn follow(
     client: &Client,
     base: &Url,
@@ -45,6 +54,8 @@ pub async fn follow(
     sent_at: Instant,
     timeout: Duration,
     interrupt: &CancellationToken,
+    polls: &tokio::sync::Semaphore,
+    lag: &mut Duration,
 ) -> (Fate, Option<Duration>) {
     let Ok(url) = base.join(&format!("orders/{order_id}")) else {
         return (Fate::LookupFailed, None);
@@ -57,7 +68,14 @@ pub async fn follow(
             () = tokio::time::sleep_until(next) => {}
             () = interrupt.cancelled() => return (Fate::Unresolved, None),
         }
-        match poll(client, &url).await {
+        let slot = tokio::select! {
+            slot = polls.acquire() => slot,
+            () = interrupt.cancelled() => return (Fate::Unresolved, None),
+        };
+        *lag = (*lag).max(Instant::now() - next);
+        let answer = poll(client, &url).await;
+        drop(slot);
+        match answer {
             Poll::Ended(fate) => return (fate, Some(sent_at.elapsed())),
             Poll::Gone => return (Fate::LookupFailed, None),
             Poll::Pending => {}

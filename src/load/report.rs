@@ -31,6 +31,8 @@ pub struct Recorder {
     completion: Histogram<u64>,
     /// When the last sale (a 200, or a followed 202 seen completed) was observed, since start.
     last_sale_at: Duration,
+    /// The latest any order poll ran against its schedule (the poll concurrency bound).
+    poll_lag: Duration,
 }
 
 /// What became of the 202s, followed with `GET /orders/{id}`.
@@ -57,6 +59,10 @@ pub struct DeferredReport {
     pub within_promise_pct: Option<f64>,
     /// Completion time (purchase sent → order seen completed) of the completed ones, in ms.
     pub completion_ms: Option<Percentiles>,
+    /// The latest any poll ran against its backoff schedule, in ms: a completion time is late
+    /// by at most one poll interval (≤ 1 s) plus this (polls in flight are bounded).
+    #[serde(default)]
+    pub max_poll_lag_ms: f64,
 }
 
 /// Units sold: the measured rate beside the analytic cap.
@@ -287,7 +293,13 @@ impl Recorder {
             deferred: DeferredCounts::default(),
             completion: latency_histogram()?,
             last_sale_at: Duration::ZERO,
+            poll_lag: Duration::ZERO,
         })
+    }
+
+    /// How late a follower's polls ran against their schedule, at worst.
+    pub fn record_poll_lag(&mut self, lag: Duration) {
+        self.poll_lag = self.poll_lag.max(lag);
     }
 
     /// A followed 202 ended as `fate`, `took` after its purchase was sent (for an ended order),
@@ -335,6 +347,7 @@ impl Recorder {
             counts: d,
             within_promise_pct: percent(d.within_promise, d.followed),
             completion_ms: Percentiles::of(&self.completion),
+            max_poll_lag_ms: round3(self.poll_lag.as_secs_f64() * 1000.0),
         });
         let units = self.counts.completed + d.completed;
         let span = self
@@ -615,10 +628,11 @@ pub fn summary_markdown(result: &LoadResult) -> String {
             deferred(r, &|d| {
                 d.completion_ms.map_or("-".to_owned(), |p| {
                     format!(
-                        "{} / {} / {}",
+                        "{} / {} / {} (polls up to {} late)",
                         format_ms(p.p50),
                         format_ms(p.p99),
-                        format_ms(p.max)
+                        format_ms(p.max),
+                        format_ms(d.max_poll_lag_ms)
                     )
                 })
             })

@@ -52,6 +52,7 @@ pub async fn run(
         promise: plan.promise,
         follow_timeout: plan.follow_timeout,
         followers: Mutex::new(JoinSet::new()),
+        polls: Semaphore::new(super::follow::MAX_POLLS_IN_FLIGHT),
     });
 
     // The duration bound: one timer for the whole run, shared by every VU through `stop`.
@@ -152,6 +153,8 @@ struct RunContext {
     follow_timeout: Duration,
     /// One task per 202, polling its order to the end.
     followers: Mutex<JoinSet<()>>,
+    /// Bounds the `GET /orders/{id}` in flight over all followers.
+    polls: Semaphore,
 }
 
 impl RunContext {
@@ -247,6 +250,7 @@ impl RunContext {
     fn follow(self: &Arc<Self>, order_id: Option<String>, sent_at: Instant) {
         let ctx = Arc::clone(self);
         let task = async move {
+            let mut lag = Duration::ZERO;
             let (fate, took) = match order_id {
                 Some(id) => {
                     super::follow::follow(
@@ -256,13 +260,17 @@ impl RunContext {
                         sent_at,
                         ctx.follow_timeout,
                         &ctx.interrupt,
+                        &ctx.polls,
+                        &mut lag,
                     )
                     .await
                 }
                 None => (super::follow::Fate::LookupFailed, None),
             };
             let at = ctx.start.elapsed();
-            ctx.recorder().record_followed(fate, took, at, ctx.promise);
+            let mut recorder = ctx.recorder();
+            recorder.record_followed(fate, took, at, ctx.promise);
+            recorder.record_poll_lag(lag);
         };
         self.followers
             .lock()
