@@ -41,22 +41,37 @@ pub enum Fate {
     LookupFailed,
 }
 
-/// Polls `orders/{order_id}` under `base` until the order ends, `timeout` after `sent_at`
-/// passes, or `interrupt` is cancelled. Returns the fate and, for an ended order, the time from
-/// `sent_at` to the poll that saw it end. Transport errors and 5xx answers are retried (the
-/// shop may be restarting); they never end the follow early.
-/// `polls` bounds the polls in flight across all followers (see [`MAX_POLLS_IN_FLIGHT`]);
-/// `lag` receives how late each poll ran against its schedule.
+/// What every follower of a run shares.
+pub struct Following<'a> {
+    pub client: &'a Client,
+    /// The shop's base URL (`orders/{id}` is joined to it).
+    pub base: &'a Url,
+    /// How long after its purchase an order is followed.
+    pub timeout: Duration,
+    /// Ctrl-C: the order is left `Unresolved`.
+    pub interrupt: &'a CancellationToken,
+    /// Bounds the polls in flight across all followers (see [`MAX_POLLS_IN_FLIGHT`]).
+    pub polls: &'a tokio::sync::Semaphore,
+}
+
+/// Polls `orders/{order_id}` until the order ends, `timeout` after `sent_at` passes, or
+/// `interrupt` is cancelled. Returns the fate and, for an ended order, the time from `sent_at`
+/// to the poll that saw it end; `lag` receives how late the polls ran against their schedule,
+/// at worst. Transport errors and 5xx answers are retried (the shop may be restarting); they
+/// never end the follow early.
 pub async fn follow(
-    client: &Client,
-    base: &Url,
+    with: &Following<'_>,
     order_id: &str,
     sent_at: Instant,
-    timeout: Duration,
-    interrupt: &CancellationToken,
-    polls: &tokio::sync::Semaphore,
     lag: &mut Duration,
 ) -> (Fate, Option<Duration>) {
+    let Following {
+        client,
+        base,
+        timeout,
+        interrupt,
+        polls,
+    } = *with;
     let Ok(url) = base.join(&format!("orders/{order_id}")) else {
         return (Fate::LookupFailed, None);
     };

@@ -253,17 +253,14 @@ impl RunContext {
             let mut lag = Duration::ZERO;
             let (fate, took) = match order_id {
                 Some(id) => {
-                    super::follow::follow(
-                        &ctx.client,
-                        &ctx.orders_base,
-                        &id,
-                        sent_at,
-                        ctx.follow_timeout,
-                        &ctx.interrupt,
-                        &ctx.polls,
-                        &mut lag,
-                    )
-                    .await
+                    let with = super::follow::Following {
+                        client: &ctx.client,
+                        base: &ctx.orders_base,
+                        timeout: ctx.follow_timeout,
+                        interrupt: &ctx.interrupt,
+                        polls: &ctx.polls,
+                    };
+                    super::follow::follow(&with, &id, sent_at, &mut lag).await
                 }
                 None => (super::follow::Fate::LookupFailed, None),
             };
