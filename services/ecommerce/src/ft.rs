@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ftshop_resilience::{
-    BreakerConfig, BreakerRegistry, CacheConfig, CacheSource, CircuitBreaker, HedgePolicy, Policy,
-    ResilienceError, RetryBudget, RetryPolicy, State, TieredCache,
+    BreakerConfig, BreakerRegistry, CacheConfig, CacheSource, CircuitBreaker, HedgePolicy,
+    LatencyEstimator, Policy, ResilienceError, RetryBudget, RetryPolicy, State, TieredCache,
 };
 use tokio::time::Instant;
 
@@ -109,6 +109,10 @@ pub struct Resilient {
     fidelity: Policy<StepError>,
     /// Fidelity's breaker: the request path calls only while it is closed.
     fidelity_breaker: CircuitBreaker,
+    /// Fidelity's recent answer times: a purchase's bonus call times out at 4 × their p99
+    /// (at least [`BONUS_TIMEOUT_FLOOR`], at most `bonus_timeout`), so the calls that meet the
+    /// start of a latency window, before the breaker has opened, give up early.
+    bonus_latency: LatencyEstimator,
     catalog: TieredCache<Product>,
     rates: TieredCache<Rate>,
     failover: RetryBudget,
@@ -127,6 +131,10 @@ const RATE_PAIR: &str = "USD-BRL";
 fn is_failure(err: &StepError) -> bool {
     !matches!(err, StepError::Status { status, .. } if status.is_client_error())
 }
+
+/// The shortest adaptive bonus timeout: well above Fidelity's normal answer time (a few ms) and
+/// the scheduling noise of a busy 2-core machine, so a healthy Fidelity is never given up on.
+const BONUS_TIMEOUT_FLOOR: Duration = Duration::from_millis(50);
 
 /// The share of an attempt's timeout after which a call counts as slow for its breaker.
 const SLOW_SHARE_OF_TIMEOUT: f64 = 0.8;
@@ -230,6 +238,13 @@ impl Resilient {
             stores,
             exchanges,
             fidelity,
+            bonus_latency: LatencyEstimator::try_new(
+                100,
+                20,
+                4.0,
+                BONUS_TIMEOUT_FLOOR.min(settings.bonus_timeout),
+                settings.bonus_timeout,
+            )?,
             fidelity_breaker,
             catalog,
             rates,
@@ -531,20 +546,27 @@ impl Resilient {
             });
         }
         let fidelity = self.calls.fidelity();
-        let result = self
-            .fidelity
+        // The timeout from Fidelity's observed latency; the policy carries it so a timeout
+        // still counts as a failure for the breaker.
+        let (policy, timeout) = self.bonus_policy();
+        let started = Instant::now();
+        let result = policy
             .call(|| {
-                self.calls.bonus_at(
-                    fidelity,
-                    user,
-                    points,
-                    transaction_id,
-                    request_id,
-                    self.settings.bonus_timeout,
-                )
+                self.calls
+                    .bonus_at(fidelity, user, points, transaction_id, request_id, timeout)
             })
             .await;
+        if result.is_ok() {
+            self.bonus_latency.record(started.elapsed());
+        }
         result.map_err(|e| from_resilience(e, Step::Bonus))
+    }
+
+    /// The policy of the next purchase's bonus call and its timeout, derived from Fidelity's
+    /// observed latency (see `bonus_latency`).
+    fn bonus_policy(&self) -> (Policy<StepError>, Duration) {
+        let timeout = self.bonus_latency.timeout();
+        (self.fidelity.clone().timeout(timeout), timeout)
     }
 
     /// A permit for one outbox delivery to Fidelity, when the breaker admits one: the
@@ -682,6 +704,35 @@ mod tests {
         )
         .unwrap();
         Resilient::new(Arc::new(calls), FtSettings::default()).unwrap()
+    }
+
+    /// The bonus timeout follows Fidelity's observed latency: the 150 ms ceiling until 20 calls
+    /// are known, then 4 × p99 with a 50 ms floor; a call that meets a Fidelity that has just
+    /// become slow gives up at that timeout (not the ceiling) and counts as a failure.
+    #[tokio::test(start_paused = true)]
+    async fn a_bonus_call_times_out_at_a_multiple_of_observed_latency() {
+        let ft = resilient();
+        assert_eq!(ft.bonus_policy().1, Duration::from_millis(150));
+        for _ in 0..20 {
+            ft.bonus_latency.record(Duration::from_millis(4));
+        }
+        let (policy, timeout) = ft.bonus_policy();
+        assert_eq!(timeout, BONUS_TIMEOUT_FLOOR);
+        let started = Instant::now();
+        let result = policy
+            .call(std::future::pending::<Result<(), StepError>>)
+            .await;
+        assert!(
+            matches!(result, Err(ResilienceError::Timeout)),
+            "{result:?}"
+        );
+        assert_eq!(started.elapsed(), BONUS_TIMEOUT_FLOOR);
+        assert_eq!(ft.fidelity_breaker.status().failures_in_window, 1);
+
+        for _ in 0..100 {
+            ft.bonus_latency.record(Duration::from_millis(30));
+        }
+        assert_eq!(ft.bonus_policy().1, Duration::from_millis(120));
     }
 
     /// Latency-aware ejection: a Store replica whose product calls succeed but take 90 % of
