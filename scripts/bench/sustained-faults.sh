@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:?duration, e.g. 60s}"; shift
-OUT="docs/benchmarks/runs/sustained"
+OUT="${OUT_DIR:-docs/benchmarks/runs/sustained}"
 BIN="${FTSHOP_BIN:-./target/release/ftshop}"
 [[ -x "$BIN" ]] || cargo build --release -p ftshop
 mkdir -p "$OUT"
