@@ -100,6 +100,82 @@ async fn slow_buy(State(seen): State<Shared>) -> Response {
         .into_response()
 }
 
+/// A shop under sustained faults, for following 202s: answers cycle through 200, 202 that
+/// completes after 200 ms, 202 that completes after 1.5 s, 202 that is cancelled, 503 with
+/// `Retry-After`, and 202 that never ends; `GET /orders/{id}` tells each order's state.
+#[derive(Default)]
+struct Deferred {
+    requests: u64,
+    /// Order id → (when it was accepted, how long until it ends, its final status).
+    orders: std::collections::HashMap<String, (std::time::Instant, Option<Duration>, &'static str)>,
+    order_polls: u64,
+}
+
+type SharedDeferred = Arc<Mutex<Deferred>>;
+
+async fn deferring_buy(State(shop): State<SharedDeferred>) -> Response {
+    let mut shop = shop.lock().unwrap();
+    let n = shop.requests;
+    shop.requests += 1;
+    let id = format!("o{n}");
+    let ends = match n % 6 {
+        0 => {
+            return Json(json!({"order_id": id, "degraded": [], "bonus": {"status": "credited"}}))
+                .into_response();
+        }
+        1 => (Some(Duration::from_millis(200)), "completed"),
+        2 => (Some(Duration::from_millis(1500)), "completed"),
+        3 => (Some(Duration::ZERO), "cancelled"),
+        4 => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [
+                    ("retry-after", "2"),
+                    ("content-type", "application/problem+json"),
+                ],
+                json!({"title": "backlog full", "status": 503, "step": "admission"}).to_string(),
+            )
+                .into_response();
+        }
+        _ => (None, "completed"),
+    };
+    shop.orders
+        .insert(id.clone(), (std::time::Instant::now(), ends.0, ends.1));
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"order_id": id, "status": "pending"})),
+    )
+        .into_response()
+}
+
+async fn deferred_order(
+    State(shop): State<SharedDeferred>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let mut shop = shop.lock().unwrap();
+    shop.order_polls += 1;
+    let Some(&(at, ends_after, fate)) = shop.orders.get(&id) else {
+        return (StatusCode::NOT_FOUND, "no such order").into_response();
+    };
+    let status = match ends_after {
+        Some(after) if at.elapsed() >= after => fate,
+        _ => "pending",
+    };
+    Json(json!({"order_id": id, "status": status})).into_response()
+}
+
+async fn deferring_shop() -> (String, SharedDeferred) {
+    let shop = SharedDeferred::default();
+    let app = Router::new()
+        .route("/buy", post(deferring_buy))
+        .route("/orders/{id}", axum::routing::get(deferred_order))
+        .with_state(Arc::clone(&shop));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, shop)
+}
+
 async fn fake_shop() -> (String, Shared) {
     let seen = Shared::default();
     let app = Router::new()
@@ -406,4 +482,101 @@ async fn redirects_are_reported_not_followed() {
         0,
         "the redirect was not followed"
     );
+}
+
+/// Every 202 is followed with `GET /orders/{id}` until it ends or the follow timeout passes:
+/// the report counts completed, cancelled and unresolved orders, completion times (from the
+/// purchase), those ended within `--promise`, 503 + Retry-After refusals apart from 5xx, the
+/// synchronous share, and the measured sales/s beside the analytic cap for `--stores`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_202_is_followed_to_its_end_and_reported_against_the_promise() {
+    let (url, shop) = deferring_shop().await;
+    let out = tempfile::tempdir().unwrap();
+    let output = ftshop_load(&[
+        "--url",
+        &url,
+        "--vus",
+        "2",
+        "--think",
+        "0s",
+        "--duration",
+        "5s",
+        "--max-requests",
+        "12",
+        "--promise",
+        "1s",
+        "--follow-timeout",
+        "3s",
+        "--stores",
+        "4",
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let result: Value = serde_json::from_str(&non_empty(&out.path().join("result.json"))).unwrap();
+    let run = &result["runs"][0];
+    // Two of each of the six answers.
+    assert_eq!(run["counts"]["requests"], json!(12), "{run}");
+    assert_eq!(run["counts"]["completed"], json!(2));
+    assert_eq!(run["counts"]["accepted"], json!(8));
+    assert_eq!(
+        run["counts"]["refused"],
+        json!(2),
+        "503 + Retry-After is a refusal"
+    );
+    assert_eq!(run["counts"]["server_error"], json!(0));
+    assert_eq!(run["errors"], json!(0), "an honest refusal is not an error");
+    assert_eq!(run["sync_share_pct"], json!(20.0), "2 of 10 acknowledged");
+
+    let deferred = &run["deferred"];
+    assert_eq!(
+        deferred["counts"],
+        json!({
+            "followed": 8, "completed": 4, "cancelled": 2, "unresolved": 2,
+            "lookup_failed": 0, "within_promise": 4,
+        }),
+        "{deferred}"
+    );
+    assert_eq!(deferred["within_promise_pct"], json!(50.0));
+    assert_eq!(deferred["promise_s"], json!(1.0));
+    let completion = &deferred["completion_ms"];
+    assert!(completion["p50"].as_f64().unwrap() >= 200.0, "{completion}");
+    let max = completion["max"].as_f64().unwrap();
+    assert!((1500.0..3000.0).contains(&max), "{completion}");
+
+    let sales = &run["sales"];
+    assert_eq!(
+        sales["units"],
+        json!(6),
+        "2 sold at once + 4 deferred completed"
+    );
+    assert_eq!(
+        sales["cap"]["units_per_s"],
+        json!(7.2),
+        "4 × (1/0.1 − 1) / 5 s"
+    );
+    let per_s = sales["per_s"].as_f64().unwrap();
+    let span = sales["span_s"].as_f64().unwrap();
+    assert!((per_s - 6.0 / span).abs() < 0.01, "{sales}");
+    // The never-ending orders were polled until the follow timeout, with backoff (not a
+    // busy loop): at most ~1 poll per 100 ms at first, then at most one a second.
+    let polls = shop.lock().unwrap().order_polls;
+    assert!(polls <= 80, "{polls} polls for 8 orders");
+
+    let summary = non_empty(&out.path().join("summary.md"));
+    for row in [
+        "| 503 refused (Retry-After) | 2 |",
+        "| sync share (200 / acknowledged) | 20.00 % |",
+        "| 202 followed: completed / cancelled / unresolved / lookup failed | 4 / 2 / 2 / 0 |",
+        "| 202 ended within the promise | 4 of 8 (50.00 %, promise 1 s) |",
+        "7.20 (",
+    ] {
+        assert!(summary.contains(row), "{row} missing:\n{summary}");
+    }
 }

@@ -71,6 +71,30 @@ pub struct LoadArgs {
     /// Exit non-zero when a run's success rate (percent, 409s excluded) is below this.
     #[arg(long)]
     pub min_success: Option<f64>,
+
+    /// The completion promise of a `202 pending`: the report counts the deferred orders that
+    /// completed within it (`GET /orders/{id}` is polled until each ends).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub promise: Duration,
+
+    /// How long after its purchase a 202 is followed before it is reported unresolved
+    /// (default: the promise + 30 s; at most 30m).
+    #[arg(long, value_parser = parse_duration)]
+    pub follow_timeout: Option<Duration>,
+
+    /// For the analytic sales cap printed beside the measured sales/s: the number of Store
+    /// replicas the suite runs (`ftshop up --stores`).
+    #[arg(long, default_value_t = 2)]
+    pub stores: u32,
+
+    /// For the analytic sales cap: the probability of Store's `/sell` error fault per request
+    /// (0 for a suite without it: no cap is printed).
+    #[arg(long, default_value_t = 0.1)]
+    pub sell_error_p: f64,
+
+    /// For the analytic sales cap: how long one `/sell` error window lasts.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub sell_error_window: Duration,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +191,22 @@ pub struct Plan {
     pub ft_runs: Vec<bool>,
     pub out: PathBuf,
     pub min_success: Option<f64>,
+    /// Where `orders/{id}` is looked up (the shop's base URL with a trailing slash).
+    pub orders_base: Url,
+    pub promise: Duration,
+    pub follow_timeout: Duration,
+    /// Units per second Store can sell under the `/sell` error fault (see
+    /// [`super::follow::analytic_sales_cap`]), with the inputs it came from.
+    pub sales_cap: Option<SalesCap>,
+}
+
+/// The analytic sales cap and its inputs, for the report.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SalesCap {
+    pub stores: u32,
+    pub sell_error_p: f64,
+    pub sell_error_window_s: f64,
+    pub units_per_s: f64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -226,6 +266,37 @@ impl LoadArgs {
                 }
             }
         };
+        ensure!(
+            !self.promise.is_zero() && self.promise <= MAX_DURATION,
+            "--promise must be within (0s, 30m]"
+        );
+        let follow_timeout = self
+            .follow_timeout
+            .unwrap_or(self.promise + Duration::from_secs(30));
+        ensure!(
+            !follow_timeout.is_zero() && follow_timeout <= MAX_DURATION,
+            "--follow-timeout must be within (0s, 30m]"
+        );
+        ensure!(
+            (1..=64).contains(&self.stores),
+            "--stores must be within 1..=64"
+        );
+        ensure!(
+            (0.0..=1.0).contains(&self.sell_error_p),
+            "--sell-error-p is a probability between 0 and 1"
+        );
+        let sales_cap = super::follow::analytic_sales_cap(
+            self.stores,
+            self.sell_error_p,
+            self.sell_error_window,
+        )
+        .map(|units_per_s| SalesCap {
+            stores: self.stores,
+            sell_error_p: self.sell_error_p,
+            sell_error_window_s: self.sell_error_window.as_secs_f64(),
+            units_per_s,
+        });
+        let orders_base = buy_url.join(".").context("building the /orders URL")?;
         let out = match &self.out {
             Some(out) => out.clone(),
             None => PathBuf::from("load-results").join(timestamp_dir_name()?),
@@ -241,6 +312,10 @@ impl LoadArgs {
             ft_runs: self.ft.runs(),
             out,
             min_success: self.min_success,
+            orders_base,
+            promise: self.promise,
+            follow_timeout,
+            sales_cap,
         })
     }
 }

@@ -9,6 +9,7 @@
 //! Why this is written here rather than on goose, rlt or balter: see docs/load.md.
 
 mod args;
+mod follow;
 mod outcome;
 mod report;
 mod runner;

@@ -14,6 +14,9 @@ pub enum Outcome {
     OutOfStock,
     /// Any other 4xx (validation, unknown product, ...): a client-side mistake.
     ClientError,
+    /// 503 with `Retry-After`: the shop refused honestly (it could not promise completion in
+    /// time) and said when to come back. Counted apart from other 5xx.
+    Refused,
     /// 5xx (502/503/504 name the failed step).
     ServerError,
     /// No full answer within `--timeout`.
@@ -41,6 +44,25 @@ pub fn classify_status(status: u16) -> Outcome {
         500..=599 => Outcome::ServerError,
         _ => Outcome::Unexpected,
     }
+}
+
+/// Classifies an answer: like [`classify_status`], except that a 503 carrying `Retry-After`
+/// is an honest refusal ([`Outcome::Refused`]), not a failure.
+pub fn classify_answer(status: u16, has_retry_after: bool) -> Outcome {
+    if status == 503 && has_retry_after {
+        Outcome::Refused
+    } else {
+        classify_status(status)
+    }
+}
+
+/// The `order_id` of an answer body, when it has one.
+pub fn order_id(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get("order_id")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Classifies a transport failure (no status).
@@ -100,6 +122,13 @@ mod tests {
         for status in [500, 502, 503, 504] {
             assert_eq!(classify_status(status), Outcome::ServerError, "{status}");
         }
+        assert_eq!(classify_answer(503, true), Outcome::Refused);
+        assert_eq!(classify_answer(503, false), Outcome::ServerError);
+        assert_eq!(classify_answer(502, true), Outcome::ServerError);
+        assert_eq!(classify_answer(202, true), Outcome::Accepted);
+        assert!(!Outcome::Refused.is_acknowledged());
+        assert_eq!(order_id(br#"{"order_id":"o7"}"#).as_deref(), Some("o7"));
+        assert_eq!(order_id(b"nope"), None);
         assert_eq!(classify_status(204), Outcome::Unexpected);
         assert_eq!(classify_status(302), Outcome::Unexpected);
         assert!(Outcome::Completed.is_acknowledged());

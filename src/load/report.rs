@@ -26,6 +26,57 @@ pub struct Recorder {
     degraded: BTreeMap<String, u64>,
     bonus: BonusCounts,
     statuses: BTreeMap<u16, u64>,
+    deferred: DeferredCounts,
+    /// Completion times of followed 202s that completed (from the purchase being sent).
+    completion: Histogram<u64>,
+    /// When the last sale (a 200, or a followed 202 seen completed) was observed, since start.
+    last_sale_at: Duration,
+    /// The latest any order poll ran against its schedule (the poll concurrency bound).
+    poll_lag: Duration,
+}
+
+/// What became of the 202s, followed with `GET /orders/{id}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeferredCounts {
+    pub followed: u64,
+    pub completed: u64,
+    pub cancelled: u64,
+    /// Still pending at the follow timeout (or when the run was interrupted).
+    pub unresolved: u64,
+    /// The order could not be looked up (no `order_id`, or a 4xx from `/orders/{id}`).
+    pub lookup_failed: u64,
+    /// Completed or cancelled within the promise.
+    pub within_promise: u64,
+}
+
+/// The deferred purchases in result.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeferredReport {
+    pub promise_s: f64,
+    pub follow_timeout_s: f64,
+    pub counts: DeferredCounts,
+    /// `within_promise / followed`, in percent.
+    pub within_promise_pct: Option<f64>,
+    /// Completion time (purchase sent → order seen completed) of the completed ones, in ms.
+    pub completion_ms: Option<Percentiles>,
+    /// The latest any poll ran against its backoff schedule, in ms: a completion time is late
+    /// by at most one poll interval (≤ 1 s) plus this (polls in flight are bounded).
+    #[serde(default)]
+    pub max_poll_lag_ms: f64,
+}
+
+/// Units sold: the measured rate beside the analytic cap.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SalesReport {
+    /// 200s plus followed 202s seen completed.
+    pub units: u64,
+    /// Seconds from the start of the run to the last sale observed (at least the run's length).
+    pub span_s: f64,
+    pub per_s: f64,
+    /// The analytic cap under Store's `/sell` error fault, when the fault profile has one.
+    pub cap: Option<super::args::SalesCap>,
+    /// `per_s / cap`, in percent.
+    pub of_cap_pct: Option<f64>,
 }
 
 /// One second of the time series. Its histogram has 2 significant digits and u32 counts, so a
@@ -46,6 +97,9 @@ pub struct Counts {
     pub accepted: u64,
     pub out_of_stock: u64,
     pub client_error: u64,
+    /// 503 with `Retry-After` (an honest refusal; not in `server_error`).
+    #[serde(default)]
+    pub refused: u64,
     pub server_error: u64,
     pub timeout: u64,
     pub connection_error: u64,
@@ -60,6 +114,7 @@ impl Counts {
             Outcome::Accepted => &mut self.accepted,
             Outcome::OutOfStock => &mut self.out_of_stock,
             Outcome::ClientError => &mut self.client_error,
+            Outcome::Refused => &mut self.refused,
             Outcome::ServerError => &mut self.server_error,
             Outcome::Timeout => &mut self.timeout,
             Outcome::ConnectionError => &mut self.connection_error,
@@ -73,9 +128,15 @@ impl Counts {
         self.completed + self.accepted
     }
 
-    /// Everything that is neither acknowledged nor a correct out-of-stock rejection.
+    /// Everything that is neither acknowledged, nor a correct out-of-stock rejection, nor an
+    /// honest refusal (503 + `Retry-After`).
     pub fn errors(&self) -> u64 {
-        self.requests - self.acknowledged() - self.out_of_stock
+        self.requests - self.acknowledged() - self.out_of_stock - self.refused
+    }
+
+    /// 200 / (200 + 202), in percent: the share of acknowledged purchases sold synchronously.
+    pub fn sync_share(&self) -> Option<f64> {
+        percent(self.completed, self.acknowledged())
     }
 
     /// Acknowledged / (all − 409), in percent: a 409 is a correct answer, not a failure, so it
@@ -149,6 +210,14 @@ pub struct RunReport {
     /// Answers by exact HTTP status (timeouts and connection errors have none).
     pub status_codes: BTreeMap<u16, u64>,
     pub timeseries: Vec<SecondPoint>,
+    /// 200 / (200 + 202), in percent.
+    #[serde(default)]
+    pub sync_share_pct: Option<f64>,
+    /// What became of the 202s (absent in results written before they were followed).
+    #[serde(default)]
+    pub deferred: Option<DeferredReport>,
+    #[serde(default)]
+    pub sales: Option<SalesReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,7 +290,81 @@ impl Recorder {
             degraded: BTreeMap::new(),
             bonus: BonusCounts::default(),
             statuses: BTreeMap::new(),
+            deferred: DeferredCounts::default(),
+            completion: latency_histogram()?,
+            last_sale_at: Duration::ZERO,
+            poll_lag: Duration::ZERO,
         })
+    }
+
+    /// How late a follower's polls ran against their schedule, at worst.
+    pub fn record_poll_lag(&mut self, lag: Duration) {
+        self.poll_lag = self.poll_lag.max(lag);
+    }
+
+    /// A followed 202 ended as `fate`, `took` after its purchase was sent (for an ended order),
+    /// observed `at` after the run started; `promise` is the bound it was given.
+    pub fn record_followed(
+        &mut self,
+        fate: super::follow::Fate,
+        took: Option<Duration>,
+        at: Duration,
+        promise: Duration,
+    ) {
+        use super::follow::Fate;
+        let d = &mut self.deferred;
+        d.followed += 1;
+        match fate {
+            Fate::Completed => d.completed += 1,
+            Fate::Cancelled => d.cancelled += 1,
+            Fate::Unresolved => d.unresolved += 1,
+            Fate::LookupFailed => d.lookup_failed += 1,
+        }
+        if let Some(took) = took {
+            if took <= promise {
+                d.within_promise += 1;
+            }
+            if fate == Fate::Completed {
+                let micros = took.as_micros().clamp(1, u128::from(HIGHEST_MICROS)) as u64;
+                self.completion.saturating_record(micros);
+                self.last_sale_at = self.last_sale_at.max(at);
+            }
+        }
+    }
+
+    /// The deferred and sales parts of the report, once every 202 has been followed.
+    pub fn finish_followed(
+        &self,
+        report: &mut RunReport,
+        promise: Duration,
+        follow_timeout: Duration,
+        cap: Option<super::args::SalesCap>,
+    ) {
+        let d = self.deferred;
+        report.deferred = Some(DeferredReport {
+            promise_s: promise.as_secs_f64(),
+            follow_timeout_s: follow_timeout.as_secs_f64(),
+            counts: d,
+            within_promise_pct: percent(d.within_promise, d.followed),
+            completion_ms: Percentiles::of(&self.completion),
+            max_poll_lag_ms: round3(self.poll_lag.as_secs_f64() * 1000.0),
+        });
+        let units = self.counts.completed + d.completed;
+        let span = self
+            .last_sale_at
+            .as_secs_f64()
+            .max(report.elapsed_s)
+            .max(f64::EPSILON);
+        let per_s = round3(units as f64 / span);
+        report.sales = Some(SalesReport {
+            units,
+            span_s: round3(span),
+            per_s,
+            cap,
+            of_cap_pct: cap
+                .filter(|c| c.units_per_s > 0.0)
+                .map(|c| round3(per_s * 100.0 / c.units_per_s)),
+        });
     }
 
     /// Records one answer that arrived `at` after the run started and took `latency`.
@@ -261,6 +404,9 @@ impl Recorder {
                 latency: Histogram::new_with_bounds(1, HIGHEST_MICROS, 2)
                     .context("creating a per-second histogram")?,
             });
+        }
+        if outcome == Outcome::Completed {
+            self.last_sale_at = self.last_sale_at.max(at);
         }
         let bucket = &mut self.seconds[second];
         bucket.requests += 1;
@@ -348,6 +494,9 @@ impl Recorder {
             bonus: self.bonus,
             status_codes: self.statuses.clone(),
             timeseries,
+            sync_share_pct: self.counts.sync_share(),
+            deferred: None,
+            sales: None,
         }
     }
 }
@@ -414,6 +563,11 @@ pub fn summary_markdown(result: &LoadResult) -> String {
     row("202 accepted (pending)", &|r| r.counts.accepted.to_string());
     row("409 out of stock", &|r| r.counts.out_of_stock.to_string());
     row("other 4xx", &|r| r.counts.client_error.to_string());
+    if result.runs.iter().any(|r| r.counts.refused > 0) {
+        row("503 refused (Retry-After)", &|r| {
+            r.counts.refused.to_string()
+        });
+    }
     row("5xx", &|r| r.counts.server_error.to_string());
     row("timeouts", &|r| r.counts.timeout.to_string());
     row("connection errors", &|r| {
@@ -450,6 +604,65 @@ pub fn summary_markdown(result: &LoadResult) -> String {
         format!("{} / {}", r.bonus.credited, r.bonus.pending)
     });
     row("duration (s)", &|r| format!("{:.1}", r.elapsed_s));
+    if result.runs.iter().any(|r| r.deferred.is_some()) {
+        row(
+            "sync share (200 / acknowledged)",
+            &|r| pct(r.sync_share_pct),
+        );
+        let deferred = |r: &RunReport, f: &dyn Fn(&DeferredReport) -> String| {
+            r.deferred.as_ref().map_or("-".to_owned(), f)
+        };
+        row(
+            "202 followed: completed / cancelled / unresolved / lookup failed",
+            &|r| {
+                deferred(r, &|d| {
+                    let c = d.counts;
+                    format!(
+                        "{} / {} / {} / {}",
+                        c.completed, c.cancelled, c.unresolved, c.lookup_failed
+                    )
+                })
+            },
+        );
+        row("202 completion p50 / p99 / max", &|r| {
+            deferred(r, &|d| {
+                d.completion_ms.map_or("-".to_owned(), |p| {
+                    format!(
+                        "{} / {} / {} (polls up to {} late)",
+                        format_ms(p.p50),
+                        format_ms(p.p99),
+                        format_ms(p.max),
+                        format_ms(d.max_poll_lag_ms)
+                    )
+                })
+            })
+        });
+        row("202 ended within the promise", &|r| {
+            deferred(r, &|d| {
+                format!(
+                    "{} of {} ({}, promise {} s)",
+                    d.counts.within_promise,
+                    d.counts.followed,
+                    pct(d.within_promise_pct),
+                    trim_float(d.promise_s)
+                )
+            })
+        });
+        row("sales/s (measured / analytic cap)", &|r| {
+            r.sales.as_ref().map_or("-".to_owned(), |s| match s.cap {
+                Some(cap) => format!(
+                    "{:.2} / {:.2} ({}; N={}, p={}, window {} s)",
+                    s.per_s,
+                    cap.units_per_s,
+                    pct(s.of_cap_pct),
+                    cap.stores,
+                    trim_float(cap.sell_error_p),
+                    trim_float(cap.sell_error_window_s)
+                ),
+                None => format!("{:.2} / -", s.per_s),
+            })
+        });
+    }
 
     let _ = writeln!(md, "\nAnswers by HTTP status:");
     for run in &result.runs {

@@ -47,6 +47,12 @@ pub async fn run(
         sent: AtomicU64::new(0),
         max_requests: plan.max_requests,
         stop: run_stop.clone(),
+        interrupt: stop.clone(),
+        orders_base: plan.orders_base.clone(),
+        promise: plan.promise,
+        follow_timeout: plan.follow_timeout,
+        followers: Mutex::new(JoinSet::new()),
+        polls: Semaphore::new(super::follow::MAX_POLLS_IN_FLIGHT),
     });
 
     // The duration bound: one timer for the whole run, shared by every VU through `stop`.
@@ -107,7 +113,25 @@ pub async fn run(
     let _ = progress.await;
     result?;
 
-    let report = ctx.recorder().finish(ft, elapsed);
+    let mut report = ctx.recorder().finish(ft, elapsed);
+    // Every 202 is followed to its end (each follower is bounded by the follow timeout and by
+    // Ctrl-C), after the load itself has stopped.
+    let followers =
+        std::mem::take(&mut *ctx.followers.lock().unwrap_or_else(PoisonError::into_inner));
+    if !followers.is_empty() {
+        eprintln!(
+            "ft={ft}: following {} deferred orders to their end (at most {} s each)",
+            followers.len(),
+            plan.follow_timeout.as_secs()
+        );
+    }
+    join_all(followers).await?;
+    ctx.recorder().finish_followed(
+        &mut report,
+        plan.promise,
+        plan.follow_timeout,
+        plan.sales_cap,
+    );
     Ok(report)
 }
 
@@ -122,6 +146,15 @@ struct RunContext {
     sent: AtomicU64,
     max_requests: Option<u64>,
     stop: CancellationToken,
+    /// Ctrl-C: also ends the following of 202s.
+    interrupt: CancellationToken,
+    orders_base: Url,
+    promise: Duration,
+    follow_timeout: Duration,
+    /// One task per 202, polling its order to the end.
+    followers: Mutex<JoinSet<()>>,
+    /// Bounds the `GET /orders/{id}` in flight over all followers.
+    polls: Semaphore,
 }
 
 impl RunContext {
@@ -153,7 +186,7 @@ impl RunContext {
     /// One purchase with a fresh Idempotency-Key. `started` is when it should have been sent:
     /// in open loop that is the scheduled arrival, so a late send counts against latency
     /// instead of being hidden (coordinated omission).
-    async fn purchase(&self, user: &str, started: Instant) {
+    async fn purchase(self: &Arc<Self>, user: &str, started: Instant) {
         let body = serde_json::json!({
             "product": self.products.sample(),
             "user": user,
@@ -168,15 +201,26 @@ impl RunContext {
             .send()
             .await;
         let mut status = None;
+        let mut pending_order = None;
         let (outcome, details) = match answer {
             Ok(response) => {
                 status = Some(response.status().as_u16());
-                let outcome = outcome::classify_status(response.status().as_u16());
+                let outcome = outcome::classify_answer(
+                    response.status().as_u16(),
+                    response
+                        .headers()
+                        .contains_key(reqwest::header::RETRY_AFTER),
+                );
                 // The body is read for every answer: it is part of the latency a customer
                 // sees, and an unread body keeps the connection out of the pool.
                 match response.bytes().await {
                     Ok(body) if outcome == Outcome::Completed => {
                         (outcome, Some(outcome::details(&body)))
+                    }
+                    Ok(body) if outcome == Outcome::Accepted => {
+                        // None (no order id) is followed too: it ends as a failed lookup.
+                        pending_order = Some(outcome::order_id(&body));
+                        (outcome, None)
                     }
                     Ok(_) => (outcome, None),
                     Err(err) => (outcome::classify_error(&err), None),
@@ -184,6 +228,9 @@ impl RunContext {
             }
             Err(err) => (outcome::classify_error(&err), None),
         };
+        if let Some(order_id) = pending_order {
+            self.follow(order_id, started);
+        }
         let now = Instant::now();
         let mut recorder = self.recorder();
         if let Some(status) = status {
@@ -195,6 +242,37 @@ impl RunContext {
             // Only a histogram allocation can fail here; the run goes on without this answer.
             eprintln!("could not record an answer: {err:#}");
         }
+    }
+}
+
+impl RunContext {
+    /// Follows one 202 to its end in the background and records its fate.
+    fn follow(self: &Arc<Self>, order_id: Option<String>, sent_at: Instant) {
+        let ctx = Arc::clone(self);
+        let task = async move {
+            let mut lag = Duration::ZERO;
+            let (fate, took) = match order_id {
+                Some(id) => {
+                    let with = super::follow::Following {
+                        client: &ctx.client,
+                        base: &ctx.orders_base,
+                        timeout: ctx.follow_timeout,
+                        interrupt: &ctx.interrupt,
+                        polls: &ctx.polls,
+                    };
+                    super::follow::follow(&with, &id, sent_at, &mut lag).await
+                }
+                None => (super::follow::Fate::LookupFailed, None),
+            };
+            let at = ctx.start.elapsed();
+            let mut recorder = ctx.recorder();
+            recorder.record_followed(fate, took, at, ctx.promise);
+            recorder.record_poll_lag(lag);
+        };
+        self.followers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .spawn(task);
     }
 }
 

@@ -10,7 +10,11 @@
 //!   admits calls; when none answers, the last known good rate (bounded age).
 //! - `/sell`: failover across Store replicas with an idempotency key derived from the order, so
 //!   a retried or failed-over sale never sells twice.
-//! - `/bonus`: one short attempt; the caller falls back to the durable outbox.
+//! - `/bonus`: one short attempt, only while Fidelity's breaker is closed; otherwise the bonus
+//!   goes straight to the durable outbox without a call. The outbox dispatcher's deliveries are
+//!   the breaker's trial calls (see [`Resilient::bonus_delivery_permit`]), so a 30 s latency
+//!   window on Fidelity costs a purchase nothing once the breaker has opened: no request waits
+//!   out a timeout to learn that Fidelity is still slow.
 //!
 //! Failover between replicas is a retry, so it spends the shared retry budget.
 
@@ -19,8 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ftshop_resilience::{
-    BreakerConfig, BreakerRegistry, CacheConfig, CacheSource, CircuitBreaker, HedgePolicy, Policy,
-    ResilienceError, RetryBudget, RetryPolicy, State, TieredCache,
+    BreakerConfig, BreakerRegistry, CacheConfig, CacheSource, CircuitBreaker, HedgePolicy,
+    LatencyEstimator, Policy, ResilienceError, RetryBudget, RetryPolicy, State, TieredCache,
 };
 use tokio::time::Instant;
 
@@ -105,6 +109,12 @@ pub struct Resilient {
     stores: Vec<Replica>,
     exchanges: Vec<Replica>,
     fidelity: Policy<StepError>,
+    /// Fidelity's breaker: the request path calls only while it is closed.
+    fidelity_breaker: CircuitBreaker,
+    /// Fidelity's recent answer times: a purchase's bonus call times out at 4 × their p99
+    /// (at least [`BONUS_TIMEOUT_FLOOR`], at most `bonus_timeout`), so the calls that meet the
+    /// start of a latency window, before the breaker has opened, give up early.
+    bonus_latency: LatencyEstimator,
     catalog: TieredCache<Product>,
     rates: TieredCache<Rate>,
     failover: RetryBudget,
@@ -123,6 +133,10 @@ const RATE_PAIR: &str = "USD-BRL";
 fn is_failure(err: &StepError) -> bool {
     !matches!(err, StepError::Status { status, .. } if status.is_client_error())
 }
+
+/// The shortest adaptive bonus timeout: well above Fidelity's normal answer time (a few ms) and
+/// the scheduling noise of a busy 2-core machine, so a healthy Fidelity is never given up on.
+const BONUS_TIMEOUT_FLOOR: Duration = Duration::from_millis(50);
 
 /// The share of an attempt's timeout after which a call counts as slow for its breaker.
 const SLOW_SHARE_OF_TIMEOUT: f64 = 0.8;
@@ -204,7 +218,7 @@ impl Resilient {
         );
         let fidelity = Policy::named("fidelity.bonus")
             .timeout(settings.bonus_timeout)
-            .breaker(fidelity_breaker)
+            .breaker(fidelity_breaker.clone())
             .failure_if(is_failure);
         let catalog = TieredCache::new(
             CacheConfig::builder("catalog")
@@ -226,6 +240,14 @@ impl Resilient {
             stores,
             exchanges,
             fidelity,
+            bonus_latency: LatencyEstimator::try_new(
+                100,
+                20,
+                4.0,
+                BONUS_TIMEOUT_FLOOR.min(settings.bonus_timeout),
+                settings.bonus_timeout,
+            )?,
+            fidelity_breaker,
             catalog,
             rates,
             // Failover may add up to 50 % more calls, with a floor for quiet periods.
@@ -532,7 +554,17 @@ impl Resilient {
         }
     }
 
-    /// One short attempt to credit the bonus.
+    /// One short attempt to credit the bonus, made only while Fidelity's breaker is closed.
+    ///
+    /// With the breaker open or half-open the call is not made at all and the answer is an
+    /// error at once (the caller queues the bonus in the outbox): the trial calls that decide
+    /// whether Fidelity has recovered are the outbox dispatcher's deliveries, which have time
+    /// to wait (see [`Self::bonus_delivery_permit`]), never a customer's purchase. Without this,
+    /// every `wait_in_open` a purchase would pay a whole `bonus_timeout` as a half-open trial
+    /// during a latency window (the source of most of the p99 under the default faults).
+    ///
+    /// Errors: [`StepError::Transport`] (step `bonus`) when the breaker is not closed, else the
+    /// call's own error or timeout.
     pub async fn bonus(
         &self,
         user: &str,
@@ -540,21 +572,53 @@ impl Resilient {
         transaction_id: &str,
         request_id: &str,
     ) -> Result<(), StepError> {
+        let state = self.fidelity_breaker.state();
+        if state != State::Closed {
+            metrics::counter!("shop_bonus_calls_skipped_total").increment(1);
+            return Err(StepError::Transport {
+                step: Step::Bonus,
+                cause: format!(
+                    "Fidelity's breaker is {}; the outbox dispatcher delivers",
+                    state.as_str()
+                ),
+            });
+        }
         let fidelity = self.calls.fidelity();
-        let result = self
-            .fidelity
+        // The timeout from Fidelity's observed latency; the policy carries it so a timeout
+        // still counts as a failure for the breaker.
+        let (policy, timeout) = self.bonus_policy();
+        let started = Instant::now();
+        let result = policy
             .call(|| {
-                self.calls.bonus_at(
-                    fidelity,
-                    user,
-                    points,
-                    transaction_id,
-                    request_id,
-                    self.settings.bonus_timeout,
-                )
+                self.calls
+                    .bonus_at(fidelity, user, points, transaction_id, request_id, timeout)
             })
             .await;
+        if result.is_ok() {
+            self.bonus_latency.record(started.elapsed());
+        }
         result.map_err(|e| from_resilience(e, Step::Bonus))
+    }
+
+    /// The policy of the next purchase's bonus call and its timeout, derived from Fidelity's
+    /// observed latency (see `bonus_latency`).
+    fn bonus_policy(&self) -> (Policy<StepError>, Duration) {
+        let timeout = self.bonus_latency.timeout();
+        (self.fidelity.clone().timeout(timeout), timeout)
+    }
+
+    /// A permit for one outbox delivery to Fidelity, when the breaker admits one: the
+    /// dispatcher reports the delivery's outcome on it, so its deliveries are the breaker's
+    /// trial calls while it is open (the request path makes none, see [`Self::bonus`]) and
+    /// count in its window while it is closed. `None` (open and still waiting, or the half-open
+    /// trial slots taken): deliver anyway and report nothing, as before.
+    pub fn bonus_delivery_permit(&self) -> Option<ftshop_resilience::breaker::OwnedPermit> {
+        self.fidelity_breaker.try_acquire_owned().ok()
+    }
+
+    /// Whether `err` from Fidelity counts against its breaker (4xx answers do not).
+    pub fn is_failure(err: &StepError) -> bool {
+        is_failure(err)
     }
 
     async fn failover<T, F, Fut>(
@@ -680,6 +744,35 @@ mod tests {
         )
         .unwrap();
         Resilient::new(Arc::new(calls), FtSettings::default()).unwrap()
+    }
+
+    /// The bonus timeout follows Fidelity's observed latency: the 150 ms ceiling until 20 calls
+    /// are known, then 4 × p99 with a 50 ms floor; a call that meets a Fidelity that has just
+    /// become slow gives up at that timeout (not the ceiling) and counts as a failure.
+    #[tokio::test(start_paused = true)]
+    async fn a_bonus_call_times_out_at_a_multiple_of_observed_latency() {
+        let ft = resilient();
+        assert_eq!(ft.bonus_policy().1, Duration::from_millis(150));
+        for _ in 0..20 {
+            ft.bonus_latency.record(Duration::from_millis(4));
+        }
+        let (policy, timeout) = ft.bonus_policy();
+        assert_eq!(timeout, BONUS_TIMEOUT_FLOOR);
+        let started = Instant::now();
+        let result = policy
+            .call(std::future::pending::<Result<(), StepError>>)
+            .await;
+        assert!(
+            matches!(result, Err(ResilienceError::Timeout)),
+            "{result:?}"
+        );
+        assert_eq!(started.elapsed(), BONUS_TIMEOUT_FLOOR);
+        assert_eq!(ft.fidelity_breaker.status().failures_in_window, 1);
+
+        for _ in 0..100 {
+            ft.bonus_latency.record(Duration::from_millis(30));
+        }
+        assert_eq!(ft.bonus_policy().1, Duration::from_millis(120));
     }
 
     /// Latency-aware ejection: a Store replica whose product calls succeed but take 90 % of

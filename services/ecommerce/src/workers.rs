@@ -24,7 +24,7 @@
 //! All their state is in the database: killing the process at any moment loses nothing, and the
 //! next start carries on.
 
-use ftshop_resilience::full_jitter;
+use ftshop_resilience::{Outcome, full_jitter};
 use std::time::Duration;
 
 use ftshop_platform::db::now_millis;
@@ -415,6 +415,9 @@ async fn deliver(state: &AppState, entry: OutboxEntry) -> anyhow::Result<()> {
     }
     let calls = &state.downstreams;
     let request_id = format!("bonus-dispatcher-{}", entry.transaction_id);
+    // The delivery is one of the breaker's observations (and its trial call while it is open:
+    // purchases never make those, see `Resilient::bonus`).
+    let permit = state.resilient.bonus_delivery_permit();
     let result = calls
         .bonus_at(
             calls.fidelity(),
@@ -425,6 +428,14 @@ async fn deliver(state: &AppState, entry: OutboxEntry) -> anyhow::Result<()> {
             BONUS_DELIVERY_TIMEOUT,
         )
         .await;
+    if let Some(permit) = permit {
+        let failed = result.as_ref().is_err_and(crate::ft::Resilient::is_failure);
+        permit.record(if failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        });
+    }
     match result {
         Ok(()) => {
             orders::bonus_delivered(&state.db, &entry.transaction_id, &entry.order_id).await?;

@@ -36,6 +36,11 @@ struct Script {
     bonus_calls: Vec<(String, i64, String)>,
     /// Every /bonus request, answered or refused.
     bonus_attempts: usize,
+    /// /bonus requests made by a purchase (not by the outbox dispatcher, whose request ids
+    /// start with `bonus-dispatcher-`).
+    purchase_bonus_calls: usize,
+    /// How long Fidelity takes to answer /bonus, when set.
+    bonus_delay: Option<Duration>,
     /// The product's price in cents (default 4990) and Exchange's `rate` (default 5.0).
     price_cents: Option<i64>,
     rate: Option<Value>,
@@ -114,8 +119,23 @@ async fn sell(
 
 async fn bonus(
     State((s, _)): State<(Shared, usize)>,
+    headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> axum::response::Response {
+    let delay = {
+        let mut s = s.lock().expect("lock");
+        let by_dispatcher = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|id| id.starts_with("bonus-dispatcher-"));
+        if !by_dispatcher {
+            s.purchase_bonus_calls += 1;
+        }
+        s.bonus_delay
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let mut s = s.lock().expect("lock");
     s.bonus_attempts += 1;
     if let Some(code) = s.bonus_status {
@@ -865,6 +885,73 @@ async fn ft_queues_the_bonus_when_fidelity_fails_and_delivers_it_once() {
     })
     .await;
     assert_eq!(app.script().bonus_calls.len(), 1);
+}
+
+/// The state of the breaker `name`, from `GET /breakers`.
+async fn breaker_state(app: &TestApp, name: &str) -> String {
+    let breakers = app.get_json("/breakers").await;
+    breakers
+        .as_array()
+        .and_then(|all| all.iter().find(|b| b["name"] == name))
+        .and_then(|b| b["state"].as_str())
+        .unwrap_or_else(|| panic!("no breaker {name}: {breakers}"))
+        .to_owned()
+}
+
+/// A latency window on Fidelity (every /bonus slower than the slow-call threshold, 80 % of the
+/// 150 ms bonus timeout) opens its breaker on slow calls; from then on purchases queue the bonus
+/// without calling Fidelity, also once the breaker's wait in open has passed: the trial calls
+/// are the outbox dispatcher's, never a purchase's. When Fidelity is fast again the dispatcher's
+/// trials close the breaker and purchases credit synchronously again.
+#[tokio::test]
+async fn ft_skips_a_slow_fidelity_once_its_slow_call_breaker_opens() {
+    let app = spawn_app(None).await;
+    app.script().bonus_delay = Some(Duration::from_millis(130));
+    let mut opened = false;
+    for _ in 0..10 {
+        let (status, body) = app.buy(None, ft_order()).await;
+        assert_eq!(status, 200, "{body}");
+        if breaker_state(&app, "fidelity.bonus").await == "open" {
+            opened = true;
+            break;
+        }
+    }
+    assert!(opened, "slow calls never opened Fidelity's breaker");
+    let calls_when_opened = app.script().purchase_bonus_calls;
+
+    // Purchases for longer than the breaker's 1 s wait in open.
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    let mut purchases = 0;
+    while std::time::Instant::now() < until {
+        let (status, body) = app.buy(None, ft_order()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["bonus"]["status"], "pending", "{body}");
+        purchases += 1;
+    }
+    assert!(purchases >= 3, "only {purchases} purchases in 2.5 s");
+    assert_eq!(
+        app.script().purchase_bonus_calls,
+        calls_when_opened,
+        "a purchase called Fidelity while its breaker was not closed"
+    );
+    assert_ne!(breaker_state(&app, "fidelity.bonus").await, "closed");
+
+    // Fidelity recovers: the dispatcher's deliveries close the breaker again.
+    app.script().bonus_delay = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = app.buy(None, ft_order()).await;
+        assert_eq!(status, 200, "{body}");
+        if body["bonus"]["status"] == "credited" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the breaker never closed after Fidelity recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(breaker_state(&app, "fidelity.bonus").await, "closed");
 }
 
 #[tokio::test]

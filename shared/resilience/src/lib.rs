@@ -33,6 +33,7 @@ pub mod bulkhead;
 pub mod cache;
 pub mod error;
 pub mod hedge;
+pub mod latency;
 mod policy;
 pub mod retry;
 pub mod timeout;
@@ -46,6 +47,7 @@ pub use crate::cache::{CacheConfig, CacheError, CacheSource, Cached, RedisL2, Ti
 
 pub use crate::error::{BoxError, ConfigError, ResilienceError};
 pub use crate::hedge::HedgePolicy;
+pub use crate::latency::LatencyEstimator;
 pub use crate::policy::Policy;
 pub use crate::retry::{Jitter, RetryBudget, RetryPolicy, full_jitter};
 pub use crate::timeout::{current_deadline, remaining, timeout_at, with_deadline};

@@ -1,0 +1,136 @@
+//! A timeout derived from observed latency: the last calls' durations in a ring, and a timeout
+//! at a multiple of their p99, clamped to a floor and the configured ceiling.
+//!
+//! Idea from Finagle's and Envoy's latency-aware timeouts and Dean & Barroso, "The Tail at
+//! Scale" (CACM 2013): a fixed timeout sized for the worst case makes every call to a dependency
+//! that has just become slow wait out that worst case; one sized from what the dependency
+//! normally answers in gives up on it as soon as it is clearly abnormal. Only successful calls
+//! are recorded (a timed-out call says only "at least the timeout", which would ratchet the
+//! estimate up), so a dependency that turns slow but still answers moves the estimate up
+//! towards the ceiling, and the breaker's slow-call rate takes over from there.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Recent successful call durations and the adaptive timeout derived from them.
+#[derive(Debug)]
+pub struct LatencyEstimator {
+    samples: Mutex<VecDeque<Duration>>,
+    capacity: usize,
+    min_samples: usize,
+    multiple: f64,
+    floor: Duration,
+    ceiling: Duration,
+}
+
+impl LatencyEstimator {
+    /// Keeps the last `capacity` durations; [`timeout`](Self::timeout) is
+    /// `clamp(multiple × p99, floor, ceiling)` once `min_samples` are known, `ceiling` before.
+    /// Errors when `capacity` or `min_samples` is 0, `min_samples > capacity`, `multiple` is not
+    /// at least 1, or `floor > ceiling`.
+    pub fn try_new(
+        capacity: usize,
+        min_samples: usize,
+        multiple: f64,
+        floor: Duration,
+        ceiling: Duration,
+    ) -> Result<Self, crate::ConfigError> {
+        let invalid = |what: &str| Err(crate::ConfigError::new("latency estimator", what));
+        if capacity == 0 || min_samples == 0 || min_samples > capacity {
+            return invalid("need 0 < min_samples <= capacity");
+        }
+        if !(multiple >= 1.0 && multiple.is_finite()) {
+            return invalid("the multiple of p99 must be a finite number >= 1");
+        }
+        if floor > ceiling {
+            return invalid("the floor is above the ceiling");
+        }
+        Ok(Self {
+            samples: Mutex::new(VecDeque::with_capacity(capacity)),
+            capacity,
+            min_samples,
+            multiple,
+            floor,
+            ceiling,
+        })
+    }
+
+    /// Records the duration of a call that succeeded.
+    pub fn record(&self, took: Duration) {
+        let mut samples = self.lock();
+        if samples.len() == self.capacity {
+            samples.pop_front();
+        }
+        samples.push_back(took);
+    }
+
+    /// The `q` quantile (0..=1) of the recorded durations; `None` below `min_samples`.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let mut sorted: Vec<Duration> = self.lock().iter().copied().collect();
+        if sorted.len() < self.min_samples {
+            return None;
+        }
+        sorted.sort_unstable();
+        let rank = ((q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize).max(1);
+        sorted.get(rank - 1).copied()
+    }
+
+    /// The timeout for the next call: `multiple × p99` clamped to `[floor, ceiling]`, or the
+    /// ceiling while fewer than `min_samples` calls are known.
+    pub fn timeout(&self) -> Duration {
+        match self.quantile(0.99) {
+            Some(p99) => p99.mul_f64(self.multiple).clamp(self.floor, self.ceiling),
+            None => self.ceiling,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Duration>> {
+        // Durations only: a panic elsewhere cannot leave them inconsistent.
+        self.samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests state their expectations by unwrapping
+
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_timeout_follows_p99_within_its_bounds() {
+        let est = LatencyEstimator::try_new(64, 10, 4.0, ms(50), ms(150)).unwrap();
+        assert_eq!(est.timeout(), ms(150), "the ceiling until enough is known");
+        for _ in 0..20 {
+            est.record(ms(3));
+        }
+        assert_eq!(est.quantile(0.99), Some(ms(3)));
+        assert_eq!(est.timeout(), ms(50), "4 × 3 ms is below the floor");
+        for _ in 0..64 {
+            est.record(ms(20));
+        }
+        assert_eq!(
+            est.timeout(),
+            ms(80),
+            "4 × p99 once the old samples are gone"
+        );
+        for _ in 0..64 {
+            est.record(ms(100));
+        }
+        assert_eq!(est.timeout(), ms(150), "never above the ceiling");
+    }
+
+    #[test]
+    fn invalid_settings_are_refused() {
+        assert!(LatencyEstimator::try_new(0, 1, 4.0, ms(1), ms(2)).is_err());
+        assert!(LatencyEstimator::try_new(4, 5, 4.0, ms(1), ms(2)).is_err());
+        assert!(LatencyEstimator::try_new(4, 2, 0.5, ms(1), ms(2)).is_err());
+        assert!(LatencyEstimator::try_new(4, 2, 4.0, ms(3), ms(2)).is_err());
+    }
+}
