@@ -581,6 +581,8 @@ impl Resilient {
                     "Fidelity's breaker is {}; the outbox dispatcher delivers",
                     state.as_str()
                 ),
+                // Skipped: Fidelity never saw it.
+                never_sent: true,
             });
         }
         let fidelity = self.calls.fidelity();
