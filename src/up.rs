@@ -521,7 +521,9 @@ async fn supervise(member: Member, env: ChildEnv, up_json: Arc<UpJson>, stop: Ca
     let mut restarts = 0u32;
     loop {
         let started = Instant::now();
-        let mut child = match spawn(&member, &env) {
+        // Each lifetime draws its own faults (docs/faults.md, "Epochs"): with the same epoch a
+        // restarted replica would crash at the same request every time.
+        let mut child = match spawn(&member, &env, u64::from(restarts)) {
             Ok(child) => child,
             Err(err) => {
                 eprintln!("[up] cannot start {}: {err:#}", member.name);
@@ -566,10 +568,13 @@ async fn wait_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-fn spawn(member: &Member, env: &ChildEnv) -> anyhow::Result<Child> {
+/// Starts `member` for its lifetime number `epoch` (its restart count), passed as
+/// `FTSHOP_FAULT_EPOCH` so each lifetime draws a different, reproducible fault stream.
+fn spawn(member: &Member, env: &ChildEnv, epoch: u64) -> anyhow::Result<Child> {
     let mut cmd = Command::new(&env.exe);
     cmd.args(&member.args)
         .env("FTSHOP_ADMIN_TOKEN", &env.token)
+        .env("FTSHOP_FAULT_EPOCH", epoch.to_string())
         .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .kill_on_drop(true);

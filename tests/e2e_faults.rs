@@ -189,3 +189,36 @@ async fn a_crash_fault_makes_exchange_exit_and_up_brings_it_back() {
     let log = std::fs::read_to_string(suite.logs_dir().join("exchange-1.log")).unwrap_or_default();
     assert!(log.contains("crash fault injected"), "log: {log}");
 }
+
+/// Reviewer finding F1: `up` restarted a crashed process with the same seed, so it replayed the
+/// same draws; with seed 839658 exchange-1 crashed on the 1st `/exchange` request of every
+/// lifetime and never answered one. Each lifetime now draws its own stream (the restart count
+/// is the fault epoch), so after a restart exchange-1 answers `/exchange` again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_replica_draws_new_faults_instead_of_replaying_its_crash() {
+    let suite = Suite::start(&["--faults", "default", "--fault-seed", "839658"]).await;
+    let url = format!("{}/exchange", suite.url("exchange-1"));
+    let status = faults_of(&suite, "exchange-1").await;
+    assert_eq!(status["seed"], 839_658, "{status}");
+    // Lifetime 0 crashes on its first request (platform unit test: epoch 0 crashes at 1),
+    // unless something asked it before this test did.
+    let _ = suite.http.get(&url).send().await;
+    eventually(
+        Duration::from_secs(30),
+        "exchange-1 is restarted and answers /exchange",
+        || async {
+            suite.member("exchange-1")["restarts"].as_u64() >= Some(1)
+                && suite.answers_ok(&url).await
+        },
+    )
+    .await;
+    let status = faults_of(&suite, "exchange-1").await;
+    assert!(status["epoch"].as_u64() >= Some(1), "{status}");
+    assert_eq!(
+        status["rules"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+    let log = std::fs::read_to_string(suite.logs_dir().join("exchange-1.log")).unwrap_or_default();
+    assert!(log.contains("crash fault injected"), "log: {log}");
+}

@@ -80,6 +80,12 @@ pub struct ChaosArgs {
     #[arg(long, default_value = "200ms..1s", value_parser = ThinkTime::parse)]
     pub think: ThinkTime,
 
+    /// Least share of the purchases (out-of-stock answers aside) that must be acknowledged
+    /// (200 or 202) for a verdict: below it, or with none at all, the invariants hold
+    /// vacuously and the run is INCONCLUSIVE (exit non-zero). 0.0..=1.0; see docs/chaos.md.
+    #[arg(long, default_value_t = report::MIN_ACKNOWLEDGED_SHARE, value_parser = parse_share)]
+    pub min_acknowledged_share: f64,
+
     /// `kill`: SIGKILL one random member this often.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub kill_every: Duration,
@@ -345,6 +351,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         ),
         faults_at_start: up.faults.clone(),
         fault_seed: seed,
+        min_acknowledged_share: args.min_acknowledged_share,
         scenarios: scenarios.clone(),
         vus: args.vus,
         duration_s: args.duration.as_secs_f64(),
@@ -416,12 +423,21 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     if report.interrupted {
         bail!("interrupted: the invariants were not checked");
     }
-    if !report.passed {
+    if !report.passed && report.violations() > 0 {
         bail!(
             "{} invariant violation(s); evidence in {}/chaos.md",
             report.violations(),
             out.display()
         );
+    }
+    if let Some(reason) = &report.inconclusive {
+        bail!(
+            "inconclusive: {reason}; evidence in {}/chaos.md",
+            out.display()
+        );
+    }
+    if !report.passed {
+        bail!("failed; evidence in {}/chaos.md", out.display());
     }
     Ok(())
 }
@@ -810,14 +826,21 @@ fn build_report(
                 .collect()
         })
         .unwrap_or_default();
+    let load = traffic::count(&collected.attempts);
+    let inconclusive = if interrupted {
+        None
+    } else {
+        report::inconclusive(&load, settings.min_acknowledged_share)
+    };
     ChaosReport {
         tool: "ftshop chaos".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at,
-        passed: !interrupted && verdicts.iter().all(|v| v.holds),
+        passed: report::passed(interrupted, &verdicts, inconclusive.as_deref()),
         interrupted,
+        inconclusive,
         settings,
-        load: traffic::count(&collected.attempts),
+        load,
         scenario_events: collected.events,
         actions,
         kills,
@@ -829,6 +852,15 @@ fn build_report(
         verdicts,
         observed: collected.observed,
     }
+}
+
+/// A share `0.0..=1.0` (`--min-acknowledged-share`).
+fn parse_share(value: &str) -> Result<f64, String> {
+    let share: f64 = value.parse().map_err(|e| format!("{value}: {e}"))?;
+    if !(0.0..=1.0).contains(&share) {
+        return Err(format!("{value} is not between 0 and 1"));
+    }
+    Ok(share)
 }
 
 /// How the suite reaches a backend, for the report.

@@ -29,6 +29,43 @@ pub fn acknowledged_ended(observed: &Observed) -> BTreeMap<String, usize> {
     ended
 }
 
+/// Default least share of purchases (out-of-stock answers aside) acknowledged for a verdict.
+/// Under the default faults with ft=true nearly every purchase is acknowledged; a run with 0 (or
+/// a handful) acknowledged checked its invariants on nothing (reviewer finding F1: 965
+/// purchases, 0 acknowledged, reported PASS).
+pub const MIN_ACKNOWLEDGED_SHARE: f64 = 0.1;
+
+/// Why a run's invariants cannot be trusted to mean anything, or None: no purchase at all, none
+/// acknowledged, or fewer than `min_share` of the purchases that were not out of stock.
+pub fn inconclusive(load: &LoadCounts, min_share: f64) -> Option<String> {
+    let eligible = load.requests.saturating_sub(load.out_of_stock_409);
+    if load.requests == 0 {
+        return Some("no purchase was sent, so no invariant was exercised".to_owned());
+    }
+    if load.acknowledged == 0 {
+        return Some(format!(
+            "0 of {} purchases were acknowledged, so every invariant holds vacuously",
+            load.requests
+        ));
+    }
+    let share = load.acknowledged as f64 / eligible.max(1) as f64;
+    if share < min_share {
+        return Some(format!(
+            "only {} of {eligible} purchases (out of stock aside) were acknowledged ({:.1} %), \
+             below the {:.1} % minimum (--min-acknowledged-share)",
+            load.acknowledged,
+            share * 100.0,
+            min_share * 100.0
+        ));
+    }
+    None
+}
+
+/// The verdict: every invariant checked and holding, not interrupted, not inconclusive.
+pub fn passed(interrupted: bool, verdicts: &[Verdict], inconclusive: Option<&str>) -> bool {
+    !interrupted && inconclusive.is_none() && verdicts.iter().all(|v| v.holds)
+}
+
 /// Evidence lines shown per invariant in chaos.md (chaos.json has all of them).
 const EVIDENCE_IN_MARKDOWN: usize = 20;
 
@@ -39,6 +76,9 @@ pub struct ChaosReport {
     pub started_at: String,
     pub passed: bool,
     pub interrupted: bool,
+    /// Set when too few purchases were acknowledged for the invariants to mean anything
+    /// ([`inconclusive`]); the run then fails.
+    pub inconclusive: Option<String>,
     pub settings: Settings,
     pub load: LoadCounts,
     pub scenario_events: Vec<Event>,
@@ -67,6 +107,8 @@ pub struct Settings {
     pub cache: String,
     pub faults_at_start: String,
     pub fault_seed: u64,
+    /// `--min-acknowledged-share`.
+    pub min_acknowledged_share: f64,
     pub scenarios: Vec<Scenario>,
     pub vus: u32,
     pub duration_s: f64,
@@ -98,6 +140,8 @@ pub fn markdown(report: &ChaosReport) -> String {
     let s = &report.settings;
     let verdict = if report.interrupted {
         "INTERRUPTED"
+    } else if report.inconclusive.is_some() && report.violations() == 0 {
+        "INCONCLUSIVE"
     } else if report.passed {
         "PASS"
     } else {
@@ -125,6 +169,13 @@ pub fn markdown(report: &ChaosReport) -> String {
         report.version,
     );
 
+    if let Some(reason) = &report.inconclusive {
+        let _ = writeln!(
+            md,
+            "> ⚠️ **Inconclusive:** {reason}. The invariants below hold only vacuously; the run \
+             exits non-zero (docs/chaos.md, \"Verdict\").\n"
+        );
+    }
     let _ = writeln!(md, "| invariant | result | checked |\n|---|---|---|");
     for v in &report.verdicts {
         let result = if v.holds {
@@ -261,4 +312,65 @@ pub fn markdown(report: &ChaosReport) -> String {
         }
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::invariants::check;
+    use super::*;
+
+    /// The four verdicts, every one holding (what a run with nothing acknowledged reports).
+    fn all_holding() -> Vec<Verdict> {
+        check(&super::super::invariants::Observed::default())
+            .into_iter()
+            .map(|mut v| {
+                v.holds = true;
+                v.violations.clear();
+                v
+            })
+            .collect()
+    }
+
+    fn load(requests: usize, acknowledged: usize, out_of_stock: usize) -> LoadCounts {
+        LoadCounts {
+            requests,
+            acknowledged,
+            completed_200: acknowledged,
+            out_of_stock_409: out_of_stock,
+            errors: requests - acknowledged - out_of_stock,
+            ..LoadCounts::default()
+        }
+    }
+
+    /// Reviewer finding F1: 965 purchases, 0 acknowledged, every invariant "holds" on nothing;
+    /// that run must not pass.
+    #[test]
+    fn a_run_with_no_acknowledged_purchase_is_inconclusive_not_pass() {
+        let verdicts = all_holding();
+        assert_eq!(verdicts.len(), 4);
+        let counts = load(965, 0, 0);
+        let reason = inconclusive(&counts, MIN_ACKNOWLEDGED_SHARE);
+        assert_eq!(
+            reason.as_deref(),
+            Some("0 of 965 purchases were acknowledged, so every invariant holds vacuously")
+        );
+        assert!(!passed(false, &verdicts, reason.as_deref()));
+        // No purchase at all is as vacuous, whatever the minimum.
+        assert!(inconclusive(&load(0, 0, 0), 0.0).is_some());
+        assert!(inconclusive(&load(10, 0, 0), 0.0).is_some());
+    }
+
+    #[test]
+    fn the_minimum_share_counts_purchases_that_were_not_out_of_stock() {
+        // 9 of 100 acknowledged: below 10 %.
+        assert!(inconclusive(&load(100, 9, 0), 0.1).is_some());
+        assert_eq!(inconclusive(&load(100, 10, 0), 0.1), None);
+        // 9 acknowledged, 20 out of stock: 9 of 80 eligible, above 10 %.
+        assert_eq!(inconclusive(&load(100, 9, 20), 0.1), None);
+        // Everything out of stock but one acknowledged.
+        assert_eq!(inconclusive(&load(50, 1, 49), 0.1), None);
+        let verdicts = all_holding();
+        assert!(passed(false, &verdicts, None));
+        assert!(!passed(true, &verdicts, None));
+    }
 }

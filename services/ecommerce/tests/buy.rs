@@ -445,6 +445,39 @@ async fn absurd_rates_fail_the_exchange_step_and_sell_nothing() {
     assert!(app.script().bonus_calls.is_empty());
 }
 
+/// Reviewer finding F3: a 1e-6 rate sold 24.50 USD and 0.50 USD for `"total": 0.0` with the
+/// bonus credited, and 1,000,000 sold 1,000,000.49 USD for 10^12 BRL. A rate absurd for
+/// USD->BRL, or any rate that prices the product at 0 cents, fails the Exchange step before the
+/// sale: nothing is sold, no bonus, on either path.
+#[tokio::test]
+async fn a_rate_that_gives_a_zero_total_or_is_absurd_for_the_pair_sells_nothing() {
+    let app = spawn_app(None).await;
+    for (price_cents, rate) in [
+        (2450, json!(0.000001)),
+        (50, json!(0.000001)),
+        (50, json!(0.009)),
+        (100_000_049, json!(1_000_000)),
+        (2450, json!(0.19)),
+    ] {
+        {
+            let mut script = app.script();
+            script.price_cents = Some(price_cents);
+            script.rate = Some(rate.clone());
+        }
+        for ft in [false, true] {
+            let (status, body) = app
+                .buy(None, json!({"product": "7", "user": "alice", "ft": ft}))
+                .await;
+            let case = format!("{price_cents} cents at {rate}, ft={ft}: {body}");
+            assert_eq!(status, 502, "{case}");
+            assert_eq!(body["step"], "exchange", "{case}");
+            assert!(body.get("total").is_none(), "{case}");
+        }
+    }
+    assert_eq!(app.script().sell_calls, 0);
+    assert!(app.script().bonus_calls.is_empty());
+}
+
 #[tokio::test]
 async fn each_failing_step_is_named_with_the_right_status() {
     let app = spawn_app(None).await;

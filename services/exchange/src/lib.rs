@@ -27,7 +27,7 @@ pub use cache::{Origin, Quote, RatesCache, Refresh, Snapshot, Unavailable};
 pub use duration::parse_duration;
 pub use routes::{ApiDoc, ExchangeRate, RateOrigin, router};
 pub use shared::{SharedRates, SharedSettings};
-pub use source::{FetchError, RandomWalk, RateSource};
+pub use source::{FetchError, JumpGuard, RandomWalk, RateSource};
 
 /// Service name in logs, metrics and docs.
 pub const NAME: &str = "exchange";
@@ -63,13 +63,24 @@ pub struct Config {
     pub upstream_url: Option<reqwest::Url>,
 
     /// Smallest rate believed (BRL per USD); a source answering less has failed, and the last
-    /// good rate is served instead.
-    #[arg(long, env = "FTSHOP_RATE_MIN", default_value = "0.000001")]
+    /// good rate is served instead. Must lie inside the band Ecommerce accepts,
+    /// `RateBand::DEFAULT` (0.5..=50, docs/design.md "Limits").
+    #[arg(long, env = "FTSHOP_RATE_MIN", default_value = "0.5")]
     pub rate_min: Decimal,
 
     /// Largest rate believed; a source answering more has failed (see `--rate-min`).
-    #[arg(long, env = "FTSHOP_RATE_MAX", default_value = "1000000")]
+    #[arg(long, env = "FTSHOP_RATE_MAX", default_value = "50")]
     pub rate_max: Decimal,
+
+    /// Largest move of the rate in one refresh, as a ratio of the last good rate (`0.2` =
+    /// 20 %); a bigger move is refused as implausible and the last good rate served stale,
+    /// until `--rate-jump-confirmations` consecutive answers agree on the new level.
+    #[arg(long, env = "FTSHOP_RATE_MAX_JUMP", default_value = "0.2")]
+    pub rate_max_jump: Decimal,
+
+    /// Consecutive consistent answers after which a rate jump is believed (2 to 1000).
+    #[arg(long, env = "FTSHOP_RATE_JUMP_CONFIRMATIONS", default_value_t = 3)]
+    pub rate_jump_confirmations: u32,
 
     /// Timeout of one upstream fetch.
     #[arg(long, env = "FTSHOP_EXCHANGE_UPSTREAM_TIMEOUT", default_value = "800ms", value_parser = parse_duration)]
@@ -111,6 +122,8 @@ impl Config {
             upstream_url: None,
             rate_min: RateBand::DEFAULT.min,
             rate_max: RateBand::DEFAULT.max,
+            rate_max_jump: JumpGuard::DEFAULT_MAX_JUMP,
+            rate_jump_confirmations: JumpGuard::DEFAULT_CONFIRMATIONS,
             upstream_timeout: Duration::from_millis(800),
             upstream_pointer: "/rates/BRL".to_owned(),
             redis_key_prefix: "ftshop:".to_owned(),
@@ -159,7 +172,12 @@ impl AppState {
             )?,
             None => RateSource::simulated(config.rate_seed),
         }
-        .with_band(band);
+        .with_band(band)
+        .with_jump_guard(
+            JumpGuard::new(config.rate_max_jump, config.rate_jump_confirmations).map_err(
+                |err| anyhow::anyhow!("--rate-max-jump / --rate-jump-confirmations: {err}"),
+            )?,
+        );
         anyhow::ensure!(
             !config.redis_timeout.is_zero(),
             "--redis-timeout must be positive"
@@ -313,6 +331,10 @@ mod tests {
             ("0.0000001", "10"),
             ("1", "1000000.5"),
             ("0.0000001", "2000000"),
+            // The old default, far too wide for USD->BRL (reviewer finding F3).
+            ("0.000001", "1000000"),
+            ("0.4", "50"),
+            ("0.5", "51"),
         ] {
             let err = with_band(min, max).err().unwrap_or_default();
             assert!(
@@ -321,6 +343,6 @@ mod tests {
             );
         }
         assert_eq!(with_band("1", "10"), Ok(()));
-        assert_eq!(with_band("0.000001", "1000000"), Ok(()));
+        assert_eq!(with_band("0.5", "50"), Ok(()));
     }
 }

@@ -33,7 +33,7 @@ pub fn router(state: AppState) -> Router {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExchangeRate {
     /// BRL per USD: an exact decimal written as a JSON number (up to 15 significant digits,
-    /// inside the configured plausible band, default 0.000001..=1000000).
+    /// inside the configured plausible band, default 0.5..=50, and within the jump guard).
     #[schema(value_type = f64, example = 5.3123)]
     #[serde(with = "ftshop_platform::money::json")]
     pub rate: Decimal,

@@ -16,6 +16,114 @@ const UPSTREAM_TARGET: &str = "upstream";
 pub struct RateSource {
     kind: SourceKind,
     band: RateBand,
+    jump: Mutex<JumpGuard>,
+}
+
+/// Refuses a rate that moved too far from the last good one in one refresh (reviewer finding
+/// F3: 5.31 then 1,000,000 was served live), unless the move persists.
+///
+/// A new rate more than `max_jump` (a ratio: `0.2` = 20 %) away from the last good rate is
+/// [`FetchError::Jump`] (outcome `implausible`), and the cache serves the last good rate stale.
+/// A real level shift keeps answering the new level: once `confirmations` consecutive answers
+/// agree with each other (each within `max_jump` of the first), the last of them is accepted
+/// and becomes the new reference. The idea is the "price band / limit up-limit down" circuit
+/// breaker of exchanges and the "stale price / deviation check" of price oracles (Chainlink's
+/// deviation threshold), reduced to one pair and a count of confirmations.
+#[derive(Debug, Clone)]
+pub struct JumpGuard {
+    max_jump: Decimal,
+    confirmations: u32,
+    last_good: Option<Decimal>,
+    /// A jumped rate seen, and how many consecutive answers agreed with it.
+    candidate: Option<(Decimal, u32)>,
+}
+
+impl JumpGuard {
+    /// Default largest move per refresh: 20 %. USD/BRL rarely moves 2 % in a day; its largest
+    /// one-day move (March 2020) was under 10 %.
+    pub const DEFAULT_MAX_JUMP: Decimal = Decimal::from_parts(2, 0, 0, false, 1);
+    /// Default consistent answers after which a jump is believed.
+    pub const DEFAULT_CONFIRMATIONS: u32 = 3;
+
+    /// A guard refusing moves above `max_jump` (`0 < max_jump <= 10`) until `confirmations`
+    /// (`2..=1000`) consecutive answers agree.
+    pub fn new(max_jump: Decimal, confirmations: u32) -> Result<Self, String> {
+        if max_jump <= Decimal::ZERO || max_jump > Decimal::TEN {
+            return Err(format!(
+                "the largest rate jump {max_jump} must be above 0 and at most 10 (a ratio)"
+            ));
+        }
+        if !(2..=1000).contains(&confirmations) {
+            return Err(format!(
+                "{confirmations} confirmations of a rate jump must be between 2 and 1000"
+            ));
+        }
+        Ok(Self {
+            max_jump,
+            confirmations,
+            last_good: None,
+            candidate: None,
+        })
+    }
+
+    /// `rate` when it is within the allowed move of the last good rate (or confirms a jump),
+    /// remembering it as the last good rate; [`FetchError::Jump`] otherwise.
+    pub fn check(&mut self, rate: Decimal) -> Result<Decimal, FetchError> {
+        let Some(last) = self.last_good else {
+            self.accept(rate);
+            return Ok(rate);
+        };
+        if self.within(last, rate) {
+            self.accept(rate);
+            return Ok(rate);
+        }
+        let seen = match self.candidate {
+            Some((first, seen)) if self.within(first, rate) => seen + 1,
+            _ => 1,
+        };
+        if seen >= self.confirmations {
+            tracing::warn!(from = %last, to = %rate, answers = seen,
+                "rate jump confirmed by consecutive answers; accepted as the new level");
+            self.accept(rate);
+            return Ok(rate);
+        }
+        let first = match self.candidate {
+            Some((first, _)) if seen > 1 => first,
+            _ => rate,
+        };
+        self.candidate = Some((first, seen));
+        Err(FetchError::Jump {
+            from: last,
+            to: rate,
+            max_jump: self.max_jump,
+            seen,
+            confirmations: self.confirmations,
+        })
+    }
+
+    /// Takes `rate` as the last good rate (a rate another replica accepted).
+    pub fn accept(&mut self, rate: Decimal) {
+        self.last_good = Some(rate);
+        self.candidate = None;
+    }
+
+    /// `|rate - reference| <= max_jump × reference` (the reference is positive: band-checked).
+    fn within(&self, reference: Decimal, rate: Decimal) -> bool {
+        let allowed = reference.checked_mul(self.max_jump);
+        let moved = rate.checked_sub(reference).map(|d| d.abs());
+        matches!((moved, allowed), (Some(moved), Some(allowed)) if moved <= allowed)
+    }
+}
+
+impl Default for JumpGuard {
+    fn default() -> Self {
+        Self {
+            max_jump: Self::DEFAULT_MAX_JUMP,
+            confirmations: Self::DEFAULT_CONFIRMATIONS,
+            last_good: None,
+            candidate: None,
+        }
+    }
 }
 
 enum SourceKind {
@@ -39,6 +147,18 @@ pub enum FetchError {
     /// the cache serves its last good rate instead.
     #[error("implausible rate refused: {0}")]
     Implausible(RateError),
+    /// Inside the band, but too far from the last good rate in one refresh ([`JumpGuard`]).
+    #[error(
+        "implausible rate jump refused: {from} to {to} moves more than {max_jump} of the last \
+         good rate ({seen} of {confirmations} consistent answers needed to accept it)"
+    )]
+    Jump {
+        from: Decimal,
+        to: Decimal,
+        max_jump: Decimal,
+        seen: u32,
+        confirmations: u32,
+    },
 }
 
 impl FetchError {
@@ -50,7 +170,7 @@ impl FetchError {
             FetchError::Status(status) if status.is_client_error() => "client_error",
             FetchError::Status(_) => "server_error",
             FetchError::Decode(_) => "decode_error",
-            FetchError::Implausible(_) => "implausible",
+            FetchError::Implausible(_) | FetchError::Jump { .. } => "implausible",
         }
     }
 }
@@ -64,12 +184,19 @@ impl RateSource {
                 walk: Mutex::new(RandomWalk::new(seed)),
             })),
             band: RateBand::DEFAULT,
+            jump: Mutex::new(JumpGuard::default()),
         }
     }
 
     /// The same source refusing rates outside `band` (default [`RateBand::DEFAULT`]).
     pub fn with_band(mut self, band: RateBand) -> Self {
         self.band = band;
+        self
+    }
+
+    /// The same source refusing jumps as `guard` says (default [`JumpGuard::default`]).
+    pub fn with_jump_guard(mut self, guard: JumpGuard) -> Self {
+        self.jump = Mutex::new(guard);
         self
     }
 
@@ -95,17 +222,28 @@ impl RateSource {
                 timeout,
             }),
             band: RateBand::DEFAULT,
+            jump: Mutex::new(JumpGuard::default()),
         })
     }
 
     /// One rate, newly obtained: the simulated walk takes a step, the upstream is asked. A rate
-    /// outside the band is [`FetchError::Implausible`], whichever source produced it.
+    /// outside the band is [`FetchError::Implausible`], one too far from the last good rate is
+    /// [`FetchError::Jump`] ([`JumpGuard`]), whichever source produced it.
     pub async fn fetch(&self) -> Result<Decimal, FetchError> {
-        let rate = match &self.kind {
-            SourceKind::Simulated(simulated) => simulated.next(),
-            SourceKind::Upstream(upstream) => upstream.fetch(&self.band).await?,
+        let believe = |rate: Decimal| {
+            let rate = self.band.check(rate).map_err(FetchError::Implausible)?;
+            self.jump_guard().check(rate)
         };
-        self.band.check(rate).map_err(FetchError::Implausible)
+        match &self.kind {
+            SourceKind::Simulated(simulated) => believe(simulated.next()),
+            // Inside the upstream's fetch, so a refused jump is counted as `implausible`.
+            SourceKind::Upstream(upstream) => upstream.fetch(&self.band, believe).await,
+        }
+    }
+
+    fn jump_guard(&self) -> std::sync::MutexGuard<'_, JumpGuard> {
+        // Plain fields, updated whole: a poisoned lock still holds a valid guard.
+        self.jump.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The band this source's rates must lie in.
@@ -117,6 +255,11 @@ impl RateSource {
     /// step continues from it: replicas sharing a cache walk one market instead of each their
     /// own. The upstream ignores it (it is the market).
     pub fn observe(&self, rate: Decimal) {
+        // Another replica's accepted rate is the last good rate of the pair for this one too
+        // (only a rate this replica would believe: inside its band).
+        if self.band.check(rate).is_ok() {
+            self.jump_guard().accept(rate);
+        }
         if let SourceKind::Simulated(simulated) = &self.kind {
             simulated.walk().continue_from(rate);
         }
@@ -209,9 +352,15 @@ pub struct UpstreamRate {
 }
 
 impl UpstreamRate {
-    async fn fetch(&self, band: &RateBand) -> Result<Decimal, FetchError> {
+    /// One request; `believe` (band and jump guard) decides on the rate before the outcome is
+    /// recorded, so a refused rate counts as `implausible`.
+    async fn fetch(
+        &self,
+        band: &RateBand,
+        believe: impl FnOnce(Decimal) -> Result<Decimal, FetchError>,
+    ) -> Result<Decimal, FetchError> {
         let started = Instant::now();
-        let result = self.fetch_once(band).await;
+        let result = self.fetch_once(band).await.and_then(believe);
         let outcome = match &result {
             Ok(_) => "success",
             Err(err) => err.outcome(),
@@ -420,6 +569,9 @@ mod tests {
             json!({"rates": {"BRL": "1e300"}}),
             json!({"rates": {"BRL": "0.000000001"}}),
             json!({"rates": {"BRL": 1000000.5}}),
+            // Reviewer finding F3: plausible for "any pair", absurd for USD->BRL.
+            json!({"rates": {"BRL": 0.000001}}),
+            json!({"rates": {"BRL": 1000000}}),
         ] {
             let got = rate_at(&body, "/rates/BRL", &band);
             assert!(
@@ -428,8 +580,41 @@ mod tests {
             );
         }
         // The ends of the band are plausible.
-        assert!(rate_at(&json!(0.000001), "", &band).is_ok());
-        assert!(rate_at(&json!(1000000), "", &band).is_ok());
+        assert!(rate_at(&json!(0.5), "", &band).is_ok());
+        assert!(rate_at(&json!(50), "", &band).is_ok());
+    }
+
+    /// Reviewer finding F3 (b): a jump beyond the allowed move is refused until it persists.
+    #[test]
+    fn the_jump_guard_refuses_a_jump_until_consistent_answers_confirm_it() {
+        let mut guard = JumpGuard::new(dec("0.2"), 3).unwrap_or_default();
+        assert!(matches!(guard.check(dec("5.31")), Ok(r) if r == dec("5.31")));
+        // 20 % is allowed, just above is not.
+        assert!(guard.check(dec("6.372")).is_ok());
+        assert!(guard.check(dec("5.31")).is_ok());
+        assert!(matches!(
+            guard.check(dec("40")),
+            Err(FetchError::Jump { seen: 1, .. })
+        ));
+        // A one-off: the next answer is back near 5.31 and resets the candidate.
+        assert!(guard.check(dec("5.32")).is_ok());
+        assert!(matches!(
+            guard.check(dec("40")),
+            Err(FetchError::Jump { seen: 1, .. })
+        ));
+        assert!(matches!(
+            guard.check(dec("41")),
+            Err(FetchError::Jump { seen: 2, .. })
+        ));
+        // The third consistent answer is the new level, and the reference from now on.
+        assert!(matches!(guard.check(dec("40.5")), Ok(r) if r == dec("40.5")));
+        assert!(guard.check(dec("42")).is_ok());
+        assert!(matches!(
+            guard.check(dec("5.31")),
+            Err(FetchError::Jump { .. })
+        ));
+        assert!(JumpGuard::new(dec("0"), 3).is_err());
+        assert!(JumpGuard::new(dec("0.2"), 1).is_err());
     }
 
     #[tokio::test]

@@ -272,6 +272,76 @@ async fn absurd_upstream_rates_are_refused_and_the_last_good_rate_served() {
     );
 }
 
+/// Reviewer finding F3: rates plausible for "any pair" but absurd for USD->BRL (1e-6, which
+/// sold 24.50 USD for 0.00 BRL) and a jump from 5.31 to 1,000,000 in one refresh were served
+/// `live`. Both are refused now and the last good rate is served `stale`; a jump inside the band
+/// (5.31 to 40) too, until consecutive answers confirm the new level.
+#[tokio::test]
+async fn rates_absurd_for_the_pair_or_jumping_are_refused_and_the_last_good_served() {
+    let (upstream, base) =
+        spawn_with_upstream(Duration::from_millis(50), Duration::from_secs(60)).await;
+    let url = format!("{base}/exchange");
+    upstream.set(HEALTHY, 5.31);
+    poll_until(&url, "live 5.31", |a| {
+        a.source() == "live" && a.body["rate"] == json!(5.31)
+    })
+    .await;
+
+    for absurd in [0.000001, 1_000_000.0] {
+        upstream.set(HEALTHY, absurd);
+        let stale = poll_until(&url, &format!("a stale rate instead of {absurd}"), |a| {
+            a.source() == "stale"
+        })
+        .await;
+        assert_eq!(stale.body["rate"], json!(5.31), "{absurd}: {stale:?}");
+        // However often it is asked, the absurd rate is never served.
+        let calls = upstream.calls.load(Ordering::SeqCst);
+        let mut answers = Vec::new();
+        let started = Instant::now();
+        while upstream.calls.load(Ordering::SeqCst) < calls + 5 {
+            answers.push(get(&url).await);
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the upstream is no longer asked"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for answer in &answers {
+            assert_eq!(answer.body["rate"], json!(5.31), "{absurd}: {answer:?}");
+        }
+        upstream.set(HEALTHY, 5.31);
+        poll_until(&url, "a live rate again", |a| a.source() == "live").await;
+    }
+
+    // A jump inside the band: refused (stale 5.31) until 3 consecutive answers agree.
+    upstream.set(HEALTHY, 40.0);
+    let stale = poll_until(&url, "a stale rate instead of 40", |a| {
+        a.source() != "cache"
+    })
+    .await;
+    assert_eq!(stale.source(), "stale", "{stale:?}");
+    assert_eq!(stale.body["rate"], json!(5.31), "{stale:?}");
+    let asked_before = upstream.calls.load(Ordering::SeqCst);
+    let live = poll_until(&url, "the confirmed new level", |a| {
+        a.source() == "live" && a.body["rate"] == json!(40.0)
+    })
+    .await;
+    assert_rate_answer(&live);
+    assert!(
+        upstream.calls.load(Ordering::SeqCst) >= asked_before + 2,
+        "accepted before 3 consistent answers"
+    );
+
+    let metrics = get(&format!("{base}/metrics")).await;
+    let text = metrics.body.as_str().unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("http_client_request_duration_seconds")
+                && l.contains("outcome=\"implausible\"")),
+        "no implausible outcome in\n{text}"
+    );
+}
+
 #[tokio::test]
 async fn a_failing_upstream_gives_stale_then_503_then_recovers() {
     let (upstream, base) =

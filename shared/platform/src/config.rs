@@ -44,6 +44,12 @@ pub struct CommonArgs {
     #[arg(long, env = "FTSHOP_FAULT_SEED")]
     pub fault_seed: Option<u64>,
 
+    /// Lifetime number of this process, mixed into the fault draws so a restarted process does
+    /// not replay its previous lifetime's faults (`ftshop up` passes its restart count; see
+    /// docs/faults.md). Same seed + same epoch + same traffic = same faults.
+    #[arg(long, env = "FTSHOP_FAULT_EPOCH", default_value_t = 0)]
+    pub fault_epoch: u64,
+
     /// Time a connection has to send a complete request head, counted from accept and again
     /// after each response: both the slowloris guard and the idle keep-alive timeout. Closed
     /// without an answer on expiry.
@@ -82,6 +88,7 @@ impl CommonArgs {
             redis_url: None,
             faults: "off".to_owned(),
             fault_seed: None,
+            fault_epoch: 0,
             header_read_timeout: ServerLimits::default().header_read_timeout,
             body_read_timeout: ServerLimits::default().body_read_timeout,
             max_connections: u32::try_from(ServerLimits::default().max_connections)

@@ -7,7 +7,7 @@
 //! | data | produced by | refused by | checked where it enters |
 //! |------|-------------|------------|-------------------------|
 //! | bonus points | Ecommerce (`round(value)`) | Fidelity `POST /bonus` ([`check_bonus`]) | Store's catalog load and start ([`check_price`]), Ecommerce before the sale ([`check_price`]) |
-//! | total in BRL cents | Ecommerce (`value × rate`) | JSON numbers (15 significant digits) | Ecommerce before the sale ([`check_total`]) |
+//! | total in BRL cents | Ecommerce (`value × rate`) | JSON numbers (15 significant digits); never 0 (nothing is given away) | Ecommerce before the sale ([`check_total`]) |
 //! | ids (product, user, transaction) | clients, the catalog, Store | every service ([`is_valid_id`]) | the request, the catalog load, Ecommerce on Store's sale answer |
 //! | exchange rate | Exchange | Ecommerce ([`crate::money::RateBand::DEFAULT`]) | Exchange's `--rate-min/--rate-max` must lie inside it |
 //!
@@ -32,8 +32,12 @@ pub const PRICE_CENTS_MAX: i64 = BONUS_POINTS_MAX * 100 + 49;
 
 /// Largest total in cents an answer may carry: 15 significant digits, what a JSON number (an
 /// `f64`) holds exactly ([`crate::money::RATE_DIGITS`]). The largest price at the largest
-/// plausible rate (`1,000,000.49 × 1,000,000`) stays below it.
+/// plausible rate (`1,000,000.49 × 50`) stays far below it.
 pub const TOTAL_CENTS_MAX: i64 = 999_999_999_999_999;
+
+/// Smallest total in cents ever sold: 1 cent. A total that rounds to 0 (a rate far too small)
+/// would give the product away with its bonus (reviewer finding F3: `"total": 0.0`).
+pub const TOTAL_CENTS_MIN: i64 = 1;
 
 /// Longest id (product, user, transaction id) any service accepts.
 pub const ID_MAX_LEN: usize = 64;
@@ -53,7 +57,7 @@ pub enum LimitError {
     )]
     Price { value_cents: i64, points: i64 },
     #[error(
-        "price {price} USD at rate {rate} gives no total of at most {TOTAL_CENTS_MAX} cents",
+        "price {price} USD at rate {rate} gives no total between {TOTAL_CENTS_MIN} and {TOTAL_CENTS_MAX} cents",
         price = cents_to_decimal(*value_cents)
     )]
     Total { value_cents: i64, rate: Decimal },
@@ -80,11 +84,12 @@ pub fn check_price(value_cents: i64) -> Result<i64, LimitError> {
     Ok(points)
 }
 
-/// The total in cents of `value_cents × rate` ([`convert`], rounded once), when it is at most
-/// [`TOTAL_CENTS_MAX`] and not negative.
+/// The total in cents of `value_cents × rate` ([`convert`], rounded once), when it is
+/// [`TOTAL_CENTS_MIN`] to [`TOTAL_CENTS_MAX`]: never 0 (nothing is sold for nothing) and never
+/// beyond what a JSON number holds.
 pub fn check_total(value_cents: i64, rate: Decimal) -> Result<i64, LimitError> {
     convert(value_cents, rate)
-        .filter(|total| (0..=TOTAL_CENTS_MAX).contains(total))
+        .filter(|total| (TOTAL_CENTS_MIN..=TOTAL_CENTS_MAX).contains(total))
         .ok_or(LimitError::Total { value_cents, rate })
 }
 
@@ -165,11 +170,45 @@ mod tests {
     fn the_largest_price_at_the_largest_rate_has_a_total() {
         assert_eq!(
             check_total(PRICE_CENTS_MAX, RateBand::DEFAULT.max),
-            Ok(100_000_049_000_000)
+            Ok(5_000_002_450)
         );
+        assert_eq!(check_total(PRICE_CENTS_MIN, RateBand::DEFAULT.min), Ok(25));
         assert!(check_total(PRICE_CENTS_MIN, RateBand::DEFAULT.min).is_ok());
         assert!(check_total(i64::MAX, RateBand::DEFAULT.max).is_err());
         assert!(check_total(-100, Decimal::ONE).is_err());
+    }
+
+    /// Reviewer finding F3 (c): a total that rounds to 0 cents is never sold. 24.50 and
+    /// 0.50 USD at 0.000001 gave `"total": 0.0` and completed.
+    #[test]
+    fn a_total_of_zero_cents_is_refused() {
+        let tiny = Decimal::new(1, 6);
+        assert_eq!(
+            check_total(2450, tiny),
+            Err(LimitError::Total {
+                value_cents: 2450,
+                rate: tiny
+            })
+        );
+        assert!(check_total(PRICE_CENTS_MIN, tiny).is_err());
+        assert!(check_total(0, Decimal::ONE).is_err());
+        // 50 cents at 0.01 is exactly half a cent: rounds to 1 cent, the smallest sale.
+        assert_eq!(check_total(50, Decimal::new(1, 2)), Ok(1));
+        assert!(check_total(49, Decimal::new(1, 2)).is_err());
+    }
+
+    /// Reviewer finding F3 (a): the band is the USD->BRL pair's, not any pair's.
+    #[test]
+    fn the_default_band_is_the_pairs() {
+        let band = RateBand::DEFAULT;
+        for refused in ["0.000001", "0.19", "0.49", "50.01", "1000000", "531"] {
+            let rate = Decimal::from_str(refused).unwrap_or_default();
+            assert!(band.check(rate).is_err(), "{refused} accepted");
+        }
+        for accepted in ["0.5", "5.31", "6.3", "50"] {
+            let rate = Decimal::from_str(accepted).unwrap_or_default();
+            assert!(band.check(rate).is_ok(), "{accepted} refused");
+        }
     }
 
     #[test]

@@ -101,11 +101,17 @@ pub enum RateError {
 }
 
 impl RateBand {
-    /// `0.000001..=1000000`: wide enough for any currency pair, narrow enough to refuse a unit
-    /// or scale error (`1e300`, `1e-9`) before it prices an order.
+    /// `0.5..=50` BRL per USD, the suite's one pair. USD/BRL has traded between about 0.8
+    /// (1994, the real's launch) and 6.3 (2024); the band leaves more than 6x of room above
+    /// and below that history, yet refuses the errors a wider band let through (reviewer
+    /// finding F3: `0.000001` sold a 24.50 USD order for 0.00 BRL, `1,000,000` sold
+    /// 1,000,000.49 USD for 10^12 BRL): a scale error (per 100, per 1,000,000), a unit error
+    /// (cents) and the inverted pair (BRL→USD, about 0.19). Exchange may narrow it
+    /// (`--rate-min/--rate-max`), never widen it; a jump inside the band is Exchange's jump
+    /// guard's business.
     pub const DEFAULT: RateBand = RateBand {
-        min: Decimal::from_parts(1, 0, 0, false, 6),
-        max: Decimal::from_parts(1_000_000, 0, 0, false, 0),
+        min: Decimal::from_parts(5, 0, 0, false, 1),
+        max: Decimal::from_parts(50, 0, 0, false, 0),
     };
 
     /// A band from its ends; fails unless `0 < min <= max`.
@@ -285,9 +291,21 @@ mod tests {
     fn the_band_refuses_absurd_rates() {
         let band = RateBand::DEFAULT;
         assert_eq!(band.check_f64(5.31), Ok(dec("5.31")));
-        assert_eq!(band.check_f64(0.000001), Ok(dec("0.000001")));
-        assert_eq!(band.check_f64(1e6), Ok(dec("1000000")));
-        for absurd in [1e300, 1e-9, f64::NAN, f64::INFINITY, -5.31, 0.0, 1.000001e6] {
+        assert_eq!(band.check_f64(0.5), Ok(dec("0.5")));
+        assert_eq!(band.check_f64(50.0), Ok(dec("50")));
+        for absurd in [
+            1e300,
+            1e-9,
+            f64::NAN,
+            f64::INFINITY,
+            -5.31,
+            0.0,
+            1.000001e6,
+            0.000001,
+            1e6,
+            0.4999,
+            50.01,
+        ] {
             assert!(band.check_f64(absurd).is_err(), "{absurd} accepted");
         }
         // Past 15 significant digits a JSON number cannot carry it: rounded once, at the edge.

@@ -67,17 +67,19 @@ impl Service {
     /// Fault profile, fault seed, instance name and admin token from the common flags.
     pub fn with_common(mut self, common: &CommonArgs) -> anyhow::Result<Self> {
         let profile = FaultProfile::load(&common.faults)?;
-        self.faults = FaultEngine::new(
+        self.faults = FaultEngine::with_epoch(
             self.name,
             common.instance.clone(),
             &profile,
             common.fault_seed,
+            common.fault_epoch,
         );
         let status = self.faults.status();
         if !status.rules.is_empty() {
             tracing::warn!(
                 profile = %status.profile,
                 seed = status.seed,
+                epoch = status.epoch,
                 rules = status.rules.len(),
                 "fault injection is ON"
             );

@@ -3,8 +3,14 @@
 //! A [`FaultEngine`] holds rules per route (`omission`, `crash`, `error`, `latency`), each with a
 //! probability drawn per request and a window: once drawn, the fault stays on for that long
 //! (`0` = only the request that drew it; a crash lasts until the process is restarted because
-//! the process exits). Every rule draws from its own random stream derived from one seed, so the
-//! same seed and the same traffic on a route give the same faults, whatever the other routes see.
+//! the process exits). Every rule draws from its own random stream derived from one seed and the
+//! process's *fault epoch*, so the same seed, the same epoch and the same traffic on a route give
+//! the same faults, whatever the other routes see.
+//!
+//! The epoch is the lifetime number of the process (`--fault-epoch`, `FTSHOP_FAULT_EPOCH`; `ftshop
+//! up` passes its restart count). Without it a restarted process would replay the same draws and
+//! crash at the same request every lifetime, so a "crash, p = 0.1" rule would really be "crash at
+//! request N, forever" (reviewer finding F1). Epoch 0 derives the streams exactly as before.
 //!
 //! The engine sits in a tower middleware ([`layer::inject`]) on every service and is changed at
 //! run time through the authenticated admin API ([`admin`]). Profiles: `off`, `default` (the
@@ -171,6 +177,8 @@ pub struct FaultEngine {
 struct State {
     profile: String,
     seed: u64,
+    /// Lifetime number of this process, mixed into every stream (see the module docs).
+    epoch: u64,
     rules: Vec<LiveRule>,
     /// Label sets exported to the gauges, so removed rules are set back to 0.
     exported: Vec<(String, FaultKind)>,
@@ -229,8 +237,12 @@ pub struct FaultsStatus {
     pub instance: Option<String>,
     /// The profile the rules came from (`off`, `default`, a file, or `admin` once changed).
     pub profile: String,
-    /// Seed of the random draws; the same seed and traffic repeat the same faults.
+    /// Seed of the random draws; the same seed, epoch and traffic repeat the same faults.
     pub seed: u64,
+    /// Lifetime number of this process (its restart count under `ftshop up`), mixed into every
+    /// rule's stream so each lifetime draws differently.
+    #[serde(default)]
+    pub epoch: u64,
     pub rules: Vec<RuleStatus>,
 }
 
@@ -243,6 +255,18 @@ impl FaultEngine {
         profile: &FaultProfile,
         seed: Option<u64>,
     ) -> Arc<Self> {
+        Self::with_epoch(service, instance, profile, seed, 0)
+    }
+
+    /// [`FaultEngine::new`] for lifetime `epoch` of the process: the same seed with another
+    /// epoch gives every rule another, still reproducible, stream (epoch 0 = [`FaultEngine::new`]).
+    pub fn with_epoch(
+        service: &'static str,
+        instance: Option<String>,
+        profile: &FaultProfile,
+        seed: Option<u64>,
+        epoch: u64,
+    ) -> Arc<Self> {
         let seed = seed.or(profile.seed).unwrap_or_else(rand::random);
         let engine = Arc::new(Self {
             service,
@@ -250,6 +274,7 @@ impl FaultEngine {
             state: Mutex::new(State {
                 profile: profile.name.clone(),
                 seed,
+                epoch,
                 rules: Vec::new(),
                 exported: Vec::new(),
                 route_labels: BTreeSet::new(),
@@ -284,6 +309,7 @@ impl FaultEngine {
     /// random streams from `seed`.
     pub fn install(&self, rules: Vec<FaultRule>, seed: u64, profile: String) {
         let now = Instant::now();
+        let epoch = self.lock().epoch;
         let live = rules
             .into_iter()
             .filter(|rule| rule.is_for(self.service, self.instance.as_deref()))
@@ -291,6 +317,7 @@ impl FaultEngine {
             .map(|(index, rule)| LiveRule {
                 rng: StdRng::seed_from_u64(stream_seed(
                     seed,
+                    epoch,
                     self.service,
                     self.instance.as_deref(),
                     index,
@@ -319,6 +346,11 @@ impl FaultEngine {
 
     pub fn seed(&self) -> u64 {
         self.lock().seed
+    }
+
+    /// Lifetime number of this process mixed into the draws (see the module docs).
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
     }
 
     /// Draws for one request on `route`: the first matching rule whose window is on, or that
@@ -394,6 +426,7 @@ impl FaultEngine {
             instance: self.instance.clone(),
             profile: state.profile.clone(),
             seed: state.seed,
+            epoch: state.epoch,
             rules: state
                 .rules
                 .iter()
@@ -508,10 +541,12 @@ fn crash_process() {
     std::process::exit(CRASH_EXIT_CODE);
 }
 
-/// Derives one rule's stream from the run's seed (FNV-1a over the rule's identity, then a
-/// splitmix64 finaliser): independent streams per rule and replica, stable across runs.
+/// Derives one rule's stream from the run's seed and the process's epoch (FNV-1a over the rule's
+/// identity, then a splitmix64 finaliser): independent streams per rule, replica and lifetime,
+/// stable across runs. Epoch 0 feeds nothing, so it gives the streams of before epochs existed.
 fn stream_seed(
     seed: u64,
+    epoch: u64,
     service: &str,
     instance: Option<&str>,
     index: usize,
@@ -531,6 +566,10 @@ fn stream_seed(
     feed(&index.to_le_bytes());
     feed(rule.route.as_bytes());
     feed(rule.kind.as_str().as_bytes());
+    if epoch != 0 {
+        feed(b"epoch");
+        feed(&epoch.to_le_bytes());
+    }
     let mut z = hash.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

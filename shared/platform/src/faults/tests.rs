@@ -280,3 +280,51 @@ fn profiles_parse_from_toml_and_json_and_default_is_the_exercise() {
     assert!(err.to_string().contains("rule 0"), "{err}");
     assert!(FaultProfile::load("/nonexistent/faults.toml").is_err());
 }
+
+/// Request number (1-based) of the first crash `/exchange` draws, in lifetime `epoch` of
+/// exchange-1 under the default profile and `seed`.
+fn first_crash(seed: u64, epoch: u64) -> Option<usize> {
+    let profile = FaultProfile::load("default").ok()?;
+    let engine = FaultEngine::with_epoch(
+        "exchange",
+        Some("exchange-1".into()),
+        &profile,
+        Some(seed),
+        epoch,
+    );
+    (1..=1_000).find(|_| {
+        engine
+            .decide(&http::Method::GET, "/exchange")
+            .is_some_and(|i| i.kind == FaultKind::Crash)
+    })
+}
+
+/// Reviewer finding F1, the class: a restarted process used to replay its fault draws, so every
+/// lifetime of a replica crashed at the same request (seed 839658: the 1st request, every start).
+/// Each lifetime (epoch) must draw its own stream, and the same epoch the same one.
+#[tokio::test(start_paused = true)]
+async fn each_lifetime_draws_its_own_crash_point_and_the_same_epoch_repeats_it() {
+    for seed in [839_658_u64, 42] {
+        let points: Vec<Option<usize>> = (0..8).map(|epoch| first_crash(seed, epoch)).collect();
+        for (epoch, point) in points.iter().enumerate() {
+            assert!(
+                point.is_some(),
+                "seed {seed} epoch {epoch}: no crash in 1000"
+            );
+            assert_eq!(
+                *point,
+                first_crash(seed, epoch as u64),
+                "seed {seed} epoch {epoch} is not reproducible"
+            );
+        }
+        let distinct: BTreeSet<_> = points.iter().collect();
+        assert!(
+            distinct.len() >= 4,
+            "seed {seed}: 8 lifetimes crash at only {} distinct requests: {points:?}",
+            distinct.len()
+        );
+    }
+    // The reported case: seed 839658 crashed exchange-1 on its 1st request; a restart must not.
+    assert_eq!(first_crash(839_658, 0), Some(1));
+    assert_ne!(first_crash(839_658, 1), Some(1));
+}
