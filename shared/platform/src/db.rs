@@ -100,7 +100,7 @@ impl Db {
     /// a disk smaller than that the WAL alone can fill it, and every write then fails with
     /// `SQLITE_FULL` while the space that would heal it sits in the WAL.
     ///
-    /// Run after a storage fault, by the readiness probe ([`Db::check_storage`]) and by a
+    /// Run after a [`StorageFault::Full`], by the readiness probe ([`Db::check_storage`]) and by a
     /// background task started with the pool, at most once per [`WAL_RECLAIM_INTERVAL`];
     /// `Ok(false)` when skipped (rate limit, or PostgreSQL, whose server manages its own WAL).
     ///
@@ -167,7 +167,7 @@ impl Db {
     }
 
     /// The background half of [`Db::reclaim_wal`]: every [`WAL_RECLAIM_INTERVAL`], while the
-    /// pool is open, a storage fault recorded since the last look triggers a checkpoint, so
+    /// pool is open, a [`StorageFault::Full`] recorded since the last look triggers a checkpoint, so
     /// the suite heals without anyone polling readiness.
     fn spawn_wal_reclaimer(&self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -175,12 +175,12 @@ impl Db {
         };
         let db = self.clone();
         runtime.spawn(async move {
-            let mut seen = storage_health().last_at();
+            let mut seen = storage_health().last_full_at();
             let mut tick = tokio::time::interval(WAL_RECLAIM_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !db.pool.is_closed() {
                 tick.tick().await;
-                let last = storage_health().last_at();
+                let last = storage_health().last_full_at();
                 if last != seen {
                     seen = last;
                     let _ = db.reclaim_wal().await;
@@ -401,12 +401,15 @@ impl Db {
             .await?;
             tx.commit().await
         };
-        if storage_health().recent_fault().is_some() {
+        if storage_health()
+            .recent_fault()
+            .is_some_and(|(fault, _)| fault == StorageFault::Full)
+        {
             // The WAL may be what filled the disk: give its space back before probing.
             let _ = self.reclaim_wal().await;
         }
         if let Err(err) = probe.await {
-            if note_storage_error(&err).is_some() {
+            if note_storage_error(&err) == Some(StorageFault::Full) {
                 let _ = self.reclaim_wal().await;
             }
             return Err(format!("{:?}: write probe failed: {err}", self.backend));
@@ -650,6 +653,9 @@ pub fn note_storage_error(err: &sqlx::Error) -> Option<StorageFault> {
 #[derive(Default)]
 struct StorageHealth {
     last: Mutex<Option<(StorageFault, Instant)>>,
+    /// The last `Full` one: what [`Db::reclaim_wal`] answers (a lock or I/O fault is not
+    /// helped by a checkpoint, which would only add to the contention).
+    last_full: Mutex<Option<Instant>>,
 }
 
 impl StorageHealth {
@@ -659,15 +665,20 @@ impl StorageHealth {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *last = Some((fault, Instant::now()));
+        if fault == StorageFault::Full {
+            *self
+                .last_full
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        }
     }
 
-    /// When the last fault was recorded (`None`: never).
-    fn last_at(&self) -> Option<Instant> {
-        let last = self
-            .last
+    /// When the last [`StorageFault::Full`] was recorded (`None`: never).
+    fn last_full_at(&self) -> Option<Instant> {
+        *self
+            .last_full
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        last.map(|(_, at)| at)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The last fault and its age, when younger than [`STORAGE_FAULT_HOLD`].
