@@ -167,7 +167,8 @@ impl Db {
     }
 
     /// The background half of [`Db::reclaim_wal`]: every [`WAL_RECLAIM_INTERVAL`], while the
-    /// pool is open, a [`StorageFault::Full`] recorded since the last look triggers a checkpoint, so
+    /// pool is open, a [`StorageFault::Full`] recorded since the last look, or a disk with less
+    /// than [`RESERVE_BYTES`] free while this WAL holds data, triggers a checkpoint, so
     /// the suite heals without anyone polling readiness.
     fn spawn_wal_reclaimer(&self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -181,7 +182,10 @@ impl Db {
             while !db.pool.is_closed() {
                 tick.tick().await;
                 let last = storage_health().last_full_at();
-                if last != seen {
+                // The disk is shared: another process (Store's writes fill it, ecommerce meets
+                // the fault) may be the one that saw it, so a nearly full disk counts too.
+                let disk_low = db.file.as_ref().is_some_and(DbFile::disk_nearly_full);
+                if last != seen || disk_low {
                     seen = last;
                     let _ = db.reclaim_wal().await;
                 }
@@ -482,6 +486,20 @@ impl DbFile {
             path: path.to_owned(),
             dev: meta.dev(),
             ino: meta.ino(),
+        })
+    }
+
+    /// True when the file system holding the database has less than [`RESERVE_BYTES`] free
+    /// (statvfs) and this database's `-wal` file holds something to give back.
+    fn disk_nearly_full(&self) -> bool {
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        if !std::fs::metadata(Path::new(&wal)).is_ok_and(|m| m.len() > 0) {
+            return false;
+        }
+        nix::sys::statvfs::statvfs(&self.path).is_ok_and(|fs| {
+            let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+            free < RESERVE_BYTES
         })
     }
 
