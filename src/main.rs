@@ -88,6 +88,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ftshop_platform::telemetry::init();
             // Metrics recorded while a service starts (stock gauges, say) must not be lost.
             ftshop_platform::http_metrics::prometheus();
+            // Pools are closed after the server drained, so the WAL is checkpointed and
+            // truncated at every clean stop (SIGTERM, Ctrl-C).
+            ftshop_platform::db::close_at_exit();
             let result = match service {
                 Service::Ecommerce(config) => {
                     ftshop_ecommerce::run(config, shutdown_signal()).await
@@ -96,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Service::Exchange(config) => ftshop_exchange::run(config, shutdown_signal()).await,
                 Service::Fidelity(config) => ftshop_fidelity::run(config, shutdown_signal()).await,
             };
+            ftshop_platform::db::close_all(std::time::Duration::from_secs(5)).await;
             if let Err(err) = &result {
                 tracing::error!(error = format!("{err:#}"), "service stopped with an error");
             }

@@ -186,9 +186,32 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     ));
     // This run's up.json (no pids yet) replaces a previous run's before any child exists, so
     // no script reads the pids of a stopped suite, which may belong to other processes by now.
-    up_json
-        .commit(|_| ())
-        .with_context(|| format!("cannot write {}", data_dir.join("up.json").display()))?;
+    // A full disk must not keep the suite down (the services heal once space is back, see
+    // `Db::reclaim_wal`): the stale file is removed (which needs no space), a loud warning says
+    // why, and the write is retried each second until it lands.
+    if let Err(err) = up_json.commit(|_| ()) {
+        let path = data_dir.join("up.json");
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(gone) if gone.kind() == std::io::ErrorKind::NotFound => {}
+            Err(gone) => {
+                return Err(err.context(format!(
+                    "cannot write {} nor remove the previous run's copy ({gone}); free space \
+                     in {} or fix its permissions, then start again",
+                    path.display(),
+                    data_dir.display()
+                )));
+            }
+        }
+        eprintln!(
+            "[up] WARNING: cannot write {} ({err:#}). Is the disk of {} full? Starting anyway; \
+             `ftshop fault`, scripts and the control room need up.json, which is written as \
+             soon as space allows (retried every second). Free space in the data dir.",
+            path.display(),
+            data_dir.display()
+        );
+        tokio::spawn(retry_up_json(up_json.clone(), stop.clone()));
+    }
     let mut tasks = Vec::new();
     for member in &members {
         let env = ChildEnv {
@@ -404,6 +427,21 @@ struct ChildEnv {
     log_file: Option<PathBuf>,
 }
 
+/// Writes up.json every second until it lands or the suite stops: the start found no room for
+/// it (see `run`).
+async fn retry_up_json(up_json: Arc<UpJson>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
+        }
+        if up_json.commit(|_| ()).is_ok() {
+            eprintln!("[up] wrote {} (space is back)", up_json.path.display());
+            return;
+        }
+    }
+}
+
 /// What up.json says that never changes while `up` runs.
 struct UpFixed {
     admin_token: String,
@@ -576,6 +614,8 @@ fn spawn(member: &Member, env: &ChildEnv, epoch: u64) -> anyhow::Result<Child> {
         .env("FTSHOP_ADMIN_TOKEN", &env.token)
         .env("FTSHOP_FAULT_EPOCH", epoch.to_string())
         .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
+        // One port per process: members of one `up` would all try to bind the same one.
+        .env_remove("FTSHOP_HEALTH_PORT")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     if let Some(url) = &env.database_url {

@@ -27,9 +27,12 @@ const DESIGN_PORTS: &[(&str, u16)] = &[
     ("grafana", 3000),
 ];
 
-/// Variables a service reads without clap (the tracing filter) or that only the image's
-/// HEALTHCHECK uses.
-const NON_CLAP_ENV: &[&str] = &["RUST_LOG", "FTSHOP_HEALTH_PORT"];
+/// Variables a service reads without clap (the tracing filter).
+const NON_CLAP_ENV: &[&str] = &["RUST_LOG"];
+
+/// The health listener's port (`FTSHOP_HEALTH_PORT`) in the image, compose and Kubernetes: every
+/// healthcheck and probe calls it, so a connection flood on the public port cannot fail them.
+const HEALTH_PORT: u16 = 8099;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -436,6 +439,7 @@ fn env_example_documents_every_variable_compose_reads() {
 struct Served {
     child: Child,
     port: u16,
+    health_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -457,9 +461,12 @@ fn free_port() -> u16 {
 fn serve(role: &str) -> Served {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
+    let health_port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_ftshop"))
         .args(["serve", role, "--host", "127.0.0.1", "--port"])
         .arg(port.to_string())
+        .arg("--health-port")
+        .arg(health_port.to_string())
         .arg("--data-dir")
         .arg(dir.path())
         .env_remove("DATABASE_URL")
@@ -473,18 +480,19 @@ fn serve(role: &str) -> Served {
     Served {
         child,
         port,
+        health_port,
         _dir: dir,
     }
 }
 
 /// The status of `GET path` once the process answers (at most 30 s); with `until_ok`, polls
 /// until it is a success, since readiness may follow the listener by a moment.
-async fn status_of(served: &Served, path: &str, until_ok: bool) -> u16 {
+async fn status_of(port: u16, path: &str, until_ok: bool) -> u16 {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .expect("client");
-    let url = format!("http://127.0.0.1:{}{path}", served.port);
+    let url = format!("http://127.0.0.1:{port}{path}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(resp) = http.get(&url).send().await
@@ -504,9 +512,11 @@ fn compose_health_urls() -> Vec<(String, String, u16, String)> {
         .map(|(name, service)| {
             let command = strings(&service["command"]);
             let role = command.get(1).cloned().expect("serve <role>");
-            let port: u16 = flag_value(&command, "--port")
+            let port: u16 = environment(&service)
+                .get("FTSHOP_HEALTH_PORT")
                 .and_then(|p| p.parse().ok())
-                .expect("--port");
+                .unwrap_or_else(|| panic!("{name}: FTSHOP_HEALTH_PORT"));
+            assert_eq!(port, HEALTH_PORT, "{name}: the health listener's port");
             let test = strings(&service["healthcheck"]["test"]);
             let url = test
                 .iter()
@@ -519,7 +529,7 @@ fn compose_health_urls() -> Vec<(String, String, u16, String)> {
             assert_eq!(
                 p.parse::<u16>().ok(),
                 Some(port),
-                "{name}: healthcheck port"
+                "{name}: the healthcheck calls the health listener"
             );
             (name, role, port, path.to_owned())
         })
@@ -542,14 +552,18 @@ async fn healthcheck_urls_answer_200_on_a_fresh_process_of_each_role() {
         .keys()
         .map(|role| (role.clone(), serve(role)))
         .collect();
+    // On the health listener, which the probes call, and on the public port (kept there for
+    // compatibility).
     for (role, served) in &servers {
         for path in &by_role[role] {
-            let only_exists = role == "ecommerce" && path == "/health/ready";
-            let status = status_of(served, path, !only_exists).await;
-            if only_exists {
-                assert_ne!(status, 404, "{role}: {path} is a route");
-            } else {
-                assert_eq!(status, 200, "{role}: GET {path}");
+            for port in [served.health_port, served.port] {
+                let only_exists = role == "ecommerce" && path == "/health/ready";
+                let status = status_of(port, path, !only_exists).await;
+                if only_exists {
+                    assert_ne!(status, 404, "{role}: {path} is a route (port {port})");
+                } else {
+                    assert_eq!(status, 200, "{role}: GET {path} (port {port})");
+                }
             }
         }
     }
@@ -611,6 +625,11 @@ fn k8s_probe_paths() -> BTreeMap<String, BTreeSet<String>> {
         };
         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
             if let Some(path) = container[probe]["httpGet"]["path"].as_str() {
+                assert_eq!(
+                    container[probe]["httpGet"]["port"].as_str(),
+                    Some("health"),
+                    "{name}: {probe} calls the health listener"
+                );
                 out.entry(role.clone()).or_default().insert(path.to_owned());
             } else {
                 assert!(
@@ -649,6 +668,15 @@ fn k8s_deployments_run_accepted_commands_with_the_compose_replicas() {
                 .collect::<Vec<_>>()
         })
         .collect();
+    let health_port = k8s_documents()
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("ConfigMap"))
+        .and_then(|d| d["data"]["FTSHOP_HEALTH_PORT"].as_str().map(str::to_owned));
+    assert_eq!(
+        health_port,
+        Some(HEALTH_PORT.to_string()),
+        "the ConfigMap sets the health listener's port the probes call"
+    );
     let mut roles = BTreeMap::new();
     for (name, container) in &containers {
         let args = strings(&container["args"]);
@@ -673,7 +701,11 @@ fn k8s_deployments_run_accepted_commands_with_the_compose_replicas() {
             .flatten()
             .filter_map(|p| p["containerPort"].as_u64().map(|n| n.to_string()))
             .collect();
-        assert_eq!(declared, vec![port.clone()], "{name}: containerPort");
+        assert_eq!(
+            declared,
+            vec![port.clone(), HEALTH_PORT.to_string()],
+            "{name}: containerPort (http, health)"
+        );
         roles.insert(name.clone(), args[1].clone());
     }
     // Replicas as in compose: two Store and two Exchange pods, one of each other role.

@@ -230,3 +230,118 @@ async fn a_full_disk_fails_purchases_honestly_turns_readiness_and_heals() {
     )
     .await;
 }
+
+/// Issue F2: a clean stop (SIGTERM) closes every service's pool, so each SQLite WAL is
+/// checkpointed into its database and truncated: no `*.db-wal` left with content (ecommerce
+/// used to keep a 1 MB one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_leaves_every_wal_empty() {
+    let suite = Suite::start(&[]).await;
+    for i in 0..3 {
+        let (status, _, body) = buy(&suite, &format!("clean-stop-{i}"), i % 2 == 0).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let dir = suite.stop_and_keep_data();
+    let mut wals = 0;
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).expect("data dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".db") {
+            wals += 1;
+        }
+        if name.ends_with(".db-wal") {
+            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            if len > 0 {
+                left.push(format!("{name}: {len} bytes"));
+            }
+        }
+    }
+    assert_eq!(wals, 3, "ecommerce, store and fidelity databases");
+    assert!(left.is_empty(), "WAL left after a clean stop: {left:?}");
+}
+
+/// Issue F2: `ftshop up` on a data dir whose disk is full starts anyway (up.json cannot be
+/// written: a loud warning, the previous run's copy removed), and writes up.json and serves
+/// once space is back, with no operator restarting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_starts_on_a_full_disk_and_writes_up_json_once_space_is_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(_tmpfs) = Tmpfs::mount(dir.path(), TMPFS_SIZE) else {
+        return;
+    };
+    // A first run leaves its databases and an up.json (with pids of processes now gone).
+    let suite = Suite::start_in(dir, &[]).await;
+    let dir = suite.stop_and_keep_data();
+    assert!(dir.path().join("up.json").exists());
+    let filler = fill(dir.path(), 0);
+
+    let stderr_path = dir.path().join("..").join(format!(
+        "up-stderr-{}.log",
+        dir.path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let supervisor = std::process::Command::new(env!("CARGO_BIN_EXE_ftshop"))
+        .args(["up", "--port-base", "0", "--faults", "off", "--data-dir"])
+        .arg(dir.path())
+        .env("FTSHOP_ADMIN_TOKEN", common::ADMIN_TOKEN)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("FTSHOP_FAULTS")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn ftshop up");
+    let mut suite = Suite {
+        dir,
+        supervisor,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client"),
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the warning about up.json on a full disk",
+        || async {
+            std::fs::read_to_string(&stderr_path).is_ok_and(|t| t.contains("WARNING: cannot write"))
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(
+        text.contains("full"),
+        "the warning names the full disk: {text}"
+    );
+    assert!(
+        matches!(suite.supervisor.try_wait(), Ok(None)),
+        "up refused to start on a full disk: {text}"
+    );
+    // The previous run's up.json (pids of processes now gone) is never left in place.
+    if let Some(up) = suite.up_file() {
+        assert_eq!(
+            up["supervisor_pid"].as_u64(),
+            Some(u64::from(suite.supervisor.id())),
+            "a stale up.json was left in place"
+        );
+    }
+
+    std::fs::remove_file(&filler).expect("free the disk");
+    eventually(
+        Duration::from_secs(60),
+        "up.json written and ecommerce ready once space is back",
+        || async {
+            suite.up_file().is_some_and(|up| {
+                up["supervisor_pid"].as_u64() == Some(u64::from(suite.supervisor.id()))
+            }) && suite
+                .answers_ok(&format!("{}/health/ready", suite.url("ecommerce")))
+                .await
+        },
+    )
+    .await;
+    let _ = std::fs::remove_file(&stderr_path);
+    suite.stop();
+}

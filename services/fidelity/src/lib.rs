@@ -115,5 +115,13 @@ pub async fn run(
     let app = app(&config).await?;
     let listener = server::bind(config.common.host, config.port).await?;
     tracing::info!(address = %listener.local_addr()?, "fidelity listening");
-    server::serve(listener, app, config.common.server_limits(), shutdown).await
+    let health = config.common.bind_health().await?;
+    server::serve_with_health(
+        listener,
+        health,
+        app,
+        config.common.server_limits(),
+        shutdown,
+    )
+    .await
 }

@@ -15,7 +15,7 @@ use std::future::Future;
 use anyhow::Context;
 use ftshop_platform::db::Db;
 use ftshop_platform::health::Readiness;
-use ftshop_platform::server::{Service, bind, serve};
+use ftshop_platform::server::{Service, bind, serve_with_health};
 use sqlx::migrate::Migrator;
 use utoipa::OpenApi;
 
@@ -100,7 +100,15 @@ pub async fn run(
         .local_addr()
         .context("listener has no local address")?;
     tracing::info!(service = SERVICE, %addr, "listening on http://{addr}");
-    serve(listener, app, config.common.server_limits(), shutdown).await
+    let health = config.common.bind_health().await?;
+    serve_with_health(
+        listener,
+        health,
+        app,
+        config.common.server_limits(),
+        shutdown,
+    )
+    .await
 }
 
 /// Readiness of the stock: fails only when the catalog is empty or unreadable. Also refreshes

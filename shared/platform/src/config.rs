@@ -68,6 +68,13 @@ pub struct CommonArgs {
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
+    /// Port of a second listener, on the same host, that serves only `/health/live`,
+    /// `/health/ready` and `/metrics` with its own small connection cap, so a connection flood
+    /// on the public port cannot starve the probes (point liveness/readiness probes here).
+    /// Unset: no such listener (health stays on the main port, as it always does).
+    #[arg(long, env = "FTSHOP_HEALTH_PORT")]
+    pub health_port: Option<u16>,
+
     /// While the database is away, the reads that have a cache (Store `GET /product` and
     /// `GET /products`, Fidelity `GET /balance/{user}`) answer the last value read, marked
     /// stale, if it is at most this old; `0s` turns stale reads off. See docs/design.md.
@@ -94,6 +101,21 @@ impl CommonArgs {
             max_connections: u32::try_from(ServerLimits::default().max_connections)
                 .unwrap_or(u32::MAX),
             stale_reads_max: crate::repository::DEFAULT_MAX_STALENESS,
+            health_port: None,
+        }
+    }
+
+    /// Binds the health listener of [`CommonArgs::health_port`], if one is asked for.
+    pub async fn bind_health(&self) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+        match self.health_port {
+            Some(port) => {
+                let listener = crate::server::bind(self.host, port).await?;
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!(address = %addr, "health listener");
+                }
+                Ok(Some(listener))
+            }
+            None => Ok(None),
         }
     }
 

@@ -31,9 +31,168 @@ pub struct Db {
     /// The SQLite file this pool opened (`None` on PostgreSQL and in-memory SQLite).
     pub file: Option<DbFile>,
     pub(crate) guard: crate::repository::Guard,
+    /// When [`Db::reclaim_wal`] last ran a checkpoint (its rate limit).
+    last_reclaim: std::sync::Arc<Mutex<Option<Instant>>>,
+}
+
+/// Bytes of the space reserve a data-dir database keeps beside it (see [`Db::reclaim_wal`]):
+/// room for the database file to take 64 pages out of the WAL when the disk is otherwise full.
+pub const RESERVE_BYTES: u64 = 256 * 1024;
+
+/// Least time between two [`Db::reclaim_wal`] checkpoints of one pool.
+pub const WAL_RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Bytes SQLite leaves in a `-wal` file after a checkpoint reset it (`PRAGMA
+/// journal_size_limit`): without a limit the file keeps its high-water size forever, space a
+/// small disk needs back. Costs a truncate and a later re-extend per reset, nothing per write.
+pub const WAL_SIZE_LIMIT_BYTES: u64 = 1 << 20;
+
+/// The pools [`close_all`] closes, once [`close_at_exit`] asked for it (the `ftshop` binary
+/// does; tests, which open many short-lived pools in one process, do not).
+static OPEN_POOLS: Mutex<Option<Vec<Db>>> = Mutex::new(None);
+
+/// Makes every [`Db`] connected from now on known to [`close_all`]. Called once by a process
+/// that serves one service and exits after it.
+pub fn close_at_exit() {
+    let mut pools = OPEN_POOLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    pools.get_or_insert_with(Vec::new);
+}
+
+/// Closes every pool registered since [`close_at_exit`]: on SQLite a `wal_checkpoint(TRUNCATE)`
+/// first, then the pool (its last connection closing checkpoints again and removes the
+/// `-wal`/`-shm` files when no other process has the database open). Each pool gets at most
+/// `limit`; a worker still holding a connection then is not waited for (its connection closes
+/// with the process; the WAL stays and is replayed at the next open, nothing is lost).
+/// Call it after the server drained (SIGTERM), before the process exits.
+pub async fn close_all(limit: Duration) {
+    let pools = OPEN_POOLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+        .unwrap_or_default();
+    for db in pools {
+        if tokio::time::timeout(limit, db.close()).await.is_err() {
+            tracing::warn!(
+                limit_s = limit.as_secs_f64(),
+                "the database pool did not close in time; its WAL stays until the next start"
+            );
+        }
+    }
 }
 
 impl Db {
+    /// Checkpoints and truncates the WAL (SQLite), then closes the pool, waiting for the
+    /// connections in use to come back. See [`close_all`].
+    pub async fn close(&self) {
+        if self.backend == Backend::Sqlite
+            && let Err(err) = self.checkpoint_truncate().await
+        {
+            tracing::warn!(error = %err, "WAL checkpoint at shutdown failed");
+        }
+        self.pool.close().await;
+    }
+
+    /// Gives back the space the SQLite WAL holds: `PRAGMA wal_checkpoint(TRUNCATE)` copies the
+    /// committed pages into the database file and truncates the `-wal` file to zero bytes.
+    /// SQLite checkpoints on its own only when the WAL passes 1000 pages (about 4 MiB), so on
+    /// a disk smaller than that the WAL alone can fill it, and every write then fails with
+    /// `SQLITE_FULL` while the space that would heal it sits in the WAL.
+    ///
+    /// Run after a [`StorageFault::Full`], by the readiness probe ([`Db::check_storage`]) and by a
+    /// background task started with the pool, at most once per [`WAL_RECLAIM_INTERVAL`];
+    /// `Ok(false)` when skipped (rate limit, or PostgreSQL, whose server manages its own WAL).
+    ///
+    /// A checkpoint may need room: the database file grows to take the pages that so far lived
+    /// only in the WAL. So a database in the data dir keeps a space reserve next to it
+    /// (`<service>.db.reserve`, [`RESERVE_BYTES`], written at start when there is room, the
+    /// "emergency ballast" idea of CockroachDB, docs/cockroachdb `ballast`); a checkpoint that
+    /// fails deletes it and tries again, and a checkpoint that succeeded writes it back when
+    /// space allows. `Err` when the checkpoint still failed (a reader held it off for the
+    /// busy timeout, or the data outgrew the reserve: then the disk is full of data, not WAL).
+    pub async fn reclaim_wal(&self) -> Result<bool, sqlx::Error> {
+        if self.backend != Backend::Sqlite {
+            return Ok(false);
+        }
+        {
+            let mut last = self
+                .last_reclaim
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|at| at.elapsed() < WAL_RECLAIM_INTERVAL) {
+                return Ok(false);
+            }
+            *last = Some(Instant::now());
+        }
+        let mut outcome = self.checkpoint_truncate().await;
+        if outcome.is_err()
+            && let Some(reserve) = self.file.as_ref().map(DbFile::reserve_path)
+            && std::fs::remove_file(&reserve).is_ok()
+        {
+            // The database file has to grow to take the WAL's pages, and the disk has no room
+            // for that: the reserve is that room.
+            tracing::warn!(reserve = %reserve.display(), "storage full: released the space reserve");
+            outcome = self.checkpoint_truncate().await;
+        }
+        match outcome {
+            Ok(()) => {
+                if let Some(file) = &self.file {
+                    file.ensure_reserve();
+                }
+                metrics::counter!("db_wal_reclaims_total", "outcome" => "ok").increment(1);
+                tracing::info!("storage fault: WAL checkpointed and truncated");
+                Ok(true)
+            }
+            Err(err) => {
+                metrics::counter!("db_wal_reclaims_total", "outcome" => "failed").increment(1);
+                tracing::warn!(error = %err, "storage fault: WAL checkpoint failed");
+                Err(err)
+            }
+        }
+    }
+
+    async fn checkpoint_truncate(&self) -> Result<(), sqlx::Error> {
+        // (busy, wal frames, frames checkpointed): busy = 1 when a reader or writer kept it
+        // from completing (https://sqlite.org/pragma.html#pragma_wal_checkpoint).
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await?;
+        if busy != 0 {
+            return Err(sqlx::Error::Protocol(
+                "WAL checkpoint blocked by another connection".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The background half of [`Db::reclaim_wal`]: every [`WAL_RECLAIM_INTERVAL`], while the
+    /// pool is open, a [`StorageFault::Full`] recorded since the last look, or a disk with less
+    /// than [`RESERVE_BYTES`] free while this WAL holds data, triggers a checkpoint, so
+    /// the suite heals without anyone polling readiness.
+    fn spawn_wal_reclaimer(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let db = self.clone();
+        runtime.spawn(async move {
+            let mut seen = storage_health().last_full_at();
+            let mut tick = tokio::time::interval(WAL_RECLAIM_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !db.pool.is_closed() {
+                tick.tick().await;
+                let last = storage_health().last_full_at();
+                // The disk is shared: another process (Store's writes fill it, ecommerce meets
+                // the fault) may be the one that saw it, so a nearly full disk counts too.
+                let disk_low = db.file.as_ref().is_some_and(DbFile::disk_nearly_full);
+                if last != seen || disk_low {
+                    seen = last;
+                    let _ = db.reclaim_wal().await;
+                }
+            }
+        });
+    }
+
     /// Connects to `database_url`, or to `<data_dir>/<service>.db` when none is given. The
     /// embedded database holds customer data: its directory is made 0700 and the file exists
     /// with mode 0600 before SQLite opens it (see [`crate::private_fs`]).
@@ -97,11 +256,22 @@ impl Db {
                     std::fs::write(&marker, format!("{}\n", now_millis()))
                         .with_context(|| format!("cannot write {}", marker.display()))?;
                 }
+                file.ensure_reserve();
                 db.file = Some(file);
                 Ok(db)
             }
         }?;
         db.create_probe_table().await?;
+        if db.backend == Backend::Sqlite {
+            db.spawn_wal_reclaimer();
+        }
+        if let Some(pools) = OPEN_POOLS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+        {
+            pools.push(db.clone());
+        }
         Ok(db)
     }
 
@@ -117,6 +287,10 @@ impl Db {
                     conn.execute("PRAGMA busy_timeout = 5000").await?;
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
+                    conn.execute(AssertSqlSafe(format!(
+                        "PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}"
+                    )))
+                    .await?;
                     Ok(())
                 })
             })
@@ -129,6 +303,7 @@ impl Db {
             backend: Backend::Sqlite,
             file: None,
             guard: crate::repository::Guard::new(),
+            last_reclaim: std::sync::Arc::default(),
         })
     }
 
@@ -179,6 +354,7 @@ impl Db {
             backend: Backend::Postgres,
             file: None,
             guard: crate::repository::Guard::new(),
+            last_reclaim: std::sync::Arc::default(),
         })
     }
 
@@ -229,8 +405,17 @@ impl Db {
             .await?;
             tx.commit().await
         };
+        if storage_health()
+            .recent_fault()
+            .is_some_and(|(fault, _)| fault == StorageFault::Full)
+        {
+            // The WAL may be what filled the disk: give its space back before probing.
+            let _ = self.reclaim_wal().await;
+        }
         if let Err(err) = probe.await {
-            note_storage_error(&err);
+            if note_storage_error(&err) == Some(StorageFault::Full) {
+                let _ = self.reclaim_wal().await;
+            }
             return Err(format!("{:?}: write probe failed: {err}", self.backend));
         }
         match storage_health().recent_fault() {
@@ -302,6 +487,46 @@ impl DbFile {
             dev: meta.dev(),
             ino: meta.ino(),
         })
+    }
+
+    /// True when the file system holding the database has less than [`RESERVE_BYTES`] free
+    /// (statvfs) and this database's `-wal` file holds something to give back.
+    fn disk_nearly_full(&self) -> bool {
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        if !std::fs::metadata(Path::new(&wal)).is_ok_and(|m| m.len() > 0) {
+            return false;
+        }
+        nix::sys::statvfs::statvfs(&self.path).is_ok_and(|fs| {
+            let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+            free < RESERVE_BYTES
+        })
+    }
+
+    /// `<file>.reserve`: the space reserve of [`Db::reclaim_wal`].
+    pub fn reserve_path(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".reserve");
+        PathBuf::from(name)
+    }
+
+    /// Writes the space reserve when it is missing or short; best effort (a disk without room
+    /// for it is not a reason to stop: it is written at the next successful reclaim).
+    fn ensure_reserve(&self) {
+        let path = self.reserve_path();
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= RESERVE_BYTES) {
+            return;
+        }
+        let written = usize::try_from(RESERVE_BYTES)
+            .map_err(std::io::Error::other)
+            .and_then(|len| std::fs::write(&path, vec![0u8; len]));
+        if let Err(err) = written {
+            // A short reserve would only hold space the database needs now.
+            let _ = std::fs::remove_file(&path);
+            tracing::warn!(reserve = %path.display(), error = %err,
+                "cannot write the storage space reserve (disk full?); retried after the next \
+                 WAL reclaim");
+        }
     }
 
     /// `<file>.created`: written next to a database file the first time a service opens it, so
@@ -446,6 +671,9 @@ pub fn note_storage_error(err: &sqlx::Error) -> Option<StorageFault> {
 #[derive(Default)]
 struct StorageHealth {
     last: Mutex<Option<(StorageFault, Instant)>>,
+    /// The last `Full` one: what [`Db::reclaim_wal`] answers (a lock or I/O fault is not
+    /// helped by a checkpoint, which would only add to the contention).
+    last_full: Mutex<Option<Instant>>,
 }
 
 impl StorageHealth {
@@ -455,6 +683,20 @@ impl StorageHealth {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *last = Some((fault, Instant::now()));
+        if fault == StorageFault::Full {
+            *self
+                .last_full
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        }
+    }
+
+    /// When the last [`StorageFault::Full`] was recorded (`None`: never).
+    fn last_full_at(&self) -> Option<Instant> {
+        *self
+            .last_full
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The last fault and its age, when younger than [`STORAGE_FAULT_HOLD`].
@@ -851,5 +1093,126 @@ mod tests {
             .await
             .expect("empty start");
         assert!(db.check_file().is_ok());
+    }
+
+    /// Issue F2: on a disk smaller than SQLite's auto-checkpoint (about 4 MiB of WAL), the WAL
+    /// alone fills it and every write fails with `SQLITE_FULL` while the space that would heal
+    /// it sits in the WAL. After the storage fault is recorded, the pool's reclaimer must
+    /// checkpoint and truncate the WAL (the database file taking the WAL's new pages out of the
+    /// space reserve) so that writes succeed again without a restart.
+    #[tokio::test]
+    async fn a_wal_that_filled_the_disk_is_checkpointed_and_writes_succeed_again() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("small");
+        std::fs::create_dir(&dir).expect("mount point");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "cannot mount a tmpfs (needs root): CI must run this test"
+            );
+            eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+            return;
+        }
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(dir.clone());
+
+        let db = Db::connect(None, &dir, "small").await.expect("db");
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .execute(&db.pool)
+            .await
+            .expect("table");
+        // As the issue's suite did (its readiness probe rewrites one 8 KiB row every few
+        // seconds): a few rows rewritten over and over, so the WAL holds many versions of a
+        // few pages, and the database file (never checkpointed: one page) has to grow by
+        // those few pages to take them.
+        let mut full = None;
+        for round in 0..1000 {
+            let written = sqlx::query(
+                "INSERT INTO t (id, v) VALUES ($1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET v = excluded.v",
+            )
+            .bind(round % 4)
+            .bind(format!("{round}").repeat(6000 / 4))
+            .execute(&db.pool)
+            .await;
+            if let Err(err) = written {
+                full = Some(err);
+                break;
+            }
+        }
+        let err = full.expect("1 MiB of tmpfs filled up");
+        assert_eq!(note_storage_error(&err), Some(StorageFault::Full), "{err}");
+        let wal = dir.join("small.db-wal");
+        let wal_before = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            wal_before > 256 * 1024,
+            "the WAL filled the disk: {wal_before} bytes"
+        );
+
+        // No restart: writes succeed again within a few seconds.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let written = sqlx::query("INSERT INTO t (id, v) VALUES (5000, 'after the fault')")
+                .execute(&db.pool)
+                .await;
+            match written {
+                Ok(_) => break,
+                Err(err) => assert!(
+                    Instant::now() < deadline,
+                    "writes still fail 10 s after the fault: {err}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let wal_after = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            wal_after < wal_before,
+            "the WAL gave its space back: {wal_before} -> {wal_after} bytes"
+        );
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+        assert_eq!(rows, 5, "the committed rows survived the checkpoint");
+        db.close().await;
+    }
+
+    /// Issue F2: closing a pool checkpoints and truncates its WAL even while a clone is held
+    /// elsewhere (the whole binary is covered by tests/e2e_storage_faults.rs).
+    #[tokio::test]
+    async fn closing_a_pool_leaves_no_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(None, dir.path(), "closing").await.expect("db");
+        sqlx::query("CREATE TABLE t (v TEXT)")
+            .execute(&db.pool)
+            .await
+            .expect("table");
+        for _ in 0..20 {
+            sqlx::query("INSERT INTO t (v) VALUES ($1)")
+                .bind("x".repeat(4000))
+                .execute(&db.pool)
+                .await
+                .expect("insert");
+        }
+        // A clone held elsewhere (a worker) does not keep the WAL alive.
+        let _worker = db.clone();
+        let wal = dir.path().join("closing.db-wal");
+        assert!(std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0));
+        db.close().await;
+        let left = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(left, 0, "the WAL is gone or empty after a clean stop");
     }
 }

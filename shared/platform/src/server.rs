@@ -292,6 +292,12 @@ impl Default for ServerLimits {
 pub const SHED_SLOTS: usize = 64;
 /// The whole life of a shed connection: read the request head, answer 503, close.
 pub const SHED_DEADLINE: Duration = Duration::from_secs(1);
+/// Connections the health listener serves at once (see [`serve_with_health`]): probes and a
+/// Prometheus scrape, never customers.
+pub const HEALTH_MAX_CONNECTIONS: usize = 16;
+/// The paths the health listener serves; anything else there is 404 problem+json.
+pub const HEALTH_PATHS: [&str; 3] = ["/health/live", "/health/ready", "/metrics"];
+
 /// In-flight requests get this long to finish once shutdown begins.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -352,6 +358,66 @@ pub async fn serve(
     Ok(())
 }
 
+/// [`serve`] on `listener`, and, when `health` is given, the same `app` restricted to
+/// [`HEALTH_PATHS`] on that second listener with its own cap ([`HEALTH_MAX_CONNECTIONS`], and
+/// its own shed slots): a flood of connections on the public port (which may hold all its
+/// `max_connections` and [`SHED_SLOTS`]) cannot starve the liveness and readiness probes,
+/// which would otherwise turn the flood into restarts. The idea is linkerd2-proxy's admin port
+/// and Envoy's admin listener. Both stop on `shutdown`.
+pub async fn serve_with_health(
+    listener: TcpListener,
+    health: Option<TcpListener>,
+    app: Router,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Some(health) = health else {
+        return serve(listener, app, limits, shutdown).await;
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    let health_app = app.clone().layer(axum::middleware::from_fn(only_health));
+    let health_limits = ServerLimits {
+        header_read_timeout: limits.header_read_timeout.min(Duration::from_secs(5)),
+        body_read_timeout: limits.body_read_timeout.min(Duration::from_secs(5)),
+        max_connections: HEALTH_MAX_CONNECTIONS,
+    };
+    let health_task = tokio::spawn(serve(
+        health,
+        health_app,
+        health_limits,
+        stop.clone().cancelled_owned(),
+    ));
+    let served = serve(listener, app, limits, stop.clone().cancelled_owned()).await;
+    stop.cancel();
+    match health_task.await {
+        Ok(Err(err)) => tracing::warn!(error = %err, "the health listener stopped with an error"),
+        Err(err) => tracing::warn!(error = %err, "the health listener task failed"),
+        Ok(Ok(())) => {}
+    }
+    served
+}
+
+/// The health listener's filter: [`HEALTH_PATHS`] pass, anything else is 404 problem+json.
+async fn only_health(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if HEALTH_PATHS.contains(&req.uri().path()) {
+        next.run(req).await
+    } else {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "the health listener serves /health/live, /health/ready and /metrics only",
+        )
+        .into_response()
+    }
+}
+
 /// Answers an over-cap connection `503` problem+json and closes it, or closes it at once when
 /// [`SHED_SLOTS`] answers are already under way. The request head is read first (within
 /// [`SHED_DEADLINE`]) so the answer is not lost to a reset from unread bytes.
@@ -367,9 +433,21 @@ fn shed(stream: tokio::net::TcpStream, shed_slots: &Arc<Semaphore>) {
         http.timer(TokioTimer::new())
             .header_read_timeout(SHED_DEADLINE)
             .keep_alive(false);
-        let answer = hyper::service::service_fn(|_request| async {
-            Ok::<_, std::convert::Infallible>(overloaded())
-        });
+        // A liveness probe asks whether the process is alive, and it is: a shed connection
+        // asking for it gets 200, not the 503 that would get the process restarted.
+        let answer =
+            hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
+                Ok::<_, std::convert::Infallible>(if request.uri().path() == "/health/live" {
+                    let mut live =
+                        axum::Json(serde_json::json!({ "status": "live", "shed": true }))
+                            .into_response();
+                    live.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    live
+                } else {
+                    overloaded()
+                })
+            });
         let _ = tokio::time::timeout(
             SHED_DEADLINE,
             http.serve_connection(TokioIo::new(stream), answer),

@@ -285,7 +285,9 @@ async fn over_the_connection_cap_a_new_client_is_answered_503_at_once() {
         .timeout(Duration::from_secs(3))
         .build()
         .expect("client");
-    let url = format!("http://{}/health/live", server.addr);
+    // An ordinary route: a shed `/health/live` answers 200 (the process is alive; see
+    // `a_connection_flood_does_not_starve_the_health_listener`).
+    let url = format!("http://{}/items/1", server.addr);
 
     let started = Instant::now();
     let response = client
@@ -328,5 +330,147 @@ async fn over_the_connection_cap_a_new_client_is_answered_503_at_once() {
         );
         tokio::task::yield_now().await;
     }
+    drop(held);
+}
+
+/// Issue F4: a connection flood on the public port (every connection slot held, the shed
+/// slots kept busy by clients that reconnect at once) left `/health/live` unanswered, and a
+/// liveness probe then restarts the pod. The health listener has its own connection cap: it
+/// answers `/health/live` and `/health/ready` 200 promptly while the public port cannot, and
+/// serves nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_does_not_starve_the_health_listener() {
+    const CAP: usize = 8;
+    let limits = ServerLimits {
+        header_read_timeout: Duration::from_secs(60),
+        max_connections: CAP,
+        ..ServerLimits::default()
+    };
+    let routes = Router::new().route("/items/{id}", get(|| async { "item" }));
+    let app =
+        Service::new("hostile-flood", routes, utoipa::openapi::OpenApi::default()).into_router();
+    let listener = server::bind([127, 0, 0, 1].into(), 0).await.expect("bind");
+    let health = server::bind([127, 0, 0, 1].into(), 0).await.expect("bind");
+    let (addr, health_addr) = (
+        listener.local_addr().expect("addr"),
+        health.local_addr().expect("addr"),
+    );
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(server::serve_with_health(
+        listener,
+        Some(health),
+        app,
+        limits,
+        async move { stopped.cancelled().await },
+    ));
+
+    // The flood: every slot held, then clients that connect, send nothing and are replaced
+    // (at most 200 open at once, for at most 10 s, to 127.0.0.1 only).
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        held.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let flooding = CancellationToken::new();
+    let flood = tokio::spawn({
+        let flooding = flooding.clone();
+        async move {
+            let mut open = std::collections::VecDeque::new();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !flooding.is_cancelled() && Instant::now() < deadline {
+                if let Ok(stream) = TcpStream::connect(addr).await {
+                    open.push_back(stream);
+                }
+                if open.len() > 200 {
+                    open.pop_front();
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    // The flood works: the public port does not answer readiness.
+    let mut public_failed = 0;
+    for _ in 0..5 {
+        let status = client
+            .get(format!("http://{addr}/health/ready"))
+            .send()
+            .await
+            .map(|r| r.status());
+        if !matches!(status, Ok(reqwest::StatusCode::OK)) {
+            public_failed += 1;
+        }
+    }
+    assert_eq!(
+        public_failed, 5,
+        "the flood did not saturate the public port"
+    );
+    for _ in 0..10 {
+        for path in ["/health/live", "/health/ready"] {
+            let started = Instant::now();
+            let status = client
+                .get(format!("http://{health_addr}{path}"))
+                .send()
+                .await
+                .map(|r| r.status());
+            assert!(
+                matches!(status, Ok(reqwest::StatusCode::OK)),
+                "{path} on the health listener during the flood: {status:?}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{path} took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+    let other = client
+        .get(format!("http://{health_addr}/items/1"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(other.status(), reqwest::StatusCode::NOT_FOUND);
+    flooding.cancel();
+    let _ = flood.await;
+    drop(held);
+    stop.cancel();
+}
+
+/// A liveness probe that lands on the shed path (every connection slot held) is answered 200:
+/// the process is alive, and a 503 would get it restarted. Other requests there stay 503.
+#[tokio::test]
+async fn a_shed_liveness_probe_is_answered_live() {
+    const CAP: usize = 2;
+    let limits = ServerLimits {
+        header_read_timeout: Duration::from_secs(60),
+        max_connections: CAP,
+        ..ServerLimits::default()
+    };
+    let server = start("hostile-shed-live", limits).await;
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        held.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    let live = client
+        .get(format!("http://{}/health/live", server.addr))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(live.status(), reqwest::StatusCode::OK);
+    let other = client
+        .get(format!("http://{}/items/1", server.addr))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(other.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     drop(held);
 }
