@@ -113,15 +113,5 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = app(&config).await?;
-    let listener = server::bind(config.common.host, config.port).await?;
-    tracing::info!(address = %listener.local_addr()?, "fidelity listening");
-    let health = config.common.bind_health().await?;
-    server::serve_with_health(
-        listener,
-        health,
-        app,
-        config.common.server_limits(),
-        shutdown,
-    )
-    .await
+    server::run_service("fidelity", &config.common, config.port, app, shutdown).await
 }

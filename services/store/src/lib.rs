@@ -15,7 +15,7 @@ use std::future::Future;
 use anyhow::Context;
 use ftshop_platform::db::Db;
 use ftshop_platform::health::Readiness;
-use ftshop_platform::server::{Service, bind, serve_with_health};
+use ftshop_platform::server::{self, Service};
 use sqlx::migrate::Migrator;
 use utoipa::OpenApi;
 
@@ -95,20 +95,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = app(&config).await?;
-    let listener = bind(config.common.host, config.port).await?;
-    let addr = listener
-        .local_addr()
-        .context("listener has no local address")?;
-    tracing::info!(service = SERVICE, %addr, "listening on http://{addr}");
-    let health = config.common.bind_health().await?;
-    serve_with_health(
-        listener,
-        health,
-        app,
-        config.common.server_limits(),
-        shutdown,
-    )
-    .await
+    server::run_service(SERVICE, &config.common, config.port, app, shutdown).await
 }
 
 /// Readiness of the stock: fails only when the catalog is empty or unreadable. Also refreshes

@@ -358,6 +358,27 @@ pub async fn serve(
     Ok(())
 }
 
+/// Runs a service the one way every service runs: binds `port` on `common.host` (and the health
+/// port, when `--health-port` is set), logs the address, and serves `app` with
+/// `common.server_limits()` until `shutdown` resolves.
+///
+/// Errors: a port that cannot be bound, or the server failing.
+pub async fn run_service(
+    service: &'static str,
+    common: &crate::config::CommonArgs,
+    port: u16,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = bind(common.host, port).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| anyhow::anyhow!("listener has no local address: {e}"))?;
+    tracing::info!(service, %addr, "listening on http://{addr}");
+    let health = common.bind_health().await?;
+    serve_with_health(listener, health, app, common.server_limits(), shutdown).await
+}
+
 /// [`serve`] on `listener`, and, when `health` is given, the same `app` restricted to
 /// [`HEALTH_PATHS`] on that second listener with its own cap ([`HEALTH_MAX_CONNECTIONS`], and
 /// its own shed slots): a flood of connections on the public port (which may hold all its
