@@ -62,8 +62,9 @@ pub struct CommonArgs {
         value_parser = parse_timeout)]
     pub body_read_timeout: Duration,
 
-    /// Connections this process serves at once; more are answered 503 (`Retry-After: 1`) and
-    /// closed. Keep it well below the file-descriptor limit (`ulimit -n`).
+    /// Connections this process serves at once; more are answered 503 (`Retry-After: 1`) while
+    /// the 64 shed slots last, then closed unanswered. Keep it well below the file-descriptor
+    /// limit (`ulimit -n`); probe health on `--health-port`, which a flood cannot starve.
     #[arg(long, env = "FTSHOP_MAX_CONNECTIONS", default_value_t = 1024,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
