@@ -10,7 +10,6 @@ use axum::extract::State;
 use axum::http::StatusCode as AxumStatus;
 use axum::response::{IntoResponse, Response};
 use ftshop_exchange::{Config, app};
-use ftshop_platform::server::{bind, serve};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -22,15 +21,9 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Serves `router` on a free loopback port until the test's runtime ends; returns its base URL.
 async fn serve_on_free_port(router: axum::Router) -> String {
-    let listener = bind([127, 0, 0, 1].into(), 0).await.expect("bind port 0");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(serve(
-        listener,
-        router,
-        ftshop_platform::server::ServerLimits::default(),
-        std::future::pending(),
-    ));
-    format!("http://{addr}")
+    ftshop_platform::server::testing::serve_on_free_port(router)
+        .await
+        .expect("serve on a free port")
 }
 
 async fn spawn_exchange(config: Config) -> String {

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ftshop_exchange::{Config, app};
-use ftshop_platform::server::{bind, serve};
 use redis::AsyncCommands;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -115,15 +114,9 @@ async fn redis_conn() -> redis::aio::MultiplexedConnection {
 
 async fn spawn_exchange(config: Config) -> String {
     let router = app(&config).await.expect("exchange app starts");
-    let listener = bind([127, 0, 0, 1].into(), 0).await.expect("bind port 0");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(serve(
-        listener,
-        router,
-        ftshop_platform::server::ServerLimits::default(),
-        std::future::pending(),
-    ));
-    format!("http://{addr}")
+    ftshop_platform::server::testing::serve_on_free_port(router)
+        .await
+        .expect("serve on a free port")
 }
 
 #[derive(Debug)]

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use ftshop_fidelity::{Config, app};
-use ftshop_platform::server::{bind, serve};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -97,16 +96,11 @@ async fn spawn(backend: Backend) -> Fidelity {
 
 async fn spawn_with(config: &Config, data_dir: Arc<TempDir>) -> Fidelity {
     let router = app(config).await.expect("fidelity app starts");
-    let listener = bind([127, 0, 0, 1].into(), 0).await.expect("bind port 0");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(serve(
-        listener,
-        router,
-        ftshop_platform::server::ServerLimits::default(),
-        std::future::pending(),
-    ));
+    let base = ftshop_platform::server::testing::serve_on_free_port(router)
+        .await
+        .expect("serve on a free port");
     Fidelity {
-        base: format!("http://{addr}"),
+        base,
         client: reqwest::Client::new(),
         _data_dir: data_dir,
     }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use ftshop_fidelity::{Config, app};
 use ftshop_platform::db::testing::{TcpProxy, fresh_postgres_database};
-use ftshop_platform::server::{bind, serve};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -123,16 +122,11 @@ impl Timed {
 impl Fidelity {
     async fn spawn(config: &Config) -> Self {
         let router = app(config).await.expect("fidelity app starts");
-        let listener = bind([127, 0, 0, 1].into(), 0).await.expect("bind port 0");
-        let addr = listener.local_addr().expect("local addr");
-        tokio::spawn(serve(
-            listener,
-            router,
-            ftshop_platform::server::ServerLimits::default(),
-            std::future::pending(),
-        ));
+        let base = ftshop_platform::server::testing::serve_on_free_port(router)
+            .await
+            .expect("serve on a free port");
         Self {
-            base: format!("http://{addr}"),
+            base,
             client: reqwest::Client::new(),
         }
     }

@@ -591,3 +591,24 @@ mod tests {
         assert_eq!(call("GET", "/read").await.status(), 200);
     }
 }
+
+/// Helpers for tests that run a service in-process.
+pub mod testing {
+    use super::*;
+
+    /// Serves `router` on a free loopback port with the default [`ServerLimits`] until the
+    /// test's runtime ends; returns its base URL (`http://127.0.0.1:PORT`).
+    ///
+    /// Errors: no loopback port could be bound.
+    pub async fn serve_on_free_port(router: Router) -> anyhow::Result<String> {
+        let listener = bind([127, 0, 0, 1].into(), 0).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(serve(
+            listener,
+            router,
+            ServerLimits::default(),
+            std::future::pending(),
+        ));
+        Ok(format!("http://{addr}"))
+    }
+}

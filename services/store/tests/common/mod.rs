@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use ftshop_platform::server::{bind, serve};
 use ftshop_store::{Config, app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -72,16 +71,11 @@ pub async fn spawn_with(config: &Config, data_dir: Arc<TempDir>) -> TestStore {
 
 /// Serves an already built router on a free port until the test's runtime ends.
 pub async fn serve_router(router: axum::Router, data_dir: Arc<TempDir>) -> TestStore {
-    let listener = bind([127, 0, 0, 1].into(), 0).await.expect("bind port 0");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(serve(
-        listener,
-        router,
-        ftshop_platform::server::ServerLimits::default(),
-        std::future::pending(),
-    ));
+    let base = ftshop_platform::server::testing::serve_on_free_port(router)
+        .await
+        .expect("serve on a free port");
     TestStore {
-        base: format!("http://{addr}"),
+        base,
         client: reqwest::Client::new(),
         _data_dir: data_dir,
     }
