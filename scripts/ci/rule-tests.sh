@@ -5,7 +5,8 @@
 # there, which changes `for:` and `*_over_time` results). Installs both first
 # (scripts/ci/install-prometheus.sh, idempotent). Takes a few seconds.
 #
-# The last line is "rule-tests: N passed, N failed" (one per Prometheus version).
+# Then checks every alert's runbook link (base URL + an anchor docs/runbooks.md has).
+# The last line is "rule-tests: N passed, N failed" (one per Prometheus version, one for links).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 scripts/ci/install-prometheus.sh >/dev/null
@@ -21,5 +22,29 @@ for promtool in "$(command -v promtool)" "$PROMTOOL3"; do
     failed=$((failed + 1))
   fi
 done
+# Runbook links: one configured base URL (prometheus.yml's external label runbook_base, an
+# absolute URL) plus an anchor that docs/runbooks.md has, for every alert.
+if python3 - <<'PY'; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+import re, sys, yaml
+bad = []
+for cfg in ("prometheus/prometheus.yml", "prometheus/prometheus-local.yml"):
+    base = yaml.safe_load(open(cfg))["global"].get("external_labels", {}).get("runbook_base", "")
+    if not re.match(r"https?://", base):
+        bad.append(f"{cfg}: external_labels.runbook_base must be an absolute URL, got {base!r}")
+doc = open("docs/runbooks.md").read()
+anchors = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", doc, re.M)}
+for group in yaml.safe_load(open("prometheus/rules/ftshop.yml"))["groups"]:
+    for rule in group["rules"]:
+        if "alert" not in rule:
+            continue
+        want = "{{ $externalLabels.runbook_base }}#" + rule["alert"].lower()
+        got = rule.get("annotations", {}).get("runbook_url")
+        if got != want:
+            bad.append(f"{rule['alert']}: runbook_url {got!r}, want {want!r}")
+        if rule["alert"].lower() not in anchors:
+            bad.append(f"{rule['alert']}: docs/runbooks.md has no section #{rule['alert'].lower()}")
+print("\n".join(bad) or "runbook links: every alert's runbook_url is runbook_base + an anchor of docs/runbooks.md")
+sys.exit(1 if bad else 0)
+PY
 echo "rule-tests: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
