@@ -5,8 +5,10 @@
 # there, which changes `for:` and `*_over_time` results). Installs both first
 # (scripts/ci/install-prometheus.sh, idempotent). Takes a few seconds.
 #
-# Then checks every alert's runbook link (base URL + an anchor docs/runbooks.md has).
-# The last line is "rule-tests: N passed, N failed" (one per Prometheus version, one for links).
+# Then checks every alert's runbook link (base URL + an anchor docs/runbooks.md has), and the
+# Alertmanager configs: valid, the null-receiver variant up to date, routing, and inhibition on
+# a real Alertmanager (scripts/ci/alertmanager-test.py). About 10 s in all.
+# The last line is "rule-tests: N passed, N failed" (one per Prometheus version, links, Alertmanager).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 scripts/ci/install-prometheus.sh >/dev/null
@@ -46,5 +48,22 @@ for group in yaml.safe_load(open("prometheus/rules/ftshop.yml"))["groups"]:
 print("\n".join(bad) or "runbook links: every alert's runbook_url is runbook_base + an anchor of docs/runbooks.md")
 sys.exit(1 if bad else 0)
 PY
+# Alertmanager: both configs valid, the null variant generated from the Slack one, routing
+# (critical pages, info goes to the chaos receiver), inhibition on a real Alertmanager.
+ALERTMANAGER=$(command -v alertmanager || command -v prometheus-alertmanager)
+if python3 scripts/alertmanager-null-config.py --check &&
+  amtool check-config prometheus/alertmanager.yml prometheus/alertmanager-null.yml >/dev/null &&
+  amtool config routes test --config.file=prometheus/alertmanager.yml \
+    --verify.receivers=slack-critical severity=critical alertname=FtshopServiceDown service=store >/dev/null &&
+  amtool config routes test --config.file=prometheus/alertmanager.yml \
+    --verify.receivers=slack-warnings severity=warning alertname=FtshopLowStock service=store >/dev/null &&
+  amtool config routes test --config.file=prometheus/alertmanager.yml \
+    --verify.receivers=chaos-lab severity=info alertname=FtshopChaosFaultInjected service=store >/dev/null &&
+  python3 scripts/ci/alertmanager-test.py "$ALERTMANAGER" prometheus/alertmanager-null.yml; then
+  passed=$((passed + 1))
+else
+  echo "Alertmanager checks FAILED" >&2
+  failed=$((failed + 1))
+fi
 echo "rule-tests: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
