@@ -422,7 +422,7 @@ fn env_example_documents_every_variable_compose_reads() {
         "FTSHOP_ADMIN_TOKEN",
         "POSTGRES_PASSWORD",
         "GRAFANA_ADMIN_PASSWORD",
-        "SLACK_WEBHOOK_URL",
+        "SLACK_WEBHOOK_URL_FILE",
     ] {
         let line = example
             .lines()
@@ -804,14 +804,7 @@ fn prometheus_scrapes_every_ftshop_container_by_its_compose_name() {
 #[test]
 fn alertmanager_and_grafana_read_what_compose_provides() {
     let services = services(&compose());
-    let alertmanager = load_yaml(&root().join("prometheus/alertmanager.yml"));
-    if let Some(file) = alertmanager["global"]["slack_api_url_file"].as_str() {
-        let command = strings(&services["alertmanager"]["command"]).join(" ");
-        assert!(
-            command.contains(&format!("> {file}")),
-            "compose writes the Slack webhook where alertmanager.yml reads it ({file})"
-        );
-    }
+    // Where Alertmanager reads the webhook: the_slack_webhook_is_a_file_never_an_environment_variable.
 
     let grafana = &services["grafana"];
     let mounts = bind_mounts(grafana);
@@ -1029,4 +1022,126 @@ fn the_build_context_holds_every_file_the_build_reads() {
         checked >= 3,
         "found the catalog and the migrations ({checked} files read at compile time)"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations defects found by reading the files (issue 18).
+
+#[test]
+fn every_container_rotates_its_logs() {
+    // Docker's json-file driver keeps a container's whole log by default: a chatty service
+    // under a long load fills the disk. Every service caps it.
+    for (name, service) in services(&compose()) {
+        let logging = &service["logging"];
+        assert_eq!(
+            logging["driver"].as_str(),
+            Some("json-file"),
+            "{name}: logging.driver json-file (with rotation options)"
+        );
+        for option in ["max-size", "max-file"] {
+            assert!(
+                logging["options"][option]
+                    .as_str()
+                    .is_some_and(|v| !v.is_empty()),
+                "{name}: logging.options.{option} caps the log"
+            );
+        }
+    }
+}
+
+#[test]
+fn volumes_are_named_never_anonymous() {
+    // An image's VOLUME, or a compose volume with no name, makes a new anonymous volume per
+    // container that nothing names or removes: they pile up across `up`s.
+    let compose = compose();
+    let declared: BTreeSet<String> = compose["volumes"]
+        .as_mapping()
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (name, service) in services(&compose) {
+        for volume in strings(&service["volumes"]) {
+            let source = volume.split(':').next().unwrap_or_default();
+            assert!(
+                volume.contains(':') && (source.starts_with("./") || declared.contains(source)),
+                "{name}: volume {volume:?} is neither a bind mount nor a declared named volume"
+            );
+        }
+    }
+    let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).expect("Dockerfile");
+    for line in dockerfile.lines().map(str::trim) {
+        assert!(
+            !line.to_ascii_uppercase().starts_with("VOLUME"),
+            "deploy/Dockerfile: {line:?} gives every ftshop container an anonymous volume"
+        );
+        // A `# syntax=` directive makes BuildKit pull a frontend image from a registry first.
+        assert!(
+            !line.replace(' ', "").starts_with("#syntax="),
+            "deploy/Dockerfile: {line:?} forces a frontend pull"
+        );
+    }
+}
+
+#[test]
+fn postgres_healthcheck_goes_over_tcp() {
+    // During the image's first-start initialisation the server listens on its Unix socket
+    // only: a socket `pg_isready` passes while the services, which connect over TCP, fail.
+    let services = services(&compose());
+    let test = strings(&services["postgres"]["healthcheck"]["test"]).join(" ");
+    assert!(
+        test.contains("pg_isready")
+            && (test.contains("-h 127.0.0.1") || test.contains("--host=127.0.0.1")),
+        "postgres healthcheck must use TCP (pg_isready -h 127.0.0.1): {test}"
+    );
+}
+
+#[test]
+fn the_slack_webhook_is_a_file_never_an_environment_variable() {
+    // `docker inspect` shows a container's environment: the webhook is a secret file instead,
+    // and without one Alertmanager runs the null-receiver config (no retries to a dead address).
+    let compose = compose();
+    for (name, service) in services(&compose) {
+        for (key, value) in environment(&service) {
+            assert!(
+                !key.contains("WEBHOOK") && !value.contains("WEBHOOK"),
+                "{name}: environment {key} carries the webhook"
+            );
+        }
+    }
+    let alertmanager_yml = load_yaml(&root().join("prometheus/alertmanager.yml"));
+    let file = alertmanager_yml["global"]["slack_api_url_file"]
+        .as_str()
+        .expect("alertmanager.yml reads the webhook from a file");
+    let secret = file
+        .strip_prefix("/run/secrets/")
+        .expect("the webhook file is a compose secret");
+    let services = services(&compose);
+    let alertmanager = &services["alertmanager"];
+    assert!(
+        strings(&alertmanager["secrets"]).contains(&secret.to_owned()),
+        "alertmanager mounts the secret {secret}"
+    );
+    assert!(
+        compose["secrets"][secret]["file"]
+            .as_str()
+            .is_some_and(|f| f.contains("SLACK_WEBHOOK_URL_FILE")),
+        "the secret's file is SLACK_WEBHOOK_URL_FILE"
+    );
+    let command = strings(&alertmanager["command"]).join(" ");
+    assert!(
+        command.contains(&format!("-s {file}")) && command.contains("alertmanager-null.yml"),
+        "without a webhook, alertmanager runs alertmanager-null.yml: {command}"
+    );
+    let null = load_yaml(&root().join("prometheus/alertmanager-null.yml"));
+    for receiver in null["receivers"].as_sequence().expect("receivers") {
+        let keys: Vec<_> = receiver.as_mapping().expect("receiver").keys().collect();
+        assert_eq!(
+            keys.len(),
+            1,
+            "a null receiver has a name only: {receiver:?}"
+        );
+    }
 }
