@@ -311,12 +311,7 @@ impl Db {
         // Create the service's schema first, on a one-off connection, so the pool's
         // search_path can point at it.
         let schema = format!("ftshop_{service}");
-        let bootstrap = AnyPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .context("cannot connect to PostgreSQL")?;
+        let bootstrap = first_postgres_connection(url, FIRST_CONNECT_PATIENCE).await?;
         bootstrap
             .execute(sqlx::raw_sql(AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema}"
@@ -765,6 +760,91 @@ fn prepare_private_sqlite(data_dir: &Path, path: &Path) -> anyhow::Result<()> {
         crate::private_fs::tighten_if_exists(Path::new(&companion))?;
     }
     Ok(())
+}
+
+/// How long a process keeps trying its first PostgreSQL connection before it gives up and exits.
+/// A database that is still initialising, restarting, or not scheduled yet (a Kubernetes pod
+/// started before its database) is waited for, instead of every service exiting and being
+/// restarted in a loop meanwhile.
+pub const FIRST_CONNECT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Opens the first connection to PostgreSQL (a one-connection pool), retrying while the server
+/// is out of reach (refused or reset connections, DNS not resolving yet, `57P03` "the database
+/// system is starting up", class 08) with exponential backoff and full jitter (250 ms doubling
+/// up to 5 s, [`ftshop_resilience::retry::full_jitter`]) for at most `patience`. A refused login
+/// (`28P01` wrong password, `28000`) is not retried: it fails at once with what to do about it.
+pub async fn first_postgres_connection(url: &str, patience: Duration) -> anyhow::Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let started = tokio::time::Instant::now();
+    let mut attempt: i64 = 0;
+    loop {
+        // sqlx itself retries a refused connection until the acquire timeout: one attempt
+        // lasts at most 5 s, and never much past the patience.
+        let left = patience.saturating_sub(started.elapsed());
+        let outcome = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(left.clamp(Duration::from_secs(1), Duration::from_secs(5)))
+            .connect(url)
+            .await;
+        let err = match outcome {
+            Ok(pool) => {
+                if attempt > 0 {
+                    tracing::info!(attempts = attempt + 1, "connected to PostgreSQL");
+                }
+                return Ok(pool);
+            }
+            Err(err) => err,
+        };
+        if let Some(code) = refused_login(&err) {
+            return Err(anyhow::anyhow!(err)).context(format!(
+                "PostgreSQL refused the login of user `{}` ({code}): the password in DATABASE_URL \
+                 is not the role's. With docker compose, POSTGRES_PASSWORD applies only when the \
+                 postgres-data volume is first created; a password changed in .env afterwards is \
+                 not the database's. Put the old one back, change the role's password \
+                 (ALTER ROLE ... PASSWORD), or start over with `docker compose down -v` (deletes \
+                 the data); docs/deploy.md, \"Passwords\"",
+                url_user(url).unwrap_or("?")
+            ));
+        }
+        let transient = StorageFault::of(&err) == Some(StorageFault::Unavailable);
+        let delay = ftshop_resilience::retry::full_jitter(
+            attempt,
+            Duration::from_millis(250),
+            Duration::from_secs(5),
+        );
+        if !transient || started.elapsed() + delay > patience {
+            return Err(anyhow::anyhow!(err)).context(format!(
+                "cannot connect to PostgreSQL ({} attempts in {:.1} s)",
+                attempt + 1,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        tracing::warn!(
+            attempt = attempt + 1,
+            retry_in_ms = delay.as_millis() as u64,
+            error = %err,
+            "PostgreSQL is not reachable yet; retrying"
+        );
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
+}
+
+/// The SQLSTATE of a refused login: `28P01` (invalid password) or `28000` (no such role, or
+/// pg_hba.conf refuses it).
+fn refused_login(err: &sqlx::Error) -> Option<String> {
+    let sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    let code = db.code()?;
+    code.starts_with("28").then(|| code.into_owned())
+}
+
+/// The user of a `postgres://user:password@host/db` URL (never the password).
+fn url_user(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let (credentials, _) = rest.split_once('@')?;
+    credentials.split(':').next()
 }
 
 /// The file a `sqlite:` URL names, if any (`sqlite://data/x.db?mode=rwc` gives `data/x.db`;
