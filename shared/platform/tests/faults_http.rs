@@ -283,3 +283,50 @@ async fn rule_routes_from_the_admin_api_take_a_bounded_set_of_metric_labels() {
     );
     assert!(routes.contains("other"));
 }
+
+/// Issue 18, defect 2: `chaos_fault_configured` tells the profile the process runs with
+/// (`origin="profile"`, never alerted on) from rules a drill sent through the admin API
+/// (`origin="drill"`, FtshopFaultLeftActive after 30 minutes); a series whose origin changed
+/// drops to 0, so an alert never sees both.
+#[tokio::test]
+async fn configured_faults_say_whether_a_drill_or_the_profile_set_them() {
+    const SERVICE: &str = "fault-origin";
+    let profile = FaultProfile {
+        name: "default".into(),
+        seed: None,
+        rules: vec![rule("/sell", FaultKind::Error, 0.1)],
+    };
+    let engine = FaultEngine::new(SERVICE, None, &profile, Some(1));
+    let app = Service::new(SERVICE, Router::new(), utoipa::openapi::OpenApi::default())
+        .faults(engine)
+        .admin_token(AdminToken::new(Some(TOKEN)))
+        .into_router();
+    let configured = |origin: &str| {
+        let rendered = ftshop_platform::http_metrics::prometheus().render();
+        let service = format!("service=\"{SERVICE}\"");
+        let origin = format!("origin=\"{origin}\"");
+        rendered
+            .lines()
+            .filter(|l| l.starts_with("chaos_fault_configured{") && l.contains(&service))
+            .filter(|l| l.contains(&origin))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(configured("profile"), 0.1, "the start-up profile's rule");
+    assert_eq!(configured("drill"), 0.0);
+
+    let body = serde_json::json!({ "rules": [rule("/sell", FaultKind::Error, 1.0)] }).to_string();
+    let (status, _, text) = call(&app, admin("PUT", "/admin/faults", Some(TOKEN), &body)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(configured("drill"), 1.0, "a drill's rule");
+    assert_eq!(
+        configured("profile"),
+        0.0,
+        "the profile's series drops to 0"
+    );
+
+    let body = serde_json::json!({ "profile": "off" }).to_string();
+    let (status, _, text) = call(&app, admin("PUT", "/admin/faults", Some(TOKEN), &body)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(configured("drill"), 0.0, "the drill is over");
+}

@@ -180,8 +180,9 @@ struct State {
     /// Lifetime number of this process, mixed into every stream (see the module docs).
     epoch: u64,
     rules: Vec<LiveRule>,
-    /// Label sets exported to the gauges, so removed rules are set back to 0.
-    exported: Vec<(String, FaultKind)>,
+    /// Label sets exported to the gauges (route, kind, origin), so removed rules are set back
+    /// to 0.
+    exported: Vec<(String, FaultKind, &'static str)>,
     /// Route labels handed out so far (see [`State::route_label`]).
     route_labels: BTreeSet<String>,
 }
@@ -190,6 +191,18 @@ struct State {
 /// `other`. Rules name routes freely (any string from the admin API, up to 100 per update), and
 /// a series, once exported, stays in `/metrics` for the life of the process.
 pub const MAX_ROUTE_LABELS: usize = 32;
+
+/// The `origin` label of `chaos_fault_configured`: `drill` for rules sent through the admin API
+/// (`PUT /admin/faults` with `rules`, what `ftshop fault set` does), `profile` for a named
+/// profile (the one the process started with, or `off`/`default` set again), the state the
+/// lab chose to run in. FtshopFaultLeftActive alerts on drills left on only.
+fn origin_of(profile: &str) -> &'static str {
+    if profile == "admin" {
+        "drill"
+    } else {
+        "profile"
+    }
+}
 
 /// The `route` label for a rule's route: the route itself while fewer than
 /// [`MAX_ROUTE_LABELS`] are in use (a route keeps its label once given), `other` after.
@@ -452,9 +465,12 @@ impl FaultEngine {
 
     /// Sets `chaos_fault_active` and `chaos_fault_configured` for every rule (0 for rules that
     /// went away), dropping expired rules. Route labels are bounded ([`MAX_ROUTE_LABELS`]).
+    /// `chaos_fault_configured` also says where the rules came from ([`origin_of`]), so an alert
+    /// can tell a drill left on from the profile the lab runs with.
     fn export_gauges(&self) {
         let now = Instant::now();
         let mut state = self.lock();
+        let origin = origin_of(&state.profile);
         state
             .rules
             .retain(|r| r.expires_at.is_none_or(|expiry| now < expiry));
@@ -483,21 +499,39 @@ impl FaultEngine {
         let current = merged;
         let previous = std::mem::replace(
             &mut state.exported,
-            current.iter().map(|(r, k, _, _)| (r.clone(), *k)).collect(),
+            current
+                .iter()
+                .map(|(r, k, _, _)| (r.clone(), *k, origin))
+                .collect(),
         );
         drop(state);
-        for (route, kind) in previous {
-            if !current.iter().any(|(r, k, _, _)| *r == route && *k == kind) {
+        for (route, kind, was) in previous {
+            let kept = current.iter().any(|(r, k, _, _)| *r == route && *k == kind);
+            if !kept {
                 let labels = self.labels(&route, kind);
                 metrics::gauge!("chaos_fault_active", &labels).set(0.0);
+            }
+            if !kept || was != origin {
+                let labels = self.configured_labels(&route, kind, was);
                 metrics::gauge!("chaos_fault_configured", &labels).set(0.0);
             }
         }
         for (route, kind, active, probability) in current {
             let labels = self.labels(&route, kind);
             metrics::gauge!("chaos_fault_active", &labels).set(if active { 1.0 } else { 0.0 });
+            let labels = self.configured_labels(&route, kind, origin);
             metrics::gauge!("chaos_fault_configured", &labels).set(probability);
         }
+    }
+
+    fn configured_labels(
+        &self,
+        route: &str,
+        kind: FaultKind,
+        origin: &'static str,
+    ) -> [(&'static str, String); 4] {
+        let [service, route, kind] = self.labels(route, kind);
+        [service, route, kind, ("origin", origin.to_owned())]
     }
 
     fn labels(&self, route: &str, kind: FaultKind) -> [(&'static str, String); 3] {
