@@ -117,6 +117,8 @@ pub struct AppState {
 
 /// Connects, migrates and returns the full ecommerce application.
 pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
+    ftshop_platform::http_metrics::prometheus();
+    register_counters();
     let db = Db::connect(
         config.common.database_url.as_deref(),
         &config.common.data_dir,
@@ -187,4 +189,48 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let app = app(&config).await?;
     server::run_service("ecommerce", &config.common, config.port, app, shutdown).await
+}
+
+/// Registers ecommerce's business counters at 0 for every label set they can take, at start.
+/// A counter created at its first increment has no earlier sample, so Prometheus' `increase()`
+/// and `rate()` lose that first increment (3 orders showed as 2.2 on the Business dashboard)
+/// and panels show "No data" where the truth is 0. The label values are the fixed ones the
+/// code increments (outcomes, ft on/off, fallback kinds).
+pub fn register_counters() {
+    const ORDER_OUTCOMES: &[(&str, &[&str])] = &[
+        ("completed", &["on", "off"]),
+        ("rejected", &["on", "off"]),
+        ("failed", &["on", "off"]),
+        ("accepted_pending", &["on"]),
+        ("refused", &["on"]),
+        ("completed_deferred", &["on"]),
+        ("cancelled", &["on"]),
+    ];
+    for (outcome, fts) in ORDER_OUTCOMES {
+        for ft in *fts {
+            metrics::counter!("shop_orders_total", "outcome" => *outcome, "ft" => *ft).increment(0);
+        }
+    }
+    metrics::counter!("shop_revenue_brl_cents_total").increment(0);
+    for status in ["credited", "pending"] {
+        metrics::counter!("shop_bonus_points_total", "status" => status).increment(0);
+    }
+    for outcome in ["delivered", "retry", "dead_letter"] {
+        metrics::counter!("shop_bonus_outbox_total", "outcome" => outcome).increment(0);
+    }
+    for outcome in ["completed", "cancelled"] {
+        metrics::counter!("shop_promise_missed_total", "outcome" => outcome).increment(0);
+    }
+    metrics::counter!("shop_deferrals_refused_total").increment(0);
+    for kind in [
+        "product:stale-catalog",
+        "exchange:last-known-rate",
+        "exchange:stale-upstream-rate",
+        "store:failover",
+        "store:sale-in-doubt",
+        "store:sale-deferred",
+        "fidelity:bonus-queued",
+    ] {
+        metrics::counter!("shop_fallbacks_total", "kind" => kind).increment(0);
+    }
 }

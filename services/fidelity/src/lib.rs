@@ -61,6 +61,7 @@ pub struct AppState {
 /// Connects, migrates and returns the full fidelity application.
 pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     ftshop_platform::http_metrics::prometheus();
+    register_counters();
     let db = Db::connect(
         config.common.database_url.as_deref(),
         &config.common.data_dir,
@@ -89,6 +90,19 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
         .database(&guarded)
         .with_common(&config.common)?
         .into_router())
+}
+
+/// Registers `fidelity_bonus_total` at 0 for every outcome at start: a counter created at its
+/// first increment loses that increment in Prometheus' `increase()`/`rate()`, and shows
+/// "No data" where the truth is 0.
+pub fn register_counters() {
+    for outcome in ["credited", "duplicate", "conflict", "queued"] {
+        metrics::counter!("fidelity_bonus_total", "outcome" => outcome).increment(0);
+    }
+    for outcome in ["credited", "duplicate", "conflict"] {
+        metrics::counter!("fidelity_bonus_total", "outcome" => outcome, "via" => "queue")
+            .increment(0);
+    }
 }
 
 /// A bonus waiting longer than this is reported as a slow queue (seconds).

@@ -33,6 +33,7 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     // Install the Prometheus recorder before the first gauge is set, or it would be lost.
     ftshop_platform::http_metrics::prometheus();
+    telemetry::register_counters();
 
     let catalog = catalog::load(config.catalog.as_deref())?;
     let db = Db::connect(

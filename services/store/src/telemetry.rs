@@ -23,12 +23,31 @@ pub enum SaleOutcome {
     UnknownProduct,
 }
 
+/// Registers `store_sales_total` at 0 for every outcome at start: a counter created at its first
+/// increment loses that increment in Prometheus' `increase()`/`rate()`, and shows "No data"
+/// where the truth is 0.
+pub fn register_counters() {
+    for outcome in [
+        SaleOutcome::Sold,
+        SaleOutcome::OutOfStock,
+        SaleOutcome::IdempotentReplay,
+        SaleOutcome::UnknownProduct,
+    ] {
+        metrics::counter!("store_sales_total", "outcome" => outcome.label()).increment(0);
+    }
+}
+
+impl SaleOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            SaleOutcome::Sold => "sold",
+            SaleOutcome::OutOfStock => "out_of_stock",
+            SaleOutcome::IdempotentReplay => "idempotent_replay",
+            SaleOutcome::UnknownProduct => "unknown_product",
+        }
+    }
+}
+
 pub fn record_sale(outcome: SaleOutcome) {
-    let outcome = match outcome {
-        SaleOutcome::Sold => "sold",
-        SaleOutcome::OutOfStock => "out_of_stock",
-        SaleOutcome::IdempotentReplay => "idempotent_replay",
-        SaleOutcome::UnknownProduct => "unknown_product",
-    };
-    metrics::counter!("store_sales_total", "outcome" => outcome).increment(1);
+    metrics::counter!("store_sales_total", "outcome" => outcome.label()).increment(1);
 }

@@ -519,6 +519,8 @@ impl FaultEngine {
         for (route, kind, active, probability) in current {
             let labels = self.labels(&route, kind);
             metrics::gauge!("chaos_fault_active", &labels).set(if active { 1.0 } else { 0.0 });
+            // At 0 from the moment the rule exists, so `increase()` counts its first injection.
+            metrics::counter!("chaos_faults_injected_total", &labels).increment(0);
             let labels = self.configured_labels(&route, kind, origin);
             metrics::gauge!("chaos_fault_configured", &labels).set(probability);
         }
