@@ -98,6 +98,9 @@ for version in "${kubernetes_versions[@]}"; do
   kubernetes-validate --strict --quiet -k "$version" deploy/k8s/examples/*.yaml
 done
 echo "deploy/k8s/examples: valid (strict)"
+# The Kubernetes scrape relabeling gives every pod compose's job and replica labels (the rules
+# and dashboards key on them).
+python3 scripts/ci/k8s-relabel-check.py
 rm -rf "$rendered"
 end
 
