@@ -2,11 +2,20 @@
 # compose relies on it: entrypoint the prometheus binary (compose passes only flags), config at
 # /etc/prometheus (compose mounts prometheus.yml and rules/ there), data in /prometheus owned by
 # nobody, wget for the healthcheck, promtool beside it.
+# Prometheus 3, as compose's prom/prometheus:v3.x: trixie packages 2.53, so prometheus (and its
+# promtool) come from the next Debian release (PROMETHEUS_SUITE, pinned below trixie for
+# everything else); both depend on libc only. Rule evaluation differs between 2 and 3 (range
+# windows are left-open in 3), so the proof runs what compose ships.
 ARG BASE_IMAGE=ftshop-local/debian:trixie
 FROM ${BASE_IMAGE}
+ARG PROMETHEUS_SUITE=forky
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends prometheus wget \
+RUN mirror=$(sed -n 's/^deb \([^ ]*\) [a-z]* main$/\1/p' /etc/apt/sources.list | head -n 1) \
+    && echo "deb ${mirror:-http://deb.debian.org/debian} ${PROMETHEUS_SUITE} main" >/etc/apt/sources.list.d/prometheus-suite.list \
+    && printf 'Package: *\nPin: release n=%s\nPin-Priority: 100\n' "${PROMETHEUS_SUITE}" >/etc/apt/preferences.d/prometheus-suite \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends -t "${PROMETHEUS_SUITE}" prometheus promtool \
+    && apt-get install -y --no-install-recommends wget \
     && rm -rf /var/lib/apt/lists/* \
     && install -d -o nobody -g nogroup /prometheus
 USER 65534:65534
