@@ -8,6 +8,8 @@
 #     every process each second with the project's rules, an Alertmanager built from
 #     prometheus/alertmanager.yml (same routes, grouping and inhibition; the Slack receivers
 #     replaced by a webhook to a local sink) and the sink itself (python http.server);
+#     then, before any purchase, checks that every dashboard panel shows its value (0 included),
+#     but for quantiles and ratios, which have none without traffic (promql-check.py --fresh);
 #  3. drives ~60 s of purchases, forcing a 2 s latency fault on Fidelity /bonus halfway;
 #  4. runs EVERY dashboard panel query and, for EVERY rule, every metric selector in its
 #     expression through Prometheus' HTTP API, and fails listing any that returns no series.
@@ -263,6 +265,15 @@ pids+=($!)
 wait_http "http://127.0.0.1:$AM_PORT/-/ready" 30
 wait_http "http://127.0.0.1:$PROM_PORT/-/ready" 30
 log "Prometheus, Alertmanager and the sink are ready"
+echo "::endgroup::"
+
+echo "::group::a fresh stack: panels show 0 where 0 is the truth"
+# Before any purchase: every panel shows its value (counters registered at 0, `or vector(0)`),
+# except quantiles and ratios, which have none without traffic. Three scrapes first.
+sleep 4
+python3 scripts/ci/promql-check.py "http://127.0.0.1:$PROM_PORT" "$WORK/fresh-passed" --fresh ||
+  fail "panels show No data on a fresh stack where the value is 0 (listed above)"
+pass
 echo "::endgroup::"
 
 echo "::group::trace context crosses the hops"
