@@ -129,6 +129,15 @@ async fn queue_check(db: &Db) -> Result<String, String> {
     })
 }
 
+/// Serves fidelity on `host:port` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = app(&config).await?;
+    server::run_service("fidelity", &config.common, config.port, app, shutdown).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,13 +162,4 @@ mod tests {
             .expect("an old queue must not fail readiness");
         assert!(detail.starts_with("degraded: 1 pending"), "{detail}");
     }
-}
-
-/// Serves fidelity on `host:port` until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let app = app(&config).await?;
-    server::run_service("fidelity", &config.common, config.port, app, shutdown).await
 }
