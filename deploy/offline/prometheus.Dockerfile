@@ -11,7 +11,8 @@
 ARG BASE_IMAGE=ftshop-local/debian:trixie
 FROM ${BASE_IMAGE}
 ARG PROMETHEUS_SUITE=forky
-# hadolint ignore=DL3008
+# DL4006: the pipe only picks the first mirror line; if it fails, the mirror falls back below.
+# hadolint ignore=DL3008,DL4006
 RUN mirror=$(sed -n 's/^deb \([^ ]*\) [a-z]* main$/\1/p' /etc/apt/sources.list | head -n 1) \
     && echo "deb [check-valid-until=no] ${mirror:-http://deb.debian.org/debian} ${PROMETHEUS_SUITE} main" >/etc/apt/sources.list.d/prometheus-suite.list \
     && printf 'Package: *\nPin: release n=%s\nPin-Priority: 100\n' "${PROMETHEUS_SUITE}" >/etc/apt/preferences.d/prometheus-suite \
