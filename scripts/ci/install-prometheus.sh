@@ -55,6 +55,9 @@ prometheus --version 2>&1 | head -n1
 # newer Debian release (promtool is its own package there, depending on libc only): its .deb is fetched with apt-get download from a private apt state
 # (this machine's sources and package database are not touched) and unpacked with dpkg-deb -x
 # into $PROMETHEUS3_DIR; nothing is installed into /. Idempotent: a present promtool 3 is kept.
+# `check-valid-until=no` on that one source: the mirror may be a dated snapshot whose Release
+# file of a moving suite has expired (seen in the offline Prometheus image); signatures are
+# still checked.
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PROMETHEUS3_DIR=${PROMETHEUS3_DIR:-$ROOT/.tools/prometheus3}
 PROMETHEUS3_SUITE=${PROMETHEUS3_SUITE:-forky}
@@ -66,7 +69,7 @@ if ! "$promtool3" --version 2>/dev/null | grep -q 'version 3\.'; then
   mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$PROMETHEUS3_DIR/root"
   mirror=$(grep -hs -E '^URIs:.*/debian/?$' /etc/apt/sources.list.d/*.sources | head -n 1 | awk '{print $2}')
   [ -n "$mirror" ] || mirror=$(grep -hs -E '^deb .*/debian/? ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | head -n 1 | awk '{print $2}')
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${mirror:-http://deb.debian.org/debian} $PROMETHEUS3_SUITE main" \
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg check-valid-until=no] ${mirror:-http://deb.debian.org/debian} $PROMETHEUS3_SUITE main" \
     >"$apt_dir/sources.list"
   apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
     -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o Dir::State::Status=/dev/null
