@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ftshop_platform::Problem;
 use ftshop_platform::extract::{Json, Path, validate_id};
-use ftshop_platform::faults::{FaultProfile, FaultRule};
+use ftshop_platform::faults::{FaultProfile, FaultRule, RuleStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -227,7 +227,8 @@ pub async fn add_rule(
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|r| serde_json::from_value::<FaultRule>(r["rule"].clone()).ok())
+            .filter_map(|r| serde_json::from_value::<RuleStatus>(r.clone()).ok())
+            .map(|r| r.rule)
             .filter(|r| {
                 !(r.route == rule.route
                     && r.method == rule.method
