@@ -199,6 +199,7 @@ fn router(room: Arc<Room>) -> Router {
         .route("/", get(assets::index))
         .route("/app.js", get(assets::script))
         .route("/app.css", get(assets::style))
+        .route("/favicon.ico", get(assets::favicon))
         .merge(api)
         .fallback(assets::not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -485,6 +485,9 @@ function render(snap) {
   renderTraffic(snap);
   renderPurchases(snap);
   if (snap.checks && changed('checks', snap.checks)) renderChecks(snap.checks);
+  const b = snap.services.backlog || {}, f = snap.services.fidelity_pending || {};
+  const backlogText = `Now: ${b.pending_orders ?? '?'} deferred sales, ${b.outbox_bonuses ?? '?'} bonuses in ecommerce's outbox, ${f.depth ?? '?'} bonuses pending at Fidelity.`;
+  if ($('#backlog-now').textContent !== backlogText) $('#backlog-now').textContent = backlogText;
   const down = (snap.services.unreachable || []).length;
   $('#conn').textContent = `live · ${new Date(snap.at_unix_ms).toLocaleTimeString()}${down ? ` · ${down} source(s) not answering` : ''}`;
 }
