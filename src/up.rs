@@ -361,7 +361,7 @@ async fn bind_control_room(
     };
     let port = args
         .control_port
-        .unwrap_or_else(|| args.port_base.checked_sub(10).unwrap_or(0));
+        .unwrap_or_else(|| args.port_base.saturating_sub(10));
     match crate::control::bind(args.host, port, &shown_host, data_dir).await {
         Ok(bound) => Ok(bound),
         Err(err) if args.control_port.is_none() && port != 0 => {

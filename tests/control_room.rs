@@ -49,7 +49,11 @@ impl Room {
     }
 
     async fn state(&self) -> Value {
-        let response = self.authed("GET", "/api/state").send().await.expect("state");
+        let response = self
+            .authed("GET", "/api/state")
+            .send()
+            .await
+            .expect("state");
         assert_eq!(response.status(), StatusCode::OK);
         response.json().await.expect("state json")
     }
@@ -71,7 +75,11 @@ fn every_endpoint() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("GET", "/app.css", None),
         ("GET", "/api/state", None),
         ("GET", "/api/events", None),
-        ("GET", "/api/purchases/0190f3a2-0000-7000-8000-000000000000", None),
+        (
+            "GET",
+            "/api/purchases/0190f3a2-0000-7000-8000-000000000000",
+            None,
+        ),
         ("POST", "/api/processes/store-1/kill", None),
         ("POST", "/api/processes/store-1/restart", None),
         ("POST", "/api/breakers/store-1.sell/force-open", None),
@@ -80,14 +88,20 @@ fn every_endpoint() -> Vec<(&'static str, &'static str, Option<Value>)> {
         (
             "POST",
             "/api/faults/rules",
-            Some(json!({"service": "store", "route": "/sell", "kind": "error", "probability": 1.0})),
+            Some(
+                json!({"service": "store", "route": "/sell", "kind": "error", "probability": 1.0}),
+            ),
         ),
         (
             "PUT",
             "/api/faults/store-1",
             Some(json!({"rules": [{"route": "/sell", "kind": "error", "probability": 1.0}]})),
         ),
-        ("POST", "/api/faults/preset", Some(json!({"name": "default"}))),
+        (
+            "POST",
+            "/api/faults/preset",
+            Some(json!({"name": "default"})),
+        ),
         (
             "POST",
             "/api/traffic/start",
@@ -113,7 +127,14 @@ async fn observable(suite: &Suite, room: &Room) -> Value {
         .map(|p| json!([p["name"], p["pid"], p["restarts"]]))
         .collect();
     let mut rules = Vec::new();
-    for name in ["ecommerce", "store-1", "store-2", "exchange-1", "exchange-2", "fidelity"] {
+    for name in [
+        "ecommerce",
+        "store-1",
+        "store-2",
+        "exchange-1",
+        "exchange-2",
+        "fidelity",
+    ] {
         let faults: Value = suite
             .http
             .get(format!("{}/admin/faults", suite.url(name)))
@@ -126,7 +147,8 @@ async fn observable(suite: &Suite, room: &Room) -> Value {
             .expect("faults json");
         rules.push(json!([name, faults["rules"]]));
     }
-    let breakers: Value = common::get_json(suite, format!("{}/breakers", suite.url("ecommerce"))).await;
+    let breakers: Value =
+        common::get_json(suite, format!("{}/breakers", suite.url("ecommerce"))).await;
     let breakers: Vec<Value> = breakers
         .as_array()
         .expect("breakers")
@@ -135,7 +157,10 @@ async fn observable(suite: &Suite, room: &Room) -> Value {
         .collect();
     let purchases: Value = suite
         .http
-        .get(format!("{}/admin/purchases?limit=500", suite.url("ecommerce")))
+        .get(format!(
+            "{}/admin/purchases?limit=500",
+            suite.url("ecommerce")
+        ))
         .bearer_auth(common::ADMIN_TOKEN)
         .send()
         .await
@@ -166,7 +191,10 @@ async fn assert_problem(response: reqwest::Response, status: StatusCode, what: &
     );
     let body: Value = response.json().await.expect("problem json");
     assert_eq!(body["status"], status.as_u16(), "{what}: {body}");
-    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}: {body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{what}: {body}"
+    );
     body
 }
 
@@ -184,7 +212,10 @@ async fn every_endpoint_needs_the_login_token_or_its_session_and_a_refusal_chang
     for (method, path, body) in every_endpoint() {
         for (label, auth) in [
             ("no credentials", None),
-            ("a wrong bearer token", Some(("authorization", "Bearer not-the-token"))),
+            (
+                "a wrong bearer token",
+                Some(("authorization", "Bearer not-the-token")),
+            ),
             ("a wrong session cookie", Some(("cookie", wrong_cookie))),
             (
                 "the admin token instead of the login token",
@@ -207,7 +238,11 @@ async fn every_endpoint_needs_the_login_token_or_its_session_and_a_refusal_chang
             }
         }
     }
-    let wrong_login = room.request("GET", "/?token=0123456789abcdef0123456789abcdef").send().await.expect("login");
+    let wrong_login = room
+        .request("GET", "/?token=0123456789abcdef0123456789abcdef")
+        .send()
+        .await
+        .expect("login");
     assert_eq!(wrong_login.status(), StatusCode::UNAUTHORIZED);
     assert!(wrong_login.headers().get(SET_COOKIE).is_none());
 
@@ -222,7 +257,10 @@ async fn every_endpoint_needs_the_login_token_or_its_session_and_a_refusal_chang
         .expect("login");
     assert_eq!(login.status(), StatusCode::SEE_OTHER);
     assert_eq!(login.headers()[LOCATION], "/");
-    let cookie = login.headers()[SET_COOKIE].to_str().expect("cookie").to_owned();
+    let cookie = login.headers()[SET_COOKIE]
+        .to_str()
+        .expect("cookie")
+        .to_owned();
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(cookie.contains(attribute), "{cookie}");
     }
@@ -236,7 +274,10 @@ async fn every_endpoint_needs_the_login_token_or_its_session_and_a_refusal_chang
             .expect("page");
         assert_eq!(response.status(), StatusCode::OK, "{path} with the session");
         if path == "/" {
-            let csp = response.headers()["content-security-policy"].to_str().expect("csp").to_owned();
+            let csp = response.headers()["content-security-policy"]
+                .to_str()
+                .expect("csp")
+                .to_owned();
             assert!(csp.contains("default-src 'self'"), "{csp}");
         }
         let text = response.text().await.expect("body");
@@ -249,14 +290,21 @@ async fn every_endpoint_needs_the_login_token_or_its_session_and_a_refusal_chang
     let dir = suite.stop_and_keep_data();
     let suite = Suite::start_in(dir, &[]).await;
     let again = Room::of(&suite);
-    assert_eq!(again.token, room.token, "the login token survives a restart");
+    assert_eq!(
+        again.token, room.token,
+        "the login token survives a restart"
+    );
     let response = again
         .request("GET", "/api/state")
         .header(COOKIE, &session)
         .send()
         .await
         .expect("state");
-    assert_eq!(response.status(), StatusCode::OK, "the session survives a restart");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the session survives a restart"
+    );
 }
 
 /// Bad input to every action is a problem+json 4xx, and none of it changes the suite; so are
@@ -269,15 +317,42 @@ async fn bad_input_is_refused_with_problem_json_and_changes_nothing() {
 
     let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
     let cases: Vec<(&str, &str, Option<Value>, StatusCode)> = vec![
-        ("POST", "/api/processes/nobody/kill", None, StatusCode::NOT_FOUND),
-        ("POST", "/api/processes/store-1/explode", None, StatusCode::NOT_FOUND),
-        ("POST", "/api/breakers/store-1.sell/explode", None, StatusCode::NOT_FOUND),
-        ("POST", "/api/breakers/no-such.sell/force-open", None, StatusCode::NOT_FOUND),
-        ("POST", "/api/breakers/bad%20name!/reset", None, unprocessable),
+        (
+            "POST",
+            "/api/processes/nobody/kill",
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/api/processes/store-1/explode",
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/api/breakers/store-1.sell/explode",
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/api/breakers/no-such.sell/force-open",
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/api/breakers/bad%20name!/reset",
+            None,
+            unprocessable,
+        ),
         (
             "POST",
             "/api/faults/rules",
-            Some(json!({"service": "store", "route": "/sell", "kind": "error", "probability": 2.0})),
+            Some(
+                json!({"service": "store", "route": "/sell", "kind": "error", "probability": 2.0}),
+            ),
             unprocessable,
         ),
         (
@@ -295,13 +370,17 @@ async fn bad_input_is_refused_with_problem_json_and_changes_nothing() {
         (
             "POST",
             "/api/faults/rules",
-            Some(json!({"service": "store", "instance": "store-9", "route": "/sell", "kind": "error", "probability": 1.0})),
+            Some(
+                json!({"service": "store", "instance": "store-9", "route": "/sell", "kind": "error", "probability": 1.0}),
+            ),
             unprocessable,
         ),
         (
             "POST",
             "/api/faults/rules",
-            Some(json!({"service": "store", "route": "/sell", "kind": "meteor", "probability": 1.0})),
+            Some(
+                json!({"service": "store", "route": "/sell", "kind": "meteor", "probability": 1.0}),
+            ),
             unprocessable,
         ),
         (
@@ -310,10 +389,30 @@ async fn bad_input_is_refused_with_problem_json_and_changes_nothing() {
             Some(json!({"rules": [{"route": "/sell", "kind": "error", "probability": -1.0}]})),
             unprocessable,
         ),
-        ("PUT", "/api/faults/store-1", Some(json!({"rulez": []})), unprocessable),
-        ("PUT", "/api/faults/nobody", Some(json!({"rules": []})), StatusCode::NOT_FOUND),
-        ("POST", "/api/faults/preset", Some(json!({"name": "meteor"})), unprocessable),
-        ("POST", "/api/faults/preset", Some(json!({"name": "exchange-down", "seconds": 0})), unprocessable),
+        (
+            "PUT",
+            "/api/faults/store-1",
+            Some(json!({"rulez": []})),
+            unprocessable,
+        ),
+        (
+            "PUT",
+            "/api/faults/nobody",
+            Some(json!({"rules": []})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/api/faults/preset",
+            Some(json!({"name": "meteor"})),
+            unprocessable,
+        ),
+        (
+            "POST",
+            "/api/faults/preset",
+            Some(json!({"name": "exchange-down", "seconds": 0})),
+            unprocessable,
+        ),
         (
             "POST",
             "/api/traffic/start",
@@ -333,8 +432,18 @@ async fn bad_input_is_refused_with_problem_json_and_changes_nothing() {
             unprocessable,
         ),
         ("POST", "/api/traffic/stop", None, StatusCode::CONFLICT),
-        ("POST", "/api/buy", Some(json!({"product": "no such id!", "user": "u"})), unprocessable),
-        ("POST", "/api/buy", Some(json!({"product": "1"})), unprocessable),
+        (
+            "POST",
+            "/api/buy",
+            Some(json!({"product": "no such id!", "user": "u"})),
+            unprocessable,
+        ),
+        (
+            "POST",
+            "/api/buy",
+            Some(json!({"product": "1"})),
+            unprocessable,
+        ),
         ("GET", "/api/purchases/not%20an%20id", None, unprocessable),
         ("GET", "/api/nothing-here", None, StatusCode::NOT_FOUND),
     ];
@@ -355,7 +464,10 @@ async fn bad_input_is_refused_with_problem_json_and_changes_nothing() {
         .await
         .expect("send");
     let status = response.status();
-    assert!(status == StatusCode::BAD_REQUEST || status == unprocessable, "{status}");
+    assert!(
+        status == StatusCode::BAD_REQUEST || status == unprocessable,
+        "{status}"
+    );
     assert_problem(response, status, "malformed JSON").await;
     // A form from another site: wrong content type, or a foreign Origin.
     let response = room
@@ -385,11 +497,18 @@ async fn bad_input_is_refused_with_problem_json_and_changes_nothing() {
 async fn actions_reach_the_services_and_the_state_follows() {
     let suite = Suite::start(&[]).await;
     let room = Room::of(&suite);
-    let ok = |r: &reqwest::Response, what: &str| assert!(r.status().is_success(), "{what}: {}", r.status());
+    let ok = |r: &reqwest::Response, what: &str| {
+        assert!(r.status().is_success(), "{what}: {}", r.status())
+    };
 
     // Faults: add on store-1 only, then remove through the process's rule list.
     let rule = json!({"service": "store", "instance": "store-1", "route": "/sell", "method": "POST", "kind": "error", "probability": 1.0});
-    let response = room.authed("POST", "/api/faults/rules").json(&rule).send().await.expect("rule");
+    let response = room
+        .authed("POST", "/api/faults/rules")
+        .json(&rule)
+        .send()
+        .await
+        .expect("rule");
     ok(&response, "add rule");
     let store_faults = |name: &'static str| {
         let (http, url) = (suite.http.clone(), suite.url(name));
@@ -419,20 +538,40 @@ async fn actions_reach_the_services_and_the_state_follows() {
         .expect("buy");
     ok(&response, "buy");
     let bought: Value = response.json().await.expect("json");
-    assert!(matches!(bought["status"].as_u64(), Some(200 | 202)), "{bought}");
-    let attempts = bought["story"]["attempts"].as_array().cloned().unwrap_or_default();
+    assert!(
+        matches!(bought["status"].as_u64(), Some(200 | 202)),
+        "{bought}"
+    );
+    let attempts = bought["story"]["attempts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(attempts.iter().any(|a| a["step"] == "sell"), "{bought}");
-    if attempts.iter().any(|a| a["step"] == "sell" && a["replica"] == 1) {
+    if attempts
+        .iter()
+        .any(|a| a["step"] == "sell" && a["replica"] == 1)
+    {
         assert!(
-            bought["story"]["degraded"].as_array().is_some_and(|d| d.iter().any(|x| x == "store:failover")),
+            bought["story"]["degraded"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|x| x == "store:failover")),
             "{bought}"
         );
     }
     let order_id = bought["answer"]["order_id"].as_str().expect("order id");
-    let response = room.authed("GET", &format!("/api/purchases/{order_id}")).send().await.expect("story");
+    let response = room
+        .authed("GET", &format!("/api/purchases/{order_id}"))
+        .send()
+        .await
+        .expect("story");
     ok(&response, "story");
 
-    let response = room.authed("PUT", "/api/faults/store-1").json(&json!({"rules": []})).send().await.expect("put");
+    let response = room
+        .authed("PUT", "/api/faults/store-1")
+        .json(&json!({"rules": []}))
+        .send()
+        .await
+        .expect("put");
     ok(&response, "remove rules");
     assert!(store_faults("store-1").await.is_empty());
 
@@ -440,23 +579,44 @@ async fn actions_reach_the_services_and_the_state_follows() {
     let breaker_state = || {
         let (http, url) = (suite.http.clone(), suite.url("ecommerce"));
         async move {
-            let list: Value = http.get(format!("{url}/breakers")).send().await.expect("b").json().await.expect("json");
+            let list: Value = http
+                .get(format!("{url}/breakers"))
+                .send()
+                .await
+                .expect("b")
+                .json()
+                .await
+                .expect("json");
             list.as_array()
                 .and_then(|l| l.iter().find(|b| b["name"] == "store-2.sell").cloned())
                 .map(|b| b["state"].as_str().unwrap_or_default().to_owned())
                 .unwrap_or_default()
         }
     };
-    let response = room.authed("POST", "/api/breakers/store-2.sell/force-open").send().await.expect("open");
+    let response = room
+        .authed("POST", "/api/breakers/store-2.sell/force-open")
+        .send()
+        .await
+        .expect("open");
     ok(&response, "force open");
     assert_eq!(breaker_state().await, "forced_open");
-    let response = room.authed("POST", "/api/breakers/store-2.sell/reset").send().await.expect("reset");
+    let response = room
+        .authed("POST", "/api/breakers/store-2.sell/reset")
+        .send()
+        .await
+        .expect("reset");
     ok(&response, "reset");
     assert_eq!(breaker_state().await, "closed");
 
     // Kill: the state says so within a second, then the supervisor restarts it.
-    let old_pid = room.process("exchange-2").await["pid"].as_u64().expect("pid");
-    let response = room.authed("POST", "/api/processes/exchange-2/kill").send().await.expect("kill");
+    let old_pid = room.process("exchange-2").await["pid"]
+        .as_u64()
+        .expect("pid");
+    let response = room
+        .authed("POST", "/api/processes/exchange-2/kill")
+        .send()
+        .await
+        .expect("kill");
     ok(&response, "kill");
     let killed_at = Instant::now();
     loop {
@@ -464,13 +624,20 @@ async fn actions_reach_the_services_and_the_state_follows() {
         if p["state"] != "up" || p["pid"].as_u64() != Some(old_pid) {
             break;
         }
-        assert!(killed_at.elapsed() < Duration::from_secs(1), "kill not shown within 1 s: {p}");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(1),
+            "kill not shown within 1 s: {p}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    common::eventually(Duration::from_secs(30), "exchange-2 restarted and up", || async {
-        let p = room.process("exchange-2").await;
-        p["state"] == "up" && p["restarts"] == 1 && p["pid"].as_u64() != Some(old_pid)
-    })
+    common::eventually(
+        Duration::from_secs(30),
+        "exchange-2 restarted and up",
+        || async {
+            let p = room.process("exchange-2").await;
+            p["state"] == "up" && p["restarts"] == 1 && p["pid"].as_u64() != Some(old_pid)
+        },
+    )
     .await;
 
     // A 3 s load with ft both: both series get answers; then the invariants hold.
@@ -502,16 +669,29 @@ async fn actions_reach_the_services_and_the_state_follows() {
             .sum();
         assert!(answered > 0, "ft {ft}: {traffic}");
     }
-    let response = room.authed("POST", "/api/invariants").send().await.expect("invariants");
+    let response = room
+        .authed("POST", "/api/invariants")
+        .send()
+        .await
+        .expect("invariants");
     ok(&response, "invariants");
     let verdict: Value = response.json().await.expect("json");
     assert_eq!(verdict["passed"], true, "{verdict}");
     assert_eq!(verdict["verdicts"].as_array().map(Vec::len), Some(4));
 
     // The stream: server-sent events with snapshots.
-    let mut events = room.authed("GET", "/api/events").send().await.expect("events");
+    let mut events = room
+        .authed("GET", "/api/events")
+        .send()
+        .await
+        .expect("events");
     assert_eq!(events.status(), StatusCode::OK);
-    assert!(events.headers()[CONTENT_TYPE].to_str().expect("ct").starts_with("text/event-stream"));
+    assert!(
+        events.headers()[CONTENT_TYPE]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/event-stream")
+    );
     let chunk = tokio::time::timeout(Duration::from_secs(5), events.chunk())
         .await
         .expect("an event within 5 s")

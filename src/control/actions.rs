@@ -285,10 +285,7 @@ pub async fn replace_rules(
             .map_err(|e| Problem::validation(format!("rule {}: {e}", i + 1)))?;
     }
     put_rules(&room, &target.url, &list.rules).await?;
-    eprintln!(
-        "[control] {} rule(s) now on {process}",
-        list.rules.len()
-    );
+    eprintln!("[control] {} rule(s) now on {process}", list.rules.len());
     Ok(Json(json!({ "process": process, "rules": list.rules.len() })).into_response())
 }
 
@@ -511,7 +508,10 @@ pub async fn buy(
     let (status, answer) = send(
         room.http
             .post(format!("{ecommerce}/buy"))
-            .header("Idempotency-Key", format!("control-{}", uuid::Uuid::new_v4()))
+            .header(
+                "Idempotency-Key",
+                format!("control-{}", uuid::Uuid::new_v4()),
+            )
             .timeout(Duration::from_secs(10))
             .json(&json!({ "product": request.product, "user": request.user, "ft": request.ft })),
     )

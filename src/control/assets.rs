@@ -45,5 +45,8 @@ pub async fn favicon() -> StatusCode {
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> Problem {
-    Problem::not_found(format!("no control room page or endpoint at {}", uri.path()))
+    Problem::not_found(format!(
+        "no control room page or endpoint at {}",
+        uri.path()
+    ))
 }

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use ftshop_platform::Problem;
 use ftshop_platform::extract::Json;
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::Room;
@@ -159,15 +159,19 @@ pub async fn run(State(room): State<Arc<Room>>) -> Result<Response, Problem> {
                 (id, lookup)
             }
         })
-    .buffer_unordered(READS_IN_FLIGHT)
-    .collect()
-    .await;
+        .buffer_unordered(READS_IN_FLIGHT)
+        .collect()
+        .await;
     let users: BTreeSet<String> = acknowledged.iter().map(|a| a.user.clone()).collect();
     let fidelity = api.urls_of("fidelity");
     let mut balances = BTreeMap::new();
     for user in users {
         let balance = api
-            .get_retrying(&fidelity, &format!("/balance/{user}"), Duration::from_secs(5))
+            .get_retrying(
+                &fidelity,
+                &format!("/balance/{user}"),
+                Duration::from_secs(5),
+            )
             .await
             .ok()
             .and_then(|v| v["points"].as_i64());
@@ -219,7 +223,11 @@ pub async fn run(State(room): State<Arc<Room>>) -> Result<Response, Problem> {
         "note": "Over the purchases made from this page since the control room started; \
                  stock is compared with its reading at that start.",
     });
-    *room.ledger.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(result.clone());
+    *room
+        .ledger
+        .last
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(result.clone());
     eprintln!(
         "[control] invariants: {}",
         if passed { "all hold" } else { "VIOLATED" }

@@ -94,10 +94,16 @@ pub async fn run(room: Arc<Room>) {
 
 /// Gathers the services' data into the cache.
 async fn refresh(room: &Room) {
-    let tick = room.feed.ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tick = room
+        .feed
+        .ticks
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let deps = gather(room, tick).await;
-    *room.feed.deps.lock().unwrap_or_else(PoisonError::into_inner) =
-        (Some(Instant::now()), Arc::new(deps));
+    *room
+        .feed
+        .deps
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = (Some(Instant::now()), Arc::new(deps));
 }
 
 fn publish(room: &Room) {
@@ -151,7 +157,7 @@ async fn gather(room: &Room, tick: u64) -> Deps {
         .collect();
     // The catalog changes only by purchases (its stock): every 10 s is enough for the form.
     let products = async {
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             Some(first_answer(room, &stores, "/products").await)
         } else {
             None
@@ -160,7 +166,7 @@ async fn gather(room: &Room, tick: u64) -> Deps {
     // The backlog counts are database queries in two services: every 2 s (a load run samples
     // them each second for its chart anyway, see `traffic`).
     let backlog = async {
-        if tick % 2 == 0 {
+        if tick.is_multiple_of(2) {
             Some(tokio::join!(
                 public_get(room, format!("{ecommerce}/backlog")),
                 public_get(room, format!("{fidelity}/bonus/pending")),

@@ -75,7 +75,12 @@ impl Bound {
 ///
 /// # Errors
 /// The port cannot be bound, or the credentials file cannot be read or written.
-pub async fn bind(host: IpAddr, port: u16, shown_host: &str, data_dir: &Path) -> anyhow::Result<Bound> {
+pub async fn bind(
+    host: IpAddr,
+    port: u16,
+    shown_host: &str,
+    data_dir: &Path,
+) -> anyhow::Result<Bound> {
     let credentials = auth::Credentials::load_or_create(data_dir)?;
     let listener = ftshop_platform::server::bind(host, port).await?;
     let port = listener.local_addr()?.port();

@@ -68,7 +68,11 @@ impl Traffic {
         let Some(run) = current.as_ref() else {
             return json!({ "state": "idle" });
         };
-        let (state, error) = run.state.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let (state, error) = run
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let series: serde_json::Map<String, Value> = run
             .series
             .iter()
@@ -231,7 +235,11 @@ pub async fn start(
                 .find_map(|r| r.err())
                 .map(|e| format!("{e:#}"));
             *run.state.lock().unwrap_or_else(PoisonError::into_inner) = (
-                if error.is_some() { "failed" } else { "finished" },
+                if error.is_some() {
+                    "failed"
+                } else {
+                    "finished"
+                },
                 error,
             );
             run.stop.cancel();
@@ -253,7 +261,10 @@ pub async fn stop(State(room): State<Arc<Room>>) -> Result<Response, Problem> {
             run.stop.cancel();
             Ok(Json(json!({ "state": "stopping" })).into_response())
         }
-        _ => Err(Problem::conflict("no-load-running", "no load run is going on")),
+        _ => Err(Problem::conflict(
+            "no-load-running",
+            "no load run is going on",
+        )),
     }
 }
 
@@ -279,7 +290,10 @@ async fn sample_backlog(room: Arc<Room>, run: Arc<Run>) {
             super::feed::public_get(&room, format!("{fidelity}/bonus/pending")),
         );
         let read = |v: &Result<Value, String>, field: &str| {
-            v.as_ref().ok().and_then(|v| v[field].as_i64()).unwrap_or(-1)
+            v.as_ref()
+                .ok()
+                .and_then(|v| v[field].as_i64())
+                .unwrap_or(-1)
         };
         let sample = [
             i64::try_from(run.started.elapsed().as_secs()).unwrap_or(i64::MAX),

@@ -54,13 +54,19 @@ pub struct LiveSeries {
 impl LiveSeries {
     /// One answer, `at` after the run started, that took `latency`.
     pub fn record(&self, at: Duration, latency: Duration, outcome: Outcome) {
-        let second = usize::try_from(at.as_secs()).unwrap_or(usize::MAX).min(24 * 3600);
+        let second = usize::try_from(at.as_secs())
+            .unwrap_or(usize::MAX)
+            .min(24 * 3600);
         let mut seconds = self.seconds.lock().unwrap_or_else(PoisonError::into_inner);
         while seconds.len() <= second {
             let t = u32::try_from(seconds.len()).unwrap_or(u32::MAX);
             // The seconds before the previous one are complete: their percentiles are final
             // and their samples can go.
-            if let Some(done) = seconds.len().checked_sub(2).and_then(|i| seconds.get_mut(i)) {
+            if let Some(done) = seconds
+                .len()
+                .checked_sub(2)
+                .and_then(|i| seconds.get_mut(i))
+            {
                 done.finalize();
             }
             seconds.push(LiveSecond {
@@ -144,8 +150,16 @@ mod tests {
                 Outcome::Completed,
             );
         }
-        live.record(Duration::from_millis(2500), Duration::from_millis(7), Outcome::Refused);
-        live.record(Duration::from_millis(2600), Duration::from_millis(9), Outcome::Timeout);
+        live.record(
+            Duration::from_millis(2500),
+            Duration::from_millis(7),
+            Outcome::Refused,
+        );
+        live.record(
+            Duration::from_millis(2600),
+            Duration::from_millis(9),
+            Outcome::Timeout,
+        );
         let seconds = live.seconds();
         assert_eq!(seconds.len(), 3);
         assert_eq!(seconds[0].completed, 100);

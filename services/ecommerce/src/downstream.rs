@@ -312,7 +312,8 @@ impl Downstreams {
     ) -> Result<Product, StepError> {
         // Ids are validated to URL-safe characters (`validate_id`), so no encoding is needed.
         let req = self.http.get(format!("{base}/product?product={id}"));
-        self.call(Step::Product, base, req, request_id, timeout).await
+        self.call(Step::Product, base, req, request_id, timeout)
+            .await
     }
 
     pub async fn exchange_at(
@@ -372,7 +373,9 @@ impl Downstreams {
             .json(&serde_json::json!({
                 "user": user, "bonus": points, "transaction_id": transaction_id,
             }));
-        let _: serde_json::Value = self.call(Step::Bonus, base, req, request_id, timeout).await?;
+        let _: serde_json::Value = self
+            .call(Step::Bonus, base, req, request_id, timeout)
+            .await?;
         Ok(())
     }
 

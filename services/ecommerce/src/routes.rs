@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
 use crate::AppState;
-use crate::story;
 use crate::downstream::{Product, Step, StepError};
 use crate::ft::{Degradations, SellFailure};
 use crate::money::{Decimal, cents_to_decimal, to_cents};
 use crate::orders::{self, Backlog, Claim, Completion, NewOrder, OrderView};
 use crate::promise::{Admission, rfc3339_millis};
+use crate::story;
 
 #[derive(OpenApi)]
 #[openapi(
