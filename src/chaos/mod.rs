@@ -13,7 +13,7 @@ mod proxy;
 mod report;
 mod scenarios;
 pub(crate) mod suite;
-mod traffic;
+pub(crate) mod traffic;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -505,17 +505,37 @@ pub async fn buy(
     validate_id("user", &request.user)?;
     let ecommerce = ecommerce(&room)?;
     let sent_at = ftshop_platform::db::now_millis();
-    let (status, answer) = send(
+    let key = format!("control-{}", uuid::Uuid::new_v4());
+    let sent = send(
         room.http
             .post(format!("{ecommerce}/buy"))
-            .header(
-                "Idempotency-Key",
-                format!("control-{}", uuid::Uuid::new_v4()),
-            )
+            .header("Idempotency-Key", &key)
             .timeout(Duration::from_secs(10))
             .json(&json!({ "product": request.product, "user": request.user, "ft": request.ft })),
     )
-    .await?;
+    .await;
+    let unsettled = |status| crate::load::live::UnsettledPurchase {
+        key: key.clone(),
+        user: request.user.clone(),
+        product: request.product.clone(),
+        ft: request.ft,
+        status,
+    };
+    let (status, answer) = match sent {
+        Ok(answer) => answer,
+        Err(problem) => {
+            // No answer: it may have sold; the invariants replay it.
+            room.ledger.unsettled(unsettled(None));
+            return Err(problem);
+        }
+    };
+    // A 5xx may have sold (but not a refused deferral: it says nothing was sold).
+    let refused = answer["type"]
+        .as_str()
+        .is_some_and(|t| t.ends_with("/deferral-refused"));
+    if status >= 500 && !refused {
+        room.ledger.unsettled(unsettled(Some(status)));
+    }
     let order_id = answer["order_id"].as_str().map(str::to_owned);
     if let (200 | 202, Some(id)) = (status, &order_id) {
         room.ledger.acknowledged(super::checks::Acked {

@@ -6,7 +6,9 @@
 //!
 //! Stock is compared with a reading taken when the control room started, so purchases made
 //! elsewhere meanwhile (curl, `ftshop load`) show up as a stock difference; so do bonus points
-//! of a user who also bought elsewhere. The evidence says what was compared.
+//! of a user who also bought elsewhere. The evidence says what was compared. Purchases whose
+//! answer did not say whether they sold (5xx, timeout) are first replayed with their own
+//! Idempotency-Key, as `ftshop chaos` does, so the order they may have created is counted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,9 +24,13 @@ use serde_json::{Value, json};
 use super::Room;
 use crate::chaos::invariants::{AckedOrder, Drain, Observed, StockSamples, check};
 use crate::chaos::suite::{MemberInfo, SuiteApi};
+use crate::chaos::traffic::Attempt;
+use crate::load::live::UnsettledPurchase;
 
 /// How long the check waits for deferred sales and pending bonuses to drain.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// How long unsettled purchases are replayed at most.
+const RECONCILE_LIMIT: Duration = Duration::from_secs(20);
 /// Orders read at once.
 const READS_IN_FLIGHT: usize = 16;
 
@@ -32,6 +38,8 @@ const READS_IN_FLIGHT: usize = 16;
 #[derive(Default)]
 pub struct Ledger {
     acked: Mutex<Vec<Acked>>,
+    /// Purchases whose answer did not say whether they sold: replayed before the check.
+    unsettled: Mutex<Vec<UnsettledPurchase>>,
     baseline: Mutex<Option<BTreeMap<String, i64>>>,
     last: Mutex<Option<Value>>,
     running: tokio::sync::Mutex<()>,
@@ -49,6 +57,13 @@ pub struct Acked {
 impl Ledger {
     pub fn acknowledged(&self, purchase: Acked) {
         self.acked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(purchase);
+    }
+
+    pub fn unsettled(&self, purchase: UnsettledPurchase) {
+        self.unsettled
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(purchase);
@@ -138,19 +153,58 @@ pub async fn run(State(room): State<Arc<Room>>) -> Result<Response, Problem> {
         })
         .collect();
     let from_page = acknowledged.len();
-    acknowledged.extend(room.traffic.acked().into_iter().map(|a| AckedOrder {
+    let (from_runs, unsettled_in_run) = room.traffic.acked();
+    acknowledged.extend(from_runs.into_iter().map(|a| AckedOrder {
         order_id: a.order_id,
         user: a.user,
         product: a.product,
         status: a.status,
     }));
 
+    // What a careful client does after an error or a timeout, as `ftshop chaos` does: replay
+    // each unsettled purchase with its own Idempotency-Key and body until it gets a final
+    // answer; an order it sold is then known, and one that never answers bounds the stock.
+    let mut unsettled: Vec<UnsettledPurchase> = room
+        .ledger
+        .unsettled
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    unsettled.extend(unsettled_in_run);
+    let attempts: Vec<Attempt> = unsettled
+        .iter()
+        .map(|u| Attempt {
+            key: u.key.clone(),
+            user: u.user.clone(),
+            product: u.product.clone(),
+            at_s: 0.0,
+            status: u.status,
+            order_id: None,
+            error: None,
+            ft: u.ft,
+        })
+        .collect();
+    let replayed = crate::chaos::traffic::reconcile(
+        &room.http,
+        &format!("{ecommerce}/buy"),
+        &attempts,
+        Duration::from_secs(5),
+        RECONCILE_LIMIT,
+    )
+    .await;
+    // A replayed purchase's user is checked too: its points are part of the balance.
+    let replayed_users: BTreeSet<String> = unsettled.iter().map(|u| u.user.clone()).collect();
+
     let started = tokio::time::Instant::now();
     let interrupt = room.stop.child_token();
     let (drained, last) =
         crate::chaos::wait_for_drain(&api, started, DRAIN_LIMIT, &interrupt).await;
 
-    let ids: Vec<String> = acknowledged.iter().map(|a| a.order_id.clone()).collect();
+    let ids: Vec<String> = acknowledged
+        .iter()
+        .map(|a| a.order_id.clone())
+        .chain(replayed.orders.iter().cloned())
+        .collect();
     let orders: BTreeMap<_, _> = futures::stream::iter(ids)
         .map(|id| {
             let (api, ecommerce) = (api.clone(), ecommerce.clone());
@@ -162,7 +216,11 @@ pub async fn run(State(room): State<Arc<Room>>) -> Result<Response, Problem> {
         .buffer_unordered(READS_IN_FLIGHT)
         .collect()
         .await;
-    let users: BTreeSet<String> = acknowledged.iter().map(|a| a.user.clone()).collect();
+    let users: BTreeSet<String> = acknowledged
+        .iter()
+        .map(|a| a.user.clone())
+        .chain(replayed_users)
+        .collect();
     let fidelity = api.urls_of("fidelity");
     let mut balances = BTreeMap::new();
     for user in users {
@@ -198,8 +256,8 @@ pub async fn run(State(room): State<Arc<Room>>) -> Result<Response, Problem> {
     let observed = Observed {
         stock,
         acknowledged,
-        reconciled: Vec::new(),
-        unresolved: Vec::new(),
+        reconciled: replayed.orders.clone(),
+        unresolved: replayed.unresolved.clone(),
         orders,
         balances,
         drain: Drain {
@@ -216,6 +274,10 @@ pub async fn run(State(room): State<Arc<Room>>) -> Result<Response, Problem> {
         "purchases": {
             "from_buy_one": from_page,
             "from_load_runs": observed.acknowledged.len() - from_page,
+            "replayed": unsettled.len(),
+            "replayed_to_orders": replayed.orders.len(),
+            "replayed_out_of_stock": replayed.out_of_stock,
+            "unresolved": replayed.unresolved.len(),
         },
         "drained_after_s": observed.drain.drained_after_s,
         "backlog": observed.drain.last,

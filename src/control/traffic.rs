@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::Room;
-use crate::load::live::{AckedPurchase, LiveSeries};
+use crate::load::live::{AckedPurchase, LiveSeries, UnsettledPurchase};
 
 const MAX_USERS: u32 = 200;
 const MAX_SECONDS: u64 = 600;
@@ -96,12 +96,13 @@ impl Traffic {
 
     /// The acknowledged purchases of the current (or last) run; earlier runs' are in the
     /// ledger.
-    pub fn acked(&self) -> Vec<AckedPurchase> {
+    pub fn acked(&self) -> (Vec<AckedPurchase>, Vec<UnsettledPurchase>) {
         let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        current
-            .iter()
-            .flat_map(|run| run.series.iter().flat_map(|(_, s)| s.acked()))
-            .collect()
+        let series = || current.iter().flat_map(|run| run.series.iter());
+        (
+            series().flat_map(|(_, s)| s.acked()).collect(),
+            series().flat_map(|(_, s)| s.unsettled_list()).collect(),
+        )
     }
 
     pub fn stop_all(&self) {
@@ -206,6 +207,9 @@ pub async fn start(
         // The previous run's purchases stay checked by the invariants.
         if let Some(previous) = current.replace(run.clone()) {
             for (_, series) in &previous.series {
+                for u in series.unsettled_list() {
+                    room.ledger.unsettled(u);
+                }
                 for a in series.acked() {
                     room.ledger.acknowledged(super::checks::Acked {
                         order_id: a.order_id,

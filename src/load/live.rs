@@ -44,11 +44,23 @@ pub struct AckedPurchase {
     pub status: u16,
 }
 
+/// A purchase whose answer does not say whether it sold (a 5xx, a timeout, no connection): the
+/// invariants replay it with its Idempotency-Key to learn its order.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnsettledPurchase {
+    pub key: String,
+    pub user: String,
+    pub product: String,
+    pub ft: bool,
+    pub status: Option<u16>,
+}
+
 /// The live series of one run (one `ft` value).
 #[derive(Debug, Default)]
 pub struct LiveSeries {
     seconds: Mutex<Vec<LiveSecond>>,
     acked: Mutex<Vec<AckedPurchase>>,
+    unsettled: Mutex<Vec<UnsettledPurchase>>,
 }
 
 impl LiveSeries {
@@ -96,6 +108,24 @@ impl LiveSeries {
         if acked.len() < MAX_ACKED {
             acked.push(purchase);
         }
+    }
+
+    /// A purchase that may have sold without saying so.
+    pub fn unsettled(&self, purchase: UnsettledPurchase) {
+        let mut unsettled = self
+            .unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if unsettled.len() < MAX_ACKED {
+            unsettled.push(purchase);
+        }
+    }
+
+    pub fn unsettled_list(&self) -> Vec<UnsettledPurchase> {
+        self.unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Every second so far, with percentiles (computed on a copy for unfinished seconds).

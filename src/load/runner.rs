@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::args::{LoadModel, Plan, Products};
-use super::live::{AckedPurchase, LiveSeries};
+use super::live::{AckedPurchase, LiveSeries, UnsettledPurchase};
 use super::outcome::{self, Outcome};
 use super::report::{Recorder, RunReport};
 
@@ -212,7 +212,7 @@ impl RunContext {
         let answer = self
             .client
             .post(self.buy_url.clone())
-            .header("Idempotency-Key", key)
+            .header("Idempotency-Key", &key)
             .json(&body)
             .send()
             .await;
@@ -268,6 +268,21 @@ impl RunContext {
                     order_id,
                     user: user.to_owned(),
                     product: product.to_owned(),
+                    status,
+                });
+            } else if matches!(
+                outcome,
+                Outcome::ServerError
+                    | Outcome::Timeout
+                    | Outcome::ConnectionError
+                    | Outcome::Unexpected
+            ) || outcome.is_acknowledged()
+            {
+                live.unsettled(UnsettledPurchase {
+                    key,
+                    user: user.to_owned(),
+                    product: product.to_owned(),
+                    ft: self.ft,
                     status,
                 });
             }

@@ -28,7 +28,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 CPU_LIMIT_PCT = 2.0
-CPU_WINDOW_S = float(os.environ.get("CONTROL_ROOM_CPU_WINDOW", "20"))
+CPU_WINDOW_S = float(os.environ.get("CONTROL_ROOM_CPU_WINDOW", "10"))
 
 
 def log(*parts):
@@ -141,6 +141,38 @@ def run(up, out_dir, supervisor_pid):
             expect(rows.nth(i)).to_contain_text("up")
         log("six processes up")
 
+        # The CPU the open page costs the suite, on the quiet suite (before any purchase, so no
+        # backlog drains meanwhile): windows with the page open and streaming alternate with
+        # windows without any page, twice, and the averages are compared.
+        pids = suite_pids(supervisor_pid)
+        page.close()
+        samples = {"open": [], "closed": []}
+        for _ in range(2):
+            time.sleep(1)
+            samples["closed"].append(cpu_pct(pids, CPU_WINDOW_S))
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(login)
+            expect(page.locator("#proc-table tbody tr")).to_have_count(6)
+            time.sleep(1)
+            samples["open"].append(cpu_pct(pids, CPU_WINDOW_S))
+            page.close()
+        idle = sum(samples["closed"]) / len(samples["closed"])
+        open_pct = sum(samples["open"]) / len(samples["open"])
+        extra = open_pct - idle
+        log(f"suite CPU: {idle:.2f} % of a core without the page, {open_pct:.2f} % with it "
+            f"open and streaming: +{extra:.2f} % ({len(pids)} processes, "
+            f"2 x {CPU_WINDOW_S:.0f} s each; samples {samples})")
+        with open(os.path.join(out_dir, "cpu.json"), "w") as f:
+            json.dump({"idle_pct": idle, "page_open_pct": open_pct, "extra_pct": extra,
+                       "window_s": CPU_WINDOW_S, "windows": 2, "processes": len(pids),
+                       "samples": samples}, f)
+        assert extra < CPU_LIMIT_PCT, f"the open page costs {extra:.2f} % of a core"
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(20_000)
+        page.on("pageerror", lambda e: log("page error:", e))
+        page.goto(login)
+        expect(page.locator("#proc-table tbody tr")).to_have_count(6)
+
         # store-1 /sell error p=1.
         form = page.locator("#rule-form")
         form.get_by_label("Service").select_option("store")
@@ -208,8 +240,11 @@ def run(up, out_dir, supervisor_pid):
         assert set(second) == {"on", "off"}, second
         for ft in ("on", "off"):
             assert second[ft] > first.get(ft, 0) > 0, f"ft {ft} series did not move"
-        page.screenshot(path=os.path.join(out_dir, "control-room-1280x800.png"), full_page=False)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_timeout(1_500)
         page.screenshot(path=os.path.join(out_dir, "control-room-full.png"), full_page=True)
+        page.locator("#traffic").scroll_into_view_if_needed()
+        page.screenshot(path=os.path.join(out_dir, "control-room-1280x800.png"), full_page=False)
         expect(page.locator("#load-status")).to_contain_text("Load finished", timeout=60_000)
         log("load finished")
 
@@ -237,23 +272,6 @@ def run(up, out_dir, supervisor_pid):
         stranger.close()
         log("a browser without the token: 401")
 
-        # The CPU the open page costs the suite.
-        pids = suite_pids(supervisor_pid)
-        page.close()
-        time.sleep(2)
-        idle = cpu_pct(pids, CPU_WINDOW_S)
-        watching = browser.new_page(viewport={"width": 1280, "height": 800})
-        watching.goto(login)
-        expect(watching.locator("#proc-table tbody tr")).to_have_count(6)
-        time.sleep(2)
-        open_pct = cpu_pct(pids, CPU_WINDOW_S)
-        extra = open_pct - idle
-        log(f"suite CPU: {idle:.2f} % of a core without the page, {open_pct:.2f} % with it "
-            f"open and streaming: +{extra:.2f} % ({len(pids)} processes, {CPU_WINDOW_S:.0f} s each)")
-        with open(os.path.join(out_dir, "cpu.json"), "w") as f:
-            json.dump({"idle_pct": idle, "page_open_pct": open_pct, "extra_pct": extra,
-                       "window_s": CPU_WINDOW_S, "processes": len(pids)}, f)
-        assert extra < CPU_LIMIT_PCT, f"the open page costs {extra:.2f} % of a core"
         browser.close()
     log("PASS")
 

@@ -152,7 +152,7 @@ function renderBreakers(snap) {
       h('td', {}, stateLabel(b.state), b.retry_after_ms ? ` (trial in ${(b.retry_after_ms / 1000).toFixed(1)} s)` : ''),
       h('td', {}, pct(b.failure_rate)),
       h('td', {}, pct(b.slow_rate)),
-      h('td', {}, `${b.calls_in_window} (${b.failures_in_window} failed)`),
+      h('td', {}, `${b.calls_in_window} (${b.failures_in_window})`),
       h('td', {}, h('div', { class: 'buttons' },
         h('button', { type: 'button', 'data-key': `reset-${b.name}`, 'aria-label': `Reset breaker ${b.name}`, onclick: () => act('POST', `/api/breakers/${b.name}/reset`, undefined, `reset ${b.name}`) }, 'Reset'),
         h('button', { type: 'button', class: 'danger', 'data-key': `open-${b.name}`, 'aria-label': `Force breaker ${b.name} open`, onclick: () => act('POST', `/api/breakers/${b.name}/force-open`, undefined, `force open ${b.name}`) }, 'Force open'),
