@@ -26,6 +26,8 @@ const COOKIE: &str = "ftshop_control";
 
 impl Credentials {
     /// Reads the credentials a previous run of this data dir made, or makes new ones (0600).
+    /// New ones that cannot be written (a full disk) are used anyway, with a warning: the
+    /// suite must start; only a restart would then need the new URL.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
         let path = data_dir.join(FILE);
         if let Ok(text) = std::fs::read_to_string(&path)
@@ -39,7 +41,15 @@ impl Credentials {
             token: random_hex(32),
             session: random_hex(64),
         };
-        ftshop_platform::private_fs::write_private_atomic(&path, &serde_json::to_vec(&made)?)?;
+        if let Err(err) =
+            ftshop_platform::private_fs::write_private_atomic(&path, &serde_json::to_vec(&made)?)
+        {
+            eprintln!(
+                "[up] WARNING: cannot write {} ({err:#}); the control room's URL will change at \
+                 the next start",
+                path.display()
+            );
+        }
         Ok(made)
     }
 }
