@@ -200,3 +200,76 @@ fn same_origin_json(method: &Method, headers: &HeaderMap) -> Result<(), Problem>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_read_from_the_query_and_the_session_from_its_cookie_only() {
+        assert_eq!(query_token(Some("token=abc")), Some("abc"));
+        assert_eq!(query_token(Some("x=1&token=abc")), Some("abc"));
+        assert_eq!(query_token(Some("xtoken=abc")), None);
+        assert_eq!(query_token(None), None);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("other=1; ftshop_control=s3ss; x=y"),
+        );
+        assert_eq!(cookie(&headers, COOKIE), Some("s3ss"));
+        assert_eq!(cookie(&headers, "ftshop"), None);
+    }
+
+    #[test]
+    fn actions_need_json_or_no_body_and_a_same_origin() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8070"));
+        assert!(same_origin_json(&Method::POST, &headers).is_ok());
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8070"),
+        );
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        assert!(same_origin_json(&Method::POST, &headers).is_ok());
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert_eq!(
+            same_origin_json(&Method::POST, &headers).map_err(|p| p.status_code()),
+            Err(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
+        assert_eq!(
+            same_origin_json(&Method::PUT, &headers).map_err(|p| p.status_code()),
+            Err(StatusCode::FORBIDDEN)
+        );
+        // Reads are never refused for their origin (EventSource, navigation).
+        assert!(same_origin_json(&Method::GET, &headers).is_ok());
+    }
+
+    #[test]
+    fn credentials_survive_a_restart_and_are_private() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Credentials::load_or_create(dir.path()).expect("create");
+        let again = Credentials::load_or_create(dir.path()).expect("load");
+        assert_eq!((first.token.len(), first.session.len()), (32, 64));
+        assert_eq!(
+            (&first.token, &first.session),
+            (&again.token, &again.session)
+        );
+        let mode = std::fs::metadata(dir.path().join(FILE))
+            .expect("stat")
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
