@@ -5,7 +5,7 @@
 //!
 //! Cost on the `/buy` hot path, by design: nothing is recorded unless a purchase runs inside
 //! [`record`], which sets a task-local [`Recording`] (one `Vec` of [`Attempt`]s with room for
-//! eight, `Copy` records of 24 bytes, no strings). The hooks ([`AttemptGuard`], [`rejected`],
+//! eight, 12-byte `Copy` records, no strings). The hooks ([`AttemptGuard`], [`rejected`],
 //! [`hedged`]) are one task-local lookup each. At the end the record moves into a ring of
 //! [`CAPACITY`] stories under a mutex held for one `push_back`; the strings it needs (order
 //! id, product, user, degraded) were already allocated by the handler and are moved, not copied.
@@ -369,6 +369,7 @@ mod tests {
             ]
         );
         assert!(newest.attempts[2].hedge && !newest.attempts[0].hedge);
+        assert_eq!(std::mem::size_of::<Attempt>(), 12, "the record stays small");
         assert_eq!(newest.attempts[2].replica, 2);
         // Outside a recording the hooks do nothing.
         AttemptGuard::begin(Step::Sell, 1).finish(AttemptOutcome::Success);
