@@ -2,6 +2,7 @@
 //! the service crates (`serve`) and in [`up`] (the supervisor).
 
 mod chaos;
+mod control;
 mod fault;
 mod load;
 mod up;

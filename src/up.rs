@@ -95,6 +95,12 @@ pub struct UpArgs {
     /// `files` writes each process's log to <data-dir>/logs/<name>.log; `inherit` prints them here.
     #[arg(long, default_value = "files", value_parser = ["files", "inherit"])]
     pub logs: String,
+
+    /// Port of the control room, the browser page to watch and steer the suite (default: the
+    /// port base minus 10, so 8070; 0 picks a free one). Its URL, with a login token, is
+    /// printed at start and written to up.json as `control_room`.
+    #[arg(long, env = "FTSHOP_CONTROL_PORT")]
+    pub control_port: Option<u16>,
 }
 
 /// Most replicas of one service: their ports, base+1+10k, stay below the next hundred's.
@@ -129,6 +135,9 @@ struct UpFile<'a> {
     faults: &'a str,
     fault_seed: u64,
     data_dir: String,
+    /// The control room's URL with its login token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    control_room: Option<&'a str>,
     members: Vec<MemberState<'a>>,
 }
 
@@ -174,16 +183,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ftshop_platform::private_fs::ensure_private_dir(&data_dir.join("logs"))?;
     }
 
-    let up_json = Arc::new(UpJson::new(
-        data_dir.join("up.json"),
-        UpFixed {
-            admin_token: token.clone(),
-            faults: faults.clone(),
-            fault_seed,
-            data_dir: data_dir.clone(),
-            members: members.clone(),
-        },
-    ));
+    let control = bind_control_room(&args, &data_dir).await?;
+    let topology = Arc::new(crate::control::Topology::default());
+    let up_json = Arc::new(
+        UpJson::new(
+            data_dir.join("up.json"),
+            UpFixed {
+                admin_token: token.clone(),
+                faults: faults.clone(),
+                fault_seed,
+                data_dir: data_dir.clone(),
+                members: members.clone(),
+                control_room: Some(control.login_url()),
+            },
+        )
+        .observed_by(topology.clone()),
+    );
     // This run's up.json (no pids yet) replaces a previous run's before any child exists, so
     // no script reads the pids of a stopped suite, which may belong to other processes by now.
     // A full disk must not keep the suite down (the services heal once space is back, see
@@ -212,7 +227,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
         tokio::spawn(retry_up_json(up_json.clone(), stop.clone()));
     }
-    let mut tasks = Vec::new();
+    let control_url = control.login_url();
+    let control_task = crate::control::start(
+        control,
+        crate::control::Settings {
+            admin_token: token.clone(),
+            members: members
+                .iter()
+                .map(|m| crate::control::Target {
+                    name: m.name.clone(),
+                    service: m.service.to_owned(),
+                    url: m.url.clone(),
+                })
+                .collect(),
+            topology,
+            stop: stop.clone(),
+        },
+    )?;
+    let mut tasks = vec![control_task];
     for member in &members {
         let env = ChildEnv {
             exe: exe.clone(),
@@ -250,6 +282,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         args.logs == "files",
         ready,
         &faults_line,
+        &control_url,
     );
 
     stop.cancelled().await;
@@ -312,6 +345,31 @@ pub fn exit_with_supervisor() -> anyhow::Result<()> {
         "the supervisor (pid {pid}) is gone (parent is now {parent}); not starting"
     );
     Ok(())
+}
+
+/// Binds the control room: `--control-port`, else the port base minus 10 (0 with a port base
+/// of 0). The default port falls back to a free one when taken (said on stderr); an explicit
+/// port that cannot be bound is an error.
+async fn bind_control_room(
+    args: &UpArgs,
+    data_dir: &Path,
+) -> anyhow::Result<crate::control::Bound> {
+    let shown_host = if args.host.is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        args.host.to_string()
+    };
+    let port = args
+        .control_port
+        .unwrap_or_else(|| args.port_base.saturating_sub(10));
+    match crate::control::bind(args.host, port, &shown_host, data_dir).await {
+        Ok(bound) => Ok(bound),
+        Err(err) if args.control_port.is_none() && port != 0 => {
+            eprintln!("[up] control room: {err:#}; using a free port instead");
+            crate::control::bind(args.host, 0, &shown_host, data_dir).await
+        }
+        Err(err) => Err(err.context("--control-port")),
+    }
 }
 
 fn generate_token() -> String {
@@ -449,6 +507,8 @@ struct UpFixed {
     fault_seed: u64,
     data_dir: PathBuf,
     members: Vec<Member>,
+    /// The control room's URL with its login token.
+    control_room: Option<String>,
 }
 
 /// The one writer of up.json. Member tasks report their child's pid and restart count with
@@ -461,6 +521,8 @@ struct UpJson {
     live: Mutex<Live>,
     /// The generation on disk (0: none yet). Held while writing, so writes never overlap.
     written: Mutex<u64>,
+    /// The control room's view of the processes, told of every start and exit.
+    topology: Option<Arc<crate::control::Topology>>,
 }
 
 /// Pids and restart counts by member name, and the generation of the last change.
@@ -477,7 +539,14 @@ impl UpJson {
             fixed,
             live: Mutex::new(Live::default()),
             written: Mutex::new(0),
+            topology: None,
         }
+    }
+
+    /// Also tells `topology` of every start and exit ([`UpJson::report`]).
+    fn observed_by(mut self, topology: Arc<crate::control::Topology>) -> Self {
+        self.topology = Some(topology);
+        self
     }
 
     /// Records `member`'s pid (None while it is not running) and restart count, and writes
@@ -519,6 +588,7 @@ impl UpJson {
             faults: &fixed.faults,
             fault_seed: fixed.fault_seed,
             data_dir: fixed.data_dir.display().to_string(),
+            control_room: fixed.control_room.as_deref(),
             members: fixed
                 .members
                 .iter()
@@ -538,6 +608,9 @@ impl UpJson {
     /// [`UpJson::record`], reporting a failure on stderr: a stale up.json must not stop the
     /// supervisor from keeping the suite running.
     fn report(&self, member: &str, pid: Option<u32>, restarts: u32) {
+        if let Some(topology) = &self.topology {
+            topology.record(member, pid, restarts);
+        }
         if let Err(err) = self.record(member, pid, restarts) {
             eprintln!("[up] cannot write {}: {err:#}", self.path.display());
         }
@@ -683,6 +756,7 @@ fn print_banner(
     log_files: bool,
     ready: bool,
     faults: &str,
+    control_room: &str,
 ) {
     if ready {
         println!("ftshop is up:");
@@ -692,6 +766,7 @@ fn print_banner(
     for m in members {
         println!("  {:<11} {}   docs: {}/docs", m.name, m.url, m.url);
     }
+    println!("control room: {control_room}");
     println!("admin token: {token}");
     println!("faults:      {faults}");
     println!("data dir:    {}", data_dir.display());
@@ -732,6 +807,7 @@ mod tests {
                 fault_seed: 1,
                 data_dir: dir.to_owned(),
                 members,
+                control_room: None,
             },
         )
     }

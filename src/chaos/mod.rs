@@ -8,12 +8,12 @@
 //! fabricated data. See docs/chaos.md.
 
 mod disk;
-mod invariants;
+pub(crate) mod invariants;
 mod proxy;
 mod report;
 mod scenarios;
-mod suite;
-mod traffic;
+pub(crate) mod suite;
+pub(crate) mod traffic;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -694,7 +694,7 @@ async fn collect(
     }
 }
 
-async fn read_order(api: &SuiteApi, ecommerce: &str, id: &str) -> OrderLookup {
+pub(crate) async fn read_order(api: &SuiteApi, ecommerce: &str, id: &str) -> OrderLookup {
     let url = format!("{ecommerce}/orders/{id}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -724,7 +724,7 @@ async fn read_order(api: &SuiteApi, ecommerce: &str, id: &str) -> OrderLookup {
 
 /// Polls the backlog until ecommerce's pending orders and outbox and Fidelity's pending
 /// bonuses are all zero; returns how long that took after `since`, and the last reading.
-async fn wait_for_drain(
+pub(crate) async fn wait_for_drain(
     api: &SuiteApi,
     since: Instant,
     limit: Duration,

@@ -28,6 +28,8 @@ pub struct Attempt {
     pub order_id: Option<String>,
     /// The problem type of an error answer, or the transport error.
     pub error: Option<String>,
+    /// The purchase's `ft` flag (a replay must send the same body).
+    pub ft: bool,
 }
 
 impl Attempt {
@@ -94,6 +96,7 @@ impl Traffic {
                         &key,
                         &user,
                         &product,
+                        true,
                         traffic.timeout,
                     )
                     .await;
@@ -108,6 +111,7 @@ impl Traffic {
                             status,
                             order_id,
                             error,
+                            ft: true,
                         });
                     pause = traffic.think.sample();
                 }
@@ -124,9 +128,10 @@ pub async fn buy(
     key: &str,
     user: &str,
     product: &str,
+    ft: bool,
     timeout: Duration,
 ) -> (Option<u16>, Option<String>, Option<String>) {
-    let body = serde_json::json!({"product": product, "user": user, "ft": true});
+    let body = serde_json::json!({"product": product, "user": user, "ft": ft});
     let sent = client
         .post(url)
         .header("Idempotency-Key", key)
@@ -241,6 +246,7 @@ pub async fn reconcile(
                 &attempt.key,
                 &attempt.user,
                 &attempt.product,
+                attempt.ft,
                 timeout,
             )
             .await;

@@ -10,6 +10,7 @@
 
 mod args;
 mod follow;
+pub(crate) mod live;
 mod outcome;
 mod report;
 mod runner;
@@ -27,6 +28,8 @@ pub(crate) use args::{
     Products, ThinkTime, has_loopback_host, loopback_url, parse_duration, parse_products,
 };
 use report::{LoadResult, RunReport, Settings};
+/// The control room drives loads with the same engine.
+pub(crate) use runner::run_observed;
 
 /// Runs the load described by `args` and writes its results.
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {

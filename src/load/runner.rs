@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::args::{LoadModel, Plan, Products};
+use super::live::{AckedPurchase, LiveSeries, UnsettledPurchase};
 use super::outcome::{self, Outcome};
 use super::report::{Recorder, RunReport};
 
@@ -31,6 +32,17 @@ pub async fn run(
     ft: bool,
     client: &Client,
     stop: &CancellationToken,
+) -> anyhow::Result<RunReport> {
+    run_observed(plan, ft, client, stop, None).await
+}
+
+/// [`run`], also feeding every answer to `live` (the control room's charts) when given.
+pub async fn run_observed(
+    plan: &Plan,
+    ft: bool,
+    client: &Client,
+    stop: &CancellationToken,
+    live: Option<Arc<LiveSeries>>,
 ) -> anyhow::Result<RunReport> {
     let start = Instant::now();
     let run_stop = stop.child_token();
@@ -53,6 +65,7 @@ pub async fn run(
         follow_timeout: plan.follow_timeout,
         followers: Mutex::new(JoinSet::new()),
         polls: Semaphore::new(super::follow::MAX_POLLS_IN_FLIGHT),
+        live,
     });
 
     // The duration bound: one timer for the whole run, shared by every VU through `stop`.
@@ -155,6 +168,8 @@ struct RunContext {
     followers: Mutex<JoinSet<()>>,
     /// Bounds the `GET /orders/{id}` in flight over all followers.
     polls: Semaphore,
+    /// The control room's live view of this run, if any.
+    live: Option<Arc<LiveSeries>>,
 }
 
 impl RunContext {
@@ -187,8 +202,9 @@ impl RunContext {
     /// in open loop that is the scheduled arrival, so a late send counts against latency
     /// instead of being hidden (coordinated omission).
     async fn purchase(self: &Arc<Self>, user: &str, started: Instant) {
+        let product = self.products.sample();
         let body = serde_json::json!({
-            "product": self.products.sample(),
+            "product": product,
             "user": user,
             "ft": self.ft,
         });
@@ -196,12 +212,13 @@ impl RunContext {
         let answer = self
             .client
             .post(self.buy_url.clone())
-            .header("Idempotency-Key", key)
+            .header("Idempotency-Key", &key)
             .json(&body)
             .send()
             .await;
         let mut status = None;
         let mut pending_order = None;
+        let mut acked_order = None;
         let (outcome, details) = match answer {
             Ok(response) => {
                 status = Some(response.status().as_u16());
@@ -215,11 +232,17 @@ impl RunContext {
                 // sees, and an unread body keeps the connection out of the pool.
                 match response.bytes().await {
                     Ok(body) if outcome == Outcome::Completed => {
+                        if self.live.is_some() {
+                            acked_order = outcome::order_id(&body);
+                        }
                         (outcome, Some(outcome::details(&body)))
                     }
                     Ok(body) if outcome == Outcome::Accepted => {
                         // None (no order id) is followed too: it ends as a failed lookup.
                         pending_order = Some(outcome::order_id(&body));
+                        if self.live.is_some() {
+                            acked_order = outcome::order_id(&body);
+                        }
                         (outcome, None)
                     }
                     Ok(_) => (outcome, None),
@@ -238,6 +261,32 @@ impl RunContext {
         }
         let recorded = recorder.record(now - self.start, now - started, outcome, details.as_ref());
         drop(recorder);
+        if let Some(live) = &self.live {
+            live.record(now - self.start, now - started, outcome);
+            if let (Some(order_id), Some(status)) = (acked_order, status) {
+                live.acknowledged(AckedPurchase {
+                    order_id,
+                    user: user.to_owned(),
+                    product: product.to_owned(),
+                    status,
+                });
+            } else if matches!(
+                outcome,
+                Outcome::ServerError
+                    | Outcome::Timeout
+                    | Outcome::ConnectionError
+                    | Outcome::Unexpected
+            ) || outcome.is_acknowledged()
+            {
+                live.unsettled(UnsettledPurchase {
+                    key,
+                    user: user.to_owned(),
+                    product: product.to_owned(),
+                    ft: self.ft,
+                    status,
+                });
+            }
+        }
         if let Err(err) = recorded {
             // Only a histogram allocation can fail here; the run goes on without this answer.
             eprintln!("could not record an answer: {err:#}");

@@ -312,7 +312,8 @@ impl Downstreams {
     ) -> Result<Product, StepError> {
         // Ids are validated to URL-safe characters (`validate_id`), so no encoding is needed.
         let req = self.http.get(format!("{base}/product?product={id}"));
-        self.call(Step::Product, req, request_id, timeout).await
+        self.call(Step::Product, base, req, request_id, timeout)
+            .await
     }
 
     pub async fn exchange_at(
@@ -324,6 +325,7 @@ impl Downstreams {
         let rate: Rate = self
             .call(
                 Step::Exchange,
+                base,
                 self.http.get(format!("{base}/exchange")),
                 request_id,
                 timeout,
@@ -353,7 +355,7 @@ impl Downstreams {
             .post(format!("{base}/sell"))
             .header("idempotency-key", idempotency_key)
             .json(&serde_json::json!({ "product": product }));
-        self.call(Step::Sell, req, request_id, timeout).await
+        self.call(Step::Sell, base, req, request_id, timeout).await
     }
 
     pub async fn bonus_at(
@@ -371,17 +373,22 @@ impl Downstreams {
             .json(&serde_json::json!({
                 "user": user, "bonus": points, "transaction_id": transaction_id,
             }));
-        let _: serde_json::Value = self.call(Step::Bonus, req, request_id, timeout).await?;
+        let _: serde_json::Value = self
+            .call(Step::Bonus, base, req, request_id, timeout)
+            .await?;
         Ok(())
     }
 
     async fn call<T: DeserializeOwned>(
         &self,
         step: Step,
+        base: &str,
         request: reqwest::RequestBuilder,
         request_id: &str,
         timeout: Duration,
     ) -> Result<T, StepError> {
+        // The control room's purchase story (crate::story): a no-op outside a recorded /buy.
+        let attempt = crate::story::AttemptGuard::begin(step, self.replica_number(step, base));
         let started = Instant::now();
         let wall_start = SystemTime::now();
         let trace = outgoing_context(request_id);
@@ -395,6 +402,7 @@ impl Downstreams {
             Err(StepError::Decode { .. }) => "decode_error",
             Err(StepError::OutsideLimits { .. }) => "outside_limits",
         };
+        attempt.finish(story_outcome(outcome));
         metrics::histogram!(
             "http_client_request_duration_seconds",
             "service" => "ecommerce", "target" => step.as_str(), "outcome" => outcome,
@@ -417,6 +425,16 @@ impl Downstreams {
             ],
         });
         result
+    }
+
+    /// `base`'s 1-based position among `step`'s replicas (`store-2` is 2); 0 when unknown.
+    fn replica_number(&self, step: Step, base: &str) -> usize {
+        let replicas = match step {
+            Step::Product | Step::Sell => &self.stores[..],
+            Step::Exchange => &self.exchanges[..],
+            Step::Bonus => return 1,
+        };
+        replicas.iter().position(|b| b == base).map_or(0, |i| i + 1)
     }
 
     async fn send<T: DeserializeOwned>(
@@ -483,5 +501,18 @@ impl Downstreams {
         } else {
             Err(format!("no live replica of {}: {summary}", down.join(", ")))
         }
+    }
+}
+
+/// The story's name for a call's metric outcome.
+fn story_outcome(outcome: &str) -> crate::story::AttemptOutcome {
+    use crate::story::AttemptOutcome as O;
+    match outcome {
+        "success" => O::Success,
+        "timeout" => O::Timeout,
+        "client_error" | "outside_limits" => O::ClientError,
+        "server_error" => O::ServerError,
+        "unreachable" => O::Unreachable,
+        _ => O::DecodeError,
     }
 }

@@ -370,16 +370,24 @@ impl Resilient {
             .call_with_deadline(deadline, || {
                 // The first attempt goes to the healthiest replica, the hedge to the next one.
                 let k = attempt.fetch_add(1, Ordering::Relaxed);
-                let replica = &self.stores[order[k % order.len()]];
+                let index = order[k % order.len()];
+                let replica = &self.stores[index];
                 let (policy, _) = replica.route(PRODUCT);
-                policy.call(|| {
-                    self.calls.product_at(
-                        &replica.base,
-                        id,
-                        request_id,
-                        self.settings.product_timeout,
-                    )
-                })
+                if k > 0 {
+                    crate::story::hedged();
+                }
+                crate::story::breaker_guarded(
+                    Step::Product,
+                    index + 1,
+                    policy.call(|| {
+                        self.calls.product_at(
+                            &replica.base,
+                            id,
+                            request_id,
+                            self.settings.product_timeout,
+                        )
+                    }),
+                )
             })
             .await;
         flatten(result, Step::Product)
@@ -575,6 +583,7 @@ impl Resilient {
         let state = self.fidelity_breaker.state();
         if state != State::Closed {
             metrics::counter!("shop_bonus_calls_skipped_total").increment(1);
+            crate::story::rejected(Step::Bonus, 1);
             return Err(StepError::Transport {
                 step: Step::Bonus,
                 cause: format!(
@@ -678,9 +687,14 @@ impl Resilient {
         let result = failover
             .call_with_deadline(deadline, || {
                 let k = attempts.fetch_add(1, Ordering::Relaxed);
-                let replica = &replicas[order[k % order.len()]];
+                let index = order[k % order.len()];
+                let replica = &replicas[index];
                 let (policy, _) = replica.route(route);
-                policy.call(|| call(replica.base.clone()))
+                crate::story::breaker_guarded(
+                    step,
+                    index + 1,
+                    policy.call(|| call(replica.base.clone())),
+                )
             })
             .await;
         flatten(result, step)

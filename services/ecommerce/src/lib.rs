@@ -8,6 +8,7 @@ mod money;
 mod orders;
 pub mod promise;
 mod routes;
+pub mod story;
 mod workers;
 
 use std::future::Future;
@@ -113,6 +114,8 @@ pub struct AppState {
     pub promise: Arc<promise::CompletionPromise>,
     /// Wakes the order worker when a sale is deferred.
     pub deferred: Arc<tokio::sync::Notify>,
+    /// Recent purchases' stories and breaker transitions, for the control room.
+    pub stories: Arc<story::Stories>,
 }
 
 /// Connects, migrates and returns the full ecommerce application.
@@ -143,13 +146,14 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     let state = AppState {
         db: db.clone(),
         downstreams: downstreams.clone(),
-        resilient,
+        resilient: resilient.clone(),
         buy_budget: Duration::from_millis(config.buy_budget_ms),
         promise: Arc::new(promise::CompletionPromise::new(
             config.defer_promise,
             config.store_urls.len(),
         )?),
         deferred: Arc::new(tokio::sync::Notify::new()),
+        stories: story::Stories::new(resilient.registry()),
     };
     workers::spawn(state.clone());
 

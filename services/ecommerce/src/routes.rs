@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use ftshop_platform::extract::{IdempotencyKey, Json, Path, validate_id};
+use ftshop_platform::extract::{IdempotencyKey, Json, Path, Query, validate_id};
 use ftshop_platform::{Problem, REQUEST_ID_HEADER};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
@@ -16,11 +16,12 @@ use crate::ft::{Degradations, SellFailure};
 use crate::money::{Decimal, cents_to_decimal, to_cents};
 use crate::orders::{self, Backlog, Claim, Completion, NewOrder, OrderView};
 use crate::promise::{Admission, rfc3339_millis};
+use crate::story;
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(buy, get_order, get_backlog, get_breakers, reset_breaker, force_open_breaker, reset_all_breakers),
-    components(schemas(BuyRequest, BuyResponse, ProductView, BonusView, OrderView, Backlog, Problem)),
+    paths(buy, get_order, get_backlog, get_breakers, reset_breaker, force_open_breaker, reset_all_breakers, recent_purchases, purchase_story, breaker_transitions),
+    components(schemas(BuyRequest, BuyResponse, ProductView, BonusView, OrderView, Backlog, Problem, story::Story)),
     tags((name = "ecommerce", description = "Purchases across Store, Exchange and Fidelity"))
 )]
 pub struct ApiDoc;
@@ -43,6 +44,9 @@ pub fn admin_router(state: AppState) -> Router {
             "/admin/breakers/{name}/force-open",
             post(force_open_breaker),
         )
+        .route("/admin/breakers/transitions", get(breaker_transitions))
+        .route("/admin/purchases", get(recent_purchases))
+        .route("/admin/purchases/{order_id}", get(purchase_story))
         .with_state(state)
 }
 
@@ -134,8 +138,25 @@ pub struct BuyResponse {
 async fn buy(
     State(state): State<AppState>,
     headers: HeaderMap,
-    IdempotencyKey(key): IdempotencyKey,
+    key: IdempotencyKey,
     Json(request): Json<BuyRequest>,
+) -> Response {
+    let stories = state.stories.clone();
+    let (product, user, ft) = (request.product.clone(), request.user.clone(), request.ft);
+    story::record(&stories, product, user, ft, async move {
+        purchase_answer(state, headers, key, request)
+            .await
+            .into_response()
+    })
+    .await
+}
+
+/// `POST /buy` itself; [`buy`] records its story for the control room.
+async fn purchase_answer(
+    state: AppState,
+    headers: HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
+    request: BuyRequest,
 ) -> Result<Response, Problem> {
     validate_id("product", &request.product)?;
     validate_id("user", &request.user)?;
@@ -172,6 +193,7 @@ async fn buy(
         }
     };
     let order_id = lease.order_id.clone();
+    story::order_id(&order_id);
 
     let outcome = if request.ft {
         let deadline = tokio::time::Instant::now() + state.buy_budget;
@@ -186,6 +208,7 @@ async fn buy(
 
     match outcome {
         Ok(Outcome::Completed(answer)) => {
+            story::degraded(&answer.degraded);
             let body = serde_json::to_string(&answer).map_err(Problem::internal)?;
             let transaction_id = answer.transaction_id.clone().unwrap_or_default();
             let completion = Completion {
@@ -207,6 +230,7 @@ async fn buy(
         }
         Ok(Outcome::Deferred(deferral)) => {
             let answer = &deferral.answer;
+            story::degraded(&answer.degraded);
             let body = serde_json::to_string(answer).map_err(Problem::internal)?;
             let written = orders::defer(
                 &state.db,
@@ -718,4 +742,88 @@ async fn reset_all_breakers(State(state): State<AppState>) -> Json<serde_json::V
     state.resilient.registry().reset_all();
     tracing::warn!("every breaker reset through the admin API");
     Json(serde_json::to_value(state.resilient.registry().snapshot()).unwrap_or_default())
+}
+
+/// `?limit=` of the control room's feeds.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    /// How many entries, 1..=500 (default 50).
+    limit: Option<usize>,
+}
+
+impl FeedQuery {
+    fn limit(&self) -> Result<usize, Problem> {
+        match self.limit {
+            None => Ok(50),
+            Some(n @ 1..=500) => Ok(n),
+            Some(n) => Err(Problem::validation(format!(
+                "limit must be within 1..=500, got {n}"
+            ))),
+        }
+    }
+}
+
+/// The most recent purchases (newest first), each with its story: every attempt of every step
+/// (replica, outcome, start and duration in microseconds from the purchase's start, hedge),
+/// breaker rejections and fallbacks. Kept in memory, the last 200; for the control room.
+#[utoipa::path(
+    get, path = "/admin/purchases", tag = "admin",
+    params(FeedQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Recent purchases, newest first", body = Vec<story::Story>),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn recent_purchases(
+    State(state): State<AppState>,
+    Query(query): Query<FeedQuery>,
+) -> Result<Json<Vec<std::sync::Arc<story::Story>>>, Problem> {
+    Ok(Json(state.stories.recent(query.limit()?)))
+}
+
+/// One purchase's story by order id, while it is among the last 200.
+#[utoipa::path(
+    get, path = "/admin/purchases/{order_id}", tag = "admin",
+    params(("order_id" = String, Path, description = "Order id from /buy")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The purchase's story", body = story::Story),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn purchase_story(
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+) -> Result<Json<std::sync::Arc<story::Story>>, Problem> {
+    validate_id("order_id", &order_id)?;
+    state.stories.find(&order_id).map(Json).ok_or_else(|| {
+        Problem::not_found(format!(
+            "no story for order {order_id} (only the last {} purchases are kept)",
+            story::CAPACITY
+        ))
+    })
+}
+
+/// The most recent breaker transitions (oldest first): breaker, from, to, reason, rates, time.
+#[utoipa::path(
+    get, path = "/admin/breakers/transitions", tag = "admin",
+    params(FeedQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Recent transitions, oldest first"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn breaker_transitions(
+    State(state): State<AppState>,
+    Query(query): Query<FeedQuery>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let transitions = state.stories.transitions(query.limit()?);
+    Ok(Json(serde_json::to_value(transitions).unwrap_or_default()))
 }
