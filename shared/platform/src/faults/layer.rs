@@ -47,7 +47,13 @@ pub async fn inject(
     let Some(injection) = engine.decide(request.method(), &route) else {
         return next.run(request).await;
     };
-    tracing::info!(kind = %injection.kind, route = %route, "fault injected");
+    // An event of the request's server span: the trace shows which fault hit the request.
+    tracing::info!(
+        kind = %injection.kind,
+        route = %route,
+        window_ms = u64::try_from(injection.window.as_millis()).unwrap_or(u64::MAX),
+        "fault injected"
+    );
     match injection.kind {
         FaultKind::Crash => {
             engine.crash();
