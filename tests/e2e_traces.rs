@@ -236,6 +236,7 @@ async fn one_purchase_is_one_trace(protocol: &str) {
         })
         .collect();
     let summary = summary.join("\n");
+    eprintln!("trace {trace_id} ({protocol}):\n{summary}");
 
     // One trace across the three services that took part.
     for service in ["ecommerce", "store", "fidelity", "exchange"] {
@@ -338,6 +339,19 @@ async fn one_purchase_is_one_trace(protocol: &str) {
     let bonus_call = parent_of(bonus).expect("the bonus call");
     assert_eq!(bonus_call.service, "ecommerce");
     assert_eq!(bonus_call.span.name, "POST /bonus");
+    // The logs name the same trace and keep the request id: Fidelity's line for this bonus.
+    let log = std::fs::read_to_string(suite.logs_dir().join("fidelity.log")).expect("log");
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("\"trace_id\":\"{trace_id}\"")))
+        .unwrap_or_else(|| panic!("no fidelity log line with trace id {trace_id}"));
+    let line: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{line}");
+    assert!(
+        line.to_string().contains("\"request_id\":\"trace-test-"),
+        "{line}"
+    );
+    eprintln!("{line}");
     let expected_type = if protocol == "http/json" {
         "application/json"
     } else {
@@ -362,4 +376,124 @@ async fn a_failed_over_purchase_is_one_trace_over_otlp_protobuf() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_over_purchase_is_one_trace_over_otlp_json() {
     one_purchase_is_one_trace("http/json").await;
+}
+
+/// Work finished later, outside the purchase's request, is its own trace linked to the
+/// purchase: the order worker's sale of a deferred order, and the outbox's bonus delivery.
+#[tokio::test(flavor = "multi_thread")]
+async fn deferred_sales_and_outbox_deliveries_link_to_the_purchase() {
+    let receiver = Receiver::start().await;
+    let suite = Suite::start_with_env(
+        tempfile::tempdir().expect("tempdir"),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let faults = |member: &str, route: &str, on: bool| {
+        let url = format!("{}/admin/faults", suite.url(member));
+        let rules = if on {
+            json!([{"route": route, "kind": "error", "probability": 1.0}])
+        } else {
+            json!([])
+        };
+        let request = suite
+            .http
+            .put(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "rules": rules }));
+        async move {
+            let answer = request.send().await.expect("PUT /admin/faults");
+            assert!(answer.status().is_success(), "{}", answer.status());
+        }
+    };
+    let ecommerce = suite.url("ecommerce");
+    let buy = |trace_id: &str, caller: &str| {
+        suite
+            .http
+            .post(format!("{ecommerce}/buy"))
+            .header("traceparent", format!("00-{trace_id}-{caller}-01"))
+            .json(&json!({"product": "2", "user": "linker", "ft": true}))
+            .send()
+    };
+    let linked_span = |name: &'static str, trace_id: String| {
+        let receiver = &receiver;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            loop {
+                let found = receiver.spans.lock().expect("lock").iter().find_map(|r| {
+                    (r.span.name == name
+                        && r.span.links.iter().any(|l| hex(&l.trace_id) == trace_id))
+                    .then(|| r.clone())
+                });
+                if let Some(found) = found {
+                    return found;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no span {name:?} linked to trace {trace_id}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    // No Store replica can sell: the sale is deferred (202), then done by the order worker.
+    faults("store-1", "/sell", true).await;
+    faults("store-2", "/sell", true).await;
+    let (trace_id, caller) = (random_hex(16), random_hex(8));
+    let answer = buy(&trace_id, &caller).await.expect("buy");
+    assert_eq!(answer.status(), 202);
+    faults("store-1", "/sell", false).await;
+    faults("store-2", "/sell", false).await;
+    let worker = linked_span("drive deferred order", trace_id.clone()).await;
+    assert_ne!(hex(&worker.span.trace_id), trace_id, "its own trace");
+    let link = &worker.span.links[0];
+    let purchase = receiver
+        .trace(&trace_id)
+        .into_iter()
+        .find(|s| s.span.name == "POST /buy")
+        .expect("the purchase's span");
+    assert_eq!(
+        hex(&link.span_id),
+        purchase.id(),
+        "linked to the purchase's span"
+    );
+    assert!(
+        purchase
+            .span
+            .events
+            .iter()
+            .any(|e| e.name.contains("deferring the sale")),
+        "the purchase span says the sale was deferred"
+    );
+
+    // Fidelity refuses: the bonus goes to the outbox, the dispatcher delivers it later.
+    faults("fidelity", "/bonus", true).await;
+    let (trace_id, caller) = (random_hex(16), random_hex(8));
+    let answer: serde_json::Value = buy(&trace_id, &caller)
+        .await
+        .expect("buy")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["bonus"]["status"], "pending", "{answer}");
+    faults("fidelity", "/bonus", false).await;
+    let delivery = linked_span("deliver outbox bonus", trace_id.clone()).await;
+    assert_ne!(hex(&delivery.span.trace_id), trace_id, "its own trace");
+    // The delivery's call reached Fidelity inside the delivery's trace.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !receiver
+        .trace(&hex(&delivery.span.trace_id))
+        .iter()
+        .any(|s| s.service == "fidelity" && s.span.name == "POST /bonus")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no fidelity span in the delivery's trace"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -83,7 +83,6 @@ pub async fn track(service: &'static str, request: Request, next: Next) -> Respo
             http.request.method = method,
             http.route = route.as_str(),
             http.response.status_code = tracing::field::Empty,
-            service.name = service,
             request_id,
         );
         let _ = span.set_parent(telemetry::extract_context(headers));

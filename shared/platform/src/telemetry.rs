@@ -77,6 +77,7 @@ pub fn init(service: &'static str, instance: Option<&str>) {
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
+        .with_target(false)
         .with_filter(filter_fn(|meta| {
             if meta.is_span() {
                 meta.target().starts_with("ftshop::")
