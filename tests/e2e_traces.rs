@@ -339,6 +339,29 @@ async fn one_purchase_is_one_trace(protocol: &str) {
     let bonus_call = parent_of(bonus).expect("the bonus call");
     assert_eq!(bonus_call.service, "ecommerce");
     assert_eq!(bonus_call.span.name, "POST /bonus");
+    // The /buy latency histogram leads to this trace: its bucket's exemplar (OpenMetrics) is
+    // the trace id of the last purchase, this one.
+    let exemplars = suite
+        .http
+        .get(format!("{ecommerce}/metrics/exemplars"))
+        .send()
+        .await
+        .expect("GET /metrics/exemplars");
+    assert!(
+        exemplars.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("application/openmetrics-text")),
+        "{:?}",
+        exemplars.headers()
+    );
+    let exemplars = exemplars.text().await.expect("text");
+    assert!(
+        exemplars
+            .lines()
+            .any(|l| l.starts_with("shop_buy_duration_seconds_bucket")
+                && l.contains(&format!("# {{trace_id=\"{trace_id}\"}}"))),
+        "no exemplar with trace {trace_id}:\n{exemplars}"
+    );
     // The logs name the same trace and keep the request id: Fidelity's line for this bonus.
     let log = std::fs::read_to_string(suite.logs_dir().join("fidelity.log")).expect("log");
     let line = log

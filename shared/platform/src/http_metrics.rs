@@ -13,6 +13,7 @@ use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::telemetry;
+use opentelemetry::trace::TraceContextExt;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Latency buckets in seconds, tuned for a 1 s request budget.
@@ -65,7 +66,7 @@ pub async fn track(service: &'static str, request: Request, next: Next) -> Respo
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = method_label(request.method());
-    let span = if route == "/metrics" || route.starts_with("/health/") {
+    let span = if route.starts_with("/metrics") || route.starts_with("/health/") {
         tracing::Span::none()
     } else {
         // Read in a block: a `&Request` held across an await would make this future `!Send`.
@@ -138,6 +139,7 @@ impl InFlight {
             return;
         }
         let status_label = status.to_string();
+        let seconds = self.started.elapsed().as_secs_f64();
         metrics::histogram!(
             "http_server_request_duration_seconds",
             "service" => self.service,
@@ -145,7 +147,18 @@ impl InFlight {
             "route" => self.route.clone(),
             "status" => status_label,
         )
-        .record(self.started.elapsed().as_secs_f64());
+        .record(seconds);
+        if self.route == "/buy" {
+            // The trace id as the exemplar, when the trace is exported (sampled).
+            let trace_id = self
+                .span
+                .context()
+                .span()
+                .span_context()
+                .is_sampled()
+                .then(|| telemetry::trace_id_of(&self.span).unwrap_or_default());
+            crate::exemplars::observe_buy(status, seconds, trace_id.filter(|t| !t.is_empty()));
+        }
         if !self.span.is_disabled() {
             self.span.record("http.response.status_code", status);
             if status >= 500 || status == CLIENT_CLOSED_REQUEST {

@@ -25,6 +25,7 @@ fn exempt(route: &str) -> bool {
         || route.starts_with("/admin")
         || route.starts_with("/docs")
         || route == "/metrics"
+        || route == "/metrics/exemplars"
         || route == "/openapi.json"
 }
 
