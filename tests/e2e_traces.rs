@@ -520,3 +520,61 @@ async fn deferred_sales_and_outbox_deliveries_link_to_the_purchase() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A collector that accepts connections and never answers: purchases are unaffected (export runs
+/// on the batch processor's thread, behind a bounded queue) and the spans that do not fit are
+/// dropped and counted. How much it costs is measured, not timed here
+/// (scripts/bench/trace-cost.py, docs/observability.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_collector_never_fails_a_purchase_and_dropped_spans_are_counted() {
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", blackhole.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = blackhole.accept().await {
+            held.push(conn); // read nothing, answer nothing
+        }
+    });
+    let suite = Suite::start_with_env(
+        tempfile::tempdir().expect("tempdir"),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "60000"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "16"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let ecommerce = suite.url("ecommerce");
+    for i in 0..12 {
+        let answer = suite
+            .http
+            .post(format!("{ecommerce}/buy"))
+            .json(&json!({"product": "3", "user": format!("hung{i}"), "ft": true}))
+            .send()
+            .await
+            .expect("buy");
+        assert_eq!(answer.status(), 200, "purchase {i}");
+    }
+    // 12 purchases make ~60 spans at ecommerce (about 5 each once the catalog and the rate are
+    // cached); at most 16 are admitted (one hung batch plus the queue), the rest is dropped.
+    let metrics = suite
+        .http
+        .get(format!("{ecommerce}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let dropped: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("otlp_spans_total{") && l.contains("outcome=\"dropped\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-span count:\n{metrics}"));
+    assert!(dropped >= 25.0, "{dropped} spans counted as dropped");
+}
