@@ -578,3 +578,39 @@ async fn a_hung_collector_never_fails_a_purchase_and_dropped_spans_are_counted()
         .unwrap_or_else(|| panic!("no dropped-span count:\n{metrics}"));
     assert!(dropped >= 25.0, "{dropped} spans counted as dropped");
 }
+
+/// Without an endpoint nothing is recorded, but the trace context still crosses every hop: the
+/// callee's log lines carry the trace id the caller sent (and their own span ids).
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_endpoint_the_logs_still_follow_the_trace() {
+    let suite = Suite::start_with_env(tempfile::tempdir().expect("tempdir"), &[], &[]).await;
+    let ecommerce = suite.url("ecommerce");
+    let (trace_id, caller) = (random_hex(16), random_hex(8));
+    let answer = suite
+        .http
+        .post(format!("{ecommerce}/buy"))
+        .header("traceparent", format!("00-{trace_id}-{caller}-01"))
+        .header("x-request-id", "no-endpoint-1")
+        .json(&json!({"product": "4", "user": "quiet", "ft": true}))
+        .send()
+        .await
+        .expect("buy");
+    assert_eq!(answer.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log =
+            std::fs::read_to_string(suite.logs_dir().join("fidelity.log")).unwrap_or_default();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains(&format!("\"trace_id\":\"{trace_id}\"")))
+        {
+            assert!(line.contains("\"request_id\":\"no-endpoint-1\""), "{line}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no fidelity log line with trace id {trace_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -383,7 +383,7 @@ impl Downstreams {
         let started = Instant::now();
         let (method, route) = step.http_route();
         let span = tracing::info_span!(
-            target: "ftshop::http",
+            target: "ftshop::trace::http",
             "call",
             otel.name = format_args!("{method} {route}"),
             otel.kind = "client",

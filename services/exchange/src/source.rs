@@ -364,7 +364,7 @@ impl UpstreamRate {
         // A client span (a child of the request's, or the root of the refresher's own trace);
         // its W3C context goes with the request, so an upstream that traces joins the trace.
         let span = tracing::info_span!(
-            target: "ftshop::http",
+            target: "ftshop::trace::http",
             "call",
             otel.name = "GET upstream rate",
             otel.kind = "client",

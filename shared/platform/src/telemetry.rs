@@ -48,6 +48,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// The W3C trace context header (`00-<trace id>-<parent span id>-<flags>`).
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
+/// The target prefix of spans that only a trace needs (an attempt, a client call): recorded only
+/// while exporting, never formatted into log lines.
+pub const TRACE_ONLY_TARGET: &str = "ftshop::trace";
+
 /// Spans queued for export at most (the SDK's default, `OTEL_BSP_MAX_QUEUE_SIZE` overrides).
 const DEFAULT_QUEUE: usize = 2048;
 
@@ -64,29 +68,11 @@ pub fn init(service: &'static str, instance: Option<&str>) {
         Box::new(TraceContextPropagator::new()),
         Box::new(BaggagePropagator::new()),
     ]));
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
     let export = ExportConfig::from_env();
     let provider = PROVIDER.get_or_init(|| build_provider(service, instance, export.as_ref()));
-    let tracer = provider.tracer("ftshop");
-    // Only the spans made for traces (targets `ftshop::http`, `ftshop::attempt`, ...) become
-    // OpenTelemetry spans, not sqlx's, hyper's or the per-request log span; every event of our
-    // crates inside them that the log filter lets through becomes a span event.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        .with_target(false)
-        .with_filter(filter_fn(|meta| {
-            if meta.is_span() {
-                meta.target().starts_with("ftshop::")
-            } else {
-                meta.target().starts_with("ftshop")
-            }
-        }));
+    let otel = trace_layer(provider.tracer("ftshop"), export.is_some());
     let pretty = std::env::var("FTSHOP_LOG_FORMAT").is_ok_and(|v| v == "pretty");
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry().with(otel);
     let result = if pretty {
         registry
             .with(
@@ -95,7 +81,8 @@ pub fn init(service: &'static str, instance: Option<&str>) {
                         inner: tracing_subscriber::fmt::format(),
                         json: false,
                     })
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter()),
             )
             .try_init()
     } else {
@@ -110,7 +97,8 @@ pub fn init(service: &'static str, instance: Option<&str>) {
                         json: true,
                     })
                     .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter()),
             )
             .try_init()
     };
@@ -124,6 +112,52 @@ pub fn init(service: &'static str, instance: Option<&str>) {
             "exporting traces over OTLP"
         );
     }
+}
+
+/// `RUST_LOG`, or the default filter.
+fn env_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"))
+}
+
+/// What the log lines show: `RUST_LOG`'s events and spans, except the trace-only spans (their
+/// fields are in the trace; a line inside one still carries its span id).
+///
+/// Every layer has its own filter (no global one): a span that no layer wants is then not
+/// created at all, which is what makes a trace-only span free while nothing is exported.
+fn log_filter<S>() -> impl tracing_subscriber::layer::Filter<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::FilterExt;
+    env_filter().and(filter_fn(|meta| {
+        !(meta.is_span() && meta.target().starts_with(TRACE_ONLY_TARGET))
+    }))
+}
+
+/// The `tracing` → OpenTelemetry layer and what it sees: the spans made for traces (targets
+/// `ftshop::...`, not sqlx's, hyper's or the per-request log span), the trace-only ones
+/// (`ftshop::trace::...`: each attempt, each client call) only while `exporting`, and the events
+/// of our crates that `RUST_LOG` lets through (each becomes an event of its span).
+fn trace_layer<S>(tracer: opentelemetry_sdk::trace::Tracer, exporting: bool) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::FilterExt;
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_target(false)
+        .with_filter(env_filter().and(filter_fn(move |meta| {
+            if meta.is_span() {
+                let trace_only = meta.target().starts_with(TRACE_ONLY_TARGET);
+                meta.target().starts_with("ftshop::") && (exporting || !trace_only)
+            } else {
+                meta.target().starts_with("ftshop")
+            }
+        })))
 }
 
 /// Sends the spans still queued (at most a few seconds): call once before the process exits.
@@ -146,8 +180,15 @@ pub fn extract_context(headers: &http::HeaderMap) -> Context {
 
 /// Adds `traceparent` (and `tracestate`, `baggage`) naming `span` as the parent to `headers`:
 /// what an outgoing call sends so the callee's span is a child of `span`.
+///
+/// A disabled `span` (a trace-only span while nothing is exported, see [`init`]) stands for the
+/// current span: the callee then continues the trace of the request being served.
 pub fn inject_context(span: &tracing::Span, headers: &mut http::HeaderMap) {
-    let context = span.context();
+    let context = if span.is_disabled() {
+        tracing::Span::current().context()
+    } else {
+        span.context()
+    };
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut opentelemetry_http::HeaderInjector(headers));
     });
@@ -436,14 +477,13 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let span_id = event
-            .parent()
-            .cloned()
-            .or_else(|| ctx.lookup_current().map(|span| span.id()));
-        let ids = span_id.and_then(|id| {
-            tracing::dispatcher::get_default(|dispatch| {
-                tracing_opentelemetry::get_otel_context(&id, dispatch)
-            })
+        // The registry's current span, not this layer's (which does not see trace-only spans).
+        let ids = tracing::dispatcher::get_default(|dispatch| {
+            let id = event
+                .parent()
+                .cloned()
+                .or_else(|| dispatch.current_span().id().cloned())?;
+            tracing_opentelemetry::get_otel_context(&id, dispatch)
         });
         let ids = ids.and_then(|context| {
             let span = context.span();
@@ -477,6 +517,124 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn propagators() {
+        opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]));
+    }
+
+    fn header(headers: &http::HeaderMap, name: &str) -> String {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_hop_continues_the_callers_trace_and_baggage() {
+        propagators();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let mut incoming = http::HeaderMap::new();
+            incoming.insert(
+                TRACEPARENT_HEADER,
+                http::HeaderValue::from_static(
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                ),
+            );
+            incoming.insert("baggage", http::HeaderValue::from_static("tier=gold"));
+            let server = tracing::info_span!(target: "ftshop::http", "request");
+            let _ = server.set_parent(extract_context(&incoming));
+            let server_parent = traceparent_of(&server).expect("a context");
+            assert!(
+                server_parent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "{server_parent}"
+            );
+            assert!(!server_parent.contains("00f067aa0ba902b7"), "own span id");
+            assert_eq!(
+                trace_id_of(&server).as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            );
+
+            // A client span inside it: the callee's parent is the client span, baggage goes on.
+            let call = tracing::info_span!(target: "ftshop::trace::http", parent: &server, "call");
+            let mut outgoing = http::HeaderMap::new();
+            inject_context(&call, &mut outgoing);
+            let sent = header(&outgoing, TRACEPARENT_HEADER);
+            assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+            assert_ne!(sent, server_parent);
+            assert_eq!(header(&outgoing, "baggage"), "tier=gold");
+
+            // A disabled span (trace-only, nothing exported) stands for the current one.
+            let mut fallback = http::HeaderMap::new();
+            server.in_scope(|| inject_context(&tracing::Span::none(), &mut fallback));
+            assert_eq!(header(&fallback, TRACEPARENT_HEADER), server_parent);
+        });
+    }
+
+    #[test]
+    fn without_export_a_hop_still_continues_the_trace() {
+        propagators();
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOff)
+            .build();
+        // The layers and filters `init` installs, without an endpoint.
+        let subscriber = tracing_subscriber::registry()
+            .with(trace_layer(provider.tracer("test"), false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::sink)
+                    .with_filter(log_filter()),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            let mut incoming = http::HeaderMap::new();
+            incoming.insert(
+                TRACEPARENT_HEADER,
+                http::HeaderValue::from_static(
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                ),
+            );
+            let server = tracing::info_span!(target: "ftshop::http", "request");
+            let _ = server.set_parent(extract_context(&incoming));
+            let call = tracing::info_span!(target: "ftshop::trace::http", "call");
+            assert!(call.is_disabled());
+            let mut outgoing = http::HeaderMap::new();
+            server.in_scope(|| inject_context(&call, &mut outgoing));
+            let sent = header(&outgoing, TRACEPARENT_HEADER);
+            assert!(
+                sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "{sent:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_stored_traceparent_becomes_a_link() {
+        propagators();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let later = tracing::info_span!(target: "ftshop::work", "deferred order");
+            link_to(
+                &later,
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            );
+            link_to(&later, Some("garbage"));
+            link_to(&later, None);
+            // Its own trace: a link is not a parent.
+            assert_ne!(
+                trace_id_of(&later).as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            );
+        });
+    }
 
     #[test]
     fn parses_the_spec_example_and_refuses_malformed_values() {

@@ -132,7 +132,8 @@ impl<E> Policy<E> {
         self
     }
 
-    /// Runs each attempt in its own `tracing` span (target `ftshop::attempt`, name `attempt`),
+    /// Runs each attempt in its own `tracing` span (target `ftshop::trace::attempt`, name
+    /// `attempt`),
     /// for the trace of a call: `otel.name` `attempt <policy name>` (`attempt store-1.sell`),
     /// `resilience.policy`, `resilience.attempt` (1-based number within the enclosing retry or
     /// hedge), `resilience.breaker.state` when the attempt began, and `resilience.outcome`:
@@ -226,7 +227,7 @@ impl<E> Policy<E> {
         }
         use tracing::Instrument;
         let span = tracing::info_span!(
-            target: "ftshop::attempt",
+            target: "ftshop::trace::attempt",
             "attempt",
             otel.name = format_args!("attempt {}", self.name),
             otel.status_code = tracing::field::Empty,
