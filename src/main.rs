@@ -86,7 +86,13 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { service } => {
-            ftshop_platform::telemetry::init();
+            let (role, instance) = match &service {
+                Service::Ecommerce(c) => ("ecommerce", c.common.instance.as_deref()),
+                Service::Store(c) => ("store", c.common.instance.as_deref()),
+                Service::Exchange(c) => ("exchange", c.common.instance.as_deref()),
+                Service::Fidelity(c) => ("fidelity", c.common.instance.as_deref()),
+            };
+            ftshop_platform::telemetry::init(role, instance);
             // Metrics recorded while a service starts (stock gauges, say) must not be lost.
             ftshop_platform::http_metrics::prometheus();
             // Pools are closed after the server drained, so the WAL is checkpointed and
@@ -101,6 +107,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Service::Fidelity(config) => ftshop_fidelity::run(config, shutdown_signal()).await,
             };
             ftshop_platform::db::close_all(std::time::Duration::from_secs(5)).await;
+            // The spans of the last requests: sent from the exporter's thread, off the runtime.
+            tokio::task::spawn_blocking(ftshop_platform::telemetry::shutdown)
+                .await
+                .ok();
             if let Err(err) = &result {
                 tracing::error!(error = format!("{err:#}"), "service stopped with an error");
             }

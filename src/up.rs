@@ -687,6 +687,9 @@ fn spawn(member: &Member, env: &ChildEnv, epoch: u64) -> anyhow::Result<Child> {
         .env("FTSHOP_ADMIN_TOKEN", &env.token)
         .env("FTSHOP_FAULT_EPOCH", epoch.to_string())
         .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
+        // Each member is its own service in a trace (one variable for all would name them all
+        // alike); `--instance` gives the replica its `service.instance.id`.
+        .env("OTEL_SERVICE_NAME", member.service)
         // One port per process: members of one `up` would all try to bind the same one.
         .env_remove("FTSHOP_HEALTH_PORT")
         .stdin(Stdio::null())

@@ -25,10 +25,20 @@ const DESIGN_PORTS: &[(&str, u16)] = &[
     ("prometheus", 9090),
     ("alertmanager", 9093),
     ("grafana", 3000),
+    ("tempo", 3200),
 ];
 
-/// Variables a service reads without clap (the tracing filter).
-const NON_CLAP_ENV: &[&str] = &["RUST_LOG"];
+/// Variables a service reads without clap: the tracing filter, and the OpenTelemetry SDK's
+/// standard variables (shared/platform/src/telemetry.rs).
+const NON_CLAP_ENV: &[&str] = &[
+    "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_SERVICE_NAME",
+];
 
 /// The health listener's port (`FTSHOP_HEALTH_PORT`) in the image, compose and Kubernetes: every
 /// healthcheck and probe calls it, so a connection flood on the public port cannot fail them.
@@ -828,6 +838,72 @@ fn alertmanager_and_grafana_read_what_compose_provides() {
     for dir in ["./grafana/provisioning", "./grafana/dashboards"] {
         assert!(mounts.iter().any(|(s, _)| s == dir), "grafana mounts {dir}");
     }
+}
+
+#[test]
+fn traces_reach_tempo_and_grafana_reads_them() {
+    // What each part says about the others: the ftshop containers export to Tempo's OTLP/HTTP
+    // receiver, compose mounts the config Tempo reads, Grafana's Tempo datasource is Tempo's
+    // query port, and Prometheus exemplars open traces in that datasource.
+    let services = services(&compose());
+    let tempo_config = load_yaml(&root().join("deploy/tempo/tempo.yaml"));
+    let receiver =
+        tempo_config["distributor"]["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+            .as_str()
+            .expect("tempo.yaml has an OTLP/HTTP receiver");
+    let receiver_port = receiver.rsplit(':').next().expect("a port");
+    let query_port = tempo_config["server"]["http_listen_port"]
+        .as_u64()
+        .expect("tempo.yaml sets server.http_listen_port");
+    let tempo = &services["tempo"];
+    let command = strings(&tempo["command"]).join(" ");
+    let config_target = command
+        .split("-config.file=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("tempo runs with -config.file");
+    assert!(
+        bind_mounts(tempo)
+            .iter()
+            .any(|(s, t)| s == "./deploy/tempo/tempo.yaml" && t == config_target),
+        "compose mounts deploy/tempo/tempo.yaml at {config_target}"
+    );
+    for (name, service) in ftshop_services(&compose()) {
+        let env = environment(&service);
+        let endpoint = env
+            .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .unwrap_or_else(|| panic!("{name} sets no OTEL_EXPORTER_OTLP_ENDPOINT"));
+        assert_eq!(
+            default_of(endpoint),
+            format!("http://tempo:{receiver_port}"),
+            "{name} exports where Tempo receives"
+        );
+    }
+    let datasources = load_yaml(&root().join("grafana/provisioning/datasources/ftshop.yml"));
+    let list = datasources["datasources"]
+        .as_sequence()
+        .expect("datasources");
+    let tempo_ds = list
+        .iter()
+        .find(|d| d["type"].as_str() == Some("tempo"))
+        .expect("a Tempo datasource");
+    assert_eq!(
+        tempo_ds["url"].as_str(),
+        Some(format!("http://tempo:{query_port}").as_str())
+    );
+    let uid = tempo_ds["uid"].as_str().expect("uid");
+    let prometheus = list
+        .iter()
+        .find(|d| d["type"].as_str() == Some("prometheus"))
+        .expect("a Prometheus datasource");
+    assert!(
+        prometheus["jsonData"]["exemplarTraceIdDestinations"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|d| d["datasourceUid"].as_str() == Some(uid)),
+        "exemplars lead to the Tempo datasource"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

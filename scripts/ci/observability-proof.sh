@@ -195,7 +195,9 @@ PY
 pids+=($!)
 wait_http "http://127.0.0.1:$SINK_PORT/" 20
 
-OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" \
+# http/json, so the sink's files are readable by the check below (the default is http/protobuf).
+OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" OTEL_EXPORTER_OTLP_PROTOCOL=http/json \
+OTEL_BSP_SCHEDULE_DELAY=500 \
   "$BIN" up --data-dir "$WORK/data" --port-base "$BASE" --faults default --fault-seed 7 \
   >"$WORK/up.log" 2>&1 &
 UP_PID=$!
@@ -251,6 +253,7 @@ cfg = {
     "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am}"]}]}]},
     "scrape_configs": [
         job("ecommerce", [("ecommerce", base)]),
+        dict(job("ecommerce-exemplars", [("ecommerce", base)]), metrics_path="/metrics/exemplars"),
         job("store", [("store-1", base + 1), ("store-2", base + 11)]),
         job("exchange", [("exchange-1", base + 2), ("exchange-2", base + 12)]),
         job("fidelity", [("fidelity", base + 3)]),
@@ -259,7 +262,7 @@ cfg = {
 yaml.safe_dump(cfg, open(os.path.join(work, "prometheus.yml"), "w"), sort_keys=False)
 PY
 promtool check config "$WORK/prometheus.yml" >/dev/null
-prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/prometheus" \
+prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/prometheus" --enable-feature=exemplar-storage \
   --web.listen-address="127.0.0.1:$PROM_PORT" >"$WORK/prometheus.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$AM_PORT/-/ready" 30

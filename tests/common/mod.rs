@@ -27,6 +27,15 @@ impl Suite {
 
     /// Like [`Suite::start`], with `dir` as the data dir (a restart keeps its data).
     pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Suite {
+        Suite::start_with_env(dir, extra, &[]).await
+    }
+
+    /// Like [`Suite::start_in`], with extra environment variables for every process.
+    pub async fn start_with_env(
+        dir: tempfile::TempDir,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Suite {
         let faults_off: &[&str] = if extra.contains(&"--faults") {
             &[]
         } else {
@@ -42,6 +51,9 @@ impl Suite {
             .env("FTSHOP_ADMIN_TOKEN", ADMIN_TOKEN)
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()

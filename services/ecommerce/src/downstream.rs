@@ -1,19 +1,17 @@
 //! HTTP calls to Store, Exchange and Fidelity. Each call has its own timeout, carries the
-//! request id and a W3C `traceparent` (a child span of the current request's, exported over OTLP
-//! when that is configured), is measured (`http_client_request_duration_seconds`) and fails with a
+//! request id and the W3C trace context of its own client span (`POST /sell`, a child of the
+//! current span: the purchase's, or the resilience policy's attempt span), is measured (`http_client_request_duration_seconds`) and fails with a
 //! [`StepError`] that names the step, so the client learns which hop broke.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use ftshop_platform::money::{Decimal, RateBand};
-use ftshop_platform::telemetry::{
-    FinishedSpan, SpanKind, TRACEPARENT_HEADER, TraceContext, export_span, outgoing_context,
-};
 use ftshop_platform::{Problem, REQUEST_ID_HEADER};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 /// The four calls of a purchase, as named in problems, metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -390,9 +388,23 @@ impl Downstreams {
         // The control room's purchase story (crate::story): a no-op outside a recorded /buy.
         let attempt = crate::story::AttemptGuard::begin(step, self.replica_number(step, base));
         let started = Instant::now();
-        let wall_start = SystemTime::now();
-        let trace = outgoing_context(request_id);
-        let result = self.send(step, request, request_id, &trace, timeout).await;
+        let (method, route) = step.http_route();
+        let span = tracing::info_span!(
+            target: "ftshop::trace::http",
+            "call",
+            otel.name = format_args!("{method} {route}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = method,
+            url.template = route,
+            http.response.status_code = tracing::field::Empty,
+            ftshop.step = step.as_str(),
+            ftshop.outcome = tracing::field::Empty,
+        );
+        let result = self
+            .send(step, request, request_id, &span, timeout)
+            .instrument(span.clone())
+            .await;
         let outcome = match &result {
             Ok(_) => "success",
             Err(StepError::Timeout { .. }) => "timeout",
@@ -408,22 +420,17 @@ impl Downstreams {
             "service" => "ecommerce", "target" => step.as_str(), "outcome" => outcome,
         )
         .record(started.elapsed().as_secs_f64());
-        let (method, route) = step.http_route();
-        export_span(FinishedSpan {
-            service: "ecommerce",
-            name: format!("{method} {route}"),
-            kind: SpanKind::Client,
-            context: trace,
-            start: wall_start,
-            end: SystemTime::now(),
-            error: !matches!(outcome, "success" | "client_error"),
-            attributes: vec![
-                ("http.request.method", method.to_owned()),
-                ("url.template", route.to_owned()),
-                ("ftshop.step", step.as_str().to_owned()),
-                ("ftshop.outcome", outcome.to_owned()),
-            ],
-        });
+        if !span.is_disabled() {
+            span.record("ftshop.outcome", outcome);
+            if let Err(StepError::Status { status, .. }) = &result {
+                span.record("http.response.status_code", status.as_u16());
+            } else if result.is_ok() {
+                span.record("http.response.status_code", 200);
+            }
+            if !matches!(outcome, "success" | "client_error") {
+                span.record("otel.status_code", "error");
+            }
+        }
         result
     }
 
@@ -442,13 +449,15 @@ impl Downstreams {
         step: Step,
         request: reqwest::RequestBuilder,
         request_id: &str,
-        trace: &TraceContext,
+        span: &tracing::Span,
         timeout: Duration,
     ) -> Result<T, StepError> {
+        let mut trace_headers = axum::http::HeaderMap::new();
+        ftshop_platform::telemetry::inject_context(span, &mut trace_headers);
         let request = request
             .timeout(timeout)
             .header(REQUEST_ID_HEADER, request_id)
-            .header(TRACEPARENT_HEADER, trace.header_value())
+            .headers(trace_headers)
             .header(DEADLINE_HEADER, timeout.as_millis().to_string());
         let response = request
             .send()

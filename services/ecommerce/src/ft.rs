@@ -88,6 +88,8 @@ impl Degradations {
         if !self.0.iter().any(|d| d == what) {
             // `what` is one of a handful of fixed strings, so the label stays bounded.
             metrics::counter!("shop_fallbacks_total", "kind" => what.to_owned()).increment(1);
+            // An event of the purchase's span: which fallback saved it.
+            tracing::info!(degraded = what, "fallback used");
             self.0.push(what.to_owned());
         }
     }
@@ -178,7 +180,8 @@ impl Resilient {
                     let policy = Policy::named(name)
                         .timeout(*timeout)
                         .breaker(breaker.clone())
-                        .failure_if(is_failure);
+                        .failure_if(is_failure)
+                        .span_attempts();
                     (policy, breaker)
                 })
                 .collect(),
@@ -219,7 +222,8 @@ impl Resilient {
         let fidelity = Policy::named("fidelity.bonus")
             .timeout(settings.bonus_timeout)
             .breaker(fidelity_breaker.clone())
-            .failure_if(is_failure);
+            .failure_if(is_failure)
+            .span_attempts();
         let catalog = TieredCache::new(
             CacheConfig::builder("catalog")
                 .ttl(settings.catalog_ttl)

@@ -243,15 +243,19 @@ async fn complete_once(db: &Db, lease: &Lease, c: &Completion<'_>) -> Result<boo
         return Ok(false);
     }
     if c.bonus_status != "credited" {
+        // The span this runs in (the purchase's, or the order worker's): the dispatcher's
+        // delivery links to it (migration 0008).
+        let traceparent = ftshop_platform::telemetry::traceparent_of(&tracing::Span::current());
         sqlx::query(
-            "INSERT INTO bonus_outbox (transaction_id, order_id, user_id, points, attempts, next_attempt_at, created_at) \
-             VALUES ($1, $2, $3, $4, 0, $5, $5) ON CONFLICT (transaction_id) DO NOTHING",
+            "INSERT INTO bonus_outbox (transaction_id, order_id, user_id, points, attempts, next_attempt_at, created_at, traceparent) \
+             VALUES ($1, $2, $3, $4, 0, $5, $5, $6) ON CONFLICT (transaction_id) DO NOTHING",
         )
         .bind(c.transaction_id.to_owned())
         .bind(lease.order_id.clone())
         .bind(c.user.to_owned())
         .bind(c.bonus_points)
         .bind(now)
+        .bind(traceparent)
         .execute(&mut *tx)
         .await?;
     }
@@ -296,11 +300,13 @@ pub async fn defer(db: &Db, lease: &Lease, d: &Deferral<'_>) -> Result<bool, sql
 
 async fn defer_once(db: &Db, lease: &Lease, d: &Deferral<'_>) -> Result<bool, sqlx::Error> {
     let now = now_millis();
+    // The purchase's span: the order worker's attempts link to it (migration 0008).
+    let traceparent = ftshop_platform::telemetry::traceparent_of(&tracing::Span::current());
     let written = sqlx::query(
         "UPDATE orders SET status = 'pending', value_cents = $2, rate_exact = $3, total_cents = $4, bonus_points = $5, \
          bonus_status = 'pending', response_status = 202, response = $6, updated_at = $7, next_attempt_at = $7, \
          completed_sync = 0, expected_completion_at = $9, promised_by = $10, promise_missed = 0, \
-         version = version + 1 WHERE order_id = $1 AND version = $8",
+         traceparent = $11, version = version + 1 WHERE order_id = $1 AND version = $8",
     )
     .bind(lease.order_id.clone())
     .bind(d.value_cents)
@@ -312,6 +318,7 @@ async fn defer_once(db: &Db, lease: &Lease, d: &Deferral<'_>) -> Result<bool, sq
     .bind(lease.version)
     .bind(d.expected_completion_at)
     .bind(d.promised_by)
+    .bind(traceparent)
     .execute(&db.pool)
     .await?;
     Ok(updated_one(&written))
@@ -339,6 +346,8 @@ pub struct DueOrder {
     pub version: i64,
     /// The bound of the completion promise of a deferred sale (epoch ms).
     pub promised_by: Option<i64>,
+    /// The `traceparent` of the purchase that deferred it, for the worker's span link.
+    pub traceparent: Option<String>,
 }
 
 pub async fn due_orders(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Error> {
@@ -348,7 +357,7 @@ pub async fn due_orders(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Erro
 async fn due_orders_once(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Error> {
     let now = now_millis();
     let rows = sqlx::query(
-        "SELECT order_id, user_id, product_id, status, attempts, value_cents, rate_exact, response, version, promised_by FROM orders \
+        "SELECT order_id, user_id, product_id, status, attempts, value_cents, rate_exact, response, version, promised_by, traceparent FROM orders \
          WHERE ft = 1 AND ((status = 'pending' AND next_attempt_at <= $1) \
             OR (status = 'processing' AND updated_at < $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $1))) \
          ORDER BY created_at LIMIT $3",
@@ -371,6 +380,7 @@ async fn due_orders_once(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Err
                 response: row.try_get("response")?,
                 version: row.try_get("version")?,
                 promised_by: row.try_get("promised_by")?,
+                traceparent: row.try_get("traceparent")?,
             })
         })
         .collect()
@@ -490,6 +500,8 @@ pub struct OutboxEntry {
     pub attempts: i64,
     /// As read; [`lease_bonus`] claims the entry from it.
     pub next_attempt_at: i64,
+    /// The `traceparent` of the span that queued it (the purchase's), for the delivery's link.
+    pub traceparent: Option<String>,
 }
 
 pub async fn due_bonuses(db: &Db, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::Error> {
@@ -498,7 +510,7 @@ pub async fn due_bonuses(db: &Db, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::
 
 async fn due_bonuses_once(db: &Db, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT transaction_id, order_id, user_id, points, attempts, next_attempt_at FROM bonus_outbox \
+        "SELECT transaction_id, order_id, user_id, points, attempts, next_attempt_at, traceparent FROM bonus_outbox \
          WHERE dead_lettered_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
     )
     .bind(now_millis())
@@ -514,6 +526,7 @@ async fn due_bonuses_once(db: &Db, limit: i64) -> Result<Vec<OutboxEntry>, sqlx:
                 points: row.try_get("points")?,
                 attempts: row.try_get("attempts")?,
                 next_attempt_at: row.try_get("next_attempt_at")?,
+                traceparent: row.try_get("traceparent")?,
             })
         })
         .collect()

@@ -26,6 +26,7 @@
 
 use ftshop_resilience::{Outcome, full_jitter};
 use std::time::Duration;
+use tracing::Instrument;
 
 use ftshop_platform::db::now_millis;
 use futures::StreamExt;
@@ -148,7 +149,16 @@ async fn drive_due_orders(state: AppState) -> anyhow::Result<usize> {
                 }
                 attempted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let id = order.order_id.clone();
-                if let Err(err) = drive_order(&state, order).await {
+                // Its own trace, linked to the purchase that deferred it.
+                let span = tracing::info_span!(
+                    target: "ftshop::work",
+                    "deferred order",
+                    otel.name = "drive deferred order",
+                    order_id = %id,
+                    order.status = %order.status,
+                );
+                ftshop_platform::telemetry::link_to(&span, order.traceparent.as_deref());
+                if let Err(err) = drive_order(&state, order).instrument(span).await {
                     note_storage_fault(&err);
                     tracing::warn!(
                         order_id = id,
@@ -394,7 +404,16 @@ async fn deliver_due_bonuses(state: AppState) -> anyhow::Result<usize> {
             let state = state.clone();
             async move {
                 let tx = entry.transaction_id.clone();
-                if let Err(err) = deliver(&state, entry).await {
+                // Its own trace, linked to the purchase whose bonus it delivers.
+                let span = tracing::info_span!(
+                    target: "ftshop::work",
+                    "outbox delivery",
+                    otel.name = "deliver outbox bonus",
+                    transaction_id = %tx,
+                    attempts = entry.attempts,
+                );
+                ftshop_platform::telemetry::link_to(&span, entry.traceparent.as_deref());
+                if let Err(err) = deliver(&state, entry).instrument(span).await {
                     note_storage_fault(&err);
                     tracing::warn!(
                         transaction_id = tx,

@@ -359,12 +359,35 @@ impl UpstreamRate {
         band: &RateBand,
         believe: impl FnOnce(Decimal) -> Result<Decimal, FetchError>,
     ) -> Result<Decimal, FetchError> {
+        use tracing::Instrument;
         let started = Instant::now();
-        let result = self.fetch_once(band).await.and_then(believe);
+        // A client span (a child of the request's, or the root of the refresher's own trace);
+        // its W3C context goes with the request, so an upstream that traces joins the trace.
+        let span = tracing::info_span!(
+            target: "ftshop::trace::http",
+            "call",
+            otel.name = "GET upstream rate",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "GET",
+            ftshop.step = UPSTREAM_TARGET,
+            ftshop.outcome = tracing::field::Empty,
+        );
+        let result = self
+            .fetch_once(band, &span)
+            .instrument(span.clone())
+            .await
+            .and_then(believe);
         let outcome = match &result {
             Ok(_) => "success",
             Err(err) => err.outcome(),
         };
+        if !span.is_disabled() {
+            span.record("ftshop.outcome", outcome);
+            if result.is_err() {
+                span.record("otel.status_code", "error");
+            }
+        }
         metrics::histogram!(
             "http_client_request_duration_seconds",
             "service" => crate::NAME,
@@ -375,7 +398,11 @@ impl UpstreamRate {
         result
     }
 
-    async fn fetch_once(&self, band: &RateBand) -> Result<Decimal, FetchError> {
+    async fn fetch_once(
+        &self,
+        band: &RateBand,
+        span: &tracing::Span,
+    ) -> Result<Decimal, FetchError> {
         let classify = |err: reqwest::Error| {
             if err.is_timeout() {
                 FetchError::Timeout(self.timeout)
@@ -385,9 +412,12 @@ impl UpstreamRate {
                 FetchError::Transport(error_chain(&err.without_url()))
             }
         };
+        let mut trace_headers = reqwest::header::HeaderMap::new();
+        ftshop_platform::telemetry::inject_context(span, &mut trace_headers);
         let response = self
             .http
             .get(self.url.clone())
+            .headers(trace_headers)
             .header(reqwest::header::ACCEPT, "application/json")
             .timeout(self.timeout)
             .send()

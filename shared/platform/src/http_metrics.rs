@@ -4,7 +4,7 @@
 //! client can grow the number of series.
 
 use std::sync::OnceLock;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
@@ -12,7 +12,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::telemetry::{self, FinishedSpan, SpanKind, TraceContext};
+use crate::telemetry;
+use opentelemetry::trace::TraceContextExt;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Latency buckets in seconds, tuned for a 1 s request budget.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -49,36 +51,53 @@ pub async fn render() -> ([(axum::http::HeaderName, &'static str); 1], String) {
 }
 
 /// Records `http_server_request_duration_seconds{service,method,route,status}` and runs the
-/// request inside its trace context (continued from `traceparent`, or started here), so its
-/// logs carry `trace_id` and its outgoing calls can propagate it
-/// ([`telemetry::outgoing_traceparent`]). A request whose client hung up before the answer
-/// (its future is dropped) is recorded with status `499`, as nginx does, so abandoned
-/// requests (an omission fault, a caller's timeout) show on the dashboards too.
+/// request inside its server span (`POST /buy`, ...), a child of the caller's span when the
+/// request carries a valid `traceparent` (W3C TraceContext and Baggage, [`telemetry`]), else the
+/// root of a new trace. Its logs carry `trace_id`, `span_id` and `request_id`; outgoing calls
+/// made inside propagate it ([`telemetry::inject_context`]). A request whose client hung up
+/// before the answer (its future is dropped) is recorded with status `499`, as nginx does, so
+/// abandoned requests (an omission fault, a caller's timeout) show on the dashboards and as
+/// error spans too. Scrapes and probes get no span (they would drown the traces that matter).
 pub async fn track(service: &'static str, request: Request, next: Next) -> Response {
-    // Read in a block: a `&Request` held across an await would make this future `!Send`.
-    let (request_id, trace) = {
-        let headers = request.headers();
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let request_id = header(crate::REQUEST_ID_HEADER).map(str::to_owned);
-        let trace =
-            TraceContext::for_request(header(telemetry::TRACEPARENT_HEADER), request_id.as_deref());
-        (request_id, trace)
-    };
+    use tracing::Instrument;
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
+    let method = method_label(request.method());
+    let span = if route.starts_with("/metrics") || route.starts_with("/health/") {
+        tracing::Span::none()
+    } else {
+        // Read in a block: a `&Request` held across an await would make this future `!Send`.
+        let headers = request.headers();
+        let request_id = headers
+            .get(crate::REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let span = tracing::info_span!(
+            target: "ftshop::http",
+            "request",
+            otel.name = format_args!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = method,
+            http.route = route.as_str(),
+            http.response.status_code = tracing::field::Empty,
+            request_id,
+        );
+        let _ = span.set_parent(telemetry::extract_context(headers));
+        span
+    };
     let mut in_flight = InFlight {
         service,
-        method: method_label(request.method()),
+        method,
         route,
-        trace,
+        span: span.clone(),
         started: Instant::now(),
-        wall_start: SystemTime::now(),
         finished: false,
     };
-    let response = trace.scope(request_id.as_deref(), next.run(request)).await;
+    let response = next.run(request).instrument(span).await;
     in_flight.finish(response.status().as_u16());
     response
 }
@@ -106,9 +125,8 @@ struct InFlight {
     service: &'static str,
     method: &'static str,
     route: String,
-    trace: TraceContext,
+    span: tracing::Span,
     started: Instant,
-    wall_start: SystemTime,
     finished: bool,
 }
 
@@ -121,30 +139,31 @@ impl InFlight {
             return;
         }
         let status_label = status.to_string();
+        let seconds = self.started.elapsed().as_secs_f64();
         metrics::histogram!(
             "http_server_request_duration_seconds",
             "service" => self.service,
             "method" => self.method,
             "route" => self.route.clone(),
-            "status" => status_label.clone(),
+            "status" => status_label,
         )
-        .record(self.started.elapsed().as_secs_f64());
-        // Scrapes and probes would drown the traces that matter.
-        if self.route != "/metrics" && !self.route.starts_with("/health/") {
-            telemetry::export_span(FinishedSpan {
-                service: self.service,
-                name: format!("{} {}", self.method, self.route),
-                kind: SpanKind::Server,
-                context: self.trace,
-                start: self.wall_start,
-                end: SystemTime::now(),
-                error: status >= 500 || status == CLIENT_CLOSED_REQUEST,
-                attributes: vec![
-                    ("http.request.method", self.method.to_owned()),
-                    ("http.route", self.route.clone()),
-                    ("http.response.status_code", status_label),
-                ],
-            });
+        .record(seconds);
+        if self.route == "/buy" {
+            // The trace id as the exemplar, when the trace is exported (sampled).
+            let trace_id = self
+                .span
+                .context()
+                .span()
+                .span_context()
+                .is_sampled()
+                .then(|| telemetry::trace_id_of(&self.span).unwrap_or_default());
+            crate::exemplars::observe_buy(status, seconds, trace_id.filter(|t| !t.is_empty()));
+        }
+        if !self.span.is_disabled() {
+            self.span.record("http.response.status_code", status);
+            if status >= 500 || status == CLIENT_CLOSED_REQUEST {
+                self.span.record("otel.status_code", "error");
+            }
         }
     }
 }

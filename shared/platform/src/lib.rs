@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod db;
+pub mod exemplars;
 pub mod extract;
 pub mod faults;
 pub mod health;

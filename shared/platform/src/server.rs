@@ -155,7 +155,8 @@ impl Service {
                     async move { readiness.report(name).await }
                 }),
             )
-            .route("/metrics", get(http_metrics::render));
+            .route("/metrics", get(http_metrics::render))
+            .route("/metrics/exemplars", get(crate::exemplars::render));
 
         let admin = faults::admin::routes(faults.clone())
             .merge(admin_routes)

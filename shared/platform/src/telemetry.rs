@@ -1,196 +1,516 @@
-//! Logging and trace context: JSON lines by default (one object per event, with the request id
-//! and W3C trace id of the span), human-readable with `FTSHOP_LOG_FORMAT=pretty`. `RUST_LOG`
-//! filters as usual.
+//! Logs and traces of one process.
+//!
+//! - **Logs**: JSON lines on stderr by default (one object per event, with the `trace_id` and
+//!   `span_id` of the span it happened in and the fields of every enclosing span, so the
+//!   request id too), human-readable with `FTSHOP_LOG_FORMAT=pretty`. `RUST_LOG` filters.
+//! - **Traces**: the OpenTelemetry SDK (`opentelemetry_sdk`) behind `tracing`
+//!   (`tracing-opentelemetry`): spans of the targets `ftshop*` become OpenTelemetry spans, their
+//!   events become span events. W3C TraceContext and Baggage are extracted from every request
+//!   ([`extract_context`], used by the server middleware) and injected into every outgoing call
+//!   ([`inject_context`]), so one purchase is one trace across all processes.
+//! - **Export**: OTLP over HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, `http/protobuf` (default) or `http/json` by
+//!   `OTEL_EXPORTER_OTLP_PROTOCOL`, through the SDK's batch processor: a span ending on a
+//!   request path is put in a bounded queue (never waits); the processor's own thread sends
+//!   batches with a blocking HTTP client, so a slow or absent collector never holds a tokio
+//!   worker. Spans beyond the queue are dropped and counted (`otlp_spans_total`). The other
+//!   standard variables apply as the SDK defines them: `OTEL_SERVICE_NAME`,
+//!   `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`, `OTEL_BSP_*`,
+//!   `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` / `HEADERS`; `OTEL_SDK_DISABLED=true` or
+//!   `OTEL_TRACES_EXPORTER=none` turn export off.
+//! - **Without an endpoint** no span is recorded (the sampler drops everything, so the SDK
+//!   builds no span data and nothing is queued): trace ids are still made, continued and
+//!   propagated, for the logs and for the next hop, at the cost of a few id draws per span.
 
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use opentelemetry::propagation::TextMapCompositePropagator;
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanProcessor,
+};
+use tracing::Subscriber;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Installs the global subscriber once; later calls are no-ops (tests start many services).
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+/// The W3C trace context header (`00-<trace id>-<parent span id>-<flags>`).
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// The target prefix of spans that only a trace needs (an attempt, a client call): recorded only
+/// while exporting, never formatted into log lines.
+pub const TRACE_ONLY_TARGET: &str = "ftshop::trace";
+
+/// Spans queued for export at most (the SDK's default, `OTEL_BSP_MAX_QUEUE_SIZE` overrides).
+const DEFAULT_QUEUE: usize = 2048;
+
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Installs the global subscriber and tracer provider once; later calls are no-ops (tests
+/// start many services in one process).
+///
+/// `service` is the role (`ecommerce`, `store`, ...), the default `service.name`
+/// (`OTEL_SERVICE_NAME` wins); `instance` (`--instance`, e.g. `store-2`) is the
+/// `service.instance.id`, so two replicas of one service are told apart in a trace.
+pub fn init(service: &'static str, instance: Option<&str>) {
+    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
+    let export = ExportConfig::from_env();
+    let provider = PROVIDER.get_or_init(|| build_provider(service, instance, export.as_ref()));
+    let otel = trace_layer(provider.tracer("ftshop"), export.is_some());
     let pretty = std::env::var("FTSHOP_LOG_FORMAT").is_ok_and(|v| v == "pretty");
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(otel);
     let result = if pretty {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(WithTraceIds {
+                        inner: tracing_subscriber::fmt::format(),
+                        json: false,
+                    })
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter()),
+            )
             .try_init()
     } else {
         registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(std::io::stderr),
+                    .event_format(WithTraceIds {
+                        inner: tracing_subscriber::fmt::format()
+                            .json()
+                            .with_current_span(true)
+                            .with_span_list(true),
+                        json: true,
+                    })
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter()),
             )
             .try_init()
     };
     // Already initialised (several services in one test process): keep the first subscriber.
-    let _ = result;
-}
-
-/// The W3C trace context header (`00-<trace id>-<parent span id>-<flags>`).
-pub const TRACEPARENT_HEADER: &str = "traceparent";
-
-/// A W3C trace context: which trace a piece of work belongs to and which span is doing it.
-///
-/// The first service a request reaches (ecommerce) starts the trace when the caller sent no
-/// valid `traceparent`; every hop then continues it: its own span is a child of the caller's,
-/// and what it sends downstream names its own span as the parent. The trace id is in every
-/// JSON log line (`span.trace_id`), so one purchase can be followed across all processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceContext {
-    trace_id: u128,
-    span_id: u64,
-    parent_span_id: Option<u64>,
-    sampled: bool,
-}
-
-impl TraceContext {
-    /// A new trace. A request id that is a UUID (what ecommerce generates) becomes the trace id,
-    /// so request id and trace id name the same thing; anything else gets a random trace id.
-    pub fn root(request_id: Option<&str>) -> Self {
-        let trace_id = request_id
-            .and_then(|id| uuid::Uuid::try_parse(id).ok())
-            .map(|u| u.as_u128())
-            .filter(|&t| t != 0)
-            .unwrap_or_else(random_trace_id);
-        Self {
-            trace_id,
-            span_id: random_span_id(),
-            parent_span_id: None,
-            sampled: true,
-        }
+    if result.is_ok()
+        && let Some(export) = &export
+    {
+        tracing::info!(
+            endpoint = %export.endpoint_description(),
+            protocol = export.protocol_name(),
+            "exporting traces over OTLP"
+        );
     }
+}
 
-    /// Parses a `traceparent` value; `None` for anything the W3C spec says to ignore
-    /// (wrong lengths, non-hex, all-zero ids, version `ff`).
-    pub fn parse(header: &str) -> Option<Self> {
-        let mut parts = header.trim().split('-');
-        let version = parts.next()?;
-        let trace = parts.next()?;
-        let span = parts.next()?;
-        let flags = parts.next()?;
-        // Version 00 has exactly four fields; later versions may append more.
-        if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
-            return None;
-        }
-        if trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
-            return None;
-        }
-        let lower_hex = |s: &str| {
-            s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+/// `RUST_LOG`, or the default filter.
+fn env_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"))
+}
+
+/// What the log lines show: `RUST_LOG`'s events and spans, except the trace-only spans (their
+/// fields are in the trace; a line inside one still carries its span id).
+///
+/// Every layer has its own filter (no global one): a span that no layer wants is then not
+/// created at all, which is what makes a trace-only span free while nothing is exported.
+fn log_filter<S>() -> impl tracing_subscriber::layer::Filter<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::FilterExt;
+    env_filter().and(filter_fn(|meta| {
+        !(meta.is_span() && meta.target().starts_with(TRACE_ONLY_TARGET))
+    }))
+}
+
+/// The `tracing` → OpenTelemetry layer and what it sees: the spans made for traces (targets
+/// `ftshop::...`, not sqlx's, hyper's or the per-request log span), the trace-only ones
+/// (`ftshop::trace::...`: each attempt, each client call) only while `exporting`, and the events
+/// of our crates that `RUST_LOG` lets through (each becomes an event of its span).
+fn trace_layer<S>(tracer: opentelemetry_sdk::trace::Tracer, exporting: bool) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::FilterExt;
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_target(false)
+        .with_filter(env_filter().and(filter_fn(move |meta| {
+            if meta.is_span() {
+                let trace_only = meta.target().starts_with(TRACE_ONLY_TARGET);
+                meta.target().starts_with("ftshop::") && (exporting || !trace_only)
+            } else {
+                meta.target().starts_with("ftshop")
+            }
+        })))
+}
+
+/// Sends the spans still queued (at most a few seconds): call once before the process exits.
+pub fn shutdown() {
+    if let Some(provider) = PROVIDER.get()
+        && let Err(err) = provider.shutdown()
+    {
+        tracing::debug!(error = %err, "trace provider shutdown");
+    }
+}
+
+/// The OpenTelemetry context a request arrived with (its `traceparent`, `tracestate` and
+/// `baggage` headers); an empty context (the span starts a trace) when there is none or it is
+/// malformed: the W3C rules are the SDK's propagator's.
+pub fn extract_context(headers: &http::HeaderMap) -> Context {
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
+    })
+}
+
+/// Adds `traceparent` (and `tracestate`, `baggage`) naming `span` as the parent to `headers`:
+/// what an outgoing call sends so the callee's span is a child of `span`.
+///
+/// A disabled `span` (a trace-only span while nothing is exported, see [`init`]) stands for the
+/// current span: the callee then continues the trace of the request being served.
+pub fn inject_context(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    let context = if span.is_disabled() {
+        tracing::Span::current().context()
+    } else {
+        span.context()
+    };
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut opentelemetry_http::HeaderInjector(headers));
+    });
+}
+
+/// The `traceparent` value naming `span` as the parent, for what is stored to be done later
+/// (a deferred sale, an outbox bonus) and linked back to the purchase ([`link_to`]). `None`
+/// when the span has no valid context (tracing is not initialised).
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let mut headers = http::HeaderMap::new();
+    inject_context(span, &mut headers);
+    headers
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Links `span` to the span a stored `traceparent` names (the purchase that deferred the work),
+/// so the trace of a later delivery leads back to the purchase. Malformed or empty values are
+/// ignored.
+pub fn link_to(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(context) = traceparent.and_then(parse_traceparent) {
+        span.add_link(context);
+    }
+}
+
+/// The span context a `traceparent` value names, when it is valid (W3C rules, as the SDK's
+/// propagator applies them).
+pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(TRACEPARENT_HEADER, http::HeaderValue::from_str(value).ok()?);
+    let context = extract_context(&headers);
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| span_context.clone())
+}
+
+/// The trace id of `span` (32 lowercase hex digits), when it has a valid context.
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    let span_ref = context.span();
+    let span_context = span_ref.span_context();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// Where and how spans are exported, from the standard variables; `None` when export is off.
+#[derive(Debug, Clone)]
+struct ExportConfig {
+    endpoint: Option<String>,
+    base: Option<String>,
+    json: bool,
+    queue: usize,
+}
+
+impl ExportConfig {
+    fn from_env() -> Option<Self> {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
         };
-        if !(lower_hex(version) && lower_hex(trace) && lower_hex(span) && lower_hex(flags)) {
+        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
+        {
             return None;
         }
-        let trace_id = u128::from_str_radix(trace, 16).ok()?;
-        let span_id = u64::from_str_radix(span, 16).ok()?;
-        let flags = u8::from_str_radix(flags, 16).ok()?;
-        if trace_id == 0 || span_id == 0 {
+        let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        let base = var("OTEL_EXPORTER_OTLP_ENDPOINT");
+        if endpoint.is_none() && base.is_none() {
             return None;
         }
+        let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        let json = match protocol.as_deref() {
+            None | Some("http/protobuf") => false,
+            Some("http/json") => true,
+            Some(other) => {
+                eprintln!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported (http/protobuf, \
+                     http/json): trace export is off"
+                );
+                return None;
+            }
+        };
+        let queue = var("OTEL_BSP_MAX_QUEUE_SIZE")
+            .and_then(|v| v.parse().ok())
+            .filter(|&q: &usize| q > 0)
+            .unwrap_or(DEFAULT_QUEUE);
         Some(Self {
-            trace_id,
-            span_id,
-            parent_span_id: None,
-            sampled: flags & 1 == 1,
+            endpoint,
+            base,
+            json,
+            queue,
         })
     }
 
-    /// The context of work done on behalf of this one: same trace, new span, this span as parent.
-    pub fn child(&self) -> Self {
-        Self {
-            trace_id: self.trace_id,
-            span_id: random_span_id(),
-            parent_span_id: Some(self.span_id),
-            sampled: self.sampled,
+    fn endpoint_description(&self) -> String {
+        match (&self.endpoint, &self.base) {
+            (Some(full), _) => full.clone(),
+            (None, Some(base)) => format!("{}/v1/traces", base.trim_end_matches('/')),
+            (None, None) => String::new(),
         }
     }
 
-    /// The context of this process's side of a request that arrived with `traceparent` (when
-    /// valid) or with only `request_id`.
-    pub fn for_request(traceparent: Option<&str>, request_id: Option<&str>) -> Self {
-        traceparent
-            .and_then(Self::parse)
-            .map(|caller| caller.child())
-            .unwrap_or_else(|| Self::root(request_id))
+    fn protocol_name(&self) -> &'static str {
+        if self.json {
+            "http/json"
+        } else {
+            "http/protobuf"
+        }
     }
+}
 
-    pub fn trace_id(&self) -> String {
-        format!("{:032x}", self.trace_id)
+fn build_provider(
+    service: &'static str,
+    instance: Option<&str>,
+    export: Option<&ExportConfig>,
+) -> SdkTracerProvider {
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.trim().is_empty()) {
+        // The SDK's detector reads it.
+    } else {
+        resource = resource.with_service_name(service);
     }
-
-    pub fn span_id(&self) -> String {
-        format!("{:016x}", self.span_id)
-    }
-
-    pub fn parent_span_id(&self) -> Option<String> {
-        self.parent_span_id.map(|id| format!("{id:016x}"))
-    }
-
-    /// The `traceparent` value naming this span as the parent.
-    pub fn header_value(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        )
-    }
-
-    /// Runs `fut` with this context as [`current`] and its ids in a `trace` span, so every log
-    /// line inside carries `trace_id` and `span_id`.
-    pub async fn scope<F: std::future::Future>(
-        self,
-        request_id: Option<&str>,
-        fut: F,
-    ) -> F::Output {
-        use tracing::Instrument;
-        let span = tracing::info_span!(
-            "trace",
-            trace_id = %self.trace_id(),
-            span_id = %self.span_id(),
-            parent_span_id = self.parent_span_id().unwrap_or_default(),
-            request_id = request_id.unwrap_or("-"),
+    let instance_set =
+        std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.instance.id="));
+    if !instance_set {
+        let id = instance.map_or_else(
+            || format!("{service}-{}", std::process::id()),
+            str::to_owned,
         );
-        CURRENT.scope(self, fut.instrument(span)).await
+        resource = resource.with_attribute(KeyValue::new("service.instance.id", id));
+    }
+    let builder = SdkTracerProvider::builder().with_resource(resource.build());
+    let Some(export) = export else {
+        // Nothing would receive a recorded span: record none. Ids are still drawn, so logs
+        // and the next hop get a trace context.
+        return builder.with_sampler(Sampler::AlwaysOff).build();
+    };
+    let exporter = {
+        use opentelemetry_otlp::{Protocol, WithExportConfig};
+        let protocol = if export.json {
+            Protocol::HttpJson
+        } else {
+            Protocol::HttpBinary
+        };
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(protocol)
+            .build()
+    };
+    let exporter = match exporter {
+        Ok(exporter) => exporter,
+        Err(err) => {
+            eprintln!("OTLP trace exporter not built ({err}): trace export is off");
+            return builder.with_sampler(Sampler::AlwaysOff).build();
+        }
+    };
+    let pending = Arc::new(AtomicUsize::new(0));
+    let batch = BatchSpanProcessor::builder(CountingExporter {
+        inner: exporter,
+        pending: pending.clone(),
+    })
+    .with_batch_config(
+        BatchConfigBuilder::default()
+            .with_max_queue_size(export.queue)
+            .build(),
+    )
+    .build();
+    builder
+        .with_span_processor(BoundedQueue {
+            inner: batch,
+            pending,
+            capacity: export.queue,
+        })
+        .build()
+}
+
+/// The batch processor behind a gate that counts: a span is handed on only while fewer than
+/// `capacity` spans wait for export, else dropped and counted
+/// (`otlp_spans_total{outcome="dropped"}`). The SDK's own queue drops silently past the same
+/// size; gating first makes every drop visible. `on_end` never blocks either way.
+#[derive(Debug)]
+struct BoundedQueue {
+    inner: BatchSpanProcessor,
+    pending: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl SpanProcessor for BoundedQueue {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        let admitted = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .is_ok();
+        if admitted {
+            self.inner.on_end(span);
+        } else {
+            metrics::counter!("otlp_spans_total", "outcome" => "dropped").increment(1);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
-tokio::task_local! {
-    static CURRENT: TraceContext;
+/// The OTLP exporter, counting what each batch became (`exported` or `failed`) and releasing
+/// its spans from [`BoundedQueue`]'s count.
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    pending: Arc<AtomicUsize>,
 }
 
-/// The trace context of the request this task is serving, if any (background workers have none).
-pub fn current() -> Option<TraceContext> {
-    CURRENT.try_with(|c| *c).ok()
-}
-
-/// The `traceparent` to send on an outgoing call: a child of the current request's span, or a
-/// new trace (keyed by `request_id` when it is a UUID) for work outside any request.
-pub fn outgoing_traceparent(request_id: &str) -> String {
-    outgoing_context(request_id).header_value()
-}
-
-fn random_trace_id() -> u128 {
-    loop {
-        let id: u128 = rand::random();
-        if id != 0 {
-            return id;
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for CountingExporter<E>
+{
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        let result = self.inner.export(batch).await;
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_sub(n))
+            })
+            .ok();
+        let outcome = if result.is_ok() { "exported" } else { "failed" };
+        metrics::counter!("otlp_spans_total", "outcome" => outcome).increment(n as u64);
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if let Err(err) = &result
+            && !WARNED.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(target: "otel_export", error = %err,
+                "OTLP export failed (further failures are counted in otlp_spans_total)");
         }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
-fn random_span_id() -> u64 {
-    loop {
-        let id: u64 = rand::random();
-        if id != 0 {
-            return id;
+/// An event formatter that adds the OpenTelemetry `trace_id` and `span_id` of the span an event
+/// happened in to what `inner` writes: two top-level keys of the JSON object, or a
+/// `trace_id=... span_id=...` suffix in the pretty format. Events outside any span get none.
+struct WithTraceIds<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        // The registry's current span, not this layer's (which does not see trace-only spans).
+        let ids = tracing::dispatcher::get_default(|dispatch| {
+            let id = event
+                .parent()
+                .cloned()
+                .or_else(|| dispatch.current_span().id().cloned())?;
+            tracing_opentelemetry::get_otel_context(&id, dispatch)
+        });
+        let ids = ids.and_then(|context| {
+            let span = context.span();
+            let sc = span.span_context();
+            sc.is_valid()
+                .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+        });
+        let Some((trace_id, span_id)) = ids else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::with_capacity(256);
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        let body = line.trim_end_matches('\n');
+        if self.json
+            && let Some(head) = body.strip_suffix('}')
+        {
+            writer.write_str(head)?;
+            write!(
+                writer,
+                ",\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"}}"
+            )?;
+        } else {
+            writer.write_str(body)?;
+            write!(writer, " trace_id={trace_id} span_id={span_id}")?;
         }
+        writeln!(writer)
     }
 }
 
@@ -198,438 +518,142 @@ fn random_span_id() -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_the_spec_example_and_continues_the_trace() {
-        let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let parsed = TraceContext::parse(header).expect("valid traceparent");
-        assert_eq!(parsed.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(parsed.span_id(), "00f067aa0ba902b7");
-        assert_eq!(parsed.header_value(), header);
+    fn propagators() {
+        opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]));
+    }
 
-        let mine = TraceContext::for_request(Some(header), Some("ignored"));
-        assert_eq!(mine.trace_id(), parsed.trace_id());
-        assert_ne!(mine.span_id(), parsed.span_id());
-        assert_eq!(mine.parent_span_id().as_deref(), Some("00f067aa0ba902b7"));
+    fn header(headers: &http::HeaderMap, name: &str) -> String {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
     }
 
     #[test]
-    fn rejects_malformed_values() {
+    fn a_hop_continues_the_callers_trace_and_baggage() {
+        propagators();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let mut incoming = http::HeaderMap::new();
+            incoming.insert(
+                TRACEPARENT_HEADER,
+                http::HeaderValue::from_static(
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                ),
+            );
+            incoming.insert("baggage", http::HeaderValue::from_static("tier=gold"));
+            let server = tracing::info_span!(target: "ftshop::http", "request");
+            let _ = server.set_parent(extract_context(&incoming));
+            let server_parent = traceparent_of(&server).expect("a context");
+            assert!(
+                server_parent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "{server_parent}"
+            );
+            assert!(!server_parent.contains("00f067aa0ba902b7"), "own span id");
+            assert_eq!(
+                trace_id_of(&server).as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            );
+
+            // A client span inside it: the callee's parent is the client span, baggage goes on.
+            let call = tracing::info_span!(target: "ftshop::trace::http", parent: &server, "call");
+            let mut outgoing = http::HeaderMap::new();
+            inject_context(&call, &mut outgoing);
+            let sent = header(&outgoing, TRACEPARENT_HEADER);
+            assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+            assert_ne!(sent, server_parent);
+            assert_eq!(header(&outgoing, "baggage"), "tier=gold");
+
+            // A disabled span (trace-only, nothing exported) stands for the current one.
+            let mut fallback = http::HeaderMap::new();
+            server.in_scope(|| inject_context(&tracing::Span::none(), &mut fallback));
+            assert_eq!(header(&fallback, TRACEPARENT_HEADER), server_parent);
+        });
+    }
+
+    #[test]
+    fn without_export_a_hop_still_continues_the_trace() {
+        propagators();
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOff)
+            .build();
+        // The layers and filters `init` installs, without an endpoint.
+        let subscriber = tracing_subscriber::registry()
+            .with(trace_layer(provider.tracer("test"), false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::sink)
+                    .with_filter(log_filter()),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            let mut incoming = http::HeaderMap::new();
+            incoming.insert(
+                TRACEPARENT_HEADER,
+                http::HeaderValue::from_static(
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                ),
+            );
+            let server = tracing::info_span!(target: "ftshop::http", "request");
+            let _ = server.set_parent(extract_context(&incoming));
+            let call = tracing::info_span!(target: "ftshop::trace::http", "call");
+            assert!(call.is_disabled());
+            let mut outgoing = http::HeaderMap::new();
+            server.in_scope(|| inject_context(&call, &mut outgoing));
+            let sent = header(&outgoing, TRACEPARENT_HEADER);
+            assert!(
+                sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "{sent:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_stored_traceparent_becomes_a_link() {
+        propagators();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let later = tracing::info_span!(target: "ftshop::work", "deferred order");
+            link_to(
+                &later,
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            );
+            link_to(&later, Some("garbage"));
+            link_to(&later, None);
+            // Its own trace: a link is not a parent.
+            assert_ne!(
+                trace_id_of(&later).as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            );
+        });
+    }
+
+    #[test]
+    fn parses_the_spec_example_and_refuses_malformed_values() {
+        let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let parsed = parse_traceparent(header).expect("valid traceparent");
+        assert_eq!(
+            parsed.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(parsed.span_id().to_string(), "00f067aa0ba902b7");
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e47-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
         ] {
-            assert_eq!(TraceContext::parse(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn a_uuid_request_id_becomes_the_trace_id() {
-        let id = "0191f3a2-7c4e-7d3a-9b1e-2f4a5c6d7e8f";
-        let root = TraceContext::for_request(None, Some(id));
-        assert_eq!(root.trace_id(), "0191f3a27c4e7d3a9b1e2f4a5c6d7e8f");
-        assert_eq!(root.parent_span_id(), None);
-        let other = TraceContext::for_request(Some("garbage"), Some("not-a-uuid"));
-        assert_eq!(other.trace_id().len(), 32);
-    }
-
-    #[tokio::test]
-    async fn outgoing_calls_are_children_of_the_current_span() {
-        let ctx = TraceContext::root(None);
-        let sent = ctx.scope(None, async { outgoing_traceparent("x") }).await;
-        let parsed = TraceContext::parse(&sent).expect("valid");
-        assert_eq!(parsed.trace_id(), ctx.trace_id());
-        assert_ne!(parsed.span_id(), ctx.span_id());
-        // Outside any request: a new trace.
-        let outside = TraceContext::parse(&outgoing_traceparent("x")).expect("valid");
-        assert_ne!(outside.trace_id(), ctx.trace_id());
-    }
-}
-
-/// Which side of a call a span describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpanKind {
-    /// This process answering a request.
-    Server,
-    /// This process calling another.
-    Client,
-}
-
-/// A finished span, handed to [`export_span`].
-#[derive(Debug, Clone)]
-pub struct FinishedSpan {
-    /// `service.name` of the process (`ecommerce`, `store`, ...).
-    pub service: &'static str,
-    /// `POST /buy`, `GET /product`, ...
-    pub name: String,
-    pub kind: SpanKind,
-    pub context: TraceContext,
-    pub start: std::time::SystemTime,
-    pub end: std::time::SystemTime,
-    pub attributes: Vec<(&'static str, String)>,
-    pub error: bool,
-}
-
-/// Sends `span` to the OTLP collector when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; does nothing otherwise. Never blocks: spans
-/// are batched by a background task and dropped when its queue is full.
-pub fn export_span(span: FinishedSpan) {
-    if let Some(exporter) = otlp::global() {
-        exporter.send(span);
-    }
-}
-
-/// The context for an outgoing call: a child of the current request's span, or a new trace
-/// (keyed by `request_id` when it is a UUID) for work outside any request.
-pub fn outgoing_context(request_id: &str) -> TraceContext {
-    current()
-        .map(|c| c.child())
-        .unwrap_or_else(|| TraceContext::root(Some(request_id)))
-}
-
-/// OTLP trace export over HTTP with JSON encoding (`http/json`, what an OpenTelemetry Collector,
-/// Jaeger or Tempo accept on port 4318), written against tokio alone: plain `http://`
-/// endpoints, no extra dependency. Spans carry the same trace and span ids as the logs and the
-/// `traceparent` headers, so a trace in the collector and a `grep` of the logs agree.
-pub mod otlp {
-    use std::sync::OnceLock;
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-    use serde_json::{Value, json};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::sync::mpsc;
-
-    use super::{FinishedSpan, SpanKind};
-
-    /// Spans waiting for export; beyond this they are dropped (and counted).
-    const QUEUE: usize = 4096;
-    const BATCH: usize = 512;
-    const FLUSH_EVERY: Duration = Duration::from_secs(1);
-    const POST_TIMEOUT: Duration = Duration::from_secs(3);
-
-    /// Where spans go: `host:port` and the request path.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub struct Endpoint {
-        pub authority: String,
-        pub path: String,
-    }
-
-    impl Endpoint {
-        /// From the standard variables: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is used as is,
-        /// `OTEL_EXPORTER_OTLP_ENDPOINT` gets `/v1/traces` appended.
-        pub fn from_env() -> Option<Result<Self, String>> {
-            let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-            if let Some(url) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-                return Some(Self::parse(&url, false));
-            }
-            var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|url| Self::parse(&url, true))
-        }
-
-        pub fn parse(url: &str, append_signal_path: bool) -> Result<Self, String> {
-            let uri: axum::http::Uri = url
-                .trim()
-                .parse()
-                .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-            if uri.scheme_str() != Some("http") {
-                return Err(format!(
-                    "{url:?}: only plain http:// endpoints are supported (http/json)"
-                ));
-            }
-            let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
-            let authority = format!("{host}:{}", uri.port_u16().unwrap_or(80));
-            let base = uri.path().trim_end_matches('/');
-            let path = if append_signal_path {
-                format!("{base}/v1/traces")
-            } else if base.is_empty() {
-                "/".to_owned()
-            } else {
-                base.to_owned()
-            };
-            Ok(Self { authority, path })
-        }
-    }
-
-    /// A running exporter: a queue and the task draining it.
-    #[derive(Debug, Clone)]
-    pub struct Exporter {
-        tx: mpsc::Sender<FinishedSpan>,
-    }
-
-    impl Exporter {
-        /// Starts the export task on the current tokio runtime.
-        pub fn start(endpoint: Endpoint) -> Self {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(run(endpoint, rx));
-            Self { tx }
-        }
-
-        pub fn send(&self, span: FinishedSpan) {
-            if !span.context.sampled {
-                return;
-            }
-            if self.tx.try_send(span).is_err() {
-                metrics::counter!("otlp_spans_total", "outcome" => "dropped").increment(1);
-            }
-        }
-    }
-
-    /// The process's exporter, configured from the environment on first use (inside a tokio
-    /// runtime); `None` when no endpoint is set or it is unusable (logged once).
-    pub fn global() -> Option<&'static Exporter> {
-        static GLOBAL: OnceLock<Option<Exporter>> = OnceLock::new();
-        GLOBAL
-            .get_or_init(|| {
-                let endpoint = match Endpoint::from_env()? {
-                    Ok(endpoint) => endpoint,
-                    Err(reason) => {
-                        tracing::warn!(%reason, "OTLP trace export disabled");
-                        return None;
-                    }
-                };
-                tokio::runtime::Handle::try_current().ok()?;
-                tracing::info!(endpoint = %endpoint.authority, path = %endpoint.path, "exporting traces over OTLP (http/json)");
-                Some(Exporter::start(endpoint))
-            })
-            .as_ref()
-    }
-
-    async fn run(endpoint: Endpoint, mut rx: mpsc::Receiver<FinishedSpan>) {
-        let mut warned = false;
-        loop {
-            let Some(first) = rx.recv().await else {
-                return;
-            };
-            let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
-            while batch.len() < BATCH {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(span)) => batch.push(span),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            let body = encode(&batch).to_string();
-            let outcome = match tokio::time::timeout(POST_TIMEOUT, post(&endpoint, &body)).await {
-                Ok(Ok(())) => "exported",
-                Ok(Err(reason)) => {
-                    if !warned {
-                        tracing::warn!(%reason, "OTLP export failed (further failures are counted in otlp_spans_total)");
-                        warned = true;
-                    }
-                    "failed"
-                }
-                Err(_) => {
-                    if !warned {
-                        tracing::warn!(
-                            "OTLP export timed out (further failures are counted in otlp_spans_total)"
-                        );
-                        warned = true;
-                    }
-                    "failed"
-                }
-            };
-            metrics::counter!("otlp_spans_total", "outcome" => outcome)
-                .increment(batch.len() as u64);
-        }
-    }
-
-    /// One HTTP/1.1 POST; `Ok` on a 2xx answer.
-    async fn post(endpoint: &Endpoint, body: &str) -> Result<(), String> {
-        let mut stream = tokio::net::TcpStream::connect(&endpoint.authority)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", endpoint.authority))?;
-        let request = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            endpoint.path,
-            endpoint.authority,
-            body.len()
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        stream
-            .write_all(body.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut head = Vec::with_capacity(256);
-        let mut chunk = [0u8; 256];
-        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
-            let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&chunk[..n]);
-        }
-        let status_line = String::from_utf8_lossy(&head);
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| "no HTTP status in the collector's answer".to_owned())?;
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(format!("the collector answered {status}"))
-        }
-    }
-
-    /// The OTLP/JSON `ExportTraceServiceRequest` for `spans`, one resource per service.
-    pub fn encode(spans: &[FinishedSpan]) -> Value {
-        let mut services: Vec<&'static str> = spans.iter().map(|s| s.service).collect();
-        services.sort_unstable();
-        services.dedup();
-        let resource_spans: Vec<Value> = services
-            .into_iter()
-            .map(|service| {
-                let spans: Vec<Value> = spans
-                    .iter()
-                    .filter(|s| s.service == service)
-                    .map(encode_span)
-                    .collect();
-                json!({
-                    "resource": { "attributes": [attribute("service.name", service)] },
-                    "scopeSpans": [{
-                        "scope": { "name": "ftshop", "version": env!("CARGO_PKG_VERSION") },
-                        "spans": spans,
-                    }],
-                })
-            })
-            .collect();
-        json!({ "resourceSpans": resource_spans })
-    }
-
-    fn encode_span(span: &FinishedSpan) -> Value {
-        let nanos = |t: SystemTime| {
-            t.duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-                .to_string()
-        };
-        let mut value = json!({
-            "traceId": span.context.trace_id(),
-            "spanId": span.context.span_id(),
-            "name": span.name,
-            // SPAN_KIND_SERVER = 2, SPAN_KIND_CLIENT = 3.
-            "kind": match span.kind { SpanKind::Server => 2, SpanKind::Client => 3 },
-            "startTimeUnixNano": nanos(span.start),
-            "endTimeUnixNano": nanos(span.end),
-            "attributes": span.attributes.iter().map(|(k, v)| attribute(k, v)).collect::<Vec<_>>(),
-            // STATUS_CODE_UNSET = 0, STATUS_CODE_ERROR = 2.
-            "status": { "code": if span.error { 2 } else { 0 } },
-        });
-        if let (Some(parent), Some(map)) = (span.context.parent_span_id(), value.as_object_mut()) {
-            map.insert("parentSpanId".to_owned(), Value::String(parent));
-        }
-        value
-    }
-
-    fn attribute(key: &str, value: &str) -> Value {
-        json!({ "key": key, "value": { "stringValue": value } })
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-        use crate::telemetry::TraceContext;
-
-        fn span(service: &'static str, kind: SpanKind, context: TraceContext) -> FinishedSpan {
-            let start = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
-            FinishedSpan {
-                service,
-                name: "POST /buy".to_owned(),
-                kind,
-                context,
-                start,
-                end: start + Duration::from_millis(12),
-                attributes: vec![("http.route", "/buy".to_owned())],
-                error: false,
-            }
-        }
-
-        #[test]
-        fn endpoints_follow_the_otel_variables() {
-            let base = Endpoint::parse("http://127.0.0.1:4318", true);
-            assert_eq!(
-                base,
-                Ok(Endpoint {
-                    authority: "127.0.0.1:4318".to_owned(),
-                    path: "/v1/traces".to_owned()
-                })
-            );
-            let full = Endpoint::parse("http://collector/custom/traces", false);
-            assert_eq!(
-                full.map(|e| (e.authority, e.path)),
-                Ok(("collector:80".to_owned(), "/custom/traces".to_owned()))
-            );
-            assert!(Endpoint::parse("https://collector:4318", true).is_err());
-            assert!(Endpoint::parse("not a url", true).is_err());
-        }
-
-        #[test]
-        fn encodes_ids_as_hex_with_the_parent_and_one_resource_per_service() {
-            let root = TraceContext::root(None);
-            let child = root.child();
-            let body = encode(&[
-                span("ecommerce", SpanKind::Server, root),
-                span("store", SpanKind::Server, child),
-            ]);
-            let resources = body["resourceSpans"].as_array().map(Vec::len);
-            assert_eq!(resources, Some(2));
-            let store = &body["resourceSpans"][1];
-            assert_eq!(
-                store["resource"]["attributes"][0]["value"]["stringValue"],
-                "store"
-            );
-            let s = &store["scopeSpans"][0]["spans"][0];
-            assert_eq!(s["traceId"], root.trace_id());
-            assert_eq!(s["spanId"], child.span_id());
-            assert_eq!(s["parentSpanId"], root.span_id());
-            assert_eq!(s["kind"], 2);
-            assert_eq!(s["startTimeUnixNano"], "1700000000000000000");
-            assert_eq!(s["endTimeUnixNano"], "1700000000012000000");
-            let root_span = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
-            assert!(root_span.get("parentSpanId").is_none());
-        }
-
-        #[tokio::test]
-        async fn the_exporter_posts_batches_to_the_collector() {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let exporter = Exporter::start(Endpoint {
-                authority: addr.to_string(),
-                path: "/v1/traces".to_owned(),
-            });
-            let ctx = TraceContext::root(None);
-            exporter.send(span("fidelity", SpanKind::Server, ctx));
-
-            let (mut conn, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
-                .await
-                .expect("the exporter connects within its flush interval")
-                .expect("accept");
-            let mut received = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = conn.read(&mut buf).await.expect("read");
-                received.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&received);
-                if n == 0 || text.contains(&ctx.trace_id()) && text.ends_with('}') {
-                    break;
-                }
-            }
-            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
-                .await
-                .expect("answer");
-            let text = String::from_utf8_lossy(&received);
-            assert!(text.starts_with("POST /v1/traces HTTP/1.1\r\n"), "{text}");
-            assert!(text.contains("Content-Type: application/json"));
-            assert!(text.contains(&ctx.trace_id()));
+            assert!(parse_traceparent(bad).is_none(), "{bad:?}");
         }
     }
 }

@@ -17,6 +17,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 tokio::task_local! {
     static FATE: Arc<Fate>;
+    /// The number of the attempt being polled (1 for the first) in the innermost retry or
+    /// hedge around it, for the attempt spans of the policies inside.
+    static NUMBER: u32;
+}
+
+/// Runs `fut` as attempt number `n` (1-based) of the enclosing retry or hedge.
+pub(crate) fn numbered<F: Future>(n: u32, fut: F) -> impl Future<Output = F::Output> {
+    NUMBER.scope(n, fut)
+}
+
+/// The number of the attempt being polled: 1 outside any retry or hedge.
+pub(crate) fn number() -> u32 {
+    NUMBER.try_with(|n| *n).unwrap_or(1)
 }
 
 /// The fate of one attempt, shared between the hedge that runs it and the permits inside it.

@@ -38,6 +38,7 @@ pub struct Policy<E> {
     retry: Option<(RetryPolicy<E>, RetryMetrics)>,
     hedge: Option<(HedgePolicy, HedgeMetrics)>,
     failure_if: Option<FailureIf<E>>,
+    span_attempts: bool,
 }
 
 impl<E> Clone for Policy<E> {
@@ -50,6 +51,7 @@ impl<E> Clone for Policy<E> {
             retry: self.retry.clone(),
             hedge: self.hedge.clone(),
             failure_if: self.failure_if.clone(),
+            span_attempts: self.span_attempts,
         }
     }
 }
@@ -78,6 +80,7 @@ impl<E> Policy<E> {
             retry: None,
             hedge: None,
             failure_if: None,
+            span_attempts: false,
         }
     }
 
@@ -126,6 +129,20 @@ impl<E> Policy<E> {
         F: Fn(&E) -> bool + Send + Sync + 'static,
     {
         self.failure_if = Some(Arc::new(is_failure));
+        self
+    }
+
+    /// Runs each attempt in its own `tracing` span (target `ftshop::trace::attempt`, name
+    /// `attempt`),
+    /// for the trace of a call: `otel.name` `attempt <policy name>` (`attempt store-1.sell`),
+    /// `resilience.policy`, `resilience.attempt` (1-based number within the enclosing retry or
+    /// hedge), `resilience.breaker.state` when the attempt began, and `resilience.outcome`:
+    /// `success`, `failure` (counted against the breaker), `error` (an error the breaker does
+    /// not count, a 404 say), `timeout`, `breaker_open` (rejected, with a `breaker rejected`
+    /// event; nothing was sent) or `bulkhead_full`. Meant for policies guarding one replica of
+    /// a remote dependency; with no `tracing` subscriber interested the span costs nothing.
+    pub fn span_attempts(mut self) -> Self {
+        self.span_attempts = true;
         self
     }
 
@@ -205,6 +222,56 @@ impl<E> Policy<E> {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        if !self.span_attempts {
+            return self.attempt_unspanned(deadline, call).await;
+        }
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            target: "ftshop::trace::attempt",
+            "attempt",
+            otel.name = format_args!("attempt {}", self.name),
+            otel.status_code = tracing::field::Empty,
+            resilience.policy = &*self.name,
+            resilience.attempt = crate::attempt::number(),
+            resilience.breaker.state = self.breaker.as_ref().map(|b| b.state().as_str()),
+            resilience.outcome = tracing::field::Empty,
+        );
+        let result = self
+            .attempt_unspanned(deadline, call)
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled() {
+            let outcome = match &result {
+                Ok(_) => "success",
+                Err(ResilienceError::Inner(err)) => {
+                    if self.failure_if.as_ref().is_none_or(|f| f(err)) {
+                        "failure"
+                    } else {
+                        "error"
+                    }
+                }
+                Err(ResilienceError::Timeout) => "timeout",
+                Err(ResilienceError::BreakerOpen { .. }) => "breaker_open",
+                Err(ResilienceError::BulkheadFull) => "bulkhead_full",
+                Err(_) => "other",
+            };
+            span.record("resilience.outcome", outcome);
+            if !matches!(outcome, "success" | "error") {
+                span.record("otel.status_code", "error");
+            }
+        }
+        result
+    }
+
+    async fn attempt_unspanned<T, F, Fut>(
+        &self,
+        deadline: Option<Instant>,
+        call: &F,
+    ) -> Result<T, ResilienceError<E>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         // The attempt's budget starts now: waiting for a bulkhead slot spends it too.
         let attempt_deadline = match (self.timeout, deadline) {
             (None, None) => None,
@@ -235,11 +302,10 @@ impl<E> Policy<E> {
             None => None,
         };
         let permit = match &self.breaker {
-            Some(breaker) => Some(
-                breaker
-                    .try_acquire()
-                    .map_err(|open| ResilienceError::BreakerOpen { name: open.name })?,
-            ),
+            Some(breaker) => Some(breaker.try_acquire().map_err(|open| {
+                tracing::info!(breaker = %open.name, "breaker rejected");
+                ResilienceError::BreakerOpen { name: open.name }
+            })?),
             None => None,
         };
         let result = match TimeoutFuture::new(call(), attempt_deadline).await {

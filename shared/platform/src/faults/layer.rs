@@ -25,6 +25,7 @@ fn exempt(route: &str) -> bool {
         || route.starts_with("/admin")
         || route.starts_with("/docs")
         || route == "/metrics"
+        || route == "/metrics/exemplars"
         || route == "/openapi.json"
 }
 
@@ -47,7 +48,13 @@ pub async fn inject(
     let Some(injection) = engine.decide(request.method(), &route) else {
         return next.run(request).await;
     };
-    tracing::info!(kind = %injection.kind, route = %route, "fault injected");
+    // An event of the request's server span: the trace shows which fault hit the request.
+    tracing::info!(
+        kind = %injection.kind,
+        route = %route,
+        window_ms = u64::try_from(injection.window.as_millis()).unwrap_or(u64::MAX),
+        "fault injected"
+    );
     match injection.kind {
         FaultKind::Crash => {
             engine.crash();

@@ -163,6 +163,9 @@ impl FaultRule {
 pub struct Injection {
     pub kind: FaultKind,
     pub latency: Duration,
+    /// The rule's window: once drawn, the fault hits every matching request for this long
+    /// (zero: each request is drawn alone). In the request span's `fault injected` event.
+    pub window: Duration,
 }
 
 /// The fault rules of one process and their random streams and windows.
@@ -401,6 +404,7 @@ impl FaultEngine {
                 let latency_ms = live.rule.latency_ms;
                 let label_route = route_label(route_labels, &live.rule.route);
                 let window_on = live.active_until.is_some();
+                let window = Duration::from_millis(live.rule.window_ms);
                 drop(state);
                 let labels = [
                     ("service", self.service.to_owned()),
@@ -417,6 +421,7 @@ impl FaultEngine {
                         FaultKind::Latency => Duration::from_millis(latency_ms),
                         _ => Duration::ZERO,
                     },
+                    window,
                 });
             }
         }

@@ -150,14 +150,16 @@ async fn rules_match_route_method_service_and_instance() {
         engine.decide(&http::Method::POST, "/sell"),
         Some(Injection {
             kind: FaultKind::Error,
-            latency: Duration::ZERO
+            latency: Duration::ZERO,
+            window: Duration::ZERO,
         })
     );
     assert_eq!(
         engine.decide(&http::Method::GET, "/product"),
         Some(Injection {
             kind: FaultKind::Latency,
-            latency: Duration::from_millis(750)
+            latency: Duration::from_millis(750),
+            window: Duration::ZERO,
         })
     );
     assert!(engine.decide(&http::Method::GET, "/products").is_none());

@@ -80,7 +80,7 @@ impl HedgePolicy {
             budget.deposit();
         }
         let primary_fate = Fate::nested();
-        let primary = attempt::scope(primary_fate.clone(), attempt());
+        let primary = attempt::scope(primary_fate.clone(), attempt::numbered(1, attempt()));
         tokio::pin!(primary);
         let hedge_timer = tokio::time::sleep(self.delay);
         tokio::select! {
@@ -95,9 +95,15 @@ impl HedgePolicy {
             && !budget.try_withdraw()
         {
             metrics.budget_exhausted.increment(1);
+            tracing::info!(
+                name = metrics.name.as_ref(),
+                "hedge not sent: retry budget exhausted"
+            );
             return primary.await;
         }
-        let hedge = attempt::scope(Fate::nested(), attempt());
+        // Events of the enclosing span (the purchase's), next to the two attempt spans.
+        tracing::info!(name = metrics.name.as_ref(), delay = ?self.delay, "hedge fired");
+        let hedge = attempt::scope(Fate::nested(), attempt::numbered(2, attempt()));
         tokio::pin!(hedge);
         let primary_failed_first = tokio::select! {
             biased;
@@ -111,6 +117,7 @@ impl HedgePolicy {
             result = &mut hedge => match result {
                 Ok(value) => {
                     metrics.hedge_won.increment(1);
+                    tracing::info!(name = metrics.name.as_ref(), "hedge won");
                     // The first attempt, still pending, is dropped on return: it lost a race it
                     // started first.
                     primary_fate.supersede();
@@ -128,6 +135,7 @@ impl HedgePolicy {
             Ok(value) => {
                 if primary_failed_first {
                     metrics.hedge_won.increment(1);
+                    tracing::info!(name = metrics.name.as_ref(), "hedge won");
                 } else {
                     metrics.primary_won.increment(1);
                 }
@@ -145,6 +153,8 @@ impl HedgePolicy {
 /// delay), `primary_won`, `hedge_won`, `both_failed`, `budget_exhausted` (no hedge sent).
 #[derive(Debug, Clone)]
 pub(crate) struct HedgeMetrics {
+    /// The policy's name, for the events in traces.
+    pub(crate) name: std::sync::Arc<str>,
     not_needed: Counter,
     primary_won: Counter,
     hedge_won: Counter,
@@ -156,6 +166,7 @@ impl HedgeMetrics {
     pub(crate) fn new(name: &str) -> Self {
         let counter = |outcome: &'static str| metrics::counter!("resilience_hedge_total", "name" => name.to_owned(), "outcome" => outcome);
         HedgeMetrics {
+            name: name.into(),
             not_needed: counter("not_needed"),
             primary_won: counter("primary_won"),
             hedge_won: counter("hedge_won"),

@@ -174,7 +174,7 @@ impl<E> RetryPolicy<E> {
         let mut retries = 0u32;
         let mut schedule = None;
         loop {
-            let err = match attempt().await {
+            let err = match crate::attempt::numbered(retries + 1, attempt()).await {
                 Ok(value) => {
                     metrics.success(retries);
                     return Ok(value);
@@ -202,7 +202,12 @@ impl<E> RetryPolicy<E> {
             if let Some(budget) = &self.budget
                 && !budget.try_withdraw()
             {
-                tracing::debug!(error = err.kind(), "retry budget exhausted");
+                // An event of the enclosing span (the purchase's): why no replica was tried next.
+                tracing::info!(
+                    name = metrics.name.as_ref(),
+                    error = err.kind(),
+                    "retry budget exhausted"
+                );
                 metrics.budget_exhausted.increment(1);
                 return Err(ResilienceError::BudgetExhausted);
             }
@@ -224,6 +229,8 @@ fn round_to_micros(delay: Duration) -> Duration {
 /// `resilience_retry_calls_total{name,kind}` handles, registered once per policy.
 #[derive(Debug, Clone)]
 pub(crate) struct RetryMetrics {
+    /// The policy's name, for the events in traces.
+    pub(crate) name: std::sync::Arc<str>,
     success_without_retry: Counter,
     success_with_retry: Counter,
     failed_with_retry: Counter,
@@ -235,6 +242,7 @@ impl RetryMetrics {
     pub(crate) fn new(name: &str) -> Self {
         let counter = |kind: &'static str| metrics::counter!("resilience_retry_calls_total", "name" => name.to_owned(), "kind" => kind);
         RetryMetrics {
+            name: name.into(),
             success_without_retry: counter("success_without_retry"),
             success_with_retry: counter("success_with_retry"),
             failed_with_retry: counter("failed_with_retry"),
