@@ -6,8 +6,8 @@
 # off side by side, the invariants, 401 without the token, the page's CPU cost (< 2 % of a
 # core), screenshots at 1280x800 and 390x844.
 #
-# Time: about 2 minutes after the build (20 s of load, up to 30 s of drain, 2 x 20 s of CPU
-# measurement); the first run also installs chromium (~1 min).
+# Time: about 2.5 minutes after the build (100 s of CPU measurement, 20 s of load, a few seconds
+# of drain); the first run also installs chromium (~1 min).
 # Env: FTSHOP_BIN (default: `cargo build --bin ftshop`, debug), CONTROL_ROOM_OUT (screenshots;
 # default target/control-room-browser).
 set -euo pipefail

@@ -222,7 +222,7 @@ function renderFaults(snap) {
     }));
     const rows = rules.map((r, i) => h('tr', {},
       h('td', {}, ruleLabel(r.rule)),
-      h('td', {}, r.active ? `active, ${(r.active_remaining_ms / 1000).toFixed(1)} s left` : 'idle'),
+      h('td', {}, r.active ? `active, ${(r.active_remaining_ms / 1000).toFixed(0)} s left` : 'idle'),
       h('td', {}, r.injected),
       h('td', {}, r.expires_in_secs ? `${r.expires_in_secs} s` : 'never'),
       h('td', {}, h('div', { class: 'buttons' },
