@@ -92,6 +92,12 @@ pub struct UpArgs {
     #[arg(long, env = "FTSHOP_FAULT_SEED")]
     pub fault_seed: Option<u64>,
 
+    /// Async runtime threads of each service process (`ftshop serve --runtime-threads`): 1, a
+    /// current-thread runtime, is the cheapest when six processes share a few cores
+    /// (docs/benchmarks/happy-path.md); 0 gives each process one worker per core.
+    #[arg(long, env = "FTSHOP_RUNTIME_THREADS", default_value_t = 1)]
+    pub runtime_threads: usize,
+
     /// `files` writes each process's log to <data-dir>/logs/<name>.log; `inherit` prints them here.
     #[arg(long, default_value = "files", value_parser = ["files", "inherit"])]
     pub logs: String,
@@ -219,6 +225,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             token: token.clone(),
             database_url: args.database_url.clone(),
             redis_url: args.redis_url.clone(),
+            runtime_threads: args.runtime_threads,
             log_file: (args.logs == "files")
                 .then(|| data_dir.join("logs").join(format!("{}.log", member.name))),
         };
@@ -424,6 +431,7 @@ struct ChildEnv {
     token: String,
     database_url: Option<String>,
     redis_url: Option<String>,
+    runtime_threads: usize,
     log_file: Option<PathBuf>,
 }
 
@@ -614,6 +622,7 @@ fn spawn(member: &Member, env: &ChildEnv, epoch: u64) -> anyhow::Result<Child> {
         .env("FTSHOP_ADMIN_TOKEN", &env.token)
         .env("FTSHOP_FAULT_EPOCH", epoch.to_string())
         .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
+        .env("FTSHOP_RUNTIME_THREADS", env.runtime_threads.to_string())
         // One port per process: members of one `up` would all try to bind the same one.
         .env_remove("FTSHOP_HEALTH_PORT")
         .stdin(Stdio::null())

@@ -279,6 +279,11 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
+            // No ping before each use: on SQLite it only asks the connection's worker thread
+            // whether it is alive (it cannot see a lost file or a full disk: the statement's own
+            // error does, see `StorageFault`), and costs a round trip to that thread, two
+            // context switches, on every acquire (docs/benchmarks/happy-path.md).
+            .test_before_acquire(false)
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // WAL lets Store replicas in separate processes share one file; the busy
