@@ -25,6 +25,12 @@ struct Cli {
 enum Command {
     /// Run one service in the foreground.
     Serve {
+        /// Threads of the service's async runtime. 1: everything on the main thread (a
+        /// current-thread runtime; `ftshop up` sets it, six processes sharing a few cores hand
+        /// work between fewer threads: docs/benchmarks/happy-path.md); 0: one worker per core
+        /// (tokio's default, for one service per container or machine); N: N workers.
+        #[arg(long, env = "FTSHOP_RUNTIME_THREADS", default_value_t = 0)]
+        runtime_threads: usize,
         #[command(subcommand)]
         service: Service,
     },
@@ -77,15 +83,35 @@ fn main() -> anyhow::Result<()> {
     if matches!(cli.command, Command::Serve { .. }) {
         up::exit_with_supervisor()?;
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(cli))
+    let threads = match &cli.command {
+        Command::Serve {
+            runtime_threads, ..
+        } => *runtime_threads,
+        _ => 0,
+    };
+    runtime(threads)?.block_on(run(cli))
+}
+
+/// The async runtime: current-thread for `threads == 1`, else multi-threaded with `threads`
+/// workers (0: tokio's default, one per core).
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { service } => {
+        Command::Serve { service, .. } => {
             let (role, instance) = match &service {
                 Service::Ecommerce(c) => ("ecommerce", c.common.instance.as_deref()),
                 Service::Store(c) => ("store", c.common.instance.as_deref()),

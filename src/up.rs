@@ -92,6 +92,12 @@ pub struct UpArgs {
     #[arg(long, env = "FTSHOP_FAULT_SEED")]
     pub fault_seed: Option<u64>,
 
+    /// Async runtime threads of each service process (`ftshop serve --runtime-threads`): 1, a
+    /// current-thread runtime, is the cheapest when six processes share a few cores
+    /// (docs/benchmarks/happy-path.md); 0 gives each process one worker per core.
+    #[arg(long, env = "FTSHOP_RUNTIME_THREADS", default_value_t = 1)]
+    pub runtime_threads: usize,
+
     /// `files` writes each process's log to <data-dir>/logs/<name>.log; `inherit` prints them here.
     #[arg(long, default_value = "files", value_parser = ["files", "inherit"])]
     pub logs: String,
@@ -251,6 +257,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             token: token.clone(),
             database_url: args.database_url.clone(),
             redis_url: args.redis_url.clone(),
+            runtime_threads: args.runtime_threads,
             log_file: (args.logs == "files")
                 .then(|| data_dir.join("logs").join(format!("{}.log", member.name))),
         };
@@ -482,6 +489,7 @@ struct ChildEnv {
     token: String,
     database_url: Option<String>,
     redis_url: Option<String>,
+    runtime_threads: usize,
     log_file: Option<PathBuf>,
 }
 
@@ -690,6 +698,7 @@ fn spawn(member: &Member, env: &ChildEnv, epoch: u64) -> anyhow::Result<Child> {
         // Each member is its own service in a trace (one variable for all would name them all
         // alike); `--instance` gives the replica its `service.instance.id`.
         .env("OTEL_SERVICE_NAME", member.service)
+        .env("FTSHOP_RUNTIME_THREADS", env.runtime_threads.to_string())
         // One port per process: members of one `up` would all try to bind the same one.
         .env_remove("FTSHOP_HEALTH_PORT")
         .stdin(Stdio::null())

@@ -1,34 +1,180 @@
 #!/usr/bin/env bash
-# Happy-path throughput with wrk (no faults): POST /buy with ft=true and ft=false against the
-# real suite, and against a bare axum endpoint (examples/bare_axum.rs) in the same run, so the
-# cost of four calls, two databases and the fault-tolerance machinery is visible next to the
-# HTTP stack alone. Writes docs/benchmarks/runs/happy-path.txt.
+# Happy-path benchmark (no faults): POST /buy with ft=true and ft=false against the real suite
+# (`ftshop up --faults off`, release build) on SQLite and on PostgreSQL + Redis, and against a
+# bare axum endpoint (examples/bare_axum.rs), all in the same run. For each target it reports
+# throughput and latency (wrk) beside the CPU each purchase costs: utime + stime of the suite's
+# six service processes (from /proc/<pid>/stat, before and after the wrk run; wrk and the
+# supervisor excluded), divided by the purchases answered 2xx. At the end, the suite at rest:
+# CPU share of a core and RSS of all seven processes (six services + supervisor).
+# Writes docs/benchmarks/runs/happy-path.txt (raw wrk output and the table).
 #
 # Usage: scripts/bench/happy-path.sh [duration] [connections]     e.g.  20s 32
+# Environment:
+#   BACKENDS      "sqlite postgres" (default); postgres needs the server of
+#                 scripts/ci/ensure-services.sh (run it first) or PG_URL
+#   PG_URL        admin URL of a PostgreSQL server (default postgres://postgres@127.0.0.1:5432/postgres);
+#                 the run creates and drops its own database on it
+#   REDIS_URL     Redis for the PostgreSQL run (default redis://127.0.0.1:6379/9)
+#   WRK_THREADS   wrk threads (default 2)
+#   IDLE_SECONDS  how long the idle suite is measured (default 20)
+#   SKIP_BUILD=1  use the binaries already in target/release (FTSHOP_BIN: another ftshop binary)
+#   WITH_BARE=0   skip the bare axum line
+#   PORT_BASE     first port (default 24080; the run uses base..base+60 and base+100..base+160)
 # Traffic goes to 127.0.0.1 only, bounded by `duration`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-20s}"; CONNS="${2:-32}"
-command -v wrk >/dev/null || { sudo=""; [[ $(id -u) -ne 0 ]] && sudo=sudo; $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk; }
-cargo build --release -p ftshop --example bare_axum
-BIN=./target/release/ftshop
-OUT=docs/benchmarks/runs/happy-path.txt
+BACKENDS="${BACKENDS:-sqlite postgres}"
+WRK_THREADS="${WRK_THREADS:-2}"
+IDLE_SECONDS="${IDLE_SECONDS:-20}"
+PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+BENCH_REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/9}"
 PORT_BASE="${PORT_BASE:-24080}"
+OUT=docs/benchmarks/runs/happy-path.txt
+export CARGO_INCREMENTAL=0
+
+if ! command -v wrk >/dev/null; then
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk
+fi
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  cargo build --release -p ftshop --bin ftshop --example bare_axum
+fi
+BIN="${FTSHOP_BIN:-./target/release/ftshop}"
+BARE_BIN=./target/release/examples/bare_axum
 export FTSHOP_CATALOG="$PWD/scripts/bench/catalog.json"
-DIR="$(mktemp -d)"
-"$BIN" up --data-dir "$DIR" --port-base "$PORT_BASE" --faults off > "$DIR/up.out" 2>&1 &
-UP=$!
-./target/release/examples/bare_axum "127.0.0.1:$((PORT_BASE + 50))" > /dev/null &
-BARE=$!
-trap 'kill -TERM $UP $BARE 2>/dev/null; wait $UP 2>/dev/null; rm -rf "$DIR"' EXIT
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$PORT_BASE/health/ready" > /dev/null 2>&1 && break; sleep 0.2
-done
-{
-  echo "# happy path, $(date -u +%FT%TZ), $(nproc) cores, wrk -t2 -c$CONNS -d$DURATION, faults off"
-  for target in "ft=true:true:$PORT_BASE" "ft=false:false:$PORT_BASE" "bare-axum:true:$((PORT_BASE + 50))"; do
-    IFS=: read -r name ft port <<< "$target"
-    echo "## $name"
-    FT="$ft" wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s scripts/bench/buy.lua "http://127.0.0.1:$port"
+TCK=$(getconf CLK_TCK)
+WORK="$(mktemp -d)"
+UP=""; BARE=""; PG_DB=""
+cleanup() {
+  [[ -n "$UP" ]] && { kill -TERM "$UP" 2>/dev/null || true; wait "$UP" 2>/dev/null || true; }
+  [[ -n "$BARE" ]] && { kill -TERM "$BARE" 2>/dev/null || true; wait "$BARE" 2>/dev/null || true; }
+  [[ -n "$PG_DB" ]] && psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# utime and stime (clock ticks) summed over the given pids: "user system".
+cpu_ticks() {
+  local pid u=0 s=0 rest
+  for pid in "$@"; do
+    # Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
+    rest=$(sed 's/^.*) //' "/proc/$pid/stat")
+    read -r -a f <<< "$rest"
+    u=$((u + f[11])); s=$((s + f[12]))
   done
+  echo "$u $s"
+}
+# Context switches (voluntary + involuntary) summed over every thread of the given pids.
+ctx_switches() {
+  local pid t=0
+  for pid in "$@"; do
+    t=$((t + $(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}')))
+  done
+  echo "$t"
+}
+rss_kb() { local pid t=0; for pid in "$@"; do t=$((t + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status"))); done; echo "$t"; }
+suite_pids() { jq -r '.members[].pid // empty' "$1/up.json"; }
+wait_ready() {
+  local url=$1
+  for _ in $(seq 300); do curl -sf "$url" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  echo "error: $url never became ready" >&2; return 1
+}
+
+ROWS=()
+# measure <label> <url> <ft> <pids...>: one wrk run, CPU of <pids> across it.
+measure() {
+  local label=$1 url=$2 ft=$3; shift 3
+  local before after log="$WORK/wrk-${label//[^a-z0-9]/_}.txt"
+  before=$(cpu_ticks "$@"); local cs_before; cs_before=$(ctx_switches "$@")
+  FT="$ft" wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency -s scripts/bench/buy.lua "$url" > "$log"
+  after=$(cpu_ticks "$@"); local cs_after; cs_after=$(ctx_switches "$@")
+  { echo "## $label"; cat "$log"; } >> "$WORK/raw.txt"
+  local line; line=$(grep '^RESULT ' "$log")
+  local req non2xx sockerr dur p50 p99
+  req=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<< "$line")
+  non2xx=$(sed -E 's/.*non2xx=([0-9]+).*/\1/' <<< "$line")
+  sockerr=$(sed -E 's/.*socket_errors=([0-9]+).*/\1/' <<< "$line")
+  dur=$(sed -E 's/.*duration_us=([0-9]+).*/\1/' <<< "$line")
+  p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<< "$line")
+  p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<< "$line")
+  read -r ub sb <<< "$before"; read -r ua sa <<< "$after"
+  ROWS+=("$(awk -v l="$label" -v r="$req" -v n="$non2xx" -v e="$sockerr" -v d="$dur" -v p50="$p50" -v p99="$p99" \
+    -v cs=$((cs_after - cs_before)) -v du=$((ua - ub)) -v ds=$((sa - sb)) -v t="$TCK" 'BEGIN {
+      ok = r - n; if (ok < 1) ok = 1
+      cpu = (du + ds) * 1000 / t / ok
+      ker = (du + ds) > 0 ? 100 * ds / (du + ds) : 0
+      printf "| %s | %.0f | %.1f | %.1f | %d | %.3f | %.0f %% | %.1f |", l, ok / (d / 1e6), p50 / 1000, p99 / 1000, n + e, cpu, ker, cs / ok
+    }')")
+}
+
+# run_suite <backend> <port base>: starts the suite, warms it up, measures ft=true and ft=false,
+# then the idle suite, and stops it.
+run_suite() {
+  local backend=$1 base=$2 dir="$WORK/$1" extra=()
+  mkdir -p "$dir"
+  if [[ "$backend" == postgres ]]; then
+    PG_DB="ftshop_bench_$$"
+    psql "$PG_URL" -qc "CREATE DATABASE $PG_DB" >/dev/null
+    extra=(--database-url "${PG_URL%/*}/$PG_DB" --redis-url "$BENCH_REDIS_URL")
+  fi
+  "$BIN" up --data-dir "$dir" --port-base "$base" --faults off "${extra[@]}" > "$dir/up.out" 2>&1 &
+  UP=$!
+  wait_ready "http://127.0.0.1:$base/health/ready"
+  local pids; mapfile -t pids < <(suite_pids "$dir")
+  [[ ${#pids[@]} -eq 6 ]] || { echo "error: expected 6 service pids, got ${pids[*]}" >&2; exit 1; }
+  # Warm-up: caches, connection pools, SQLite page cache; not measured.
+  FT=true wrk -t1 -c4 -d3s -s scripts/bench/buy.lua "http://127.0.0.1:$base" > /dev/null
+  measure "ft=true, $backend" "http://127.0.0.1:$base" true "${pids[@]}"
+  measure "ft=false, $backend" "http://127.0.0.1:$base" false "${pids[@]}"
+  # At rest: let the last requests' background work (outbox, WAL) settle first.
+  sleep 3
+  local before after rss
+  before=$(cpu_ticks "${pids[@]}" "$UP")
+  sleep "$IDLE_SECONDS"
+  after=$(cpu_ticks "${pids[@]}" "$UP")
+  rss=$(rss_kb "${pids[@]}" "$UP")
+  read -r ub sb <<< "$before"; read -r ua sa <<< "$after"
+  IDLE+=("$(awk -v b="$backend" -v t="$TCK" -v c=$((ua + sa - ub - sb)) -v s="$IDLE_SECONDS" -v rss="$rss" \
+    'BEGIN { printf "| %s | %.2f %% of a core | %.0f MB |", b, 100 * c / t / s, rss / 1024 }')")
+  kill -TERM "$UP"; wait "$UP" 2>/dev/null || true; UP=""
+  if [[ -n "$PG_DB" ]]; then
+    psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null; PG_DB=""
+  fi
+}
+
+IDLE=()
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+: > "$WORK/raw.txt"
+i=0
+for backend in $BACKENDS; do
+  run_suite "$backend" $((PORT_BASE + 100 * i))
+  i=$((i + 1))
+done
+# The floor: the HTTP stack alone (its own process's CPU per answer).
+if [[ "${WITH_BARE:-1}" == 1 ]]; then
+  BARE_PORT=$((PORT_BASE + 60))
+  "$BARE_BIN" "127.0.0.1:$BARE_PORT" > /dev/null &
+  BARE=$!
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$BARE_PORT") 2>/dev/null && break; sleep 0.1; done
+  FT=true wrk -t1 -c4 -d2s -s scripts/bench/buy.lua "http://127.0.0.1:$BARE_PORT" > /dev/null
+  measure "bare axum" "http://127.0.0.1:$BARE_PORT" true "$BARE"
+fi
+
+{
+  echo "# happy path, $(date -u +%FT%TZ), $(nproc) cores, load average before: $LOAD_BEFORE"
+  echo "# wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency -s scripts/bench/buy.lua, faults off, release build"
+  echo
+  echo "| target | purchases/s (2xx) | p50 ms | p99 ms | errors | CPU ms / purchase | of it kernel | context switches / purchase |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  printf '%s\n' "${ROWS[@]}"
+  echo
+  echo "CPU per purchase: utime + stime of the six service processes (bare axum: its one process),"
+  echo "before and after the wrk run, over the 2xx answers; wrk and the supervisor excluded."
+  echo
+  echo "| suite at rest (${IDLE_SECONDS} s, 7 processes) | CPU | RSS |"
+  echo "|---|---:|---:|"
+  printf '%s\n' "${IDLE[@]}"
+  echo
+  cat "$WORK/raw.txt"
 } | tee "$OUT"

@@ -58,28 +58,26 @@ pub struct QueueStats {
     pub dead_letters: i64,
 }
 
+/// The queue's figures, read in one statement: one snapshot, so a bonus dead-lettered between
+/// two reads can never be counted in both `depth` and `dead_letters`, or in neither.
 pub async fn stats(db: &Db) -> anyhow::Result<QueueStats> {
+    // SUM over no rows is NULL (and NUMERIC on PostgreSQL, which the Any driver cannot
+    // decode): COALESCE and CAST back to BIGINT.
     let row = db
         .run(|| {
             sqlx::query(
-                "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM pending_bonuses \
-                 WHERE dead_lettered_at IS NULL",
+                "SELECT CAST(COALESCE(SUM(CASE WHEN dead_lettered_at IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS n, \
+                 MIN(CASE WHEN dead_lettered_at IS NULL THEN created_at END) AS oldest, \
+                 CAST(COALESCE(SUM(CASE WHEN dead_lettered_at IS NULL THEN 0 ELSE 1 END), 0) AS BIGINT) AS dead \
+                 FROM pending_bonuses",
             )
-            .fetch_one(&db.pool)
+            .fetch_one(&db.readers)
         })
         .await
         .context("cannot read the pending queue")?;
     let depth: i64 = row.try_get("n")?;
     let oldest: Option<i64> = row.try_get("oldest")?;
-    let dead_letters: i64 = db
-        .run(|| {
-            sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pending_bonuses WHERE dead_lettered_at IS NOT NULL",
-            )
-            .fetch_one(&db.pool)
-        })
-        .await
-        .context("cannot count the dead letters")?;
+    let dead_letters: i64 = row.try_get("dead")?;
     let oldest_age_seconds = oldest.map_or(0.0, |t| (now_millis() - t).max(0) as f64 / 1000.0);
     metrics::gauge!("fidelity_pending_bonuses").set(depth as f64);
     metrics::gauge!("fidelity_oldest_pending_age_seconds").set(oldest_age_seconds);

@@ -149,7 +149,7 @@ impl Inventory {
     async fn product_row(&self, id: &str) -> Result<Option<Product>, sqlx::Error> {
         sqlx::query("SELECT id, name, value_cents, stock FROM products WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.db.pool)
+            .fetch_optional(&self.db.readers)
             .await?
             .map(|row| product_from_row(&row))
             .transpose()
@@ -157,7 +157,7 @@ impl Inventory {
 
     async fn product_rows(&self) -> Result<Vec<Product>, sqlx::Error> {
         let mut products = sqlx::query("SELECT id, name, value_cents, stock FROM products")
-            .fetch_all(&self.db.pool)
+            .fetch_all(&self.db.readers)
             .await?
             .iter()
             .map(product_from_row)
@@ -198,13 +198,9 @@ impl Inventory {
         product_id: &str,
         key: Option<&str>,
     ) -> Result<SellOutcome, SellError> {
-        // A separate statement, before the transaction: the transaction itself must write first.
-        if let Some(key) = key
-            && let Some(sale) = self.sale_by_key(key).await?
-        {
-            return replay(sale, product_id);
-        }
-
+        // A key seen before is found by the sale's own insert below (its unique index), not by
+        // a lookup first: a replay is rare, and the lookup cost every sale a round trip to the
+        // database (docs/benchmarks/happy-path.md). The decrement a replay made is rolled back.
         let mut tx = self.db.pool.begin().await?;
         let sold = sqlx::query(
             "UPDATE products SET stock = stock - 1 WHERE id = $1 AND stock > 0 \
@@ -215,6 +211,12 @@ impl Inventory {
         .await?;
         let Some(row) = sold else {
             tx.rollback().await?;
+            // Out of stock (or unknown) now, but the key may have sold a unit before.
+            if let Some(key) = key
+                && let Some(sale) = self.sale_by_key(key).await?
+            {
+                return replay(sale, product_id);
+            }
             return Err(match self.product_row(product_id).await? {
                 Some(_) => SellError::OutOfStock(product_id.to_owned()),
                 None => SellError::UnknownProduct(product_id.to_owned()),

@@ -37,6 +37,7 @@ on_both_backends!(
     products_are_listed_in_id_order,
     sell_decrements_stock_by_exactly_one,
     idempotent_sell_twice_sells_once,
+    a_key_replayed_after_its_product_sold_out_answers_its_sale,
     concurrent_sells_with_one_key_sell_once,
     concurrent_sells_never_oversell,
     two_instances_on_one_database_never_oversell,
@@ -289,6 +290,28 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
         before,
         "bad input changed the stock"
     );
+}
+
+/// A sale finds a replayed key by its own insert (no lookup first): the replay of a key whose
+/// product has sold out since must still answer the sale it made, not `409 out-of-stock`, and
+/// a replay that met stock must not keep the unit it decremented.
+async fn a_key_replayed_after_its_product_sold_out_answers_its_sale(backend: Backend) {
+    let store = spawn(backend).await;
+    let first = store.sell(LOW_STOCK_PRODUCT, Some("order-last")).await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    let replay = store.sell(LOW_STOCK_PRODUCT, Some("order-last")).await;
+    assert!(replay.replayed, "{replay:?}");
+    assert_eq!(store.stock(LOW_STOCK_PRODUCT).await, LOW_STOCK - 1);
+    for _ in 1..LOW_STOCK {
+        let sold = store.sell(LOW_STOCK_PRODUCT, None).await;
+        assert_eq!(sold.status, StatusCode::OK, "{sold:?}");
+    }
+    assert_eq!(store.stock(LOW_STOCK_PRODUCT).await, 0);
+    let replay = store.sell(LOW_STOCK_PRODUCT, Some("order-last")).await;
+    assert_eq!(replay.status, StatusCode::OK, "{replay:?}");
+    assert!(replay.replayed, "the replay is marked");
+    assert_eq!(replay.body, first.body, "a replay is the same answer");
+    assert_eq!(store.stock(LOW_STOCK_PRODUCT).await, 0);
 }
 
 async fn idempotency_key_reused_for_another_product_is_rejected(backend: Backend) {

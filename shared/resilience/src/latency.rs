@@ -22,6 +22,8 @@ pub struct LatencyEstimator {
     multiple: f64,
     floor: Duration,
     ceiling: Duration,
+    /// The timeout while fewer than `min_samples` calls are known.
+    initial: Duration,
 }
 
 impl LatencyEstimator {
@@ -53,7 +55,19 @@ impl LatencyEstimator {
             multiple,
             floor,
             ceiling,
+            initial: ceiling,
         })
+    }
+
+    /// The timeout while fewer than `min_samples` calls are known: `initial`, clamped to
+    /// `[floor, ceiling]`, instead of the ceiling. For a dependency whose normal answer time is
+    /// known to be far below the floor, starting at the floor means the calls made before
+    /// enough answers were seen (a process just started, a dependency slow since) give up as
+    /// early as later ones would, instead of each waiting out the ceiling.
+    #[must_use]
+    pub fn starting_at(mut self, initial: Duration) -> Self {
+        self.initial = initial.clamp(self.floor, self.ceiling);
+        self
     }
 
     /// Records the duration of a call that succeeded.
@@ -77,11 +91,12 @@ impl LatencyEstimator {
     }
 
     /// The timeout for the next call: `multiple × p99` clamped to `[floor, ceiling]`, or the
-    /// ceiling while fewer than `min_samples` calls are known.
+    /// initial timeout (the ceiling unless [`starting_at`](Self::starting_at) said otherwise)
+    /// while fewer than `min_samples` calls are known.
     pub fn timeout(&self) -> Duration {
         match self.quantile(0.99) {
             Some(p99) => p99.mul_f64(self.multiple).clamp(self.floor, self.ceiling),
-            None => self.ceiling,
+            None => self.initial,
         }
     }
 
@@ -124,6 +139,28 @@ mod tests {
             est.record(ms(100));
         }
         assert_eq!(est.timeout(), ms(150), "never above the ceiling");
+    }
+
+    #[test]
+    fn a_starting_timeout_holds_until_enough_is_known() {
+        let est = LatencyEstimator::try_new(64, 10, 4.0, ms(50), ms(150))
+            .unwrap()
+            .starting_at(ms(50));
+        assert_eq!(
+            est.timeout(),
+            ms(50),
+            "the starting timeout, not the ceiling"
+        );
+        for _ in 0..9 {
+            est.record(ms(30));
+        }
+        assert_eq!(est.timeout(), ms(50), "still fewer than min_samples");
+        est.record(ms(30));
+        assert_eq!(est.timeout(), ms(120), "4 × p99 once enough is known");
+        let clamped = LatencyEstimator::try_new(64, 10, 4.0, ms(50), ms(150))
+            .unwrap()
+            .starting_at(ms(1));
+        assert_eq!(clamped.timeout(), ms(50), "clamped to the floor");
     }
 
     #[test]
