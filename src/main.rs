@@ -25,10 +25,10 @@ struct Cli {
 enum Command {
     /// Run one service in the foreground.
     Serve {
-        /// Threads of the service's async runtime. 1: everything on the main thread (a
-        /// current-thread runtime; `ftshop up` sets it, six processes sharing a few cores hand
-        /// work between fewer threads: docs/benchmarks/happy-path.md); 0: one worker per core
-        /// (tokio's default, for one service per container or machine); N: N workers.
+        /// Threads of the service's async runtime. 0: one worker per core (tokio's default);
+        /// 1: everything on the main thread (a current-thread runtime: fewer thread hand-offs
+        /// and ~6 % less CPU per purchase, slower answers when the cores are contended:
+        /// docs/benchmarks/happy-path.md); N: N workers. `ftshop up --runtime-threads` sets it.
         #[arg(long, env = "FTSHOP_RUNTIME_THREADS", default_value_t = 0)]
         runtime_threads: usize,
         #[command(subcommand)]

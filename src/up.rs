@@ -92,10 +92,11 @@ pub struct UpArgs {
     #[arg(long, env = "FTSHOP_FAULT_SEED")]
     pub fault_seed: Option<u64>,
 
-    /// Async runtime threads of each service process (`ftshop serve --runtime-threads`): 1, a
-    /// current-thread runtime, is the cheapest when six processes share a few cores
-    /// (docs/benchmarks/happy-path.md); 0 gives each process one worker per core.
-    #[arg(long, env = "FTSHOP_RUNTIME_THREADS", default_value_t = 1)]
+    /// Async runtime threads of each service process (`ftshop serve --runtime-threads`): 0
+    /// gives each process one worker per core; 1, a current-thread runtime, costs ~6 % less CPU
+    /// per purchase but measured slower answers when the cores are contended
+    /// (docs/benchmarks/happy-path.md).
+    #[arg(long, env = "FTSHOP_RUNTIME_THREADS", default_value_t = 0)]
     pub runtime_threads: usize,
 
     /// `files` writes each process's log to <data-dir>/logs/<name>.log; `inherit` prints them here.

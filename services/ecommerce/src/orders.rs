@@ -705,23 +705,23 @@ async fn backlog_once(db: &Db) -> Result<Backlog, sqlx::Error> {
     let orders = sqlx::query(
         "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM orders WHERE status = 'pending'",
     )
-    .fetch_one(&db.readers)
+    .fetch_one(&db.pool)
     .await?;
     let outbox = sqlx::query(
         "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM bonus_outbox WHERE dead_lettered_at IS NULL",
     )
-    .fetch_one(&db.readers)
+    .fetch_one(&db.pool)
     .await?;
     let dead = sqlx::query(
         "SELECT COUNT(*) AS n, MIN(dead_lettered_at) AS oldest FROM bonus_outbox WHERE dead_lettered_at IS NOT NULL",
     )
-    .fetch_one(&db.readers)
+    .fetch_one(&db.pool)
     .await?;
     let late = sqlx::query(
         "SELECT COUNT(*) AS n FROM orders WHERE status = 'pending' AND promised_by IS NOT NULL AND promised_by < $1",
     )
     .bind(now)
-    .fetch_one(&db.readers)
+    .fetch_one(&db.pool)
     .await?;
     let age = |oldest: Option<i64>| oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
     Ok(Backlog {
@@ -835,7 +835,7 @@ async fn find_once(db: &Db, order_id: &str) -> Result<Option<OrderView>, sqlx::E
          FROM orders WHERE order_id = $1",
     )
     .bind(order_id.to_owned())
-    .fetch_optional(&db.readers)
+    .fetch_optional(&db.pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
     let status: String = row.try_get("status")?;

@@ -91,6 +91,6 @@ pub async fn balance(db: &Db, user: &str) -> Result<i64, sqlx::Error> {
         "SELECT CAST(COALESCE(SUM(points), 0) AS BIGINT) FROM credits WHERE user_id = $1",
     )
     .bind(user)
-    .fetch_one(&db.readers)
+    .fetch_one(&db.pool)
     .await
 }

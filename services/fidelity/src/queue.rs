@@ -71,7 +71,7 @@ pub async fn stats(db: &Db) -> anyhow::Result<QueueStats> {
                  CAST(COALESCE(SUM(CASE WHEN dead_lettered_at IS NULL THEN 0 ELSE 1 END), 0) AS BIGINT) AS dead \
                  FROM pending_bonuses",
             )
-            .fetch_one(&db.readers)
+            .fetch_one(&db.pool)
         })
         .await
         .context("cannot read the pending queue")?;

@@ -149,7 +149,7 @@ impl Inventory {
     async fn product_row(&self, id: &str) -> Result<Option<Product>, sqlx::Error> {
         sqlx::query("SELECT id, name, value_cents, stock FROM products WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.db.readers)
+            .fetch_optional(&self.db.pool)
             .await?
             .map(|row| product_from_row(&row))
             .transpose()
@@ -157,7 +157,7 @@ impl Inventory {
 
     async fn product_rows(&self) -> Result<Vec<Product>, sqlx::Error> {
         let mut products = sqlx::query("SELECT id, name, value_cents, stock FROM products")
-            .fetch_all(&self.db.readers)
+            .fetch_all(&self.db.pool)
             .await?
             .iter()
             .map(product_from_row)

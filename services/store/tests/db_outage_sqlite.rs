@@ -35,9 +35,7 @@ async fn a_closed_sqlite_pool_serves_stale_reads_and_fails_sales() {
     let catalog = store.timed_get("/products").await;
     assert!(!catalog.is_stale(), "{catalog:?}");
 
-    // Both of its pools: the writer and the readers (`Db::readers`).
     db.pool.close().await;
-    db.readers.close().await;
 
     let stale = store.timed_get("/product?product=3").await;
     assert_eq!(stale.status, StatusCode::OK, "{stale:?}");

@@ -26,19 +26,7 @@ pub enum Backend {
 /// how an outage's end is seen).
 #[derive(Debug, Clone)]
 pub struct Db {
-    /// Every write, and the reads of a write's own flow. On SQLite one connection per process
-    /// and file ([`SQLITE_WRITER_CONNECTIONS`]): SQLite lets one writer at a time have the file
-    /// anyway, so a second in-process writer could only wait for the lock in SQLite's busy
-    /// handler (sleeps of 1 to 100 ms, on the request path) and would make every other
-    /// connection's page cache stale with each commit; queued at the pool instead, writers take
-    /// turns in order with no sleep, and the one connection's cache stays warm
-    /// (docs/benchmarks/happy-path.md). PostgreSQL: the one pool of the service.
     pub pool: AnyPool,
-    /// Reads that need not queue behind the writer: order and balance lookups, catalog reads,
-    /// backlog figures. SQLite: up to [`SQLITE_READER_CONNECTIONS`] more connections, opened
-    /// when first needed (WAL readers never block the writer nor wait for it), `query_only`
-    /// so none can write by mistake. PostgreSQL: the same pool as `pool`.
-    pub readers: AnyPool,
     pub backend: Backend,
     /// The SQLite file this pool opened (`None` on PostgreSQL and in-memory SQLite).
     pub file: Option<DbFile>,
@@ -46,11 +34,6 @@ pub struct Db {
     /// When [`Db::reclaim_wal`] last ran a checkpoint (its rate limit).
     last_reclaim: std::sync::Arc<Mutex<Option<Instant>>>,
 }
-
-/// Connections of a SQLite [`Db::pool`] (the writer).
-pub const SQLITE_WRITER_CONNECTIONS: u32 = 1;
-/// Connections of a SQLite [`Db::readers`] pool.
-pub const SQLITE_READER_CONNECTIONS: u32 = 8;
 
 /// Bytes of the space reserve a data-dir database keeps beside it (see [`Db::reclaim_wal`]):
 /// room for the database file to take 64 pages out of the WAL when the disk is otherwise full.
@@ -108,7 +91,6 @@ impl Db {
         {
             tracing::warn!(error = %err, "WAL checkpoint at shutdown failed");
         }
-        self.readers.close().await;
         self.pool.close().await;
     }
 
@@ -294,17 +276,35 @@ impl Db {
     }
 
     async fn connect_sqlite(url: &str) -> anyhow::Result<Self> {
-        let pool = sqlite_pool_options(SQLITE_WRITER_CONNECTIONS, false)
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            // No ping before each use: on SQLite it only asks the connection's worker thread
+            // whether it is alive (it cannot see a lost file or a full disk: the statement's own
+            // error does, see `StorageFault`), and costs a round trip to that thread, two
+            // context switches, on every acquire (docs/benchmarks/happy-path.md).
+            .test_before_acquire(false)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets Store replicas in separate processes share one file; the busy
+                    // timeout makes a writer wait for the lock instead of failing at once.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    conn.execute(AssertSqlSafe(format!(
+                        "PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}"
+                    )))
+                    .await?;
+                    Ok(())
+                })
+            })
+            .after_release(|conn, _meta| Box::pin(release_check(conn)))
             .connect(url)
             .await
             .with_context(|| format!("cannot open SQLite database {url}"))?;
-        // Lazily: a service whose reads are rare opens no reader connection (nor its thread).
-        let readers = sqlite_pool_options(SQLITE_READER_CONNECTIONS, true)
-            .connect_lazy(url)
-            .with_context(|| format!("cannot open SQLite database {url}"))?;
         Ok(Self {
             pool,
-            readers,
             backend: Backend::Sqlite,
             file: None,
             guard: crate::repository::Guard::new(),
@@ -350,7 +350,6 @@ impl Db {
             .await
             .context("cannot connect to PostgreSQL")?;
         Ok(Self {
-            readers: pool.clone(),
             pool,
             backend: Backend::Postgres,
             file: None,
@@ -724,38 +723,6 @@ fn storage_health() -> &'static StorageHealth {
 /// `SAVEPOINT` whose `ROLLBACK TO` leaves a write transaction open forever, holding the write
 /// lock, with every later statement on it never committed (lost orders, "database is locked"
 /// for every other connection). Closing the connection rolls back whatever it holds.
-/// A SQLite pool of at most `connections`, each set up for the suite (WAL, busy timeout,
-/// `synchronous = NORMAL`, foreign keys, WAL size limit; `query_only` for a readers' pool).
-fn sqlite_pool_options(connections: u32, query_only: bool) -> AnyPoolOptions {
-    AnyPoolOptions::new()
-        .max_connections(connections)
-        .acquire_timeout(Duration::from_secs(5))
-        // No ping before each use: on SQLite it only asks the connection's worker thread
-        // whether it is alive (it cannot see a lost file or a full disk: the statement's own
-        // error does, see `StorageFault`), and costs a round trip to that thread, two
-        // context switches, on every acquire (docs/benchmarks/happy-path.md).
-        .test_before_acquire(false)
-        .after_connect(move |conn, _meta| {
-            Box::pin(async move {
-                // WAL lets Store replicas in separate processes share one file; the busy
-                // timeout makes a writer wait for the lock instead of failing at once.
-                conn.execute("PRAGMA journal_mode = WAL").await?;
-                conn.execute("PRAGMA busy_timeout = 5000").await?;
-                conn.execute("PRAGMA synchronous = NORMAL").await?;
-                conn.execute("PRAGMA foreign_keys = ON").await?;
-                conn.execute(AssertSqlSafe(format!(
-                    "PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}"
-                )))
-                .await?;
-                if query_only {
-                    conn.execute("PRAGMA query_only = ON").await?;
-                }
-                Ok(())
-            })
-        })
-        .after_release(|conn, _meta| Box::pin(release_check(conn)))
-}
-
 async fn release_check(conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
     if conn.is_in_transaction() {
         // A dropped `Transaction` only queues its ROLLBACK; a round trip runs it first.
@@ -1147,18 +1114,15 @@ mod tests {
         // A new pooled connection meanwhile fails (SQLITE_CANTOPEN) instead of creating an
         // empty database in its place.
         let mut held = Vec::new();
-        for _ in 0..SQLITE_READER_CONNECTIONS {
-            match db.readers.acquire().await {
+        for _ in 0..8 {
+            match db.pool.acquire().await {
                 Ok(conn) => held.push(conn),
                 Err(err) => {
                     assert_eq!(StorageFault::of(&err), Some(StorageFault::Damaged), "{err}")
                 }
             }
         }
-        assert!(
-            held.len() < SQLITE_READER_CONNECTIONS as usize,
-            "no new connection was attempted"
-        );
+        assert!(held.len() < 8, "no new connection was attempted");
         assert!(
             !path.exists(),
             "a new connection created an empty database in place of the lost one"
