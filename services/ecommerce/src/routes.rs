@@ -143,10 +143,13 @@ async fn buy(
 ) -> Response {
     let stories = state.stories.clone();
     let (product, user, ft) = (request.product.clone(), request.user.clone(), request.ft);
+    // Boxed: the purchase's state machine (resilience policies, spans, the story's recording)
+    // is large in a debug build, and moving it by value through `record` and the task-local
+    // scope overflowed a 2 MiB test-thread stack (tests/buy.rs bursts). On the heap it is
+    // allocated once and never moved.
+    let purchase = Box::pin(purchase_answer(state, headers, key, request));
     story::record(&stories, product, user, ft, async move {
-        purchase_answer(state, headers, key, request)
-            .await
-            .into_response()
+        purchase.await.into_response()
     })
     .await
 }
