@@ -150,6 +150,9 @@ where
         .with_threads(false)
         .with_tracked_inactivity(false)
         .with_target(false)
+        // Nothing reads the OpenTelemetry "current context" (inject and the parent of a span
+        // come from the `tracing` span): not attaching it on every poll saves that work.
+        .with_context_activation(false)
         .with_filter(env_filter().and(filter_fn(move |meta| {
             if meta.is_span() {
                 let trace_only = meta.target().starts_with(TRACE_ONLY_TARGET);
