@@ -214,12 +214,7 @@ async fn set_rules(client: &reqwest::Client, set: SetArgs) -> anyhow::Result<()>
                 .rules
                 .into_iter()
                 .map(|r| r.rule)
-                .filter(|r| {
-                    !(r.route == rule.route
-                        && r.method == rule.method
-                        && r.kind == rule.kind
-                        && r.instance == rule.instance)
-                })
+                .filter(|r| !r.same_target(&rule))
                 .collect();
             rules.push(rule.clone());
             let mut body = json!({ "rules": rules });

@@ -229,12 +229,7 @@ pub async fn add_rule(
             .flatten()
             .filter_map(|r| serde_json::from_value::<RuleStatus>(r.clone()).ok())
             .map(|r| r.rule)
-            .filter(|r| {
-                !(r.route == rule.route
-                    && r.method == rule.method
-                    && r.kind == rule.kind
-                    && r.instance == rule.instance)
-            })
+            .filter(|r| !r.same_target(&rule))
             .collect();
         rules.push(rule.clone());
         put_rules(&room, &target.url, &rules).await?;

@@ -170,13 +170,7 @@ pub async fn start(
         .args
         .plan()
         .map_err(|e| Problem::validation(format!("{e:#}")))?;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(plan.timeout)
-        .connect_timeout(plan.timeout)
-        .build()
-        .map_err(Problem::internal)?;
+    let client = crate::load::loopback_client(plan.timeout).map_err(Problem::internal)?;
 
     let run = {
         let mut current = room

@@ -36,16 +36,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let plan = args.plan()?;
     std::fs::create_dir_all(&plan.out)
         .with_context(|| format!("creating the output directory {}", plan.out.display()))?;
-    let client = reqwest::Client::builder()
-        // Loopback only: a proxy from the environment must never carry this traffic elsewhere.
-        .no_proxy()
-        // Nor may a redirect: /buy never redirects, so a 3xx is reported as unexpected instead
-        // of followed to wherever it points.
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(plan.timeout)
-        .connect_timeout(plan.timeout)
-        .build()
-        .context("building the HTTP client")?;
+    let client = loopback_client(plan.timeout).context("building the HTTP client")?;
 
     // Ctrl-C ends the current run early; what was measured is still reported.
     let stop = CancellationToken::new();
@@ -192,4 +183,18 @@ fn now_rfc3339() -> anyhow::Result<String> {
         .context("truncating the start time")?
         .format(&time::format_description::well_known::Rfc3339)
         .context("formatting the start time")
+}
+
+/// The HTTP client of a load run (`ftshop load` and the control room's traffic panel): each
+/// request and each connect gives up after `timeout`.
+pub(crate) fn loopback_client(timeout: std::time::Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        // Loopback only: a proxy from the environment must never carry this traffic elsewhere.
+        .no_proxy()
+        // Nor may a redirect: /buy never redirects, so a 3xx is reported as unexpected instead
+        // of followed to wherever it points.
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
 }

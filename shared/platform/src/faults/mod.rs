@@ -103,6 +103,16 @@ pub struct FaultRule {
 }
 
 impl FaultRule {
+    /// True when `other` aims at the same thing (route, method, kind and replica): setting a
+    /// rule through `ftshop fault set` or the control room replaces such a rule instead of
+    /// adding a second one beside it.
+    pub fn same_target(&self, other: &FaultRule) -> bool {
+        self.route == other.route
+            && self.method == other.method
+            && self.kind == other.kind
+            && self.instance == other.instance
+    }
+
     /// Checks ranges; the error reads as a 422 detail.
     pub fn validate(&self) -> Result<(), String> {
         let route = self.route.as_str();
