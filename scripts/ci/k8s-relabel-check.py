@@ -66,9 +66,11 @@ for configs in relabelings:
             got.setdefault(key, []).append(out)
 
 want = set()
+compose_paths = {}
 for job in yaml.safe_load(open("prometheus/prometheus.yml"))["scrape_configs"]:
     if job["job_name"] == "prometheus":
         continue
+    compose_paths[job["job_name"]] = job.get("metrics_path", "/metrics")
     for sc in job["static_configs"]:
         want.add((job["job_name"], sc["labels"]["replica"]))
 
@@ -79,8 +81,9 @@ for key in sorted(want):
         bad.append(f"job={key[0]} replica={key[1]}: {len(outs)} Kubernetes targets (want 1)")
         continue
     out = outs[0]
-    if not out["__address__"].endswith(":8099") or out.get("__metrics_path__") != "/metrics":
-        bad.append(f"job={key[0]} replica={key[1]}: scrapes {out['__address__']}{out.get('__metrics_path__')}, want :8099/metrics")
+    path = compose_paths.get(key[0], "/metrics")
+    if not out["__address__"].endswith(":8099") or out.get("__metrics_path__") != path:
+        bad.append(f"job={key[0]} replica={key[1]}: scrapes {out['__address__']}{out.get('__metrics_path__')}, want :8099{path}")
 extra = sorted(set(got) - want)
 if extra:
     bad.append(f"Kubernetes targets compose does not have: {extra}")

@@ -297,7 +297,13 @@ pub const SHED_DEADLINE: Duration = Duration::from_secs(1);
 /// Prometheus scrape, never customers.
 pub const HEALTH_MAX_CONNECTIONS: usize = 16;
 /// The paths the health listener serves; anything else there is 404 problem+json.
-pub const HEALTH_PATHS: [&str; 3] = ["/health/live", "/health/ready", "/metrics"];
+/// The exemplars (OpenMetrics) are a scrape path too: Kubernetes scrapes only this listener.
+pub const HEALTH_PATHS: [&str; 4] = [
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/metrics/exemplars",
+];
 
 /// In-flight requests get this long to finish once shutdown begins.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);

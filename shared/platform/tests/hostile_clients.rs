@@ -429,6 +429,19 @@ async fn a_connection_flood_does_not_starve_the_health_listener() {
             );
         }
     }
+    // Both scrape paths are there too: Kubernetes scrapes only this listener
+    // (deploy/k8s/prometheus/scrape-configs.yaml), the exemplars included.
+    for path in ["/metrics", "/metrics/exemplars"] {
+        let scrape = client
+            .get(format!("http://{health_addr}{path}"))
+            .send()
+            .await
+            .map(|r| r.status());
+        assert!(
+            matches!(scrape, Ok(reqwest::StatusCode::OK)),
+            "{path} on the health listener: {scrape:?}"
+        );
+    }
     let other = client
         .get(format!("http://{health_addr}/items/1"))
         .send()
