@@ -288,13 +288,21 @@ step_done "POST /buy"
 proved "POST /buy through the published port: 200, order/total/bonus = $order"
 
 # --- Prometheus targets -------------------------------------------------------------------
+# Every scrape target prometheus/prometheus.yml names (the alerting section's Alertmanager
+# excepted), counted from the file: the six processes, Ecommerce's exemplars, Prometheus itself.
+want_targets=$(python3 -c '
+import re, sys
+text = open(sys.argv[1]).read().split("scrape_configs:", 1)[1]
+print(sum(len(re.findall(r"\"[^\"]+\"", m)) for m in re.findall(r"targets:\s*\[([^\]]*)\]", text)))' \
+  prometheus/prometheus.yml)
 targets_up() {
   curl -s -m 5 "$PROM/api/v1/targets" | python3 -c '
 import json, sys
+want = int(sys.argv[1])
 t = json.load(sys.stdin)["data"]["activeTargets"]
 down = [x["labels"]["instance"] for x in t if x["health"] != "up"]
-print(f"{len(t) - len(down)}/{len(t)} up" + (f", not up: {down}" if down else ""))
-sys.exit(0 if len(t) == 7 and not down else 1)'
+print(f"{len(t) - len(down)}/{len(t)} up (want {want})" + (f", not up: {down}" if down else ""))
+sys.exit(0 if len(t) == want and not down else 1)' "$want_targets"
 }
 deadline=$(($(date +%s) + 90))
 until summary=$(targets_up); do

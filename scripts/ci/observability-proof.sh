@@ -273,9 +273,10 @@ echo "::endgroup::"
 echo "::group::a fresh stack: panels show 0 where 0 is the truth"
 # Before any purchase: every panel shows its value (counters registered at 0, `or vector(0)`),
 # except quantiles and ratios, which have none without traffic. Once every process has been
-# scraped, three more scrapes (1 s apart: rate() needs two samples).
+# scraped (counted by replica: Ecommerce has two targets, /metrics and /metrics/exemplars), three
+# more scrapes (1 s apart: rate() needs two samples).
 deadline=$(($(date +%s) + 30))
-until [ "$(curl -s "http://127.0.0.1:$PROM_PORT/api/v1/query" --data-urlencode 'query=count(up == 1)' |
+until [ "$(curl -s "http://127.0.0.1:$PROM_PORT/api/v1/query" --data-urlencode 'query=count(count by (replica) (up == 1))' |
   python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)')" = 6 ]; do
   [ "$(date +%s)" -lt "$deadline" ] || fail "Prometheus did not scrape the six processes within 30 s"
   sleep 0.5
