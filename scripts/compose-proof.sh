@@ -310,7 +310,7 @@ until summary=$(targets_up); do
   sleep 2
 done
 step_done "Prometheus: every target up"
-proved "Prometheus scrapes every target: $summary (6 ftshop processes + itself)"
+proved "Prometheus scrapes every target: $summary (6 ftshop processes, Ecommerce's exemplars, Prometheus itself)"
 
 # --- the crash fault restarts an Exchange container ----------------------------------------
 ex1=$(C ps -q exchange-1)
