@@ -184,13 +184,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .fault_seed
         .or(profile.seed)
         .unwrap_or_else(|| rand::random_range(0..1_000_000));
+    // The control room is bound before the children's ports are picked: with `--port-base 0`
+    // those are found free and released for the children to bind, and a later bind of port 0
+    // in this process (the control room's, with `--control-port 0`) could be handed one of
+    // them, leaving that child unable to bind, restarting until the suite gives up on it.
+    let control = bind_control_room(&args, &data_dir).await?;
     let members = plan(&args, &data_dir, &faults, fault_seed)?;
     let exe = std::env::current_exe().context("cannot find the ftshop executable")?;
     if args.logs == "files" {
         ftshop_platform::private_fs::ensure_private_dir(&data_dir.join("logs"))?;
     }
 
-    let control = bind_control_room(&args, &data_dir).await?;
     let topology = Arc::new(crate::control::Topology::default());
     let up_json = Arc::new(
         UpJson::new(

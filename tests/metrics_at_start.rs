@@ -59,6 +59,7 @@ async fn business_and_chaos_counters_are_exported_at_zero_before_any_request() {
         r#"fidelity_bonus_total{outcome="credited"}"#,
         r#"fidelity_bonus_total{outcome="queued"}"#,
         r#"chaos_faults_injected_total{service="store",route="/sell",kind="error"}"#,
+        r#"chaos_fault_windows_total{service="store",route="/sell",kind="error"}"#,
     ] {
         assert!(
             at_zero(&text, series),

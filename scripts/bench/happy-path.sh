@@ -74,6 +74,10 @@ ctx_switches() {
   echo "$t"
 }
 rss_kb() { local pid t=0; for pid in "$@"; do t=$((t + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status"))); done; echo "$t"; }
+# PSS (proportional set size, what smem reports): each shared page divided among the processes
+# that map it. The seven processes run one binary, so its code pages (~11 MB resident) appear
+# in every VmRSS and the RSS sum counts them seven times; the PSS sum counts them once.
+pss_kb() { local pid t=0; for pid in "$@"; do t=$((t + $(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup"))); done; echo "$t"; }
 suite_pids() { jq -r '.members[].pid // empty' "$1/up.json"; }
 wait_ready() {
   local url=$1
@@ -129,14 +133,15 @@ run_suite() {
   measure "ft=false, $backend" "http://127.0.0.1:$base" false "${pids[@]}"
   # At rest: let the last requests' background work (outbox, WAL) settle first.
   sleep 3
-  local before after rss
+  local before after rss pss
   before=$(cpu_ticks "${pids[@]}" "$UP")
   sleep "$IDLE_SECONDS"
   after=$(cpu_ticks "${pids[@]}" "$UP")
   rss=$(rss_kb "${pids[@]}" "$UP")
+  pss=$(pss_kb "${pids[@]}" "$UP")
   read -r ub sb <<< "$before"; read -r ua sa <<< "$after"
-  IDLE+=("$(awk -v b="$backend" -v t="$TCK" -v c=$((ua + sa - ub - sb)) -v s="$IDLE_SECONDS" -v rss="$rss" \
-    'BEGIN { printf "| %s | %.2f %% of a core | %.0f MB |", b, 100 * c / t / s, rss / 1024 }')")
+  IDLE+=("$(awk -v b="$backend" -v t="$TCK" -v c=$((ua + sa - ub - sb)) -v s="$IDLE_SECONDS" -v rss="$rss" -v pss="$pss" \
+    'BEGIN { printf "| %s | %.2f %% of a core | %.0f MB | %.0f MB |", b, 100 * c / t / s, rss / 1024, pss / 1024 }')")
   kill -TERM "$UP"; wait "$UP" 2>/dev/null || true; UP=""
   if [[ -n "$PG_DB" ]]; then
     psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null; PG_DB=""
@@ -172,8 +177,8 @@ fi
   echo "CPU per purchase: utime + stime of the six service processes (bare axum: its one process),"
   echo "before and after the wrk run, over the 2xx answers; wrk and the supervisor excluded."
   echo
-  echo "| suite at rest (${IDLE_SECONDS} s, 7 processes) | CPU | RSS |"
-  echo "|---|---:|---:|"
+  echo "| suite at rest (${IDLE_SECONDS} s, 7 processes) | CPU | RSS summed | PSS summed |"
+  echo "|---|---:|---:|---:|"
   printf '%s\n' "${IDLE[@]}"
   echo
   cat "$WORK/raw.txt"

@@ -31,7 +31,9 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for shape in "$@"; do
   vus="${shape%%:*}"; think="${shape#*:}"
   name="${vus}vus-think-${think//./}-n${STORES}"
-  for offset in 0 1 2 3 11 12; do
+  offsets=(0 3 12)   # ecommerce, fidelity, exchange-2; Store replica k at 1 + 10 (k - 1)
+  for k in $(seq 0 $((STORES - 1))); do offsets+=($((1 + 10 * k))); done
+  for offset in "${offsets[@]}"; do
     if port_busy $((PORT_BASE + offset)); then
       echo "port $((PORT_BASE + offset)) is in use: stop whatever listens there (or set PORT_BASE)" >&2
       exit 1
@@ -53,6 +55,14 @@ for shape in "$@"; do
     --think "$think" --ft on --promise "$PROMISE" --stores "$STORES" --out "$OUT/$name" \
     > "$OUT/$name.stdout" 2>&1 || true
   echo "after: $(cat /proc/loadavg)" >> "$OUT/$name/loadavg.txt"
+  # Each Store replica's units sold and `/sell` error windows opened, to compare the observed
+  # sales per window with the formula's 1/p - 1 (docs/benchmarks/sustained-faults.md).
+  for k in $(seq 0 $((STORES - 1))); do
+    port=$((PORT_BASE + 1 + 10 * k))
+    curl -sf "http://127.0.0.1:$port/metrics" \
+      | grep -E '^(store_sales_total|chaos_fault_windows_total|chaos_faults_injected_total)\{' \
+      | grep -E 'outcome="sold"|route="/sell"' | sed "s/^/store-$((k + 1)) /"
+  done > "$OUT/$name/store-windows.txt" || true
   kill -TERM "$UP_PID"; wait "$UP_PID" 2>/dev/null || true
   UP_PID=""
   rm -rf "$dir"

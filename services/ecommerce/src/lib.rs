@@ -233,6 +233,7 @@ pub fn register_counters() {
         "store:failover",
         "store:sale-in-doubt",
         "store:sale-deferred",
+        "store:behind-backlog",
         "fidelity:bonus-queued",
     ] {
         metrics::counter!("shop_fallbacks_total", "kind" => kind).increment(0);

@@ -694,6 +694,11 @@ pub struct Backlog {
     pub projected_drain_seconds: f64,
     /// The completion promise of a deferred sale (`--defer-promise`), in seconds.
     pub promise_seconds: f64,
+    /// Variance over mean of the sales drained per 10 s (1 for an even drain; Store's error
+    /// windows make it about 10), which sets the admission's 99 % margin (`crate::promise`).
+    pub drain_dispersion: f64,
+    /// Deferred sales the promise admits at 99 %, those pending included.
+    pub admissible_orders: u64,
 }
 
 pub async fn backlog(db: &Db) -> Result<Backlog, sqlx::Error> {

@@ -25,6 +25,23 @@
 //! that, [`PRIOR_SALES_PER_REPLICA`] = 0.9 units/s per Store replica: conservative, so a fresh
 //! process does not promise what it has not seen.
 //!
+//! **Admission at 99 %.** Sales under Store's fault come in bursts: a replica sells a
+//! geometric number of units (mean `1/p - 1` = 9, variance `(1-p)/p²` = 90) and then nothing
+//! for a whole window, so the units sold in 60 s vary by ±30 % from one minute to the next on
+//! one replica. Admitting up to `rate × promise` would break the promise for about half of the
+//! orders admitted at that edge. Ecommerce therefore admits a deferral only when the backlog,
+//! this one included, drains within the promise with 99 % confidence under a normal
+//! approximation of the drain: `n` units take `T` with
+//!
+//! `rate × T − z × √(D × rate × T) = n`, z = 2.326 (one-sided 99 %),
+//!
+//! where `D` is the drain's dispersion index (variance over mean of the units completed per
+//! [`DISPERSION_BUCKET`] of busy time; 1 for a Poisson drain, 10 for the default fault's
+//! bursts, [`PRIOR_DISPERSION`]), measured as an exponentially weighted mean over buckets with
+//! the prior as the starting value. The 202's `expected_completion_seconds` is the mean
+//! `(backlog + 1) / rate`; a refusal's projection is the 99 % time `T`. (The normal
+//! approximation of a renewal process's count: e.g. Cox, *Renewal Theory*, 1962, ch. 3.)
+//!
 //! **Backlog.** Kept in memory for the hot path (no database round trip per purchase): set from
 //! the database about once a second by the backlog gauges, plus one per admitted deferral and
 //! minus one per order the worker ends. Several ecommerce replicas share the database's backlog
@@ -44,15 +61,24 @@ pub const DRAIN_WINDOW: Duration = Duration::from_secs(30);
 pub const PRIOR_WEIGHT: Duration = Duration::from_secs(10);
 /// Prior drain rate per Store replica, units per second (half the default fault model's cap).
 pub const PRIOR_SALES_PER_REPLICA: f64 = 0.9;
+/// Busy time over which completions are counted for the dispersion index.
+pub const DISPERSION_BUCKET: Duration = Duration::from_secs(10);
+/// Prior dispersion index: variance over mean of a replica's sales per error-window cycle under
+/// the default `/sell` fault (90 / 9).
+pub const PRIOR_DISPERSION: f64 = 10.0;
+/// Weight of a new bucket in the dispersion index's moving averages.
+const DISPERSION_ALPHA: f64 = 0.1;
+/// One-sided 99 % quantile of the standard normal distribution.
+const CONFIDENCE_Z: f64 = 2.326;
 
 /// What admission control decided for one purchase whose sale must be deferred.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Admission {
     /// Defer it: the backlog including it drains in `expected` (at most the promise).
     Accept { expected: Duration },
-    /// Refuse it: draining the backlog plus this one would take `projected`, beyond the
-    /// promise; the backlog will have drained enough for one more in `retry_after` (whole
-    /// seconds, at least 1).
+    /// Refuse it: draining the backlog plus this one would take up to `projected` (99 %),
+    /// beyond the promise; the backlog will have drained enough for one more in `retry_after`
+    /// (whole seconds, at least 1).
     Refuse {
         projected: Duration,
         retry_after: Duration,
@@ -70,6 +96,10 @@ pub struct DrainView {
     pub promise_seconds: f64,
     /// Deferred sales in the backlog, as this process knows it.
     pub backlog: u64,
+    /// Dispersion index of the drain (see the module docs).
+    pub dispersion: f64,
+    /// How many deferred sales the promise admits at 99 % (the backlog included).
+    pub admissible: u64,
 }
 
 /// Drain-rate estimator and admission control (see the module docs for the estimate).
@@ -96,6 +126,12 @@ struct Sums {
     ended: u64,
     /// Admitted sales whose order is not written yet (their [`Admitted`] guard is alive).
     unwritten: u64,
+    /// The current dispersion bucket: busy seconds so far and completions in them.
+    bucket_busy: f64,
+    bucket_completions: f64,
+    /// Moving averages of completions per bucket and of their squared deviation.
+    bucket_mean: f64,
+    bucket_var: f64,
 }
 
 /// A change of the backlog in flight (an admitted deferral whose order is being written, or a
@@ -146,9 +182,11 @@ impl CompletionPromise {
             !promise.is_zero(),
             "the completion promise must be above zero"
         );
+        let prior_rate = PRIOR_SALES_PER_REPLICA * store_replicas.max(1) as f64;
+        let prior_bucket = prior_rate * DISPERSION_BUCKET.as_secs_f64();
         Ok(Self {
             promise,
-            prior_rate: PRIOR_SALES_PER_REPLICA * store_replicas.max(1) as f64,
+            prior_rate,
             inner: Mutex::new(Sums {
                 completions: 0.0,
                 busy_seconds: 0.0,
@@ -157,6 +195,10 @@ impl CompletionPromise {
                 added: 0,
                 ended: 0,
                 unwritten: 0,
+                bucket_busy: 0.0,
+                bucket_completions: 0.0,
+                bucket_mean: prior_bucket,
+                bucket_var: prior_bucket * PRIOR_DISPERSION,
             }),
         })
     }
@@ -169,20 +211,22 @@ impl CompletionPromise {
     pub fn admit(&self, now: Instant) -> Admission {
         let mut sums = self.sums(now);
         let rate = sums.rate(self.prior_rate);
-        let projected = (sums.backlog as f64 + 1.0) / rate;
+        let dispersion = sums.dispersion();
+        let units = sums.backlog as f64 + 1.0;
         let promise = self.promise.as_secs_f64();
-        // A nanosecond of slack, so float rounding never refuses what fits exactly.
-        if projected <= promise + 1e-9 {
+        let capacity = capacity(rate, dispersion, promise);
+        // A millionth of a unit of slack, so float rounding never refuses what fits exactly.
+        if units <= capacity + 1e-6 {
             sums.backlog += 1;
             sums.added += 1;
             Admission::Accept {
-                expected: Duration::from_secs_f64(projected),
+                expected: Duration::from_secs_f64(units / rate),
             }
         } else {
             Admission::Refuse {
-                projected: Duration::from_secs_f64(projected),
+                projected: Duration::from_secs_f64(drain_time(rate, dispersion, units)),
                 retry_after: Duration::from_secs(
-                    (projected - promise - 1e-9).ceil().max(1.0) as u64
+                    ((units - capacity - 1e-6) / rate).ceil().max(1.0) as u64
                 ),
             }
         }
@@ -197,10 +241,17 @@ impl CompletionPromise {
         Duration::from_secs_f64(sums.backlog as f64 / sums.rate(self.prior_rate))
     }
 
+    /// Deferred sales waiting, as this process knows them (see the module docs, "Backlog"):
+    /// while there are any, a new purchase does not sell ahead of them.
+    pub fn waiting(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).backlog
+    }
+
     /// The order worker ended a deferred order (completed or cancelled) at `now`.
     pub fn completed(&self, now: Instant) {
         let mut sums = self.sums(now);
         sums.completions += 1.0;
+        sums.bucket_completions += 1.0;
         sums.backlog = sums.backlog.saturating_sub(1);
         sums.ended += 1;
     }
@@ -246,11 +297,14 @@ impl CompletionPromise {
     pub fn view(&self, now: Instant) -> DrainView {
         let sums = self.sums(now);
         let rate = sums.rate(self.prior_rate);
+        let dispersion = sums.dispersion();
         DrainView {
             rate_per_second: rate,
             projected_drain_seconds: sums.backlog as f64 / rate,
             promise_seconds: self.promise.as_secs_f64(),
             backlog: sums.backlog,
+            dispersion,
+            admissible: capacity(rate, dispersion, self.promise.as_secs_f64()).floor() as u64,
         }
     }
 
@@ -266,6 +320,19 @@ impl CompletionPromise {
             if sums.backlog > 0 {
                 // ∫ e^{-(dt-s)/τ} ds over the interval: busy time, decayed like the rest.
                 sums.busy_seconds += tau * (1.0 - decay);
+                sums.bucket_busy += dt;
+                let bucket = DISPERSION_BUCKET.as_secs_f64();
+                if sums.bucket_busy >= bucket {
+                    // Completions scaled to a whole bucket (a long gap between calls makes
+                    // one longer bucket, whose count is spread evenly).
+                    let count = sums.bucket_completions * bucket / sums.bucket_busy;
+                    let deviation = count - sums.bucket_mean;
+                    sums.bucket_mean += DISPERSION_ALPHA * deviation;
+                    sums.bucket_var = (1.0 - DISPERSION_ALPHA)
+                        * (sums.bucket_var + DISPERSION_ALPHA * deviation * deviation);
+                    sums.bucket_busy = 0.0;
+                    sums.bucket_completions = 0.0;
+                }
             }
             sums.at = now;
         }
@@ -278,6 +345,32 @@ impl Sums {
         let weight = PRIOR_WEIGHT.as_secs_f64();
         (self.completions + prior_rate * weight) / (self.busy_seconds + weight)
     }
+
+    /// Variance over mean of completions per bucket, at least 1 (a drain more regular than
+    /// Poisson is not assumed); the prior while buckets have held almost nothing (a Store that
+    /// fails for good: there is no drain to measure the regularity of).
+    fn dispersion(&self) -> f64 {
+        if self.bucket_mean < 1.0 {
+            PRIOR_DISPERSION
+        } else {
+            (self.bucket_var / self.bucket_mean).max(1.0)
+        }
+    }
+}
+
+/// Units that drain within `seconds` with 99 % confidence at `rate` with dispersion index
+/// `dispersion` (see the module docs): `rate·T − z·√(D·rate·T)`, at least 0.
+fn capacity(rate: f64, dispersion: f64, seconds: f64) -> f64 {
+    let mean = rate * seconds;
+    (mean - CONFIDENCE_Z * (dispersion * mean).sqrt()).max(0.0)
+}
+
+/// The time within which `units` drain with 99 % confidence: the `T` of
+/// `rate·T − z·√(D·rate·T) = units` (a quadratic in `√(rate·T)`).
+fn drain_time(rate: f64, dispersion: f64, units: f64) -> f64 {
+    let half = CONFIDENCE_Z * dispersion.sqrt() / 2.0;
+    let root = half + (half * half + units).sqrt();
+    root * root / rate
 }
 
 /// `at` (Unix epoch milliseconds) as RFC 3339 UTC with milliseconds, e.g.
@@ -338,53 +431,98 @@ mod tests {
         assert!(Instant::now() > start);
     }
 
-    /// Accepts while (backlog + 1) / rate fits the promise, then refuses with the seconds
-    /// until it fits again, rounded up.
+    /// Accepts while the backlog plus one drains within the promise at 99 %, then refuses with
+    /// the seconds until it would, rounded up. Two replicas: prior 1.8 units/s, dispersion 10;
+    /// in 60 s: 108 units on average, 108 − 2.326·√(10·108) = 31.56 at 99 %.
     #[tokio::test(start_paused = true)]
-    async fn admission_accepts_within_the_promise_and_refuses_beyond_it() {
-        // One replica: prior 0.9 units/s; promise 10 s → 9 units fit.
-        let promise = CompletionPromise::new(Duration::from_secs(10), 1).unwrap();
+    async fn admission_accepts_what_drains_within_the_promise_at_99_percent() {
+        let promise = CompletionPromise::new(Duration::from_secs(60), 2).unwrap();
         let now = Instant::now();
-        for k in 1..=9u32 {
+        for k in 1..=31u32 {
             match promise.admit(now) {
+                // The 202 states the mean: k / rate.
                 Admission::Accept { expected } => {
-                    assert!((secs(expected) - f64::from(k) / 0.9).abs() < 1e-6, "{k}")
+                    assert!((secs(expected) - f64::from(k) / 1.8).abs() < 1e-6, "{k}")
                 }
                 other => panic!("purchase {k}: {other:?}"),
             }
         }
-        assert_eq!(promise.view(now).backlog, 9);
-        // The 10th would drain in 10 / 0.9 = 11.1 s: refused, retry after ceil(1.1) = 2 s.
+        let view = promise.view(now);
+        assert_eq!((view.backlog, view.admissible), (31, 31));
+        assert!((view.dispersion - 10.0).abs() < 1e-9);
+        // The 32nd would drain within 60.38 s at 99 %: refused, and 0.44 units of the backlog
+        // drain in 0.24 s: retry after 1 s.
         match promise.admit(now) {
             Admission::Refuse {
                 projected,
                 retry_after,
             } => {
-                assert!((secs(projected) - 10.0 / 0.9).abs() < 1e-6);
-                assert_eq!(retry_after, Duration::from_secs(2));
+                assert!((secs(projected) - 60.38).abs() < 0.01, "{projected:?}");
+                assert_eq!(retry_after, Duration::from_secs(1));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(promise.view(now).backlog, 9, "a refusal adds nothing");
+        assert_eq!(promise.view(now).backlog, 31, "a refusal adds nothing");
 
-        // A larger backlog (from the database): Retry-After grows with it.
-        promise.set_backlog(now, promise.mark(), 44);
-        assert_eq!(
-            promise.admit(now),
+        // A larger backlog (from the database): 81 units take 99.76 s at 99 %, and 49.44 must
+        // drain first: Retry-After 28 s.
+        promise.set_backlog(now, promise.mark(), 80);
+        match promise.admit(now) {
             Admission::Refuse {
-                projected: Duration::from_secs_f64(45.0 / 0.9),
-                retry_after: Duration::from_secs(40),
+                projected,
+                retry_after,
+            } => {
+                assert!((secs(projected) - 99.76).abs() < 0.01, "{projected:?}");
+                assert_eq!(retry_after, Duration::from_secs(28));
             }
-        );
-        // Two ended: 43 + 1 at 0.9/s still beyond; at 8 left, one more fits again.
-        promise.set_backlog(now, promise.mark(), 8);
+            other => panic!("{other:?}"),
+        }
+        promise.set_backlog(now, promise.mark(), 30);
         assert!(matches!(promise.admit(now), Admission::Accept { .. }));
-        // A sale in doubt joins the backlog beyond the promise, with its honest projection.
+        // A sale in doubt joins the backlog beyond the promise, with its mean projection.
         assert_eq!(
             promise.defer_anyway(now),
-            Duration::from_secs_f64(10.0 / 0.9)
+            Duration::from_secs_f64(32.0 / 1.8)
         );
-        assert_eq!(promise.view(now).backlog, 10);
+        assert_eq!(promise.view(now).backlog, 32);
+    }
+
+    /// The dispersion index follows the drain: a regular drain (5 units each second) brings it
+    /// to its floor of 1 and lets the promise admit nearly rate × promise; a bursty one (90
+    /// units in one 10 s stretch, none in the next) keeps it far above the prior.
+    #[tokio::test(start_paused = true)]
+    async fn the_dispersion_index_follows_how_bursty_the_drain_is() {
+        let regular = CompletionPromise::new(Duration::from_secs(60), 2).unwrap();
+        regular.set_backlog(Instant::now(), regular.mark(), 100_000);
+        for _ in 0..3_000 {
+            tokio::time::advance(Duration::from_millis(200)).await;
+            regular.completed(Instant::now());
+        }
+        let view = regular.view(Instant::now());
+        assert!(view.dispersion < 1.5, "{view:?}");
+        // The rate (with its prior's weight) ≈ 4.2/s: 252.8 in 60 s on average,
+        // 252.8 − 2.326·√252.8 = 215.8 at 99 % with D = 1 (with the prior's D = 10: 135.8).
+        assert!((view.rate_per_second - 4.21).abs() < 0.01, "{view:?}");
+        assert_eq!(view.admissible, 215, "{view:?}");
+
+        let bursty = CompletionPromise::new(Duration::from_secs(60), 2).unwrap();
+        bursty.set_backlog(Instant::now(), bursty.mark(), 100_000);
+        // Ticks of 250 ms (exact in binary, so buckets stay aligned with the bursts).
+        for cycle in 0..40 {
+            for tick in 0..40 {
+                tokio::time::advance(Duration::from_millis(250)).await;
+                bursty.view(Instant::now());
+                if cycle % 2 == 0 && tick < 10 {
+                    for _ in 0..9 {
+                        bursty.completed(Instant::now());
+                    }
+                }
+            }
+        }
+        let view = bursty.view(Instant::now());
+        // Buckets of 90 and 0: mean 45, variance about 45² = 2025, dispersion about 45.
+        assert!(view.dispersion > 20.0, "{view:?}");
+        assert!(view.admissible < 200, "{view:?}");
     }
 
     /// A backlog count read just before an admitted order was written, applied just after the

@@ -392,6 +392,8 @@ struct Refusal {
     retry_after: std::time::Duration,
     /// How long the backlog plus this sale would take to drain.
     projected: std::time::Duration,
+    /// Deferred sales were waiting, so the sale was not tried (first come, first served).
+    behind: Option<u64>,
 }
 
 impl Refusal {
@@ -400,7 +402,13 @@ impl Refusal {
             StatusCode::SERVICE_UNAVAILABLE,
             "deferral-refused",
             format!(
-                "no Store replica can sell now, and the deferred sales ahead of this one would take {:.0} s to complete, beyond the {} s completion promise; nothing was sold, retry after {} s",
+                "{}, and the deferred sales ahead of this one, with it, would take up to {:.0} s to complete (99 % bound), beyond the {} s completion promise; nothing was sold, retry after {} s",
+                match self.behind {
+                    None => "no Store replica can sell now".to_owned(),
+                    Some(waiting) => format!(
+                        "{waiting} deferred sales wait (first come, first served: no sale is made ahead of them)"
+                    ),
+                },
                 self.projected.as_secs_f64().ceil(),
                 promise.as_secs(),
                 self.retry_after.as_secs()
@@ -482,6 +490,31 @@ async fn purchase(
     }))
 }
 
+/// Why an ft=true purchase's sale was not made on the request path.
+enum NotSold {
+    /// No Store replica could sell in time; `in_doubt`: an attempt may have sold it anyway.
+    Unavailable { error: StepError, in_doubt: bool },
+    /// Not tried: `waiting` deferred sales came first (first come, first served).
+    BehindBacklog { waiting: u64 },
+}
+
+impl NotSold {
+    fn in_doubt(&self) -> bool {
+        matches!(self, Self::Unavailable { in_doubt: true, .. })
+    }
+}
+
+impl std::fmt::Display for NotSold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unavailable { error, .. } => write!(f, "no Store replica could sell in time: {error}"),
+            Self::BehindBacklog { waiting } => {
+                write!(f, "{waiting} deferred sales wait; not selling ahead of them")
+            }
+        }
+    }
+}
+
 /// The fault-tolerant purchase (see `ft.rs` for each call's policies). Always answers within
 /// the budget: when no Store replica can sell in time the order is durably accepted and
 /// deferred (202); when Fidelity does not credit in time the bonus goes to the outbox.
@@ -525,20 +558,41 @@ async fn ft_purchase(
     // Keep a little of the budget to record a deferral instead of selling to the last moment.
     let sell_deadline = deadline.checked_sub(SAFETY_MARGIN).unwrap_or(deadline);
     let key = sale_key(order_id);
-    let sale = ft
-        .sell(
-            &product.id,
-            &key,
-            request_id,
-            sell_deadline,
-            ft.settings().sell_timeout,
-            &mut degraded,
-        )
-        .await;
+    // First come, first served: while deferred sales wait, a new purchase does not try to sell
+    // ahead of them. Store's capacity under its `/sell` fault is a few units a second; a
+    // purchase that took a unit the moment a replica came out of its error window would take
+    // it from an order already promised, and under steady traffic the backlog would never get
+    // one (measured: docs/benchmarks/sustained-faults.md). It joins the queue instead, under
+    // the same admission control.
+    let waiting = state.promise.waiting();
+    let sale = if waiting > 0 {
+        Err(NotSold::BehindBacklog { waiting })
+    } else {
+        match ft
+            .sell(
+                &product.id,
+                &key,
+                request_id,
+                sell_deadline,
+                ft.settings().sell_timeout,
+                &mut degraded,
+            )
+            .await
+        {
+            Ok(sale) => Ok(sale),
+            Err(SellFailure::Final(error)) => return Err(error.into()),
+            Err(SellFailure::Unavailable { error, in_doubt }) => {
+                Err(NotSold::Unavailable { error, in_doubt })
+            }
+        }
+    };
     let sale = match sale {
         Ok(sale) => sale,
-        Err(SellFailure::Final(error)) => return Err(error.into()),
-        Err(SellFailure::Unavailable { error, in_doubt }) => {
+        Err(error) => {
+            let in_doubt = error.in_doubt();
+            if let NotSold::BehindBacklog { .. } = error {
+                degraded.add("store:behind-backlog");
+            }
             // A 202 is a promise bounded in time: defer only what the backlog can complete
             // within it at the measured drain rate (crate::promise).
             let now = tokio::time::Instant::now();
@@ -560,14 +614,18 @@ async fn ft_purchase(
                     projected,
                     retry_after,
                 } => {
-                    tracing::info!(order_id, %error, "no Store replica could sell in time; backlog beyond the promise");
+                    tracing::info!(order_id, %error, "backlog beyond the promise; refused");
                     return Ok(Outcome::Refused(Refusal {
                         retry_after,
                         projected,
+                        behind: match error {
+                            NotSold::BehindBacklog { waiting } => Some(waiting),
+                            NotSold::Unavailable { .. } => None,
+                        },
                     }));
                 }
             };
-            tracing::info!(order_id, %error, "no Store replica could sell in time; deferring the sale");
+            tracing::info!(order_id, %error, "deferring the sale");
             degraded.add("store:sale-deferred");
             answer.degraded = degraded.0;
             let now = ftshop_platform::db::now_millis();
@@ -665,6 +723,8 @@ async fn get_backlog(State(state): State<AppState>) -> Result<Json<Backlog>, Pro
     backlog.drain_rate_per_second = drain.rate_per_second;
     backlog.projected_drain_seconds = drain.projected_drain_seconds;
     backlog.promise_seconds = drain.promise_seconds;
+    backlog.drain_dispersion = drain.dispersion;
+    backlog.admissible_orders = drain.admissible;
     Ok(Json(backlog))
 }
 

@@ -237,6 +237,7 @@ struct LiveRule {
     active_until: Option<Instant>,
     expires_at: Option<Instant>,
     injected: u64,
+    windows: u64,
 }
 
 /// A rule as `GET /admin/faults` shows it.
@@ -253,6 +254,11 @@ pub struct RuleStatus {
     pub expires_in_secs: Option<u64>,
     /// Requests this rule has faulted since it was set.
     pub injected: u64,
+    /// Windows this rule has opened since it was set (0 for a rule without a window: each of
+    /// its faults is counted in `injected`). Requests that pass between two windows divided by
+    /// this is the observed run length, `1/p − 1` on average (docs/benchmarks/sustained-faults.md).
+    #[serde(default)]
+    pub windows: u64,
 }
 
 /// The engine's state as `GET /admin/faults` shows it.
@@ -352,6 +358,7 @@ impl FaultEngine {
                 expires_at: rule.ttl_secs.map(|s| now + Duration::from_secs(s)),
                 active_until: None,
                 injected: 0,
+                windows: 0,
                 rule,
             })
             .collect();
@@ -397,6 +404,7 @@ impl FaultEngine {
             if !live.rule.matches(method, route) {
                 continue;
             }
+            let mut opened = false;
             let on = if live.active_until.is_some_and(|until| now < until) {
                 true
             } else {
@@ -405,6 +413,8 @@ impl FaultEngine {
                 let drawn = draw < live.rule.probability;
                 if drawn && live.rule.window_ms > 0 {
                     live.active_until = Some(now + Duration::from_millis(live.rule.window_ms));
+                    live.windows += 1;
+                    opened = true;
                 }
                 drawn
             };
@@ -422,6 +432,9 @@ impl FaultEngine {
                     ("kind", kind.as_str().to_owned()),
                 ];
                 metrics::counter!("chaos_faults_injected_total", &labels).increment(1);
+                if opened {
+                    metrics::counter!("chaos_fault_windows_total", &labels).increment(1);
+                }
                 if window_on {
                     metrics::gauge!("chaos_fault_active", &labels).set(1.0);
                 }
@@ -472,6 +485,7 @@ impl FaultEngine {
                             .expires_at
                             .map(|e| e.saturating_duration_since(now).as_secs()),
                         injected: r.injected,
+                        windows: r.windows,
                     }
                 })
                 .collect(),
@@ -536,6 +550,7 @@ impl FaultEngine {
             metrics::gauge!("chaos_fault_active", &labels).set(if active { 1.0 } else { 0.0 });
             // At 0 from the moment the rule exists, so `increase()` counts its first injection.
             metrics::counter!("chaos_faults_injected_total", &labels).increment(0);
+            metrics::counter!("chaos_fault_windows_total", &labels).increment(0);
             let labels = self.configured_labels(&route, kind, origin);
             metrics::gauge!("chaos_fault_configured", &labels).set(probability);
         }

@@ -115,6 +115,27 @@ async fn status_reports_an_open_window_and_the_gauge_inputs() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn status_counts_the_windows_a_rule_opened() {
+    let engine = engine_with(vec![rule("/sell", FaultKind::Error, 1.0, 5_000)], 1);
+    let sell = || engine.decide(&http::Method::POST, "/sell").is_some();
+    assert!(sell()); // opens the first window
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(sell()); // inside it
+    tokio::time::advance(Duration::from_secs(3)).await;
+    assert!(sell()); // the first has ended: a second opens
+    let status = engine.status();
+    assert_eq!(status.rules[0].injected, 3);
+    assert_eq!(status.rules[0].windows, 2);
+    // A rule without a window opens none, however often it fires.
+    let each = engine_with(vec![rule("/product", FaultKind::Omission, 1.0, 0)], 1);
+    for _ in 0..4 {
+        assert!(each.decide(&http::Method::GET, "/product").is_some());
+    }
+    assert_eq!(each.status().rules[0].injected, 4);
+    assert_eq!(each.status().rules[0].windows, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_rule_with_a_ttl_turns_itself_off() {
     let mut forgotten = rule("/product", FaultKind::Error, 1.0, 0);
     forgotten.ttl_secs = Some(60);
