@@ -32,6 +32,7 @@ async fn business_and_chaos_counters_are_exported_at_zero_before_any_request() {
         hedge_after_ms: 40,
         rate_ttl_ms: 200,
         defer_promise: std::time::Duration::from_secs(60),
+        defer_queue_after: std::time::Duration::from_secs(1),
     };
     let _ecommerce = ftshop_ecommerce::app(&ecommerce)
         .await

@@ -91,6 +91,12 @@ pub struct Config {
     /// "Completion promise").
     #[arg(long, env = "FTSHOP_DEFER_PROMISE", default_value = "60s", value_parser = parse_promise)]
     pub defer_promise: Duration,
+
+    /// With ft=true, once the oldest deferred sale has waited this long (Store is not keeping
+    /// up), new purchases queue behind the deferred sales instead of selling first (first come,
+    /// first served), e.g. `1s`; `0s` queues them behind any deferred sale.
+    #[arg(long, env = "FTSHOP_DEFER_QUEUE_AFTER", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub defer_queue_after: Duration,
 }
 
 fn parse_promise(text: &str) -> Result<Duration, String> {
@@ -148,10 +154,10 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
         downstreams: downstreams.clone(),
         resilient: resilient.clone(),
         buy_budget: Duration::from_millis(config.buy_budget_ms),
-        promise: Arc::new(promise::CompletionPromise::new(
-            config.defer_promise,
-            config.store_urls.len(),
-        )?),
+        promise: Arc::new(
+            promise::CompletionPromise::new(config.defer_promise, config.store_urls.len())?
+                .queueing_after(config.defer_queue_after),
+        ),
         deferred: Arc::new(tokio::sync::Notify::new()),
         stories: story::Stories::new(resilient.registry()),
     };

@@ -501,7 +501,12 @@ async fn record_backlog(state: AppState) -> anyhow::Result<usize> {
     let now = Instant::now();
     state
         .promise
-        .set_backlog(now, mark, u64::try_from(b.pending_orders).unwrap_or(0));
+        .set_backlog(
+            now,
+            mark,
+            u64::try_from(b.pending_orders).unwrap_or(0),
+            Duration::try_from_secs_f64(b.oldest_pending_order_age_seconds).unwrap_or_default(),
+        );
     let drain = state.promise.view(now);
     metrics::gauge!("shop_defer_drain_rate_per_second").set(drain.rate_per_second);
     metrics::gauge!("shop_defer_projected_drain_seconds").set(drain.projected_drain_seconds);

@@ -240,6 +240,7 @@ async fn spawn_app_promising(
         hedge_after_ms: 40,
         rate_ttl_ms: 200,
         defer_promise,
+        defer_queue_after: Duration::from_secs(1),
     };
     let app = ftshop_ecommerce::app(&config).await.expect("app");
     let url = serve(app).await;
@@ -660,15 +661,16 @@ async fn ft_defers_the_sale_when_no_store_replica_can_sell_and_completes_it_late
     assert_eq!(backlog["outbox_bonuses"], 0);
 }
 
-/// First come, first served: a purchase that arrives while a deferred sale waits does not sell
-/// ahead of it, even when Store could sell its product now. Store fails the sales of product 7
-/// only: the first purchase (product 7) is deferred; the second (product 8), made at once
-/// (before the first's failures could open a breaker), is deferred behind it
-/// (`store:behind-backlog`) without any `/sell` request of its own; once Store sells again both
-/// complete, one sale each. Before this rule, the second sold synchronously (200) while the
-/// first waited.
+/// First come, first served once Store is not keeping up: Store fails the sales of product 7
+/// only, so the first purchase (product 7) is deferred. A purchase of product 8 made at once
+/// sells synchronously (200): the deferred sale has not waited `--defer-queue-after` (1 s), and a
+/// deferral the worker settles at once must not send every purchase through the queue. Once the
+/// deferred sale has waited 1 s, a purchase of product 8 is deferred behind it
+/// (`store:behind-backlog`) without any `/sell` request of its own. Once Store sells again, all
+/// complete, one sale each. Before this rule, the third purchase was sold (or tried) ahead of
+/// the waiting one.
 #[tokio::test]
-async fn ft_does_not_sell_ahead_of_a_waiting_deferred_sale() {
+async fn ft_does_not_sell_ahead_of_a_deferred_sale_that_waits() {
     let app = spawn_app(None).await;
     app.script().sell_fails_for = Some("7".to_owned());
     let (status, first) = app
@@ -678,25 +680,30 @@ async fn ft_does_not_sell_ahead_of_a_waiting_deferred_sale() {
     let (status, second) = app
         .buy(None, json!({"product": "8", "user": "second", "ft": true}))
         .await;
-    assert_eq!(status, 202, "sold ahead of a waiting deferred sale: {second}");
-    assert_eq!(second["status"], "pending");
-    let labels = second["degraded"].as_array().expect("degraded");
+    assert_eq!(status, 200, "a deferral just made does not queue purchases: {second}");
+
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let (status, third) = app
+        .buy(None, json!({"product": "8", "user": "third", "ft": true}))
+        .await;
+    assert_eq!(status, 202, "sold ahead of a waiting deferred sale: {third}");
+    assert_eq!(third["status"], "pending");
+    let labels = third["degraded"].as_array().expect("degraded");
     for label in ["store:behind-backlog", "store:sale-deferred"] {
-        assert!(labels.contains(&json!(label)), "{second}");
+        assert!(labels.contains(&json!(label)), "{third}");
     }
-    let second_id = second["order_id"].as_str().expect("order id").to_owned();
-    let second_key = format!("order-{second_id}");
+    let third_id = third["order_id"].as_str().expect("order id").to_owned();
     assert!(
-        !app.script().sell_keys.contains(&second_key),
-        "the request path tried to sell the second purchase"
+        !app.script().sell_keys.contains(&format!("order-{third_id}")),
+        "the request path tried to sell the third purchase"
     );
 
     app.script().sell_fails_for = None;
     let first_id = first["order_id"].as_str().expect("order id").to_owned();
-    for id in [&first_id, &second_id] {
+    for id in [&first_id, &third_id] {
         wait_for_order(&app, id, "completed", |v| v["status"] == "completed").await;
     }
-    assert_eq!(app.script().sales.len(), 2, "one sale per order");
+    assert_eq!(app.script().sales.len(), 3, "one sale per order");
 }
 
 /// Store fails every sale for good and the promise is 35 s. Two Store replicas give a drain-rate
