@@ -242,7 +242,12 @@ impl CompletionPromise {
         let units = sums.backlog as f64 + 1.0;
         let promise = self.promise.as_secs_f64();
         let uncertainty = sums.rate_uncertainty();
-        let capacity = capacity(rate, dispersion, uncertainty, promise);
+        // An empty backlog always admits one, when the mean says it drains within the promise:
+        // the drain is measured only while something waits, so a low estimate (a stretch in
+        // which every replica was failing) that admitted nothing could never be corrected.
+        let capacity = capacity(rate, dispersion, uncertainty, promise).max(
+            if sums.backlog == 0 && rate * promise >= 1.0 { 1.0 } else { 0.0 },
+        );
         // A millionth of a unit of slack, so float rounding never refuses what fits exactly.
         if units <= capacity + 1e-6 {
             sums.backlog += 1;
@@ -625,6 +630,35 @@ mod tests {
         // Buckets of 90 and 0: mean 45, variance about 45² = 2025, dispersion about 45.
         assert!(view.dispersion > 20.0, "{view:?}");
         assert!(view.admissible < 200, "{view:?}");
+    }
+
+    /// A low estimate must not shut admission for good: the drain is measured only while
+    /// something waits. After a minute of waiting without a completion (every replica failing),
+    /// the 99 % bound admits nothing, yet an empty backlog still admits one; its completion
+    /// lifts the estimate. (Without this the 100-user benchmark admitted nothing from its first
+    /// such stretch on: `admissible_orders` 0, rate stuck at 1.55/s.)
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_backlog_admits_one_so_the_drain_is_measured_again() {
+        let promise = CompletionPromise::new(Duration::from_secs(60), 2).unwrap();
+        assert!(matches!(promise.admit(Instant::now()), Admission::Accept { .. }));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        promise.completed(Instant::now());
+        let view = promise.view(Instant::now());
+        assert_eq!((view.backlog, view.admissible), (0, 0), "{view:?}");
+        assert!(matches!(promise.admit(Instant::now()), Admission::Accept { .. }));
+        assert!(
+            matches!(promise.admit(Instant::now()), Admission::Refuse { .. }),
+            "only one while the bound admits none"
+        );
+        // It completes, and so do the next ones, 4 a second for two minutes: the estimate
+        // recovers.
+        for _ in 0..480 {
+            tokio::time::advance(Duration::from_millis(250)).await;
+            promise.completed(Instant::now());
+            assert!(matches!(promise.admit(Instant::now()), Admission::Accept { .. }));
+        }
+        let view = promise.view(Instant::now());
+        assert!(view.admissible > 50, "{view:?}");
     }
 
     /// Purchases queue behind the deferred sales only once the oldest has waited the
