@@ -246,7 +246,11 @@ impl CompletionPromise {
         // the drain is measured only while something waits, so a low estimate (a stretch in
         // which every replica was failing) that admitted nothing could never be corrected.
         let capacity = capacity(rate, dispersion, uncertainty, promise).max(
-            if sums.backlog == 0 && rate * promise >= 1.0 { 1.0 } else { 0.0 },
+            if sums.backlog == 0 && rate * promise >= 1.0 {
+                1.0
+            } else {
+                0.0
+            },
         );
         // A millionth of a unit of slack, so float rounding never refuses what fits exactly.
         if units <= capacity + 1e-6 {
@@ -265,7 +269,7 @@ impl CompletionPromise {
                     units,
                 )),
                 retry_after: Duration::from_secs(
-                    ((units - capacity - 1e-6) / rate).ceil().max(1.0) as u64
+                    ((units - capacity - 1e-6) / rate).ceil().max(1.0) as u64,
                 ),
             }
         }
@@ -457,8 +461,7 @@ impl Sums {
 /// (`T²·D·rate·uncertainty`, at most [`ESTIMATE_ERROR_CAP`] times the drain's); at least 0.
 fn capacity(rate: f64, dispersion: f64, uncertainty: f64, seconds: f64) -> f64 {
     let mean = rate * seconds;
-    let variance =
-        dispersion * mean * (1.0 + (seconds * uncertainty).min(ESTIMATE_ERROR_CAP));
+    let variance = dispersion * mean * (1.0 + (seconds * uncertainty).min(ESTIMATE_ERROR_CAP));
     (mean - CONFIDENCE_Z * variance.sqrt()).max(0.0)
 }
 
@@ -650,12 +653,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_empty_backlog_admits_one_so_the_drain_is_measured_again() {
         let promise = CompletionPromise::new(Duration::from_secs(60), 2).unwrap();
-        assert!(matches!(promise.admit(Instant::now()), Admission::Accept { .. }));
+        assert!(matches!(
+            promise.admit(Instant::now()),
+            Admission::Accept { .. }
+        ));
         tokio::time::advance(Duration::from_secs(60)).await;
         promise.completed(Instant::now());
         let view = promise.view(Instant::now());
         assert_eq!((view.backlog, view.admissible), (0, 0), "{view:?}");
-        assert!(matches!(promise.admit(Instant::now()), Admission::Accept { .. }));
+        assert!(matches!(
+            promise.admit(Instant::now()),
+            Admission::Accept { .. }
+        ));
         assert!(
             matches!(promise.admit(Instant::now()), Admission::Refuse { .. }),
             "only one while the bound admits none"
@@ -665,7 +674,10 @@ mod tests {
         for _ in 0..480 {
             tokio::time::advance(Duration::from_millis(250)).await;
             promise.completed(Instant::now());
-            assert!(matches!(promise.admit(Instant::now()), Admission::Accept { .. }));
+            assert!(matches!(
+                promise.admit(Instant::now()),
+                Admission::Accept { .. }
+            ));
         }
         let view = promise.view(Instant::now());
         assert!(view.admissible > 50, "{view:?}");
@@ -680,10 +692,20 @@ mod tests {
             .unwrap()
             .queueing_after(Duration::from_secs(1));
         assert_eq!(promise.queue_ahead(Instant::now()), None, "nothing waits");
-        assert!(matches!(promise.admit(Instant::now()), Admission::Accept { .. }));
+        assert!(matches!(
+            promise.admit(Instant::now()),
+            Admission::Accept { .. }
+        ));
         tokio::time::advance(Duration::from_millis(600)).await;
-        assert!(matches!(promise.admit(Instant::now()), Admission::Accept { .. }));
-        assert_eq!(promise.queue_ahead(Instant::now()), None, "the oldest waited 0.6 s");
+        assert!(matches!(
+            promise.admit(Instant::now()),
+            Admission::Accept { .. }
+        ));
+        assert_eq!(
+            promise.queue_ahead(Instant::now()),
+            None,
+            "the oldest waited 0.6 s"
+        );
         tokio::time::advance(Duration::from_millis(400)).await;
         assert_eq!(promise.queue_ahead(Instant::now()), Some(2));
         promise.completed(Instant::now()); // the oldest ended; the other waited 0.4 s
@@ -697,7 +719,12 @@ mod tests {
         promise.set_backlog(Instant::now(), promise.mark(), 3, Duration::from_secs(30));
         assert_eq!(promise.queue_ahead(Instant::now()), Some(3));
         // Then it says the oldest is 0.2 s old (the others ended elsewhere): no queue.
-        promise.set_backlog(Instant::now(), promise.mark(), 1, Duration::from_millis(200));
+        promise.set_backlog(
+            Instant::now(),
+            promise.mark(),
+            1,
+            Duration::from_millis(200),
+        );
         assert_eq!(promise.queue_ahead(Instant::now()), None);
     }
 

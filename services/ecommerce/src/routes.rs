@@ -507,9 +507,14 @@ impl NotSold {
 impl std::fmt::Display for NotSold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Unavailable { error, .. } => write!(f, "no Store replica could sell in time: {error}"),
+            Self::Unavailable { error, .. } => {
+                write!(f, "no Store replica could sell in time: {error}")
+            }
             Self::BehindBacklog { waiting } => {
-                write!(f, "{waiting} deferred sales wait; not selling ahead of them")
+                write!(
+                    f,
+                    "{waiting} deferred sales wait; not selling ahead of them"
+                )
             }
         }
     }

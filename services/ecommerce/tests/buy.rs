@@ -680,13 +680,19 @@ async fn ft_does_not_sell_ahead_of_a_deferred_sale_that_waits() {
     let (status, second) = app
         .buy(None, json!({"product": "8", "user": "second", "ft": true}))
         .await;
-    assert_eq!(status, 200, "a deferral just made does not queue purchases: {second}");
+    assert_eq!(
+        status, 200,
+        "a deferral just made does not queue purchases: {second}"
+    );
 
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let (status, third) = app
         .buy(None, json!({"product": "8", "user": "third", "ft": true}))
         .await;
-    assert_eq!(status, 202, "sold ahead of a waiting deferred sale: {third}");
+    assert_eq!(
+        status, 202,
+        "sold ahead of a waiting deferred sale: {third}"
+    );
     assert_eq!(third["status"], "pending");
     let labels = third["degraded"].as_array().expect("degraded");
     for label in ["store:behind-backlog", "store:sale-deferred"] {
@@ -694,7 +700,9 @@ async fn ft_does_not_sell_ahead_of_a_deferred_sale_that_waits() {
     }
     let third_id = third["order_id"].as_str().expect("order id").to_owned();
     assert!(
-        !app.script().sell_keys.contains(&format!("order-{third_id}")),
+        !app.script()
+            .sell_keys
+            .contains(&format!("order-{third_id}")),
         "the request path tried to sell the third purchase"
     );
 
@@ -775,7 +783,10 @@ async fn refuses_to_defer_beyond_the_promise(database_url: Option<String>) {
     let backlog = app.get_json("/backlog").await;
     assert_eq!(backlog["pending_orders"], accepted as u64, "{backlog}");
     assert_eq!(backlog["promise_seconds"], 35.0);
-    assert_eq!(backlog["drain_dispersion"], 10.0, "nothing drained yet: the prior");
+    assert_eq!(
+        backlog["drain_dispersion"], 10.0,
+        "nothing drained yet: the prior"
+    );
     assert!(
         backlog["admissible_orders"].as_u64() <= Some(accepted as u64),
         "one more would not fit: {backlog}"
@@ -797,8 +808,13 @@ async fn refuses_to_defer_beyond_the_promise(database_url: Option<String>) {
 /// sold it but answered too late), deferred anyway; Store then fails until it is past due.
 async fn a_deferred_order_past_its_promise_says_so(database_url: Option<String>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app =
-        spawn_app_promising(database_url, dir, Arc::default(), Duration::from_millis(500)).await;
+    let app = spawn_app_promising(
+        database_url,
+        dir,
+        Arc::default(),
+        Duration::from_millis(500),
+    )
+    .await;
     app.script().sell_delay = Some(Duration::from_secs(2));
     let (status, body) = app.buy(None, ft_order()).await;
     assert_eq!(status, 202, "{body}");
@@ -810,7 +826,10 @@ async fn a_deferred_order_past_its_promise_says_so(database_url: Option<String>)
     let first = body["order_id"].as_str().expect("order id").to_owned();
     let view = order_view(&app, &first).await;
     assert_eq!(view["promise_missed"], false, "{view}");
-    assert_eq!(view["expected_completion_at"], body["expected_completion_at"]);
+    assert_eq!(
+        view["expected_completion_at"],
+        body["expected_completion_at"]
+    );
     let late = wait_for_order(&app, &first, "past its promise", |v| {
         v["promise_missed"] == true
     })
@@ -951,7 +970,11 @@ async fn a_sale_in_doubt_is_deferred_never_refused() {
     let id = doubtful["order_id"].as_str().expect("order id");
     wait_for_order(&app, id, "completed", |v| v["status"] == "completed").await;
     let sales = app.script().sales.clone();
-    assert_eq!(sales.len(), 1, "one sale for the acknowledged order: {sales:?}");
+    assert_eq!(
+        sales.len(),
+        1,
+        "one sale for the acknowledged order: {sales:?}"
+    );
     let done = order_view(&app, doubtful["order_id"].as_str().expect("id")).await;
     assert_eq!(done["transaction_id"], json!(sales[&key]), "{done}");
 }

@@ -390,7 +390,10 @@ async fn the_sell_fault_passes_one_over_p_minus_one_sales_per_window_on_average(
     }
     let mean = total as f64 / count as f64;
     // Geometric with p = 0.1: variance 90, standard error √(90 / 20 000) = 0.067.
-    assert!((mean - 9.0).abs() < 5.0 * 0.067, "mean sales per window {mean}");
+    assert!(
+        (mean - 9.0).abs() < 5.0 * 0.067,
+        "mean sales per window {mean}"
+    );
     for instance in ["store-1", "store-2"] {
         let runs = passes_between_windows(instance, 42, 63).await;
         let mean = runs.iter().sum::<u64>() as f64 / runs.len() as f64;
