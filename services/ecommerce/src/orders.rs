@@ -701,6 +701,18 @@ pub struct Backlog {
     pub admissible_orders: u64,
 }
 
+impl Backlog {
+    /// The pending orders and how long the oldest has waited, as
+    /// [`crate::promise::CompletionPromise::set_backlog`] takes them.
+    pub fn pending(&self) -> (u64, std::time::Duration) {
+        (
+            u64::try_from(self.pending_orders).unwrap_or(0),
+            std::time::Duration::try_from_secs_f64(self.oldest_pending_order_age_seconds)
+                .unwrap_or_default(),
+        )
+    }
+}
+
 pub async fn backlog(db: &Db) -> Result<Backlog, sqlx::Error> {
     db.run(|| backlog_once(db)).await
 }

@@ -237,39 +237,33 @@ impl CompletionPromise {
     /// Decides for one more deferred sale at `now`; an accepted one joins the backlog.
     pub fn admit(&self, now: Instant) -> Admission {
         let mut sums = self.sums(now);
-        let rate = sums.rate(self.prior_rate);
-        let dispersion = sums.dispersion();
+        let drain = sums.drain(self.prior_rate);
         let units = sums.backlog as f64 + 1.0;
         let promise = self.promise.as_secs_f64();
-        let uncertainty = sums.rate_uncertainty();
         // An empty backlog always admits one, when the mean says it drains within the promise:
         // the drain is measured only while something waits, so a low estimate (a stretch in
         // which every replica was failing) that admitted nothing could never be corrected.
-        let capacity = capacity(rate, dispersion, uncertainty, promise).max(
-            if sums.backlog == 0 && rate * promise >= 1.0 {
-                1.0
-            } else {
-                0.0
-            },
-        );
+        let capacity =
+            drain
+                .capacity(promise)
+                .max(if sums.backlog == 0 && drain.rate * promise >= 1.0 {
+                    1.0
+                } else {
+                    0.0
+                });
         // A millionth of a unit of slack, so float rounding never refuses what fits exactly.
         if units <= capacity + 1e-6 {
             sums.backlog += 1;
             sums.added += 1;
             sums.admitted(now);
             Admission::Accept {
-                expected: Duration::from_secs_f64(units / rate),
+                expected: Duration::from_secs_f64(units / drain.rate),
             }
         } else {
             Admission::Refuse {
-                projected: Duration::from_secs_f64(drain_time(
-                    rate,
-                    dispersion,
-                    uncertainty,
-                    units,
-                )),
+                projected: Duration::from_secs_f64(drain.time_for(units)),
                 retry_after: Duration::from_secs(
-                    ((units - capacity - 1e-6) / rate).ceil().max(1.0) as u64,
+                    ((units - capacity - 1e-6) / drain.rate).ceil().max(1.0) as u64,
                 ),
             }
         }
@@ -370,21 +364,14 @@ impl CompletionPromise {
     /// The current estimate.
     pub fn view(&self, now: Instant) -> DrainView {
         let sums = self.sums(now);
-        let rate = sums.rate(self.prior_rate);
-        let dispersion = sums.dispersion();
+        let drain = sums.drain(self.prior_rate);
         DrainView {
-            rate_per_second: rate,
-            projected_drain_seconds: sums.backlog as f64 / rate,
+            rate_per_second: drain.rate,
+            projected_drain_seconds: sums.backlog as f64 / drain.rate,
             promise_seconds: self.promise.as_secs_f64(),
             backlog: sums.backlog,
-            dispersion,
-            admissible: capacity(
-                rate,
-                dispersion,
-                sums.rate_uncertainty(),
-                self.promise.as_secs_f64(),
-            )
-            .floor() as u64,
+            dispersion: drain.dispersion,
+            admissible: drain.capacity(self.promise.as_secs_f64()).floor() as u64,
         }
     }
 
@@ -421,6 +408,15 @@ impl CompletionPromise {
 }
 
 impl Sums {
+    /// The drain as estimated now.
+    fn drain(&self, prior_rate: f64) -> Drain {
+        Drain {
+            rate: self.rate(prior_rate),
+            dispersion: self.dispersion(),
+            uncertainty: self.rate_uncertainty(),
+        }
+    }
+
     fn admitted(&mut self, now: Instant) {
         if self.admitted_at.len() < TRACKED_ADMISSIONS {
             self.admitted_at.push_back(now);
@@ -454,15 +450,44 @@ impl Sums {
     }
 }
 
-/// Units that drain within `seconds` with 99 % confidence at the estimated `rate` with
-/// dispersion index `dispersion`, when the rate estimate itself has relative variance
-/// `uncertainty × dispersion / rate` (see [`Sums::rate_uncertainty`]): the mean `rate·T` less
-/// `z` standard deviations of the drain (`D·rate·T`) and of the estimate's error over `T`
-/// (`T²·D·rate·uncertainty`, at most [`ESTIMATE_ERROR_CAP`] times the drain's); at least 0.
-fn capacity(rate: f64, dispersion: f64, uncertainty: f64, seconds: f64) -> f64 {
-    let mean = rate * seconds;
-    let variance = dispersion * mean * (1.0 + (seconds * uncertainty).min(ESTIMATE_ERROR_CAP));
-    (mean - CONFIDENCE_Z * variance.sqrt()).max(0.0)
+/// The drain as estimated at one moment: the bound of the module docs.
+#[derive(Debug, Clone, Copy)]
+struct Drain {
+    /// Deferred sales per second of busy time ([`Sums::rate`]).
+    rate: f64,
+    /// Variance over mean of the drain ([`Sums::dispersion`]).
+    dispersion: f64,
+    /// The rate estimate's relative variance per unit of dispersion and rate
+    /// ([`Sums::rate_uncertainty`]).
+    uncertainty: f64,
+}
+
+impl Drain {
+    /// Units that drain within `seconds` with 99 % confidence: the mean `rate·T` less `z`
+    /// standard deviations of the drain (`D·rate·T`) and of the estimate's error over `T`
+    /// (`T²·D·rate·uncertainty`, at most [`ESTIMATE_ERROR_CAP`] times the drain's); at least 0.
+    fn capacity(&self, seconds: f64) -> f64 {
+        let mean = self.rate * seconds;
+        let estimate_error = (seconds * self.uncertainty).min(ESTIMATE_ERROR_CAP);
+        let variance = self.dispersion * mean * (1.0 + estimate_error);
+        (mean - CONFIDENCE_Z * variance.sqrt()).max(0.0)
+    }
+
+    /// The time within which `units` drain with 99 % confidence (the smallest `T` whose
+    /// [`Self::capacity`] holds them), found by bisection; [`LONGEST_PROJECTION`] when not
+    /// within it.
+    fn time_for(&self, units: f64) -> f64 {
+        let holds = |t: f64| self.capacity(t) >= units;
+        if !holds(LONGEST_PROJECTION) {
+            return LONGEST_PROJECTION;
+        }
+        let (mut low, mut high) = (0.0, LONGEST_PROJECTION);
+        for _ in 0..64 {
+            let mid = (low + high) / 2.0;
+            if holds(mid) { high = mid } else { low = mid }
+        }
+        high
+    }
 }
 
 /// The estimate's error enters the bound as at most this many times the drain's own variance.
@@ -476,21 +501,6 @@ const ESTIMATE_ERROR_CAP: f64 = 2.0;
 
 /// Longest drain time a refusal reports: beyond it the projection says "not within a day".
 const LONGEST_PROJECTION: f64 = 86_400.0;
-
-/// The time within which `units` drain with 99 % confidence (the smallest `T` whose
-/// [`capacity`] holds them), found by bisection; [`LONGEST_PROJECTION`] when not within it.
-fn drain_time(rate: f64, dispersion: f64, uncertainty: f64, units: f64) -> f64 {
-    let holds = |t: f64| capacity(rate, dispersion, uncertainty, t) >= units;
-    if !holds(LONGEST_PROJECTION) {
-        return LONGEST_PROJECTION;
-    }
-    let (mut low, mut high) = (0.0, LONGEST_PROJECTION);
-    for _ in 0..64 {
-        let mid = (low + high) / 2.0;
-        if holds(mid) { high = mid } else { low = mid }
-    }
-    high
-}
 
 /// `at` (Unix epoch milliseconds) as RFC 3339 UTC with milliseconds, e.g.
 /// `2026-11-30T06:09:18.123Z`; `None` when out of range.
@@ -510,6 +520,17 @@ mod tests {
 
     fn secs(d: Duration) -> f64 {
         d.as_secs_f64()
+    }
+
+    /// The refusal's projection and Retry-After; panics on an acceptance.
+    fn refused(admission: Admission) -> (Duration, Duration) {
+        match admission {
+            Admission::Refuse {
+                projected,
+                retry_after,
+            } => (projected, retry_after),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -571,31 +592,17 @@ mod tests {
         assert!((view.dispersion - 10.0).abs() < 1e-9);
         // The 32nd would drain within 60.38 s at 99 %: refused, and 0.44 units of the backlog
         // drain in 0.24 s: retry after 1 s.
-        match promise.admit(now) {
-            Admission::Refuse {
-                projected,
-                retry_after,
-            } => {
-                assert!((secs(projected) - 60.38).abs() < 0.01, "{projected:?}");
-                assert_eq!(retry_after, Duration::from_secs(1));
-            }
-            other => panic!("{other:?}"),
-        }
+        let (projected, retry_after) = refused(promise.admit(now));
+        assert!((secs(projected) - 60.38).abs() < 0.01, "{projected:?}");
+        assert_eq!(retry_after, Duration::from_secs(1));
         assert_eq!(promise.view(now).backlog, 31, "a refusal adds nothing");
 
         // A larger backlog (from the database): 81 units take 99.76 s at 99 %, and 49.44 must
         // drain first: Retry-After 28 s.
         promise.set_backlog(now, promise.mark(), 80, Duration::ZERO);
-        match promise.admit(now) {
-            Admission::Refuse {
-                projected,
-                retry_after,
-            } => {
-                assert!((secs(projected) - 99.76).abs() < 0.01, "{projected:?}");
-                assert_eq!(retry_after, Duration::from_secs(28));
-            }
-            other => panic!("{other:?}"),
-        }
+        let (projected, retry_after) = refused(promise.admit(now));
+        assert!((secs(projected) - 99.76).abs() < 0.01, "{projected:?}");
+        assert_eq!(retry_after, Duration::from_secs(28));
         promise.set_backlog(now, promise.mark(), 30, Duration::ZERO);
         assert!(matches!(promise.admit(now), Admission::Accept { .. }));
         // A sale in doubt joins the backlog beyond the promise, with its mean projection.

@@ -502,6 +502,14 @@ impl NotSold {
     fn in_doubt(&self) -> bool {
         matches!(self, Self::Unavailable { in_doubt: true, .. })
     }
+
+    /// The deferred sales it queued behind, when it was not tried.
+    fn behind(&self) -> Option<u64> {
+        match self {
+            Self::BehindBacklog { waiting } => Some(*waiting),
+            Self::Unavailable { .. } => None,
+        }
+    }
 }
 
 impl std::fmt::Display for NotSold {
@@ -597,7 +605,7 @@ async fn ft_purchase(
         Ok(sale) => sale,
         Err(error) => {
             let in_doubt = error.in_doubt();
-            if let NotSold::BehindBacklog { .. } = error {
+            if error.behind().is_some() {
                 degraded.add("store:behind-backlog");
             }
             // A 202 is a promise bounded in time: defer only what the backlog can complete
@@ -625,10 +633,7 @@ async fn ft_purchase(
                     return Ok(Outcome::Refused(Refusal {
                         retry_after,
                         projected,
-                        behind: match error {
-                            NotSold::BehindBacklog { waiting } => Some(waiting),
-                            NotSold::Unavailable { .. } => None,
-                        },
+                        behind: error.behind(),
                     }));
                 }
             };
@@ -721,13 +726,8 @@ async fn get_backlog(State(state): State<AppState>) -> Result<Json<Backlog>, Pro
     let mark = state.promise.mark();
     let mut backlog = orders::backlog(&state.db).await?;
     let now = tokio::time::Instant::now();
-    state.promise.set_backlog(
-        now,
-        mark,
-        u64::try_from(backlog.pending_orders).unwrap_or(0),
-        std::time::Duration::try_from_secs_f64(backlog.oldest_pending_order_age_seconds)
-            .unwrap_or_default(),
-    );
+    let (pending, oldest) = backlog.pending();
+    state.promise.set_backlog(now, mark, pending, oldest);
     let drain = state.promise.view(now);
     backlog.drain_rate_per_second = drain.rate_per_second;
     backlog.projected_drain_seconds = drain.projected_drain_seconds;

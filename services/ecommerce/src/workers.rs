@@ -499,12 +499,8 @@ async fn record_backlog(state: AppState) -> anyhow::Result<usize> {
         .set(b.oldest_dead_letter_bonus_age_seconds);
     metrics::gauge!("shop_pending_orders_past_promise").set(b.pending_orders_past_promise as f64);
     let now = Instant::now();
-    state.promise.set_backlog(
-        now,
-        mark,
-        u64::try_from(b.pending_orders).unwrap_or(0),
-        Duration::try_from_secs_f64(b.oldest_pending_order_age_seconds).unwrap_or_default(),
-    );
+    let (pending, oldest) = b.pending();
+    state.promise.set_backlog(now, mark, pending, oldest);
     let drain = state.promise.view(now);
     metrics::gauge!("shop_defer_drain_rate_per_second").set(drain.rate_per_second);
     metrics::gauge!("shop_defer_projected_drain_seconds").set(drain.projected_drain_seconds);
