@@ -73,11 +73,11 @@ ctx_switches() {
   done
   echo "$t"
 }
-rss_kb() { local pid t=0; for pid in "$@"; do t=$((t + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status"))); done; echo "$t"; }
 # PSS (proportional set size, what smem reports): each shared page divided among the processes
 # that map it. The seven processes run one binary, so its code pages (~11 MB resident) appear
 # in every VmRSS and the RSS sum counts them seven times; the PSS sum counts them once.
-pss_kb() { local pid t=0; for pid in "$@"; do t=$((t + $(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup"))); done; echo "$t"; }
+# sum_kb FIELD PID...: FIELD (Rss or Pss) of /proc/<pid>/smaps_rollup summed over the processes.
+sum_kb() { local field=$1 pid t=0; shift; for pid in "$@"; do t=$((t + $(awk -v f="$field:" '$1 == f {print $2}' "/proc/$pid/smaps_rollup"))); done; echo "$t"; }
 suite_pids() { jq -r '.members[].pid // empty' "$1/up.json"; }
 wait_ready() {
   local url=$1
@@ -137,8 +137,8 @@ run_suite() {
   before=$(cpu_ticks "${pids[@]}" "$UP")
   sleep "$IDLE_SECONDS"
   after=$(cpu_ticks "${pids[@]}" "$UP")
-  rss=$(rss_kb "${pids[@]}" "$UP")
-  pss=$(pss_kb "${pids[@]}" "$UP")
+  rss=$(sum_kb Rss "${pids[@]}" "$UP")
+  pss=$(sum_kb Pss "${pids[@]}" "$UP")
   read -r ub sb <<< "$before"; read -r ua sa <<< "$after"
   IDLE+=("$(awk -v b="$backend" -v t="$TCK" -v c=$((ua + sa - ub - sb)) -v s="$IDLE_SECONDS" -v rss="$rss" -v pss="$pss" \
     'BEGIN { printf "| %s | %.2f %% of a core | %.0f MB | %.0f MB |", b, 100 * c / t / s, rss / 1024, pss / 1024 }')")

@@ -28,12 +28,15 @@ cleanup() { [[ -n "$UP_PID" ]] && kill -TERM "$UP_PID" 2>/dev/null && wait "$UP_
 trap cleanup EXIT
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Store replica k (from 1) listens on base + 1 + 10 (k - 1), as `ftshop up --stores` places it.
+store_offsets=()
+for k in $(seq 0 $((STORES - 1))); do store_offsets+=($((1 + 10 * k))); done
+
 for shape in "$@"; do
   vus="${shape%%:*}"; think="${shape#*:}"
   name="${vus}vus-think-${think//./}-n${STORES}"
-  offsets=(0 3 12)   # ecommerce, fidelity, exchange-2; Store replica k at 1 + 10 (k - 1)
-  for k in $(seq 0 $((STORES - 1))); do offsets+=($((1 + 10 * k))); done
-  for offset in "${offsets[@]}"; do
+  # ecommerce, fidelity, exchange-2 and every Store replica
+  for offset in 0 3 12 "${store_offsets[@]}"; do
     if port_busy $((PORT_BASE + offset)); then
       echo "port $((PORT_BASE + offset)) is in use: stop whatever listens there (or set PORT_BASE)" >&2
       exit 1
@@ -57,8 +60,8 @@ for shape in "$@"; do
   echo "after: $(cat /proc/loadavg)" >> "$OUT/$name/loadavg.txt"
   # Each Store replica's units sold and `/sell` error windows opened, to compare the observed
   # sales per window with the formula's 1/p - 1 (docs/benchmarks/sustained-faults.md).
-  for k in $(seq 0 $((STORES - 1))); do
-    port=$((PORT_BASE + 1 + 10 * k))
+  for k in "${!store_offsets[@]}"; do
+    port=$((PORT_BASE + store_offsets[k]))
     curl -sf "http://127.0.0.1:$port/metrics" \
       | grep -E '^(store_sales_total|chaos_fault_windows_total|chaos_faults_injected_total)\{' \
       | grep -E 'outcome="sold"|route="/sell"' | sed "s/^/store-$((k + 1)) /"
