@@ -79,6 +79,19 @@ ctx_switches() {
 # sum_kb FIELD PID...: FIELD (Rss or Pss) of /proc/<pid>/smaps_rollup summed over the processes.
 sum_kb() { local field=$1 pid t=0; shift; for pid in "$@"; do t=$((t + $(awk -v f="$field:" '$1 == f {print $2}' "/proc/$pid/smaps_rollup"))); done; echo "$t"; }
 suite_pids() { jq -r '.members[].pid // empty' "$1/up.json"; }
+# name=pid of each service of the suite in data dir $1 (for the per-service breakdown).
+suite_members() { jq -r '.members[] | select(.pid != null) | "\(.name)=\(.pid)"' "$1/up.json"; }
+# per_service_ms <ok purchases> <name=pid>... with BEFORE_TICKS[pid] set: "name ms, name ms".
+per_service_ms() {
+  local ok=$1 member name pid out=() after; shift
+  for member in "$@"; do
+    name=${member%%=*}; pid=${member#*=}
+    read -r u s <<< "$(cpu_ticks "$pid")"; after=$((u + s))
+    out+=("$(awk -v n="$name" -v d=$((after - BEFORE_TICKS[$pid])) -v t="$TCK" -v ok="$ok" 'BEGIN { printf "%s %.3f", n, d * 1000 / t / ok }')")
+  done
+  local IFS=,; echo "${out[*]}" | sed 's/,/, /g'
+}
+declare -A BEFORE_TICKS
 wait_ready() {
   local url=$1
   for _ in $(seq 300); do curl -sf "$url" >/dev/null 2>&1 && return 0; sleep 0.2; done
@@ -89,7 +102,8 @@ ROWS=()
 # measure <label> <url> <ft> <pids...>: one wrk run, CPU of <pids> across it.
 measure() {
   local label=$1 url=$2 ft=$3; shift 3
-  local before after log="$WORK/wrk-${label//[^a-z0-9]/_}.txt"
+  local before after log="$WORK/wrk-${label//[^a-z0-9]/_}.txt" pid u s
+  for pid in "$@"; do read -r u s <<< "$(cpu_ticks "$pid")"; BEFORE_TICKS[$pid]=$((u + s)); done
   before=$(cpu_ticks "$@"); local cs_before; cs_before=$(ctx_switches "$@")
   FT="$ft" wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency -s scripts/bench/buy.lua "$url" > "$log"
   after=$(cpu_ticks "$@"); local cs_after; cs_after=$(ctx_switches "$@")
@@ -110,7 +124,12 @@ measure() {
       ker = (du + ds) > 0 ? 100 * ds / (du + ds) : 0
       printf "| %s | %.0f | %.1f | %.1f | %d | %.3f | %.0f %% | %.1f |", l, ok / (d / 1e6), p50 / 1000, p99 / 1000, n + e, cpu, ker, cs / ok
     }')")
+  if [[ ${#MEMBERS[@]} -gt 0 ]]; then
+    BREAKDOWN+=("| $label | $(per_service_ms $((req > non2xx ? req - non2xx : 1)) "${MEMBERS[@]}") |")
+  fi
 }
+MEMBERS=()
+BREAKDOWN=()
 
 # run_suite <backend> <port base>: starts the suite, warms it up, measures ft=true and ft=false,
 # then the idle suite, and stops it.
@@ -126,6 +145,7 @@ run_suite() {
   UP=$!
   wait_ready "http://127.0.0.1:$base/health/ready"
   local pids; mapfile -t pids < <(suite_pids "$dir")
+  mapfile -t MEMBERS < <(suite_members "$dir")
   [[ ${#pids[@]} -eq 6 ]] || { echo "error: expected 6 service pids, got ${pids[*]}" >&2; exit 1; }
   # Warm-up: caches, connection pools, SQLite page cache; not measured.
   FT=true wrk -t1 -c4 -d3s -s scripts/bench/buy.lua "http://127.0.0.1:$base" > /dev/null
@@ -142,7 +162,7 @@ run_suite() {
   read -r ub sb <<< "$before"; read -r ua sa <<< "$after"
   IDLE+=("$(awk -v b="$backend" -v t="$TCK" -v c=$((ua + sa - ub - sb)) -v s="$IDLE_SECONDS" -v rss="$rss" -v pss="$pss" \
     'BEGIN { printf "| %s | %.2f %% of a core | %.0f MB | %.0f MB |", b, 100 * c / t / s, rss / 1024, pss / 1024 }')")
-  kill -TERM "$UP"; wait "$UP" 2>/dev/null || true; UP=""
+  kill -TERM "$UP"; wait "$UP" 2>/dev/null || true; UP=""; MEMBERS=()
   if [[ -n "$PG_DB" ]]; then
     psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null; PG_DB=""
   fi
@@ -176,6 +196,10 @@ fi
   echo
   echo "CPU per purchase: utime + stime of the six service processes (bare axum: its one process),"
   echo "before and after the wrk run, over the 2xx answers; wrk and the supervisor excluded."
+  echo
+  echo "| target | CPU ms / purchase by service |"
+  echo "|---|---|"
+  printf '%s\n' "${BREAKDOWN[@]}"
   echo
   echo "| suite at rest (${IDLE_SECONDS} s, 7 processes) | CPU | RSS summed | PSS summed |"
   echo "|---|---:|---:|---:|"

@@ -28,11 +28,10 @@
 
 use ftshop_platform::db::{Db, is_unique_violation, now_millis};
 use ftshop_platform::money::Decimal;
+use ftshop_platform::sql::{self, Done, Row};
 use serde::Serialize;
-use sqlx::Row;
-use sqlx::any::{AnyQueryResult, AnyRow};
 
-fn updated_one(result: &AnyQueryResult) -> bool {
+fn updated_one(result: &Done) -> bool {
     result.rows_affected() == 1
 }
 
@@ -87,7 +86,7 @@ async fn claim_once(db: &Db, order: &NewOrder<'_>) -> Result<Claim, sqlx::Error>
         return Ok(claim);
     }
     let now = now_millis();
-    let inserted = sqlx::query(
+    let inserted = sql::query(
         "INSERT INTO orders (order_id, idempotency_key, request_hash, user_id, product_id, ft, status, created_at, updated_at, version) \
          VALUES ($1, $2, $3, $4, $5, $6, 'processing', $7, $7, 0)",
     )
@@ -98,7 +97,7 @@ async fn claim_once(db: &Db, order: &NewOrder<'_>) -> Result<Claim, sqlx::Error>
     .bind(order.product.to_owned())
     .bind(i64::from(order.ft))
     .bind(now)
-    .execute(&db.pool)
+    .execute(db)
     .await;
     match (inserted, order.idempotency_key) {
         (Ok(_), _) => Ok(Claim::Fresh(Lease {
@@ -118,14 +117,14 @@ async fn claim_once(db: &Db, order: &NewOrder<'_>) -> Result<Claim, sqlx::Error>
 /// someone else took it a moment ago: read again (a few rounds), else in progress.
 async fn existing(db: &Db, key: &str, fingerprint: &str) -> Result<Option<Claim>, sqlx::Error> {
     for _ in 0..3 {
-        let row = sqlx::query(
+        let row = sql::query(
             "SELECT order_id, request_hash, status, response_status, response, updated_at, version FROM orders WHERE idempotency_key = $1",
         )
         .bind(key.to_owned())
-        .fetch_optional(&db.pool)
+        .fetch_optional(db)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        if row.try_get::<String, _>("request_hash")? != fingerprint {
+        if row.try_get::<String>("request_hash")? != fingerprint {
             return Ok(Some(Claim::KeyReused));
         }
         let order_id: String = row.try_get("order_id")?;
@@ -138,21 +137,21 @@ async fn existing(db: &Db, key: &str, fingerprint: &str) -> Result<Option<Claim>
                 return Ok(Some(Claim::Replay { status, body }));
             }
             "processing"
-                if now_millis() - row.try_get::<i64, _>("updated_at")? < ABANDONED_AFTER_MS =>
+                if now_millis() - row.try_get::<i64>("updated_at")? < ABANDONED_AFTER_MS =>
             {
                 return Ok(Some(Claim::InProgress));
             }
             _ => {}
         }
         // Failed, abandoned, or a final state without a stored answer: take it over.
-        let taken = sqlx::query(
+        let taken = sql::query(
             "UPDATE orders SET status = 'processing', updated_at = $3, version = version + 1 \
              WHERE order_id = $1 AND version = $2",
         )
         .bind(order_id.clone())
         .bind(version)
         .bind(now_millis())
-        .execute(&db.pool)
+        .execute(db)
         .await?;
         if taken.rows_affected() == 1 {
             return Ok(Some(Claim::Resumed(Lease {
@@ -164,7 +163,7 @@ async fn existing(db: &Db, key: &str, fingerprint: &str) -> Result<Option<Claim>
     Ok(Some(Claim::InProgress))
 }
 
-fn stored_answer(row: &AnyRow) -> Result<Option<(u16, String)>, sqlx::Error> {
+fn stored_answer(row: &Row) -> Result<Option<(u16, String)>, sqlx::Error> {
     let code: Option<i64> = row.try_get("response_status")?;
     let body: Option<String> = row.try_get("response")?;
     Ok(code
@@ -180,12 +179,12 @@ pub async fn answer_of(db: &Db, order_id: &str) -> Result<Option<(u16, String)>,
 
 async fn answer_of_once(db: &Db, order_id: &str) -> Result<Option<(u16, String)>, sqlx::Error> {
     let row =
-        sqlx::query("SELECT status, response_status, response FROM orders WHERE order_id = $1")
+        sql::query("SELECT status, response_status, response FROM orders WHERE order_id = $1")
             .bind(order_id.to_owned())
-            .fetch_optional(&db.pool)
+            .fetch_optional(db)
             .await?;
     match row {
-        Some(row) if row.try_get::<String, _>("status")? != "processing" => stored_answer(&row),
+        Some(row) if row.try_get::<String>("status")? != "processing" => stored_answer(&row),
         _ => Ok(None),
     }
 }
@@ -216,7 +215,7 @@ pub async fn complete(db: &Db, lease: &Lease, c: &Completion<'_>) -> Result<bool
 
 async fn complete_once(db: &Db, lease: &Lease, c: &Completion<'_>) -> Result<bool, sqlx::Error> {
     let now = now_millis();
-    let update = sqlx::query(
+    let update = sql::query(
         "UPDATE orders SET status = 'completed', failed_step = NULL, transaction_id = $2, value_cents = $3, rate_exact = $4, \
          total_cents = $5, bonus_points = $6, bonus_status = $7, response_status = 200, response = $8, updated_at = $9, \
          completed_sync = $10, next_attempt_at = NULL, \
@@ -237,16 +236,16 @@ async fn complete_once(db: &Db, lease: &Lease, c: &Completion<'_>) -> Result<boo
     if c.bonus_status == "credited" {
         // Nothing for the outbox: the one statement is its own transaction (the happy path's
         // write, one round trip instead of BEGIN, UPDATE, COMMIT: docs/benchmarks/happy-path.md).
-        let updated = update.execute(&db.pool).await?;
+        let updated = update.execute(db).await?;
         if updated.rows_affected() != 1 {
             return Ok(false);
         }
         count_completion(c);
         return Ok(true);
     }
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     // The first statement writes (SQLite: take the write lock before reading anything).
-    let updated = update.execute(&mut *tx).await?;
+    let updated = update.execute(&mut tx).await?;
     if updated.rows_affected() != 1 {
         tx.rollback().await?;
         return Ok(false);
@@ -254,7 +253,7 @@ async fn complete_once(db: &Db, lease: &Lease, c: &Completion<'_>) -> Result<boo
     // The span this runs in (the purchase's, or the order worker's): the dispatcher's delivery
     // links to it (migration 0008).
     let traceparent = ftshop_platform::telemetry::traceparent_of(&tracing::Span::current());
-    sqlx::query(
+    sql::query(
         "INSERT INTO bonus_outbox (transaction_id, order_id, user_id, points, attempts, next_attempt_at, created_at, traceparent) \
          VALUES ($1, $2, $3, $4, 0, $5, $5, $6) ON CONFLICT (transaction_id) DO NOTHING",
     )
@@ -264,7 +263,7 @@ async fn complete_once(db: &Db, lease: &Lease, c: &Completion<'_>) -> Result<boo
     .bind(c.bonus_points)
     .bind(now)
     .bind(traceparent)
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await?;
     tx.commit().await?;
     count_completion(c);
@@ -313,7 +312,7 @@ async fn defer_once(db: &Db, lease: &Lease, d: &Deferral<'_>) -> Result<bool, sq
     let now = now_millis();
     // The purchase's span: the order worker's attempts link to it (migration 0008).
     let traceparent = ftshop_platform::telemetry::traceparent_of(&tracing::Span::current());
-    let written = sqlx::query(
+    let written = sql::query(
         "UPDATE orders SET status = 'pending', value_cents = $2, rate_exact = $3, total_cents = $4, bonus_points = $5, \
          bonus_status = 'pending', response_status = 202, response = $6, updated_at = $7, next_attempt_at = $7, \
          completed_sync = 0, expected_completion_at = $9, promised_by = $10, promise_missed = 0, \
@@ -330,7 +329,7 @@ async fn defer_once(db: &Db, lease: &Lease, d: &Deferral<'_>) -> Result<bool, sq
     .bind(d.expected_completion_at)
     .bind(d.promised_by)
     .bind(traceparent)
-    .execute(&db.pool)
+    .execute(db)
     .await?;
     Ok(updated_one(&written))
 }
@@ -367,7 +366,7 @@ pub async fn due_orders(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Erro
 
 async fn due_orders_once(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Error> {
     let now = now_millis();
-    let rows = sqlx::query(
+    let rows = sql::query(
         "SELECT order_id, user_id, product_id, status, attempts, value_cents, rate_exact, response, version, promised_by, traceparent FROM orders \
          WHERE ft = 1 AND ((status = 'pending' AND next_attempt_at <= $1) \
             OR (status = 'processing' AND updated_at < $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $1))) \
@@ -376,7 +375,7 @@ async fn due_orders_once(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Err
     .bind(now)
     .bind(now - ABANDONED_AFTER_MS)
     .bind(limit)
-    .fetch_all(&db.pool)
+    .fetch_all(db)
     .await?;
     rows.iter()
         .map(|row| {
@@ -416,7 +415,7 @@ async fn lease_due_once(
     hold_ms: i64,
 ) -> Result<Option<Lease>, sqlx::Error> {
     let now = now_millis();
-    let taken = sqlx::query(
+    let taken = sql::query(
         "UPDATE orders SET version = version + 1, next_attempt_at = $3, \
          updated_at = CASE WHEN status = 'processing' THEN $4 ELSE updated_at END \
          WHERE order_id = $1 AND version = $2",
@@ -425,7 +424,7 @@ async fn lease_due_once(
     .bind(order.version)
     .bind(now + hold_ms)
     .bind(now)
-    .execute(&db.pool)
+    .execute(db)
     .await?;
     Ok(updated_one(&taken).then(|| Lease {
         order_id: order.order_id.clone(),
@@ -451,7 +450,7 @@ async fn reschedule_order_once(
     attempts: i64,
     next_attempt_at: i64,
 ) -> Result<bool, sqlx::Error> {
-    let written = sqlx::query(
+    let written = sql::query(
         "UPDATE orders SET attempts = $2, next_attempt_at = $3, version = version + 1 \
          WHERE order_id = $1 AND version = $4",
     )
@@ -459,7 +458,7 @@ async fn reschedule_order_once(
     .bind(attempts)
     .bind(next_attempt_at)
     .bind(lease.version)
-    .execute(&db.pool)
+    .execute(db)
     .await?;
     Ok(updated_one(&written))
 }
@@ -484,7 +483,7 @@ async fn cancel_once(
     response_status: u16,
     response: &str,
 ) -> Result<bool, sqlx::Error> {
-    let written = sqlx::query(
+    let written = sql::query(
         "UPDATE orders SET status = 'cancelled', cancel_reason = $2, response_status = $3, response = $4, \
          updated_at = $5, next_attempt_at = NULL, \
          promise_missed = CASE WHEN promised_by IS NOT NULL AND promised_by < $5 THEN 1 ELSE 0 END, \
@@ -496,7 +495,7 @@ async fn cancel_once(
     .bind(response.to_owned())
     .bind(now_millis())
     .bind(lease.version)
-    .execute(&db.pool)
+    .execute(db)
     .await?;
     Ok(updated_one(&written))
 }
@@ -520,13 +519,13 @@ pub async fn due_bonuses(db: &Db, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::
 }
 
 async fn due_bonuses_once(db: &Db, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sql::query(
         "SELECT transaction_id, order_id, user_id, points, attempts, next_attempt_at, traceparent FROM bonus_outbox \
          WHERE dead_lettered_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
     )
     .bind(now_millis())
     .bind(limit)
-    .fetch_all(&db.pool)
+    .fetch_all(db)
     .await?;
     rows.iter()
         .map(|row| {
@@ -551,7 +550,7 @@ pub async fn lease_bonus(db: &Db, entry: &OutboxEntry, hold_ms: i64) -> Result<b
 }
 
 async fn lease_bonus_once(db: &Db, entry: &OutboxEntry, hold_ms: i64) -> Result<bool, sqlx::Error> {
-    let taken = sqlx::query(
+    let taken = sql::query(
         "UPDATE bonus_outbox SET next_attempt_at = $4 \
          WHERE transaction_id = $1 AND attempts = $2 AND next_attempt_at = $3 AND dead_lettered_at IS NULL",
     )
@@ -559,7 +558,7 @@ async fn lease_bonus_once(db: &Db, entry: &OutboxEntry, hold_ms: i64) -> Result<
     .bind(entry.attempts)
     .bind(entry.next_attempt_at)
     .bind(now_millis() + hold_ms)
-    .execute(&db.pool)
+    .execute(db)
     .await?;
     Ok(updated_one(&taken))
 }
@@ -579,18 +578,18 @@ async fn bonus_delivered_once(
     transaction_id: &str,
     order_id: &str,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = db.pool.begin().await?;
-    sqlx::query("DELETE FROM bonus_outbox WHERE transaction_id = $1")
+    let mut tx = db.begin().await?;
+    sql::query("DELETE FROM bonus_outbox WHERE transaction_id = $1")
         .bind(transaction_id.to_owned())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
-    sqlx::query(
+    sql::query(
         "UPDATE orders SET bonus_status = 'credited', updated_at = $2 \
          WHERE order_id = $1 AND bonus_status <> 'credited'",
     )
     .bind(order_id.to_owned())
     .bind(now_millis())
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await?;
     tx.commit().await
 }
@@ -613,7 +612,7 @@ async fn reschedule_bonus_once(
     next_attempt_at: i64,
     error: &str,
 ) -> Result<bool, sqlx::Error> {
-    let written = sqlx::query(
+    let written = sql::query(
         "UPDATE bonus_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 \
          WHERE transaction_id = $1 AND attempts = $5",
     )
@@ -622,7 +621,7 @@ async fn reschedule_bonus_once(
     .bind(next_attempt_at)
     .bind(error.to_owned())
     .bind(entry.attempts)
-    .execute(&db.pool)
+    .execute(db)
     .await?;
     Ok(updated_one(&written))
 }
@@ -645,8 +644,8 @@ async fn dead_letter_bonus_once(
     error: &str,
 ) -> Result<bool, sqlx::Error> {
     let now = now_millis();
-    let mut tx = db.pool.begin().await?;
-    let written = sqlx::query(
+    let mut tx = db.begin().await?;
+    let written = sql::query(
         "UPDATE bonus_outbox SET attempts = $2, last_error = $3, dead_lettered_at = $4 \
          WHERE transaction_id = $1 AND attempts = $5 AND dead_lettered_at IS NULL",
     )
@@ -655,19 +654,19 @@ async fn dead_letter_bonus_once(
     .bind(error.to_owned())
     .bind(now)
     .bind(entry.attempts)
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await?;
     if !updated_one(&written) {
         tx.rollback().await?;
         return Ok(false);
     }
-    sqlx::query(
+    sql::query(
         "UPDATE orders SET bonus_status = 'dead-letter', updated_at = $2 \
          WHERE order_id = $1 AND bonus_status <> 'credited'",
     )
     .bind(entry.order_id.clone())
     .bind(now)
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await?;
     tx.commit().await?;
     Ok(true)
@@ -719,26 +718,26 @@ pub async fn backlog(db: &Db) -> Result<Backlog, sqlx::Error> {
 
 async fn backlog_once(db: &Db) -> Result<Backlog, sqlx::Error> {
     let now = now_millis();
-    let orders = sqlx::query(
+    let orders = sql::query(
         "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM orders WHERE status = 'pending'",
     )
-    .fetch_one(&db.pool)
+    .fetch_one(db)
     .await?;
-    let outbox = sqlx::query(
+    let outbox = sql::query(
         "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM bonus_outbox WHERE dead_lettered_at IS NULL",
     )
-    .fetch_one(&db.pool)
+    .fetch_one(db)
     .await?;
-    let dead = sqlx::query(
+    let dead = sql::query(
         "SELECT COUNT(*) AS n, MIN(dead_lettered_at) AS oldest FROM bonus_outbox WHERE dead_lettered_at IS NOT NULL",
     )
-    .fetch_one(&db.pool)
+    .fetch_one(db)
     .await?;
-    let late = sqlx::query(
+    let late = sql::query(
         "SELECT COUNT(*) AS n FROM orders WHERE status = 'pending' AND promised_by IS NOT NULL AND promised_by < $1",
     )
     .bind(now)
-    .fetch_one(&db.pool)
+    .fetch_one(db)
     .await?;
     let age = |oldest: Option<i64>| oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
     Ok(Backlog {
@@ -790,7 +789,7 @@ async fn finish_unsuccessfully_once(
     transaction_id: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let status = if final_answer { "rejected" } else { "failed" };
-    let written = sqlx::query(
+    let written = sql::query(
         "UPDATE orders SET status = $2, failed_step = $3, response_status = $4, response = $5, \
          transaction_id = COALESCE($6, transaction_id), updated_at = $7, version = version + 1 \
          WHERE order_id = $1 AND version = $8",
@@ -803,7 +802,7 @@ async fn finish_unsuccessfully_once(
     .bind(transaction_id.map(str::to_owned))
     .bind(now_millis())
     .bind(lease.version)
-    .execute(&db.pool)
+    .execute(db)
     .await?;
     Ok(updated_one(&written))
 }
@@ -846,35 +845,35 @@ pub async fn find(db: &Db, order_id: &str) -> Result<Option<OrderView>, sqlx::Er
 }
 
 async fn find_once(db: &Db, order_id: &str) -> Result<Option<OrderView>, sqlx::Error> {
-    let row = sqlx::query(
+    let row = sql::query(
         "SELECT order_id, status, user_id, product_id, ft, transaction_id, failed_step, cancel_reason, total_cents, \
          bonus_points, bonus_status, created_at, updated_at, expected_completion_at, promised_by, promise_missed \
          FROM orders WHERE order_id = $1",
     )
     .bind(order_id.to_owned())
-    .fetch_optional(&db.pool)
+    .fetch_optional(db)
     .await?;
     let Some(row) = row else { return Ok(None) };
     let status: String = row.try_get("status")?;
     let promised_by: Option<i64> = row.try_get("promised_by")?;
-    let promise_missed = row.try_get::<i64, _>("promise_missed")? != 0
+    let promise_missed = row.try_get::<i64>("promise_missed")? != 0
         || (status == "pending" && misses_promise(promised_by));
     Ok(Some(OrderView {
         order_id: row.try_get("order_id")?,
         status,
         user: row.try_get("user_id")?,
         product: row.try_get("product_id")?,
-        ft: row.try_get::<i64, _>("ft")? != 0,
+        ft: row.try_get::<i64>("ft")? != 0,
         transaction_id: row.try_get("transaction_id")?,
         failed_step: row.try_get("failed_step")?,
         cancel_reason: row.try_get("cancel_reason")?,
         total: row
-            .try_get::<Option<i64>, _>("total_cents")?
+            .try_get::<Option<i64>>("total_cents")?
             .map(crate::money::cents_to_decimal),
         bonus_points: row.try_get("bonus_points")?,
         bonus_status: row.try_get("bonus_status")?,
         expected_completion_at: row
-            .try_get::<Option<i64>, _>("expected_completion_at")?
+            .try_get::<Option<i64>>("expected_completion_at")?
             .and_then(crate::promise::rfc3339_millis),
         promised_by: promised_by.and_then(crate::promise::rfc3339_millis),
         promise_missed,
@@ -890,14 +889,14 @@ pub async fn store_last_rate(db: &Db, pair: &str, rate: Decimal) -> Result<(), s
 }
 
 async fn store_last_rate_once(db: &Db, pair: &str, rate: Decimal) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sql::query(
         "INSERT INTO last_rate (pair, rate, stored_at) VALUES ($1, $2, $3) \
          ON CONFLICT (pair) DO UPDATE SET rate = excluded.rate, stored_at = excluded.stored_at",
     )
     .bind(pair.to_owned())
     .bind(rate.to_string())
     .bind(now_millis())
-    .execute(&db.pool)
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -908,9 +907,9 @@ pub async fn last_rate(db: &Db, pair: &str) -> Result<Option<(Decimal, i64)>, sq
 }
 
 async fn last_rate_once(db: &Db, pair: &str) -> Result<Option<(Decimal, i64)>, sqlx::Error> {
-    let row = sqlx::query("SELECT rate, stored_at FROM last_rate WHERE pair = $1")
+    let row = sql::query("SELECT rate, stored_at FROM last_rate WHERE pair = $1")
         .bind(pair.to_owned())
-        .fetch_optional(&db.pool)
+        .fetch_optional(db)
         .await?;
     row.map(|row| -> Result<(Decimal, i64), sqlx::Error> {
         let stored_at: i64 = row.try_get("stored_at")?;
@@ -925,7 +924,7 @@ async fn last_rate_once(db: &Db, pair: &str) -> Result<Option<(Decimal, i64)>, s
 
 /// A decimal stored as text (`rate_exact`, `last_rate.rate`), read exactly; text that is not a
 /// decimal is a decode error, never a guess.
-fn decimal_column(row: &sqlx::any::AnyRow, column: &str) -> Result<Option<Decimal>, sqlx::Error> {
+fn decimal_column(row: &Row, column: &str) -> Result<Option<Decimal>, sqlx::Error> {
     let text: Option<String> = row.try_get(column)?;
     text.map(|text| {
         text.trim()

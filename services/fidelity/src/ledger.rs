@@ -8,6 +8,7 @@
 
 use anyhow::Context;
 use ftshop_platform::db::{Db, is_unique_violation, now_millis};
+use ftshop_platform::sql;
 
 /// What crediting a transaction did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +49,7 @@ async fn credit_once(
     // Two rounds at most: an empty lookup means the row that blocked our insert was rolled
     // back in between, and the second insert then goes through (or meets a committed row).
     for _ in 0..2 {
-        let inserted = sqlx::query(
+        let inserted = sql::query(
             "INSERT INTO credits (transaction_id, user_id, points, created_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (transaction_id) DO NOTHING",
         )
@@ -56,7 +57,7 @@ async fn credit_once(
         .bind(user)
         .bind(points)
         .bind(now_millis())
-        .execute(&db.pool)
+        .execute(db)
         .await;
         match inserted {
             Ok(done) if done.rows_affected() == 1 => return Ok(Some(Credit::Credited)),
@@ -66,10 +67,12 @@ async fn credit_once(
             Err(err) => return Err(err),
         }
         let existing: Option<(String, i64)> =
-            sqlx::query_as("SELECT user_id, points FROM credits WHERE transaction_id = $1")
+            sql::query("SELECT user_id, points FROM credits WHERE transaction_id = $1")
                 .bind(transaction_id)
-                .fetch_optional(&db.pool)
-                .await?;
+                .fetch_optional(db)
+                .await?
+                .map(|row| Ok::<_, sqlx::Error>((row.try_get_at(0)?, row.try_get_at(1)?)))
+                .transpose()?;
         match existing {
             Some((existing_user, existing_points))
                 if existing_user == user && existing_points == points =>
@@ -87,10 +90,9 @@ async fn credit_once(
 /// (the caller puts it under the breaker, see [`crate::AppState::balances`]).
 pub async fn balance(db: &Db, user: &str) -> Result<i64, sqlx::Error> {
     // PostgreSQL sums BIGINT into NUMERIC, which the Any driver cannot decode: cast it back.
-    sqlx::query_scalar(
-        "SELECT CAST(COALESCE(SUM(points), 0) AS BIGINT) FROM credits WHERE user_id = $1",
-    )
-    .bind(user)
-    .fetch_one(&db.pool)
-    .await
+    sql::query("SELECT CAST(COALESCE(SUM(points), 0) AS BIGINT) FROM credits WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(db)
+        .await?
+        .try_get_at(0)
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ftshop_platform::db::{Db, now_millis};
+use ftshop_platform::sql;
 use serde::Serialize;
-use sqlx::Row;
 
 use crate::ledger::{self, Credit};
 
@@ -32,7 +32,7 @@ const CLAIM_HOLD_MS: i64 = 10_000;
 /// budget when the connection is lost mid-way ([`Db::run_idempotent`]).
 pub async fn enqueue(db: &Db, transaction_id: &str, user: &str, points: i64) -> anyhow::Result<()> {
     let now = now_millis();
-    db.run_idempotent(|| sqlx::query(
+    db.run_idempotent(|| sql::query(
         "INSERT INTO pending_bonuses (transaction_id, user_id, points, attempts, next_attempt_at, created_at) \
          VALUES ($1, $2, $3, 0, $4, $4) ON CONFLICT (transaction_id) DO NOTHING",
     )
@@ -40,7 +40,7 @@ pub async fn enqueue(db: &Db, transaction_id: &str, user: &str, points: i64) -> 
     .bind(user.to_owned())
     .bind(points)
     .bind(now)
-    .execute(&db.pool))
+    .execute(db))
     .await
     .context("cannot queue bonus")?;
     Ok(())
@@ -65,13 +65,13 @@ pub async fn stats(db: &Db) -> anyhow::Result<QueueStats> {
     // decode): COALESCE and CAST back to BIGINT.
     let row = db
         .run(|| {
-            sqlx::query(
+            sql::query(
                 "SELECT CAST(COALESCE(SUM(CASE WHEN dead_lettered_at IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS n, \
                  MIN(CASE WHEN dead_lettered_at IS NULL THEN created_at END) AS oldest, \
                  CAST(COALESCE(SUM(CASE WHEN dead_lettered_at IS NULL THEN 0 ELSE 1 END), 0) AS BIGINT) AS dead \
                  FROM pending_bonuses",
             )
-            .fetch_one(&db.pool)
+            .fetch_one(db)
         })
         .await
         .context("cannot read the pending queue")?;
@@ -117,13 +117,13 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
     let now = now_millis();
     let rows = db
         .run(|| {
-            sqlx::query(
+            sql::query(
                 "SELECT transaction_id, user_id, points, attempts, next_attempt_at \
                  FROM pending_bonuses WHERE dead_lettered_at IS NULL AND next_attempt_at <= $1 \
                  ORDER BY next_attempt_at LIMIT 64",
             )
             .bind(now)
-            .fetch_all(&db.pool)
+            .fetch_all(db)
         })
         .await
         .context("cannot read due bonuses")?;
@@ -139,7 +139,7 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
         let hold_until = now_millis() + CLAIM_HOLD_MS;
         let claimed = db
             .run(|| {
-                sqlx::query(
+                sql::query(
                     "UPDATE pending_bonuses SET next_attempt_at = $4 WHERE transaction_id = $1 \
                      AND attempts = $2 AND next_attempt_at = $3 AND dead_lettered_at IS NULL",
                 )
@@ -147,7 +147,7 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
                 .bind(attempts)
                 .bind(due_at)
                 .bind(hold_until)
-                .execute(&db.pool)
+                .execute(db)
             })
             .await
             .context("cannot claim a due bonus")?;
@@ -163,7 +163,7 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
                     .increment(1);
                 let now = now_millis();
                 db.run(|| {
-                    sqlx::query(
+                    sql::query(
                         "UPDATE pending_bonuses SET attempts = $2, dead_lettered_at = $3, \
                          last_error = $4 WHERE transaction_id = $1 AND attempts = $5",
                     )
@@ -172,7 +172,7 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
                     .bind(now)
                     .bind("transaction-conflict: the transaction id was credited with another user or amount")
                     .bind(attempts)
-                    .execute(&db.pool)
+                    .execute(db)
                 })
                 .await
                 .context("cannot dead-letter a conflicting bonus")?;
@@ -185,9 +185,9 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
                 metrics::counter!("fidelity_bonus_total", "outcome" => label, "via" => "queue")
                     .increment(1);
                 db.run_idempotent(|| {
-                    sqlx::query("DELETE FROM pending_bonuses WHERE transaction_id = $1")
+                    sql::query("DELETE FROM pending_bonuses WHERE transaction_id = $1")
                         .bind(transaction_id.clone())
-                        .execute(&db.pool)
+                        .execute(db)
                 })
                 .await
                 .context("cannot dequeue bonus")?;
@@ -201,7 +201,7 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
                 let next = now_millis() + i64::try_from(delay.as_millis()).unwrap_or(30_000);
                 let last_error = format!("{err:#}");
                 db.run(|| {
-                    sqlx::query(
+                    sql::query(
                         "UPDATE pending_bonuses SET attempts = $2, next_attempt_at = $3, \
                          last_error = $4 WHERE transaction_id = $1 AND attempts = $5",
                     )
@@ -210,7 +210,7 @@ pub async fn drain_once(db: &Db) -> anyhow::Result<usize> {
                     .bind(next)
                     .bind(last_error.clone())
                     .bind(attempts)
-                    .execute(&db.pool)
+                    .execute(db)
                 })
                 .await
                 .context("cannot reschedule bonus")?;

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use ftshop_platform::db::{Db, is_unique_violation, now_millis};
 use ftshop_platform::repository::{Read, ReadCache};
+use ftshop_platform::sql::{self, Row};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use crate::catalog::SeedProduct;
 
@@ -93,16 +92,17 @@ impl Inventory {
     /// Replicas starting together may both see an empty table: `ON CONFLICT DO NOTHING` makes
     /// the second insert a no-op instead of an error.
     pub async fn seed(&self, catalog: &[SeedProduct]) -> Result<u64, sqlx::Error> {
-        let existing: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products")
-            .fetch_one(&self.db.pool)
-            .await?;
+        let existing: i64 = sql::query("SELECT COUNT(*) FROM products")
+            .fetch_one(&self.db)
+            .await?
+            .try_get_at(0)?;
         if existing > 0 {
             return Ok(0);
         }
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let mut inserted = 0;
         for product in catalog {
-            inserted += sqlx::query(
+            inserted += sql::query(
                 "INSERT INTO products (id, name, value_cents, stock) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (id) DO NOTHING",
             )
@@ -110,7 +110,7 @@ impl Inventory {
             .bind(&product.name)
             .bind(product.value_cents)
             .bind(product.stock)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?
             .rows_affected();
         }
@@ -147,17 +147,17 @@ impl Inventory {
     }
 
     async fn product_row(&self, id: &str) -> Result<Option<Product>, sqlx::Error> {
-        sqlx::query("SELECT id, name, value_cents, stock FROM products WHERE id = $1")
+        sql::query("SELECT id, name, value_cents, stock FROM products WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.db.pool)
+            .fetch_optional(&self.db)
             .await?
             .map(|row| product_from_row(&row))
             .transpose()
     }
 
     async fn product_rows(&self) -> Result<Vec<Product>, sqlx::Error> {
-        let mut products = sqlx::query("SELECT id, name, value_cents, stock FROM products")
-            .fetch_all(&self.db.pool)
+        let mut products = sql::query("SELECT id, name, value_cents, stock FROM products")
+            .fetch_all(&self.db)
             .await?
             .iter()
             .map(product_from_row)
@@ -201,13 +201,13 @@ impl Inventory {
         // A key seen before is found by the sale's own insert below (its unique index), not by
         // a lookup first: a replay is rare, and the lookup cost every sale a round trip to the
         // database (docs/benchmarks/happy-path.md). The decrement a replay made is rolled back.
-        let mut tx = self.db.pool.begin().await?;
-        let sold = sqlx::query(
+        let mut tx = self.db.begin().await?;
+        let sold = sql::query(
             "UPDATE products SET stock = stock - 1 WHERE id = $1 AND stock > 0 \
              RETURNING value_cents, stock",
         )
         .bind(product_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut tx)
         .await?;
         let Some(row) = sold else {
             tx.rollback().await?;
@@ -228,7 +228,7 @@ impl Inventory {
             value_cents: row.try_get("value_cents")?,
             stock_left: row.try_get("stock")?,
         };
-        let recorded = sqlx::query(
+        let recorded = sql::query(
             "INSERT INTO sales \
              (transaction_id, product_id, value_cents, stock_left, idempotency_key, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -239,7 +239,7 @@ impl Inventory {
         .bind(sale.stock_left)
         .bind(key)
         .bind(now_millis())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await;
         match (recorded, key) {
             (Ok(_), _) => {
@@ -260,12 +260,12 @@ impl Inventory {
     }
 
     async fn sale_by_key(&self, key: &str) -> Result<Option<Sale>, sqlx::Error> {
-        let row = sqlx::query(
+        let row = sql::query(
             "SELECT transaction_id, product_id, value_cents, stock_left FROM sales \
              WHERE idempotency_key = $1",
         )
         .bind(key)
-        .fetch_optional(&self.db.pool)
+        .fetch_optional(&self.db)
         .await?;
         row.map(|row| {
             Ok(Sale {
@@ -306,7 +306,7 @@ fn id_order(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-fn product_from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
+fn product_from_row(row: &Row) -> Result<Product, sqlx::Error> {
     Ok(Product {
         id: row.try_get("id")?,
         name: row.try_get("name")?,

@@ -31,6 +31,9 @@ pub struct Db {
     /// The SQLite file this pool opened (`None` on PostgreSQL and in-memory SQLite).
     pub file: Option<DbFile>,
     pub(crate) guard: crate::repository::Guard,
+    /// The connection [`crate::sql`] runs SQLite statements on, on the caller's thread (`None`
+    /// on PostgreSQL and in-memory SQLite, where that API uses the pool).
+    pub(crate) direct: Option<crate::sql::Direct>,
     /// When [`Db::reclaim_wal`] last ran a checkpoint (its rate limit).
     last_reclaim: std::sync::Arc<Mutex<Option<Instant>>>,
 }
@@ -90,6 +93,9 @@ impl Db {
             && let Err(err) = self.checkpoint_truncate().await
         {
             tracing::warn!(error = %err, "WAL checkpoint at shutdown failed");
+        }
+        if let Some(direct) = &self.direct {
+            direct.close().await;
         }
         self.pool.close().await;
     }
@@ -223,6 +229,12 @@ impl Db {
                     .filter(|path| path.exists())
                     .map(DbFile::opened)
                     .transpose()?;
+                // A read-only URL (`mode=ro`) keeps every statement on the pool.
+                if let Some(path) =
+                    sqlite_file(url).filter(|path| path.exists() && !url.contains("mode=ro"))
+                {
+                    db.direct = Some(crate::sql::Direct::open(path)?);
+                }
                 Ok(db)
             }
             Some(other) => anyhow::bail!(
@@ -258,6 +270,7 @@ impl Db {
                 }
                 file.ensure_reserve();
                 db.file = Some(file);
+                db.direct = Some(crate::sql::Direct::open(&path)?);
                 Ok(db)
             }
         }?;
@@ -308,6 +321,7 @@ impl Db {
             backend: Backend::Sqlite,
             file: None,
             guard: crate::repository::Guard::new(),
+            direct: None,
             last_reclaim: std::sync::Arc::default(),
         })
     }
@@ -354,6 +368,7 @@ impl Db {
             backend: Backend::Postgres,
             file: None,
             guard: crate::repository::Guard::new(),
+            direct: None,
             last_reclaim: std::sync::Arc::default(),
         })
     }

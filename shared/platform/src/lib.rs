@@ -19,6 +19,7 @@ pub mod private_fs;
 pub mod problem;
 pub mod repository;
 pub mod server;
+pub mod sql;
 pub mod telemetry;
 
 pub use problem::Problem;
