@@ -92,12 +92,14 @@ pub struct UpArgs {
     #[arg(long, env = "FTSHOP_FAULT_SEED")]
     pub fault_seed: Option<u64>,
 
-    /// Async runtime threads of each service process (`ftshop serve --runtime-threads`): 0
-    /// gives each process one worker per core; 1, a current-thread runtime, costs ~6 % less CPU
-    /// per purchase but measured slower answers when the cores are contended
-    /// (docs/benchmarks/happy-path.md).
-    #[arg(long, env = "FTSHOP_RUNTIME_THREADS", default_value_t = 0)]
-    pub runtime_threads: usize,
+    /// Async runtime threads of each service process (`ftshop serve --runtime-threads`). Unset
+    /// (the default): ecommerce, the hub that does most of a purchase's work, gets one worker
+    /// per core, and each leaf service (Store, Exchange, Fidelity) a current-thread runtime,
+    /// which costs less CPU per request (no hand-offs between worker threads) and is enough
+    /// for its share of the work (docs/benchmarks/happy-path.md). A number applies to every
+    /// process: 0 one worker per core, 1 current-thread, N workers.
+    #[arg(long, env = "FTSHOP_RUNTIME_THREADS")]
+    pub runtime_threads: Option<usize>,
 
     /// `files` writes each process's log to <data-dir>/logs/<name>.log; `inherit` prints them here.
     #[arg(long, default_value = "files", value_parser = ["files", "inherit"])]
@@ -494,7 +496,7 @@ struct ChildEnv {
     token: String,
     database_url: Option<String>,
     redis_url: Option<String>,
-    runtime_threads: usize,
+    runtime_threads: Option<usize>,
     log_file: Option<PathBuf>,
 }
 
@@ -703,7 +705,12 @@ fn spawn(member: &Member, env: &ChildEnv, epoch: u64) -> anyhow::Result<Child> {
         // Each member is its own service in a trace (one variable for all would name them all
         // alike); `--instance` gives the replica its `service.instance.id`.
         .env("OTEL_SERVICE_NAME", member.service)
-        .env("FTSHOP_RUNTIME_THREADS", env.runtime_threads.to_string())
+        .env(
+            "FTSHOP_RUNTIME_THREADS",
+            env.runtime_threads
+                .unwrap_or(if member.service == "ecommerce" { 0 } else { 1 })
+                .to_string(),
+        )
         // One port per process: members of one `up` would all try to bind the same one.
         .env_remove("FTSHOP_HEALTH_PORT")
         .stdin(Stdio::null())
