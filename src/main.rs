@@ -82,6 +82,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Serve { .. }) {
         up::exit_with_supervisor()?;
+        // Still single-threaded: it reads and removes LISTEN_FDS.
+        ftshop_platform::server::adopt_inherited_listener();
     }
     let threads = match &cli.command {
         Command::Serve {

@@ -22,6 +22,7 @@
 //!   ([`ftshop_platform::private_fs`]).
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -479,16 +480,41 @@ fn plan(
     Ok(members)
 }
 
-/// Asks the OS for `n` free ports by binding port 0, then releases them for the children.
+/// Listeners `free_ports` bound, by port, until the child that serves the port is spawned with
+/// it ([`spawn`]); a port is never free between being picked and being served, so another
+/// process (a second `ftshop up --port-base 0`, a client's ephemeral port) cannot take it.
+/// Before, the ports were released for the children to bind, and another suite started at the
+/// same moment could be handed one: its service then answered for this suite's (a `/sell`
+/// answered 404 by a Fidelity).
+static HELD_LISTENERS: std::sync::Mutex<Option<HashMap<u16, std::net::TcpListener>>> =
+    std::sync::Mutex::new(None);
+
+/// Asks the OS for `n` free ports by binding port 0, and keeps the listeners for the children
+/// (see [`HELD_LISTENERS`]).
 fn free_ports(host: IpAddr, n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| std::net::TcpListener::bind((host, 0)))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .map(|a| a.port())
-        .collect())
+    let mut ports = Vec::with_capacity(n);
+    let mut held = HELD_LISTENERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let held = held.get_or_insert_with(HashMap::new);
+    for listener in listeners {
+        let port = listener.local_addr()?.port();
+        ports.push(port);
+        held.insert(port, listener);
+    }
+    Ok(ports)
+}
+
+/// The listener held for `port`, once (the first start of its member).
+fn held_listener(port: u16) -> Option<std::net::TcpListener> {
+    HELD_LISTENERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_mut()?
+        .remove(&port)
 }
 
 struct ChildEnv {
@@ -729,6 +755,22 @@ fn spawn(member: &Member, env: &ChildEnv, epoch: u64) -> anyhow::Result<Child> {
     // stops the children in order instead of racing them.
     #[cfg(unix)]
     cmd.process_group(0);
+    // The listener picked for it (`--port-base 0`), as fd 3 with `LISTEN_FDS=1` (systemd's
+    // socket activation; `ftshop_platform::server::bind` takes it). Only the first start: the
+    // supervisor's copy closes with `cmd`, so a killed child frees its port (callers see
+    // refused connections, not a silent queue) and a restart binds the port by number.
+    cmd.env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS_FIRST_FD");
+    if let Some(listener) = held_listener(member.port) {
+        use command_fds::{CommandFdExt, FdMapping};
+        cmd.env("LISTEN_FDS", "1")
+            .fd_mappings(vec![FdMapping {
+                parent_fd: std::os::fd::OwnedFd::from(listener),
+                child_fd: 3,
+            }])
+            .context("passing the listener")?;
+    }
     cmd.spawn()
         .with_context(|| format!("spawning {}", member.name))
 }

@@ -120,6 +120,8 @@ pub struct AppState {
     pub promise: Arc<promise::CompletionPromise>,
     /// Wakes the order worker when a sale is deferred.
     pub deferred: Arc<tokio::sync::Notify>,
+    /// Wakes the bonus dispatcher when a completion wrote a bonus to the outbox.
+    pub outbox: Arc<tokio::sync::Notify>,
     /// Recent purchases' stories and breaker transitions, for the control room.
     pub stories: Arc<story::Stories>,
 }
@@ -159,6 +161,7 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
                 .queueing_after(config.defer_queue_after),
         ),
         deferred: Arc::new(tokio::sync::Notify::new()),
+        outbox: Arc::new(tokio::sync::Notify::new()),
         stories: story::Stories::new(resilient.registry()),
     };
     workers::spawn(state.clone());

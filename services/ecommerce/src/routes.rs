@@ -228,6 +228,9 @@ async fn purchase_answer(
             if !orders::complete(&state.db, &lease, &completion).await? {
                 return superseded(&state, &order_id).await;
             }
+            if completion.bonus_status != "credited" {
+                state.outbox.notify_one();
+            }
             metrics::counter!("shop_orders_total", "outcome" => "completed", "ft" => ft_label(request.ft)).increment(1);
             Ok(replay(200, body))
         }

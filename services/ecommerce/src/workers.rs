@@ -25,6 +25,7 @@
 //! next start carries on.
 
 use ftshop_resilience::{Outcome, full_jitter};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -39,8 +40,14 @@ use crate::money::{cents_to_decimal, to_cents};
 use crate::orders::{self, Completion, DueOrder, Lease, OutboxEntry};
 use crate::routes::{BonusView, BuyResponse, ProductView, sale_key, total};
 
-/// How often each worker looks for due work.
+/// How often each worker looks for due work after a failed pass, and how often the backlog
+/// gauges are read (with the pass's own 800 ms).
 const POLL: Duration = Duration::from_millis(200);
+/// How often a worker with nothing to do looks again: new work wakes it at once (a deferral
+/// wakes the order worker, a bonus written to the outbox the dispatcher), so this pace only
+/// finds what becomes due by the clock (an order abandoned 10 s ago, a retry whose time came)
+/// and costs the idle suite little (docs/benchmarks/happy-path.md, "idle").
+const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How often the order worker looks while deferred sales wait (retries not yet due, or every
 /// Store breaker open): about the probing pace of a breaker (500 ms in open), so the first
 /// replica to admit calls again gets the backlog within a fraction of that.
@@ -63,42 +70,63 @@ const BONUS_HOLD_MS: i64 = (BONUS_DELIVERY_TIMEOUT.as_millis() as i64) + 2_000;
 /// Starts both workers on the current runtime.
 pub fn spawn(state: AppState) {
     tokio::spawn(drain_orders_forever(state.clone()));
+    let outbox = Arc::clone(&state.outbox);
     tokio::spawn(run_forever(
         "bonus dispatcher",
         state.clone(),
         deliver_due_bonuses,
+        (IDLE_POLL, Some(outbox)),
     ));
-    tokio::spawn(run_forever("backlog gauges", state, record_backlog));
+    tokio::spawn(run_forever(
+        "backlog gauges",
+        state,
+        record_backlog,
+        (POLL, None),
+    ));
 }
 
-async fn run_forever<F, Fut>(name: &'static str, state: AppState, mut pass: F)
-where
+/// Runs `pass` forever: at once again after a pass that found work, else after `idle.0` or
+/// when `idle.1` is notified, whichever comes first (after a failed pass: [`POLL`]).
+async fn run_forever<F, Fut>(
+    name: &'static str,
+    state: AppState,
+    mut pass: F,
+    idle: (Duration, Option<Arc<tokio::sync::Notify>>),
+) where
     F: FnMut(AppState) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<usize>>,
 {
+    let (idle_wait, wake) = idle;
     loop {
-        match pass(state.clone()).await {
+        let wait = match pass(state.clone()).await {
             // Work was found: look again at once, there may be more.
             Ok(n) if n > 0 => continue,
-            Ok(_) => {}
+            Ok(_) => idle_wait,
             Err(err) => {
                 note_storage_fault(&err);
-                tracing::warn!(worker = name, error = format!("{err:#}"), "pass failed")
+                tracing::warn!(worker = name, error = format!("{err:#}"), "pass failed");
+                POLL
             }
+        };
+        match &wake {
+            Some(wake) => tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            },
+            None => tokio::time::sleep(wait).await,
         }
-        tokio::time::sleep(POLL).await;
     }
 }
 
 /// The order worker's loop: a pass right after a pass that found work; otherwise the next pass
-/// when a sale is deferred, or after [`BACKLOG_POLL`] while deferred sales wait, or [`POLL`]
-/// (also after a failed pass).
+/// when a sale is deferred, or after [`BACKLOG_POLL`] while deferred sales wait, or
+/// [`IDLE_POLL`] ([`POLL`] after a failed pass).
 async fn drain_orders_forever(state: AppState) {
     loop {
         let wait = match drive_due_orders(state.clone()).await {
             Ok(n) if n > 0 => continue,
             Ok(_) if state.promise.view(Instant::now()).backlog > 0 => BACKLOG_POLL,
-            Ok(_) => POLL,
+            Ok(_) => IDLE_POLL,
             Err(err) => {
                 // A storage fault: no faster than the usual pace.
                 note_storage_fault(&err);
@@ -282,6 +310,7 @@ async fn drive_order(state: &AppState, order: DueOrder) -> anyhow::Result<()> {
                 lease_lost(&lease);
                 return Ok(());
             }
+            state.outbox.notify_one();
             metrics::counter!("shop_orders_total", "outcome" => "completed_deferred", "ft" => "on")
                 .increment(1);
             order_ended(state, &order, "completed");

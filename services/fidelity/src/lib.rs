@@ -56,6 +56,8 @@ pub struct AppState {
     pub db: Db,
     /// Balances last read, answered (marked stale) while the database is away.
     pub balances: ReadCache<i64>,
+    /// Wakes the queue worker when a bonus was queued.
+    pub queued: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Connects, migrates and returns the full fidelity application.
@@ -72,8 +74,9 @@ pub async fn app(config: &Config) -> anyhow::Result<axum::Router> {
     let state = AppState {
         db: db.clone(),
         balances: ReadCache::new("fidelity.balance", config.common.stale_reads_max)?,
+        queued: std::sync::Arc::default(),
     };
-    tokio::spawn(queue::run_worker(db.clone()));
+    tokio::spawn(queue::run_worker(db.clone(), state.queued.clone()));
     let queue_db = db.clone();
     let guarded = db.clone();
     let readiness = Readiness::new()

@@ -22,7 +22,11 @@ use serde::Serialize;
 
 use crate::ledger::{self, Credit};
 
+/// How often the worker looks again after a failed pass.
 const POLL: Duration = Duration::from_millis(200);
+/// How often it looks when the last pass found nothing due: a bonus queued wakes it at once, so
+/// this pace only finds retries whose time came, and costs the idle suite little.
+const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How long a worker's claim on a due bonus keeps other workers away (one credit attempt is a
 /// single insert; a worker that dies mid-attempt leaves the bonus due again after this).
 const CLAIM_HOLD_MS: i64 = 10_000;
@@ -89,12 +93,13 @@ pub async fn stats(db: &Db) -> anyhow::Result<QueueStats> {
     })
 }
 
-/// Runs the queue worker forever (spawn it).
-pub async fn run_worker(db: Db) {
+/// Runs the queue worker forever (spawn it): again at once after a pass that found work, else
+/// when `queued` is notified or after [`IDLE_POLL`] ([`POLL`] after a failed pass).
+pub async fn run_worker(db: Db, queued: std::sync::Arc<tokio::sync::Notify>) {
     loop {
-        match drain_once(&db).await {
+        let wait = match drain_once(&db).await {
             Ok(n) if n > 0 => continue,
-            Ok(_) => {}
+            Ok(_) => IDLE_POLL,
             Err(err) => {
                 if let Some(db_err) = err.chain().find_map(|e| e.downcast_ref::<sqlx::Error>()) {
                     ftshop_platform::db::note_storage_error(db_err);
@@ -102,11 +107,15 @@ pub async fn run_worker(db: Db) {
                 tracing::warn!(
                     error = format!("{err:#}"),
                     "pending-bonus worker pass failed"
-                )
+                );
+                POLL
             }
-        }
+        };
         let _ = stats(&db).await;
-        tokio::time::sleep(POLL).await;
+        tokio::select! {
+            () = queued.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
     }
 }
 

@@ -135,6 +135,7 @@ async fn post_bonus(
         queue::enqueue(&state.db, &transaction_id, &user, bonus)
             .await
             .map_err(|err| Problem::from_anyhow(&err))?;
+        state.queued.notify_one();
         return Ok(queued(transaction_id, user));
     }
 
@@ -153,6 +154,7 @@ async fn post_bonus(
                     );
                     Problem::from_anyhow(&e)
                 })?;
+            state.queued.notify_one();
             return Ok(queued(transaction_id, user));
         }
     };

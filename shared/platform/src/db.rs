@@ -199,6 +199,33 @@ impl Db {
         });
     }
 
+    /// Checkpoints this file's WAL (`wal_checkpoint(PASSIVE)`, through the pool: on a sqlx
+    /// connection's thread, never a runtime thread) whenever a commit of the direct connection
+    /// left [`crate::sql::CHECKPOINT_PAGES`] or more in a WAL (the hook that replaces SQLite's
+    /// automatic checkpoint there, see [`crate::sql`]). Ends once the pool is closed.
+    fn spawn_checkpointer(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let db = self.clone();
+        runtime.spawn(async move {
+            while !db.pool.is_closed() {
+                tokio::select! {
+                    () = crate::sql::CHECKPOINT_WANTED.notified() => {}
+                    // Only to notice a closed pool.
+                    () = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                }
+                if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&db.pool)
+                    .await
+                {
+                    note_storage_error(&err);
+                    tracing::debug!(error = %err, "WAL checkpoint failed");
+                }
+            }
+        });
+    }
+
     /// Connects to `database_url`, or to `<data_dir>/<service>.db` when none is given. The
     /// embedded database holds customer data: its directory is made 0700 and the file exists
     /// with mode 0600 before SQLite opens it (see [`crate::private_fs`]).
@@ -277,6 +304,9 @@ impl Db {
         db.create_probe_table().await?;
         if db.backend == Backend::Sqlite {
             db.spawn_wal_reclaimer();
+        }
+        if db.direct.is_some() {
+            db.spawn_checkpointer();
         }
         if let Some(pools) = OPEN_POOLS
             .lock()

@@ -253,9 +253,45 @@ fn panic_to_problem(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// Binds `host:port`; port 0 picks a free one (tests).
 pub async fn bind(host: std::net::IpAddr, port: u16) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::new(host, port);
+    if let Some(listener) = inherited_listener(port) {
+        return listener
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(listener))
+            .map_err(|e| anyhow::anyhow!("cannot use the listener passed for {addr}: {e}"));
+    }
     TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// The listening socket this process was started with, if any: systemd's socket-activation
+/// protocol (`LISTEN_FDS=1`, the socket at fd 3; `LISTEN_PID` unset or this process), which
+/// `ftshop up --port-base 0` uses to hand each child the port it picked without ever releasing
+/// it. Taken by [`adopt_inherited_listener`].
+static INHERITED: std::sync::Mutex<Option<std::net::TcpListener>> = std::sync::Mutex::new(None);
+
+/// Takes the inherited listener (see [`INHERITED`]) out of the environment: reads and removes
+/// `LISTEN_FDS`/`LISTEN_PID`, so call it at the start of `main`, before any other thread
+/// exists. A later [`bind`] of the listener's own port uses it instead of binding.
+pub fn adopt_inherited_listener() {
+    let mut fds = listenfd::ListenFd::from_env();
+    if let Ok(Some(listener)) = fds.take_tcp_listener(0) {
+        *INHERITED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listener);
+    }
+}
+
+/// The inherited listener when it listens on `port` (once).
+fn inherited_listener(port: u16) -> Option<std::net::TcpListener> {
+    let mut inherited = INHERITED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let matches = inherited
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .is_some_and(|a| a.port() == port && port != 0);
+    if matches { inherited.take() } else { None }
 }
 
 /// How long a client may take, and how many connections it may hold, before the server lets

@@ -22,9 +22,13 @@
 //! [`BUSY_PATIENCE`], the pool's own busy timeout. A transaction ([`Db::begin`]) takes the write
 //! lock at its start (`BEGIN IMMEDIATE`), so its statements cannot meet `SQLITE_BUSY` later.
 //!
-//! **Checkpoints.** The connection keeps SQLite's automatic checkpoint (1000 WAL pages) and
-//! `synchronous = NORMAL`, as the pool's connections do: a commit does not fsync, a checkpoint
-//! does (durability as in docs/design.md).
+//! **Checkpoints.** `synchronous = NORMAL`, as the pool's connections: a commit does not fsync,
+//! a checkpoint does (durability as in docs/design.md). SQLite's automatic checkpoint would run
+//! inside the commit that crosses 1000 WAL pages, on the runtime thread and holding the
+//! connection (copying up to ~4 MiB and two fsyncs); instead a WAL hook asks, and a task per
+//! [`Db`] runs `wal_checkpoint(PASSIVE)` through the pool, on a sqlx connection's thread. A
+//! passive checkpoint cannot finish under a continuous stream of commits, so past
+//! [`INLINE_CHECKPOINT_PAGES`] the committing connection checkpoints itself, as SQLite would.
 //!
 //! **Errors** are `sqlx::Error`s, SQLite's carrying its extended result code as
 //! [`DirectError`], so [`crate::db::StorageFault::of`] and
@@ -344,11 +348,13 @@ impl Query {
 
 fn from_any_row(row: &sqlx::any::AnyRow) -> Result<Row, sqlx::Error> {
     use sqlx::any::AnyTypeInfoKind as K;
-    use sqlx::{Column, Row as _};
+    use sqlx::{Column, Row as _, ValueRef as _};
     let columns: Arc<[String]> = row.columns().iter().map(|c| c.name().to_owned()).collect();
     let mut values = Vec::with_capacity(columns.len());
-    for (i, column) in row.columns().iter().enumerate() {
-        let kind = column.type_info().kind();
+    for i in 0..columns.len() {
+        // The value's own type, not the column's: SQLite gives an expression column
+        // (`COUNT(*)`, `MIN(..)`, `CAST(..)`) no declared type.
+        let kind = row.try_get_raw(i)?.type_info().kind();
         let value = match kind {
             K::Null => None,
             K::Bool => row
@@ -503,7 +509,14 @@ impl Direct {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
-            let mut slot = Arc::clone(&self.slot).lock_owned().await;
+            let remaining = BUSY_PATIENCE.saturating_sub(started.elapsed());
+            // Bounded like the pool's acquire: a statement stuck behind a slow one fails
+            // (`PoolTimedOut`, a storage fault) instead of queueing without end.
+            let Ok(mut slot) =
+                tokio::time::timeout(remaining, Arc::clone(&self.slot).lock_owned()).await
+            else {
+                return Err(sqlx::Error::PoolTimedOut);
+            };
             match step(&mut slot) {
                 Ok(out) => return Ok((out, slot)),
                 Err(err) => {
@@ -576,13 +589,46 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
             | OpenFlags::SQLITE_OPEN_URI,
     )?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    // As the pool's connections (db.rs), except the busy timeout: see the module docs.
+    // As the pool's connections (db.rs), except the busy timeout and the checkpoint: see the
+    // module docs.
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 0; PRAGMA synchronous = NORMAL; \
          PRAGMA foreign_keys = ON; PRAGMA journal_size_limit = {};",
         crate::db::WAL_SIZE_LIMIT_BYTES
     ))?;
+    // Replaces SQLite's automatic checkpoint (also a WAL hook): the commit that crosses the
+    // threshold asks for a checkpoint instead of running it on this (runtime) thread.
+    conn.wal_hook(Some(checkpoint_wanted));
     Ok(conn)
+}
+
+/// WAL pages after which a checkpoint is wanted: SQLite's own automatic threshold.
+pub const CHECKPOINT_PAGES: i32 = 1000;
+
+/// WAL pages after which the committing connection checkpoints itself, on its own thread, as
+/// SQLite's automatic checkpoint would: a checkpoint from another connection (passive: it never
+/// blocks a writer) cannot finish while commits keep coming, and the WAL then grows without
+/// bound (`the_wal_is_checkpointed_and_stays_bounded` wrote a 24 MB WAL that way). Four times the
+/// usual threshold: reached only when the off-thread checkpoint falls behind.
+pub const INLINE_CHECKPOINT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
+
+/// Woken when a commit left at least [`CHECKPOINT_PAGES`] in a WAL; each SQLite [`Db`]'s
+/// checkpointer (`Db::spawn_checkpointer`) then checkpoints its file through the pool, on a
+/// sqlx connection's own thread. Process-wide because a WAL hook is a plain `fn`.
+pub(crate) static CHECKPOINT_WANTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+fn checkpoint_wanted(
+    wal: &rusqlite::hooks::Wal,
+    pages: std::os::raw::c_int,
+) -> rusqlite::Result<()> {
+    if pages >= INLINE_CHECKPOINT_PAGES {
+        metrics::counter!("db_inline_checkpoints_total").increment(1);
+        // Like SQLite's default hook: a failed checkpoint does not fail the commit.
+        let _ = wal.checkpoint();
+    } else if pages >= CHECKPOINT_PAGES {
+        CHECKPOINT_WANTED.notify_waiters();
+    }
+    Ok(())
 }
 
 /// Runs one statement on `conn` (the caller holds the connection's mutex).
@@ -618,10 +664,20 @@ fn run_on(
                     stmt.column_names().into_iter().map(str::to_owned).collect()
                 }));
             let count = names.len();
+            // A write (`UPDATE .. RETURNING`) is stepped to its end even when fewer rows are
+            // wanted: in autocommit its COMMIT happens at the last step, and an error there
+            // (`SQLITE_FULL` at commit) must reach the caller, not vanish in a reset.
+            let writes = !stmt.readonly();
             let mut rows = stmt.raw_query();
             let mut out = Vec::new();
-            while at_most.is_none_or(|n| out.len() < n) {
+            loop {
                 let Some(row) = rows.next()? else { break };
+                if at_most.is_some_and(|n| out.len() >= n) {
+                    if writes {
+                        continue;
+                    }
+                    break;
+                }
                 let mut values = Vec::with_capacity(count);
                 for i in 0..count {
                     values.push(match row.get_ref(i)? {
@@ -928,5 +984,92 @@ mod tests {
             .expect("rows");
         let keys: Vec<String> = rows.iter().map(|r| r.try_get("k").expect("k")).collect();
         assert_eq!(keys, ["after", "pool"]);
+    }
+
+    /// The direct connection's WAL hook replaces SQLite's automatic checkpoint; the WAL must
+    /// stay bounded all the same, even under a stream of commits the off-thread checkpoint
+    /// cannot finish under: 6,000 rows of ~4 KB (about 12,000 pages, 48 MB of WAL with no
+    /// checkpoint) leave a WAL under 20 MB. With the off-thread checkpoint alone it held 24 MB
+    /// after 3,000 rows (the test failed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_is_checkpointed_and_stays_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sqlite_db(dir.path()).await;
+        let page = "p".repeat(4000);
+        for i in 0..6000_i64 {
+            query("INSERT INTO t (k, n, note) VALUES ($1, $2, $3)")
+                .bind(format!("k{i}"))
+                .bind(i)
+                .bind(page.as_str())
+                .execute(&db)
+                .await
+                .expect("insert");
+            if i % 100 == 0 {
+                // Room for the checkpointer, as a server's other work would give it.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let wal = std::fs::metadata(dir.path().join("sqltest.db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(
+            wal < 20 * 1024 * 1024,
+            "the WAL holds {wal} bytes: it was never checkpointed"
+        );
+        let rows = query("SELECT COUNT(*) AS n FROM t")
+            .fetch_one(&db)
+            .await
+            .expect("count");
+        assert_eq!(rows.try_get::<i64>("n").expect("n"), 6000);
+    }
+
+    /// A write with `RETURNING` run on the `Db` commits at its last step: fetching one row must
+    /// still step it to the end, so the commit happens (and its error would be seen).
+    #[tokio::test]
+    async fn a_returning_write_on_the_db_commits_though_one_row_is_fetched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sqlite_db(dir.path()).await;
+        for k in ["a", "b", "c"] {
+            query("INSERT INTO t (k, n) VALUES ($1, 1)")
+                .bind(k)
+                .execute(&db)
+                .await
+                .expect("insert");
+        }
+        let first = query("UPDATE t SET n = n + 1 RETURNING k")
+            .fetch_optional(&db)
+            .await
+            .expect("update");
+        assert!(first.is_some());
+        let n: i64 = sqlx::query_scalar("SELECT SUM(n) FROM t")
+            .fetch_one(&db.pool)
+            .await
+            .expect("sum");
+        assert_eq!(
+            n, 6,
+            "every row updated and committed, seen from another connection"
+        );
+    }
+
+    /// In-memory SQLite goes through the pool; expression columns (no declared type) keep
+    /// their values.
+    #[tokio::test]
+    async fn expression_columns_keep_their_values_through_the_pool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(Some("sqlite::memory:"), dir.path(), "sqltest")
+            .await
+            .expect("db");
+        assert!(db.direct.is_none());
+        let row =
+            query("SELECT COUNT(*) AS n, CAST(7 AS BIGINT) AS seven, MIN(NULL) AS none_at_all")
+                .fetch_one(&db)
+                .await
+                .expect("row");
+        assert_eq!(row.try_get::<i64>("n").expect("n"), 1);
+        assert_eq!(row.try_get::<i64>("seven").expect("seven"), 7);
+        assert_eq!(
+            row.try_get::<Option<i64>>("none_at_all").expect("none"),
+            None
+        );
     }
 }
