@@ -390,30 +390,26 @@ enum TxInner {
 
 impl Tx {
     /// Commits. On an error the transaction is rolled back (by SQLite or here).
-    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
-        match std::mem::replace(&mut self.inner, TxInner::Done) {
-            TxInner::Direct(mut guard) => {
-                let result = guard
-                    .conn()
-                    .and_then(|conn| conn.execute_batch("COMMIT").map_err(to_sqlx));
-                guard.settle();
-                result
-            }
-            TxInner::Sqlx(tx) => tx.commit().await,
-            TxInner::Done => Ok(()),
-        }
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.end(true).await
     }
 
     /// Rolls back.
-    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.end(false).await
+    }
+
+    async fn end(mut self, commit: bool) -> Result<(), sqlx::Error> {
         match std::mem::replace(&mut self.inner, TxInner::Done) {
             TxInner::Direct(mut guard) => {
+                let sql = if commit { "COMMIT" } else { "ROLLBACK" };
                 let result = guard
                     .conn()
-                    .and_then(|conn| conn.execute_batch("ROLLBACK").map_err(to_sqlx));
+                    .and_then(|conn| conn.execute_batch(sql).map_err(to_sqlx));
                 guard.settle();
                 result
             }
+            TxInner::Sqlx(tx) if commit => tx.commit().await,
             TxInner::Sqlx(tx) => tx.rollback().await,
             TxInner::Done => Ok(()),
         }
