@@ -75,33 +75,35 @@ pub fn spawn(state: AppState) {
         "bonus dispatcher",
         state.clone(),
         deliver_due_bonuses,
-        (IDLE_POLL, Some(outbox)),
+        IDLE_POLL,
+        Some(outbox),
     ));
     tokio::spawn(run_forever(
         "backlog gauges",
         state,
         record_backlog,
-        (POLL, None),
+        POLL,
+        None,
     ));
 }
 
-/// Runs `pass` forever: at once again after a pass that found work, else after `idle.0` or
-/// when `idle.1` is notified, whichever comes first (after a failed pass: [`POLL`]).
+/// Runs `pass` forever: at once again after a pass that found work, else after `idle` or when
+/// `wake` is notified, whichever comes first (after a failed pass: [`POLL`]).
 async fn run_forever<F, Fut>(
     name: &'static str,
     state: AppState,
     mut pass: F,
-    idle: (Duration, Option<Arc<tokio::sync::Notify>>),
+    idle: Duration,
+    wake: Option<Arc<tokio::sync::Notify>>,
 ) where
     F: FnMut(AppState) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<usize>>,
 {
-    let (idle_wait, wake) = idle;
     loop {
         let wait = match pass(state.clone()).await {
             // Work was found: look again at once, there may be more.
             Ok(n) if n > 0 => continue,
-            Ok(_) => idle_wait,
+            Ok(_) => idle,
             Err(err) => {
                 note_storage_fault(&err);
                 tracing::warn!(worker = name, error = format!("{err:#}"), "pass failed");

@@ -176,6 +176,11 @@ impl Db {
     /// pool is open, a [`StorageFault::Full`] recorded since the last look, or a disk with less
     /// than [`RESERVE_BYTES`] free while this WAL holds data, triggers a checkpoint, so
     /// the suite heals without anyone polling readiness.
+    ///
+    /// With a direct connection ([`crate::sql`]) it is also that connection's checkpointer:
+    /// whenever a commit left [`crate::sql::CHECKPOINT_PAGES`] or more in a WAL (the hook that
+    /// replaces SQLite's automatic checkpoint there), `wal_checkpoint(PASSIVE)` through the
+    /// pool, on a sqlx connection's thread, never a runtime thread.
     fn spawn_wal_reclaimer(&self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -186,7 +191,19 @@ impl Db {
             let mut tick = tokio::time::interval(WAL_RECLAIM_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !db.pool.is_closed() {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = crate::sql::CHECKPOINT_WANTED.notified(), if db.direct.is_some() => {
+                        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                            .execute(&db.pool)
+                            .await
+                        {
+                            note_storage_error(&err);
+                            tracing::debug!(error = %err, "WAL checkpoint failed");
+                        }
+                        continue;
+                    }
+                }
                 let last = storage_health().last_full_at();
                 // The disk is shared: another process (Store's writes fill it, ecommerce meets
                 // the fault) may be the one that saw it, so a nearly full disk counts too.
@@ -194,33 +211,6 @@ impl Db {
                 if last != seen || disk_low {
                     seen = last;
                     let _ = db.reclaim_wal().await;
-                }
-            }
-        });
-    }
-
-    /// Checkpoints this file's WAL (`wal_checkpoint(PASSIVE)`, through the pool: on a sqlx
-    /// connection's thread, never a runtime thread) whenever a commit of the direct connection
-    /// left [`crate::sql::CHECKPOINT_PAGES`] or more in a WAL (the hook that replaces SQLite's
-    /// automatic checkpoint there, see [`crate::sql`]). Ends once the pool is closed.
-    fn spawn_checkpointer(&self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let db = self.clone();
-        runtime.spawn(async move {
-            while !db.pool.is_closed() {
-                tokio::select! {
-                    () = crate::sql::CHECKPOINT_WANTED.notified() => {}
-                    // Only to notice a closed pool.
-                    () = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                }
-                if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&db.pool)
-                    .await
-                {
-                    note_storage_error(&err);
-                    tracing::debug!(error = %err, "WAL checkpoint failed");
                 }
             }
         });
@@ -252,14 +242,10 @@ impl Db {
                 let mut db = Self::connect_sqlite(url).await?;
                 // A file named by the URL is guarded like the data dir's (an in-memory one
                 // has none); creating it or not is the URL's `mode`.
-                db.file = sqlite_file(url)
-                    .filter(|path| path.exists())
-                    .map(DbFile::opened)
-                    .transpose()?;
+                let path = sqlite_file(url).filter(|path| path.exists());
+                db.file = path.map(DbFile::opened).transpose()?;
                 // A read-only URL (`mode=ro`) keeps every statement on the pool.
-                if let Some(path) =
-                    sqlite_file(url).filter(|path| path.exists() && !url.contains("mode=ro"))
-                {
+                if let Some(path) = path.filter(|_| !url.contains("mode=ro")) {
                     db.direct = Some(crate::sql::Direct::open(path)?);
                 }
                 Ok(db)
@@ -304,9 +290,6 @@ impl Db {
         db.create_probe_table().await?;
         if db.backend == Backend::Sqlite {
             db.spawn_wal_reclaimer();
-        }
-        if db.direct.is_some() {
-            db.spawn_checkpointer();
         }
         if let Some(pools) = OPEN_POOLS
             .lock()

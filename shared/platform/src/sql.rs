@@ -242,10 +242,12 @@ impl<'e> From<&'e mut Tx> for On<'e> {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Fetch {
     Execute,
-    Rows { at_most: Option<usize> },
+    /// The first row only.
+    One,
+    All,
 }
 
 enum Output {
@@ -274,7 +276,7 @@ impl Query {
         self,
         on: impl Into<On<'e>>,
     ) -> Result<Option<Row>, sqlx::Error> {
-        let rows = self.rows(on.into(), Some(1)).await?;
+        let rows = self.rows(on.into(), Fetch::One).await?;
         Ok(rows.into_iter().next())
     }
 
@@ -287,11 +289,11 @@ impl Query {
 
     /// Every row.
     pub async fn fetch_all<'e>(self, on: impl Into<On<'e>>) -> Result<Vec<Row>, sqlx::Error> {
-        self.rows(on.into(), None).await
+        self.rows(on.into(), Fetch::All).await
     }
 
-    async fn rows(self, on: On<'_>, at_most: Option<usize>) -> Result<Vec<Row>, sqlx::Error> {
-        match self.run(on, Fetch::Rows { at_most }).await? {
+    async fn rows(self, on: On<'_>, fetch: Fetch) -> Result<Vec<Row>, sqlx::Error> {
+        match self.run(on, fetch).await? {
             Output::Rows(rows) => Ok(rows),
             Output::Done(_) => Err(protocol("a fetch returned no rows")),
         }
@@ -313,43 +315,41 @@ impl Query {
         }
     }
 
-    async fn run_sqlx<'c, E>(&self, on: E, fetch: Fetch) -> Result<Output, sqlx::Error>
+    async fn run_sqlx<'c, E>(self, on: E, fetch: Fetch) -> Result<Output, sqlx::Error>
     where
         E: sqlx::Executor<'c, Database = sqlx::Any>,
     {
         let mut q = sqlx::query(self.sql);
-        for arg in &self.args {
-            q = match arg.clone() {
+        for arg in self.args {
+            q = match arg {
                 Arg::Int(v) => q.bind(v),
                 Arg::Real(v) => q.bind(v),
                 Arg::Text(v) => q.bind(v),
             };
         }
-        match fetch {
-            Fetch::Execute => Ok(Output::Done(q.execute(on).await?.rows_affected())),
-            Fetch::Rows { at_most: Some(1) } => Ok(Output::Rows(
-                q.fetch_optional(on)
-                    .await?
-                    .map(|row| from_any_row(&row))
-                    .transpose()?
-                    .into_iter()
-                    .collect(),
-            )),
-            Fetch::Rows { .. } => Ok(Output::Rows(
-                q.fetch_all(on)
-                    .await?
-                    .iter()
-                    .map(from_any_row)
-                    .collect::<Result<_, _>>()?,
-            )),
-        }
+        let rows = match fetch {
+            Fetch::Execute => return Ok(Output::Done(q.execute(on).await?.rows_affected())),
+            Fetch::One => q.fetch_optional(on).await?.into_iter().collect(),
+            Fetch::All => q.fetch_all(on).await?,
+        };
+        let Some(first) = rows.first() else {
+            return Ok(Output::Rows(Vec::new()));
+        };
+        let columns: Arc<[String]> = sqlx::Row::columns(first)
+            .iter()
+            .map(|c| sqlx::Column::name(c).to_owned())
+            .collect();
+        rows.iter()
+            .map(|row| from_any_row(row, &columns))
+            .collect::<Result<_, _>>()
+            .map(Output::Rows)
     }
 }
 
-fn from_any_row(row: &sqlx::any::AnyRow) -> Result<Row, sqlx::Error> {
+/// One row read through the pool, its values under `columns` (its result's column names).
+fn from_any_row(row: &sqlx::any::AnyRow, columns: &Arc<[String]>) -> Result<Row, sqlx::Error> {
     use sqlx::any::AnyTypeInfoKind as K;
-    use sqlx::{Column, Row as _, ValueRef as _};
-    let columns: Arc<[String]> = row.columns().iter().map(|c| c.name().to_owned()).collect();
+    use sqlx::{Row as _, ValueRef as _};
     let mut values = Vec::with_capacity(columns.len());
     for i in 0..columns.len() {
         // The value's own type, not the column's: SQLite gives an expression column
@@ -370,7 +370,10 @@ fn from_any_row(row: &sqlx::any::AnyRow) -> Result<Row, sqlx::Error> {
         .unwrap_or(Value::Null);
         values.push(value);
     }
-    Ok(Row { columns, values })
+    Ok(Row {
+        columns: Arc::clone(columns),
+        values,
+    })
 }
 
 /// An open write transaction ([`Db::begin`]): `BEGIN IMMEDIATE` on SQLite (the write lock is
@@ -440,6 +443,9 @@ impl Db {
     }
 }
 
+/// The column names of each statement a connection ran, by its SQL.
+type ColumnNames = HashMap<&'static str, Arc<[String]>>;
+
 /// The SQLite connection this API runs on (see the module docs).
 #[derive(Debug, Clone)]
 pub(crate) struct Direct {
@@ -452,7 +458,7 @@ pub(crate) struct Direct {
 pub(crate) struct Slot {
     conn: Option<rusqlite::Connection>,
     path: PathBuf,
-    columns: HashMap<&'static str, Arc<[String]>>,
+    columns: ColumnNames,
 }
 
 impl Direct {
@@ -478,10 +484,7 @@ impl Direct {
     async fn run(&self, query: &Query, fetch: Fetch) -> Result<Output, sqlx::Error> {
         self.with_write_lock_patience(|slot| slot.run(query, fetch))
             .await
-            .map(|(out, slot)| {
-                drop(slot);
-                out
-            })
+            .map(|(out, _slot)| out)
     }
 
     /// `BEGIN IMMEDIATE`, waiting out a held write lock; the guard is the open transaction.
@@ -534,22 +537,27 @@ impl Direct {
 impl Slot {
     /// The connection, reopened first when a fault dropped it.
     fn conn(&mut self) -> Result<&rusqlite::Connection, sqlx::Error> {
-        if self.conn.is_none() {
-            self.columns.clear();
-            self.conn = Some(open_connection(&self.path).map_err(to_sqlx)?);
-        }
-        self.conn
-            .as_ref()
-            .ok_or_else(|| protocol("no SQLite connection"))
+        self.parts().map(|(conn, _)| conn)
+    }
+
+    /// The connection (reopened first when a fault dropped it) and the column names of the
+    /// statements it ran.
+    fn parts(&mut self) -> Result<(&rusqlite::Connection, &mut ColumnNames), sqlx::Error> {
+        let conn = match self.conn {
+            Some(ref conn) => conn,
+            None => {
+                self.columns.clear();
+                self.conn
+                    .insert(open_connection(&self.path).map_err(to_sqlx)?)
+            }
+        };
+        Ok((conn, &mut self.columns))
     }
 
     /// Runs one statement (reopening the connection first when a fault dropped it).
     fn run(&mut self, query: &Query, fetch: Fetch) -> Result<Output, sqlx::Error> {
-        self.conn()?;
-        let Some(conn) = &self.conn else {
-            return Err(protocol("no SQLite connection"));
-        };
-        run_on(conn, &mut self.columns, query, fetch).map_err(to_sqlx)
+        let (conn, columns) = self.parts()?;
+        run_on(conn, columns, query, fetch).map_err(to_sqlx)
     }
 
     /// Closes the connection (at shutdown, before the pool's last connection checkpoints).
@@ -609,8 +617,8 @@ pub const CHECKPOINT_PAGES: i32 = 1000;
 pub const INLINE_CHECKPOINT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
 
 /// Woken when a commit left at least [`CHECKPOINT_PAGES`] in a WAL; each SQLite [`Db`]'s
-/// checkpointer (`Db::spawn_checkpointer`) then checkpoints its file through the pool, on a
-/// sqlx connection's own thread. Process-wide because a WAL hook is a plain `fn`.
+/// background task (`Db::spawn_wal_reclaimer`) then checkpoints its file through the pool, on
+/// a sqlx connection's own thread. Process-wide because a WAL hook is a plain `fn`.
 pub(crate) static CHECKPOINT_WANTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 fn checkpoint_wanted(
@@ -630,7 +638,7 @@ fn checkpoint_wanted(
 /// Runs one statement on `conn` (the caller holds the connection's mutex).
 fn run_on(
     conn: &rusqlite::Connection,
-    columns: &mut HashMap<&'static str, Arc<[String]>>,
+    columns: &mut ColumnNames,
     query: &Query,
     fetch: Fetch,
 ) -> rusqlite::Result<Output> {
@@ -654,7 +662,7 @@ fn run_on(
     }
     match fetch {
         Fetch::Execute => Ok(Output::Done(stmt.raw_execute()? as u64)),
-        Fetch::Rows { at_most } => {
+        Fetch::One | Fetch::All => {
             let names =
                 Arc::clone(columns.entry(query.sql).or_insert_with(|| {
                     stmt.column_names().into_iter().map(str::to_owned).collect()
@@ -668,7 +676,7 @@ fn run_on(
             let mut out = Vec::new();
             loop {
                 let Some(row) = rows.next()? else { break };
-                if at_most.is_some_and(|n| out.len() >= n) {
+                if fetch == Fetch::One && !out.is_empty() {
                     if writes {
                         continue;
                     }
