@@ -54,30 +54,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# utime and stime (clock ticks) summed over the given pids: "user system".
-cpu_ticks() {
-  local pid u=0 s=0 rest
-  for pid in "$@"; do
-    # Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
-    rest=$(sed 's/^.*) //' "/proc/$pid/stat")
-    read -r -a f <<< "$rest"
-    u=$((u + f[11])); s=$((s + f[12]))
-  done
-  echo "$u $s"
-}
-# Context switches (voluntary + involuntary) summed over every thread of the given pids.
-ctx_switches() {
-  local pid t=0
-  for pid in "$@"; do
-    t=$((t + $(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}')))
-  done
-  echo "$t"
-}
-# PSS (proportional set size, what smem reports): each shared page divided among the processes
-# that map it. The seven processes run one binary, so its code pages (~11 MB resident) appear
-# in every VmRSS and the RSS sum counts them seven times; the PSS sum counts them once.
-# sum_kb FIELD PID...: FIELD (Rss or Pss) of /proc/<pid>/smaps_rollup summed over the processes.
-sum_kb() { local field=$1 pid t=0; shift; for pid in "$@"; do t=$((t + $(awk -v f="$field:" '$1 == f {print $2}' "/proc/$pid/smaps_rollup"))); done; echo "$t"; }
+# cpu_ticks, ctx_switches, sum_kb: what /proc says of the suite's processes.
+# shellcheck source=scripts/bench/proc.sh
+source scripts/bench/proc.sh
 suite_pids() { jq -r '.members[].pid // empty' "$1/up.json"; }
 # name=pid of each service of the suite in data dir $1 (for the per-service breakdown).
 suite_members() { jq -r '.members[] | select(.pid != null) | "\(.name)=\(.pid)"' "$1/up.json"; }
@@ -89,7 +68,7 @@ per_service_ms() {
     read -r u s <<< "$(cpu_ticks "$pid")"; after=$((u + s))
     out+=("$(awk -v n="$name" -v d=$((after - BEFORE_TICKS[$pid])) -v t="$TCK" -v ok="$ok" 'BEGIN { printf "%s %.3f", n, d * 1000 / t / ok }')")
   done
-  local IFS=,; echo "${out[*]}" | sed 's/,/, /g'
+  local IFS=,; local joined="${out[*]}"; echo "${joined//,/, }"
 }
 declare -A BEFORE_TICKS
 wait_ready() {

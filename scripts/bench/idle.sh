@@ -31,8 +31,9 @@ sleep "$SETTLE"
 
 mapfile -t MEMBERS < <(jq -r '.members[] | select(.pid != null) | "\(.name)=\(.pid)"' "$DIR/up.json")
 MEMBERS+=("supervisor=$UP")
-ticks() { local rest; rest=$(sed 's/^.*) //' "/proc/$1/stat"); read -r -a f <<< "$rest"; echo $((f[11] + f[12])); }
-kb() { awk -v f="$1:" '$1 == f {print $2}' "/proc/$2/smaps_rollup"; }
+# shellcheck source=scripts/bench/proc.sh
+source scripts/bench/proc.sh
+ticks() { local u s; read -r u s <<< "$(cpu_ticks "$1")"; echo $((u + s)); }
 declare -A BEFORE
 for m in "${MEMBERS[@]}"; do BEFORE[$m]=$(ticks "${m#*=}"); done
 sleep "$SECONDS_MEASURED"
@@ -43,7 +44,7 @@ echo "| process | CPU (% of a core) | RSS MB | PSS MB |"
 echo "|---|---:|---:|---:|"
 total=0; rss=0; pss=0
 for m in "${MEMBERS[@]}"; do
-  pid=${m#*=}; d=$(( $(ticks "$pid") - BEFORE[$m] )); r=$(kb Rss "$pid"); p=$(kb Pss "$pid")
+  pid=${m#*=}; d=$(( $(ticks "$pid") - BEFORE[$m] )); r=$(sum_kb Rss "$pid"); p=$(sum_kb Pss "$pid")
   total=$((total + d)); rss=$((rss + r)); pss=$((pss + p))
   awk -v n="${m%%=*}" -v d="$d" -v t="$TCK" -v s="$SECONDS_MEASURED" -v r="$r" -v p="$p" \
     'BEGIN { printf "| %s | %.2f | %.1f | %.1f |\n", n, 100 * d / t / s, r / 1024, p / 1024 }'
