@@ -149,6 +149,9 @@ fn random_hex(bytes: usize) -> String {
     id[..bytes * 2].to_owned()
 }
 
+/// The default filter plus Fidelity's debug lines: one per bonus, the line these tests read.
+const FIDELITY_BONUS_LINES: &str = "info,sqlx=warn,tower_http=warn,ftshop_fidelity=debug";
+
 async fn one_purchase_is_one_trace(protocol: &str) {
     let receiver = Receiver::start().await;
     let suite = Suite::start_with_env(
@@ -158,6 +161,8 @@ async fn one_purchase_is_one_trace(protocol: &str) {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            // Fidelity's per-bonus line (the log line this test reads) is at debug.
+            ("RUST_LOG", FIDELITY_BONUS_LINES),
         ],
     )
     .await;
@@ -583,7 +588,12 @@ async fn a_hung_collector_never_fails_a_purchase_and_dropped_spans_are_counted()
 /// callee's log lines carry the trace id the caller sent (and their own span ids).
 #[tokio::test(flavor = "multi_thread")]
 async fn without_an_endpoint_the_logs_still_follow_the_trace() {
-    let suite = Suite::start_with_env(tempfile::tempdir().expect("tempdir"), &[], &[]).await;
+    let suite = Suite::start_with_env(
+        tempfile::tempdir().expect("tempdir"),
+        &[],
+        &[("RUST_LOG", FIDELITY_BONUS_LINES)],
+    )
+    .await;
     let ecommerce = suite.url("ecommerce");
     let (trace_id, caller) = (random_hex(16), random_hex(8));
     let answer = suite

@@ -19,6 +19,7 @@
 #   IDLE_SECONDS  how long the idle suite is measured (default 20)
 #   SKIP_BUILD=1  use the binaries already in target/release (FTSHOP_BIN: another ftshop binary)
 #   WITH_BARE=0   skip the bare axum line
+#   OUT           where the raw output and the table go (default docs/benchmarks/runs/happy-path.txt)
 #   PORT_BASE     first port (default 24080; the run uses base..base+60 and base+100..base+160)
 # Traffic goes to 127.0.0.1 only, bounded by `duration`.
 set -euo pipefail
@@ -30,7 +31,7 @@ IDLE_SECONDS="${IDLE_SECONDS:-20}"
 PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 BENCH_REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/9}"
 PORT_BASE="${PORT_BASE:-24080}"
-OUT=docs/benchmarks/runs/happy-path.txt
+OUT="${OUT:-docs/benchmarks/runs/happy-path.txt}"
 export CARGO_INCREMENTAL=0
 
 if ! command -v wrk >/dev/null; then
