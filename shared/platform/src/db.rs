@@ -365,6 +365,20 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
+            // sqlx's `test_before_acquire` pings before every use: one more round trip to the
+            // server per statement (per transaction). A connection used within the last
+            // `PING_WHEN_IDLE_FOR` just answered its last statement; one that sat idle longer
+            // (through a server restart or a network cut) is pinged, and a dead one is closed
+            // and replaced before the caller sees it, as before.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _meta| {
                 let set_path = set_path.clone();
                 Box::pin(async move {
@@ -590,6 +604,9 @@ impl DbFile {
         }
     }
 }
+
+/// A pooled PostgreSQL connection idle at least this long is pinged before it is handed out.
+pub const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// How long readiness stays `not_ready` after a request met a storage fault, even when the
 /// write probe passes: a nearly full disk can take the probe's small write and still refuse a
