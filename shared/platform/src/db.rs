@@ -1064,6 +1064,45 @@ pub mod testing {
 mod tests {
     use super::*;
 
+    /// A pooled PostgreSQL connection whose server session ended while it sat idle (a server
+    /// restart, a network cut, an idle timeout) is found dead before it is handed out, not by
+    /// the caller's statement: the pool pings a connection idle for [`PING_WHEN_IDLE_FOR`] or
+    /// more. With no ping at all (sqlx's `test_before_acquire` off, no `before_acquire`) the
+    /// statement below fails with an I/O error.
+    #[tokio::test]
+    async fn an_idle_postgres_connection_whose_session_ended_is_replaced_before_use() {
+        let url = testing::fresh_postgres_database()
+            .await
+            .expect("a PostgreSQL server for the tests");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(Some(&url), dir.path(), "ping")
+            .await
+            .expect("db");
+        let one: i64 = sqlx::query_scalar("SELECT 1::bigint")
+            .fetch_one(&db.pool)
+            .await
+            .expect("a first statement");
+        assert_eq!(one, 1);
+        assert!(db.pool.num_idle() >= 1, "the pool keeps its connection");
+        // End every other session on this database, as a server restart would.
+        let mut admin = AnyConnection::connect(&url)
+            .await
+            .expect("admin connection");
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&mut admin)
+        .await
+        .expect("terminate the pool's sessions");
+        tokio::time::sleep(PING_WHEN_IDLE_FOR + Duration::from_millis(200)).await;
+        let one: i64 = sqlx::query_scalar("SELECT 1::bigint")
+            .fetch_one(&db.pool)
+            .await
+            .expect("a statement after the server ended the pooled sessions");
+        assert_eq!(one, 1);
+    }
+
     /// A transaction that SQLite rolled back on its own (`SQLITE_FULL` from `max_page_count`,
     /// the file-level equivalent of a full disk) must not go back to the pool. With the
     /// connection pooled (the release check answering `true`), the last write below fails with
