@@ -4,7 +4,7 @@
 //! client can grow the number of series.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
@@ -23,8 +23,20 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often the recorder's upkeep runs without a scrape (metrics-exporter-prometheus's own
+/// default for the upkeep thread of `install()`).
+pub const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+
 /// The recorder's handle, installing the recorder on first use. When another recorder is
 /// already installed (an embedding application's), ours still renders its own registry.
+///
+/// It also starts the recorder's upkeep, once per process: a thread (`metrics-upkeep`) that
+/// runs [`PrometheusHandle::run_upkeep`] every [`UPKEEP_PERIOD`]. metrics-exporter-prometheus
+/// appends every histogram observation to a buffer that only its upkeep drains, and leaves
+/// running it to whoever builds the recorder (`install()` starts such a thread;
+/// `build_recorder()`, used here to keep our own handle, does not). Without it a service no one
+/// scraped kept every observation, ~24 bytes per request per histogram, for as long as it ran
+/// (`tests/metrics_upkeep.rs`).
 pub fn prometheus() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
@@ -33,6 +45,19 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         let _ = metrics::set_global_recorder(recorder);
+        let upkeep = handle.clone();
+        let started = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_PERIOD);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(err) = started {
+            // Scrapes still drain the buffers; only an unscraped process grows.
+            tracing::warn!(error = %err, "cannot start the metrics upkeep thread");
+        }
         handle
     })
 }
