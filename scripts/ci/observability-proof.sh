@@ -196,8 +196,10 @@ pids+=($!)
 wait_http "http://127.0.0.1:$SINK_PORT/" 20
 
 # http/json, so the sink's files are readable by the check below (the default is http/protobuf).
+# RUST_LOG: the default filter plus Fidelity's per-bonus line, at debug since issue 16 (the
+# trace check below reads it; docs/observability.md#logs).
 OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" OTEL_EXPORTER_OTLP_PROTOCOL=http/json \
-OTEL_BSP_SCHEDULE_DELAY=500 \
+OTEL_BSP_SCHEDULE_DELAY=500 RUST_LOG=info,sqlx=warn,tower_http=warn,ftshop_fidelity=debug \
   "$BIN" up --data-dir "$WORK/data" --port-base "$BASE" --faults default --fault-seed 7 \
   >"$WORK/up.log" 2>&1 &
 UP_PID=$!
