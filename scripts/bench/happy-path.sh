@@ -73,14 +73,13 @@ per_service_ms() {
 }
 declare -A BEFORE_TICKS
 # utime + stime of every postgres and redis-server process (the PostgreSQL run's servers; a
-# backend that exits during the run takes its ticks with it, so this is a lower bound).
+# backend that exits during the run takes its ticks with it, so this is a lower bound, and
+# cpu_ticks counts one that exits while being read as 0).
 db_server_ticks() {
-  local pid t=0 rest f
-  for pid in $(pgrep -x postgres; pgrep -x redis-server); do
-    rest=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
-    read -r -a f <<< "$rest"; t=$((t + f[11] + f[12]))
-  done
-  echo "$t"
+  local u s
+  # shellcheck disable=SC2046 # one pid per word
+  read -r u s <<< "$(cpu_ticks $(pgrep -x postgres; pgrep -x redis-server) 2>/dev/null)"
+  echo $((u + s))
 }
 wait_ready() {
   local url=$1
@@ -95,10 +94,11 @@ measure() {
   local before after log="$WORK/wrk-${label//[^a-z0-9]/_}.txt" pid u s
   for pid in "$@"; do read -r u s <<< "$(cpu_ticks "$pid")"; BEFORE_TICKS[$pid]=$((u + s)); done
   before=$(cpu_ticks "$@"); local cs_before; cs_before=$(ctx_switches "$@")
-  local db_before=0; [[ "$label" == *postgres* ]] && db_before=$(db_server_ticks)
+  local on_postgres=0; [[ "$label" == *postgres* ]] && on_postgres=1
+  local db_before=0; ((on_postgres)) && db_before=$(db_server_ticks)
   FT="$ft" wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency -s scripts/bench/buy.lua "$url" > "$log"
   after=$(cpu_ticks "$@"); local cs_after; cs_after=$(ctx_switches "$@")
-  local db_after=0; [[ "$label" == *postgres* ]] && db_after=$(db_server_ticks)
+  local db_after=0; ((on_postgres)) && db_after=$(db_server_ticks)
   { echo "## $label"; cat "$log"; } >> "$WORK/raw.txt"
   local line; line=$(grep '^RESULT ' "$log")
   local req non2xx sockerr dur p50 p99
@@ -117,12 +117,12 @@ measure() {
       printf "| %s | %.0f | %.1f | %.1f | %d | %.3f | %.0f %% | %.1f |", l, ok / (d / 1e6), p50 / 1000, p99 / 1000, n + e, cpu, ker, cs / ok
     }')")
   if [[ ${#MEMBERS[@]} -gt 0 ]]; then
-    local servers=""
-    if [[ "$label" == *postgres* ]]; then
-      servers=$(awk -v d=$((db_after - db_before)) -v t="$TCK" -v ok=$((req > non2xx ? req - non2xx : 1)) \
+    local ok=$((req > non2xx ? req - non2xx : 1)) servers=""
+    if ((on_postgres)); then
+      servers=$(awk -v d=$((db_after - db_before)) -v t="$TCK" -v ok="$ok" \
         'BEGIN { printf "; database servers (postgres, redis-server: not in the CPU column) %.3f", d * 1000 / t / ok }')
     fi
-    BREAKDOWN+=("| $label | $(per_service_ms $((req > non2xx ? req - non2xx : 1)) "${MEMBERS[@]}")$servers |")
+    BREAKDOWN+=("| $label | $(per_service_ms "$ok" "${MEMBERS[@]}")$servers |")
   fi
 }
 MEMBERS=()
