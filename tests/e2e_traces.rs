@@ -150,7 +150,12 @@ fn random_hex(bytes: usize) -> String {
 }
 
 /// The default filter plus Fidelity's debug lines: one per bonus, the line these tests read.
-const FIDELITY_BONUS_LINES: &str = "info,sqlx=warn,tower_http=warn,ftshop_fidelity=debug";
+fn fidelity_bonus_lines() -> String {
+    format!(
+        "{},ftshop_fidelity=debug",
+        ftshop_platform::telemetry::DEFAULT_LOG_FILTER
+    )
+}
 
 async fn one_purchase_is_one_trace(protocol: &str) {
     let receiver = Receiver::start().await;
@@ -162,7 +167,7 @@ async fn one_purchase_is_one_trace(protocol: &str) {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
             // Fidelity's per-bonus line (the log line this test reads) is at debug.
-            ("RUST_LOG", FIDELITY_BONUS_LINES),
+            ("RUST_LOG", &fidelity_bonus_lines()),
         ],
     )
     .await;
@@ -591,7 +596,7 @@ async fn without_an_endpoint_the_logs_still_follow_the_trace() {
     let suite = Suite::start_with_env(
         tempfile::tempdir().expect("tempdir"),
         &[],
-        &[("RUST_LOG", FIDELITY_BONUS_LINES)],
+        &[("RUST_LOG", &fidelity_bonus_lines())],
     )
     .await;
     let ecommerce = suite.url("ecommerce");

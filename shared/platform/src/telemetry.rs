@@ -114,10 +114,12 @@ pub fn init(service: &'static str, instance: Option<&str>) {
     }
 }
 
-/// `RUST_LOG`, or the default filter.
+/// The log filter when `RUST_LOG` is not set (`RUST_LOG` syntax).
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,tower_http=warn";
+
+/// `RUST_LOG`, or [`DEFAULT_LOG_FILTER`].
 fn env_filter() -> EnvFilter {
-    EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"))
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER))
 }
 
 /// What the log lines show: `RUST_LOG`'s events and spans, except the trace-only spans (their
