@@ -50,7 +50,7 @@ UP=""; BARE=""; PG_DB=""
 cleanup() {
   [[ -n "$UP" ]] && { kill -TERM "$UP" 2>/dev/null || true; wait "$UP" 2>/dev/null || true; }
   [[ -n "$BARE" ]] && { kill -TERM "$BARE" 2>/dev/null || true; wait "$BARE" 2>/dev/null || true; }
-  [[ -n "$PG_DB" ]] && psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
+  if [[ -n "$PG_DB" ]]; then psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -94,10 +94,12 @@ measure() {
   local before after log="$WORK/wrk-${label//[^a-z0-9]/_}.txt" pid u s
   for pid in "$@"; do read -r u s <<< "$(cpu_ticks "$pid")"; BEFORE_TICKS[$pid]=$((u + s)); done
   before=$(cpu_ticks "$@"); local cs_before; cs_before=$(ctx_switches "$@")
+  local machine_before; machine_before=$(machine_busy_ticks)
   local on_postgres=0; [[ "$label" == *postgres* ]] && on_postgres=1
   local db_before=0; ((on_postgres)) && db_before=$(db_server_ticks)
   FT="$ft" wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency -s scripts/bench/buy.lua "$url" > "$log"
   after=$(cpu_ticks "$@"); local cs_after; cs_after=$(ctx_switches "$@")
+  local machine_after; machine_after=$(machine_busy_ticks)
   local db_after=0; ((on_postgres)) && db_after=$(db_server_ticks)
   { echo "## $label"; cat "$log"; } >> "$WORK/raw.txt"
   local line; line=$(grep '^RESULT ' "$log")
@@ -110,11 +112,12 @@ measure() {
   p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<< "$line")
   read -r ub sb <<< "$before"; read -r ua sa <<< "$after"
   ROWS+=("$(awk -v l="$label" -v r="$req" -v n="$non2xx" -v e="$sockerr" -v d="$dur" -v p50="$p50" -v p99="$p99" \
-    -v cs=$((cs_after - cs_before)) -v du=$((ua - ub)) -v ds=$((sa - sb)) -v t="$TCK" 'BEGIN {
+    -v cs=$((cs_after - cs_before)) -v du=$((ua - ub)) -v ds=$((sa - sb)) -v t="$TCK" \
+    -v m=$((machine_after - machine_before)) 'BEGIN {
       ok = r - n; if (ok < 1) ok = 1
       cpu = (du + ds) * 1000 / t / ok
       ker = (du + ds) > 0 ? 100 * ds / (du + ds) : 0
-      printf "| %s | %.0f | %.1f | %.1f | %d | %.3f | %.0f %% | %.1f |", l, ok / (d / 1e6), p50 / 1000, p99 / 1000, n + e, cpu, ker, cs / ok
+      printf "| %s | %.0f | %.1f | %.1f | %d | %.3f | %.0f %% | %.3f | %.1f |", l, ok / (d / 1e6), p50 / 1000, p99 / 1000, n + e, cpu, ker, m * 1000 / t / ok, cs / ok
     }')")
   if [[ ${#MEMBERS[@]} -gt 0 ]]; then
     local ok=$((req > non2xx ? req - non2xx : 1)) servers=""
@@ -187,12 +190,14 @@ fi
   echo "# happy path, $(date -u +%FT%TZ), $(nproc) cores, load average before: $LOAD_BEFORE"
   echo "# wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency -s scripts/bench/buy.lua, faults off, release build"
   echo
-  echo "| target | purchases/s (2xx) | p50 ms | p99 ms | errors | CPU ms / purchase | of it kernel | context switches / purchase |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| target | purchases/s (2xx) | p50 ms | p99 ms | errors | CPU ms / purchase | of it kernel | machine CPU ms / purchase | context switches / purchase |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s\n' "${ROWS[@]}"
   echo
   echo "CPU per purchase: utime + stime of the six service processes (bare axum: its one process),"
   echo "before and after the wrk run, over the 2xx answers; wrk and the supervisor excluded."
+  echo "Machine CPU: the busy time of the whole machine (/proc/stat) over the same run and answers:"
+  echo "wrk, kernel threads (the page cache's writeback) and anything else running included."
   echo
   echo "| target | CPU ms / purchase by service |"
   echo "|---|---|"

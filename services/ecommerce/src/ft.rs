@@ -119,7 +119,11 @@ pub struct Resilient {
     bonus_latency: LatencyEstimator,
     catalog: TieredCache<Product>,
     rates: TieredCache<Rate>,
-    failover: RetryBudget,
+    /// The failover across Store replicas for a sale, and across Exchange replicas for the
+    /// rate: built once (a policy registers its metric handles when built, five counters for a
+    /// retry), sharing one failover budget.
+    sell_failover: Policy<ResilienceError<StepError>>,
+    rate_failover: Policy<ResilienceError<StepError>>,
     hedges: RetryBudget,
     next: AtomicUsize,
     settings: FtSettings,
@@ -186,7 +190,7 @@ impl Resilient {
                 })
                 .collect(),
         };
-        let stores = calls
+        let stores: Vec<Replica> = calls
             .stores()
             .iter()
             .enumerate()
@@ -202,7 +206,7 @@ impl Resilient {
                 )
             })
             .collect();
-        let exchanges = calls
+        let exchanges: Vec<Replica> = calls
             .exchanges()
             .iter()
             .enumerate()
@@ -238,6 +242,9 @@ impl Resilient {
                 .capacity(16)
                 .build()?,
         );
+        // Failover may add up to 50 % more calls, with a floor for quiet periods.
+        let failover = RetryBudget::new(Duration::from_secs(10), 5, 0.5)?;
+        let (stores_len, exchanges_len) = (stores.len(), exchanges.len());
         Ok(Self {
             calls,
             registry,
@@ -259,8 +266,8 @@ impl Resilient {
             fidelity_breaker,
             catalog,
             rates,
-            // Failover may add up to 50 % more calls, with a floor for quiet periods.
-            failover: RetryBudget::new(Duration::from_secs(10), 5, 0.5)?,
+            sell_failover: failover_policy(Step::Sell, stores_len, &failover),
+            rate_failover: failover_policy(Step::Exchange, exchanges_len, &failover),
             hedges: RetryBudget::new(Duration::from_secs(10), 5, 0.3)?,
             next: AtomicUsize::new(0),
             settings,
@@ -418,6 +425,7 @@ impl Resilient {
                 let order = this.order(&this.exchanges, RATE);
                 let (this, rid) = (&this, &rid);
                 this.failover(
+                    &this.rate_failover,
                     &this.exchanges,
                     &order,
                     RATE,
@@ -532,6 +540,7 @@ impl Resilient {
         let in_doubt = AtomicUsize::new(0);
         let result = self
             .failover_counting(
+                &self.sell_failover,
                 &self.stores,
                 &order,
                 SELL,
@@ -641,8 +650,10 @@ impl Resilient {
         is_failure(err)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn failover<T, F, Fut>(
         &self,
+        failover: &Policy<ResilienceError<StepError>>,
         replicas: &[Replica],
         order: &[usize],
         route: usize,
@@ -655,8 +666,10 @@ impl Resilient {
         Fut: std::future::Future<Output = Result<T, StepError>>,
     {
         let attempts = AtomicUsize::new(0);
-        self.failover_counting(replicas, order, route, step, deadline, &attempts, call)
-            .await
+        self.failover_counting(
+            failover, replicas, order, route, step, deadline, &attempts, call,
+        )
+        .await
     }
 
     /// Tries the replicas in `order`, one attempt each, moving on after a failure or an open
@@ -664,6 +677,7 @@ impl Resilient {
     #[allow(clippy::too_many_arguments)]
     async fn failover_counting<T, F, Fut>(
         &self,
+        failover: &Policy<ResilienceError<StepError>>,
         replicas: &[Replica],
         order: &[usize],
         route: usize,
@@ -676,23 +690,7 @@ impl Resilient {
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = Result<T, StepError>>,
     {
-        let failover: Policy<ResilienceError<StepError>> =
-            Policy::named(format!("{}.failover", step.as_str())).retry(
-                RetryPolicy::exponential(Duration::from_millis(1))
-                    .max_delay(Duration::from_millis(5))
-                    .max_attempts(order.len() as u32)
-                    .budget(self.failover.clone())
-                    .retry_if(
-                        |err: &ResilienceError<ResilienceError<StepError>>| match err {
-                            ResilienceError::Inner(inner) => match inner {
-                                ResilienceError::Inner(e) => is_failure(e),
-                                _ => true,
-                            },
-                            ResilienceError::Timeout => true,
-                            _ => false,
-                        },
-                    ),
-            );
+        debug_assert_eq!(order.len(), replicas.len(), "one attempt per replica");
         let result = failover
             .call_with_deadline(deadline, || {
                 let k = attempts.fetch_add(1, Ordering::Relaxed);
@@ -708,6 +706,31 @@ impl Resilient {
             .await;
         flatten(result, step)
     }
+}
+
+/// Failover across `replicas` replicas for `step`: one attempt each, 1-5 ms apart, moving on
+/// after a failure, a timeout or an open breaker (not after a 4xx answer), within `budget`.
+fn failover_policy(
+    step: Step,
+    replicas: usize,
+    budget: &RetryBudget,
+) -> Policy<ResilienceError<StepError>> {
+    Policy::named(format!("{}.failover", step.as_str())).retry(
+        RetryPolicy::exponential(Duration::from_millis(1))
+            .max_delay(Duration::from_millis(5))
+            .max_attempts(u32::try_from(replicas).unwrap_or(u32::MAX))
+            .budget(budget.clone())
+            .retry_if(
+                |err: &ResilienceError<ResilienceError<StepError>>| match err {
+                    ResilienceError::Inner(inner) => match inner {
+                        ResilienceError::Inner(e) => is_failure(e),
+                        _ => true,
+                    },
+                    ResilienceError::Timeout => true,
+                    _ => false,
+                },
+            ),
+    )
 }
 
 /// Unwraps the two policy layers (outer: hedge or failover, inner: the replica's policy).

@@ -46,9 +46,15 @@ pub const RESERVE_BYTES: u64 = 256 * 1024;
 pub const WAL_RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Bytes SQLite leaves in a `-wal` file after a checkpoint reset it (`PRAGMA
-/// journal_size_limit`): without a limit the file keeps its high-water size forever, space a
-/// small disk needs back. Costs a truncate and a later re-extend per reset, nothing per write.
-pub const WAL_SIZE_LIMIT_BYTES: u64 = 1 << 20;
+/// journal_size_limit`): the size of a WAL at [`crate::sql::INLINE_CHECKPOINT_PAGES`] frames of
+/// 4 KiB pages (each frame a 24-byte header and a page), about 16 MiB, where a busy WAL resets.
+/// A larger file is cut back to this; one this size is kept and written over from the start,
+/// so a busy database does not truncate its WAL at every reset and allocate the same blocks
+/// again (a limit of 1 MiB made `ftruncate` and the file system's block allocation for the
+/// re-extended file ~12 % of the suite's CPU per purchase: docs/benchmarks/happy-path.md).
+/// The space comes back on demand: [`Db::reclaim_wal`] truncates the WAL to zero whenever the
+/// disk runs low ([`RESERVE_BYTES`]), and a clean stop leaves it empty.
+pub const WAL_SIZE_LIMIT_BYTES: u64 = crate::sql::INLINE_CHECKPOINT_PAGES as u64 * (4096 + 24) + 32;
 
 /// The pools [`close_all`] closes, once [`close_at_exit`] asked for it (the `ftshop` binary
 /// does; tests, which open many short-lived pools in one process, do not).
@@ -178,9 +184,9 @@ impl Db {
     /// the suite heals without anyone polling readiness.
     ///
     /// With a direct connection ([`crate::sql`]) it is also that connection's checkpointer:
-    /// whenever a commit left [`crate::sql::CHECKPOINT_PAGES`] or more in a WAL (the hook that
-    /// replaces SQLite's automatic checkpoint there), `wal_checkpoint(PASSIVE)` through the
-    /// pool, on a sqlx connection's thread, never a runtime thread.
+    /// whenever a commit took a WAL past another [`crate::sql::CHECKPOINT_PAGES`] pages (the
+    /// hook that replaces SQLite's automatic checkpoint there), `wal_checkpoint(PASSIVE)`
+    /// through the pool, on a sqlx connection's thread, never a runtime thread.
     fn spawn_wal_reclaimer(&self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;

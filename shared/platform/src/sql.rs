@@ -26,9 +26,11 @@
 //! a checkpoint does (durability as in docs/design.md). SQLite's automatic checkpoint would run
 //! inside the commit that crosses 1000 WAL pages, on the runtime thread and holding the
 //! connection (copying up to ~4 MiB and two fsyncs); instead a WAL hook asks, and a task per
-//! [`Db`] runs `wal_checkpoint(PASSIVE)` through the pool, on a sqlx connection's thread. A
-//! passive checkpoint cannot finish under a continuous stream of commits, so past
-//! [`INLINE_CHECKPOINT_PAGES`] the committing connection checkpoints itself, as SQLite would.
+//! [`Db`] runs `wal_checkpoint(PASSIVE)` through the pool, on a sqlx connection's thread, once
+//! per [`CHECKPOINT_PAGES`] the WAL grew. A passive checkpoint cannot finish under a continuous
+//! stream of commits, so past [`INLINE_CHECKPOINT_PAGES`] the committing connection checkpoints
+//! itself, as SQLite would; with no other writer in the process that one completes and the WAL
+//! starts over.
 //!
 //! **Errors** are `sqlx::Error`s, SQLite's carrying its extended result code as
 //! [`DirectError`], so [`crate::db::StorageFault::of`] and
@@ -40,6 +42,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::OpenFlags;
@@ -616,23 +619,58 @@ pub const CHECKPOINT_PAGES: i32 = 1000;
 /// usual threshold: reached only when the off-thread checkpoint falls behind.
 pub const INLINE_CHECKPOINT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
 
-/// Woken when a commit left at least [`CHECKPOINT_PAGES`] in a WAL; each SQLite [`Db`]'s
-/// background task (`Db::spawn_wal_reclaimer`) then checkpoints its file through the pool, on
-/// a sqlx connection's own thread. Process-wide because a WAL hook is a plain `fn`.
+/// Woken when a commit took a WAL past another multiple of [`CHECKPOINT_PAGES`]; each SQLite
+/// [`Db`]'s background task (`Db::spawn_wal_reclaimer`) then checkpoints its file through the
+/// pool, on a sqlx connection's own thread. Process-wide because a WAL hook is a plain `fn`.
 pub(crate) static CHECKPOINT_WANTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// The WAL's size in pages after the last commit the hook saw (process-wide, as the hook: each
+/// service process has one database; with two, their commits interleave here and a WAL past
+/// [`CHECKPOINT_PAGES`] may ask on more commits than once per mark, as it did before).
+static WAL_PAGES_SEEN: AtomicI32 = AtomicI32::new(0);
 
 fn checkpoint_wanted(
     wal: &rusqlite::hooks::Wal,
     pages: std::os::raw::c_int,
 ) -> rusqlite::Result<()> {
-    if pages >= INLINE_CHECKPOINT_PAGES {
-        metrics::counter!("db_inline_checkpoints_total").increment(1);
-        // Like SQLite's default hook: a failed checkpoint does not fail the commit.
-        let _ = wal.checkpoint();
-    } else if pages >= CHECKPOINT_PAGES {
-        CHECKPOINT_WANTED.notify_waiters();
+    let before = WAL_PAGES_SEEN.swap(pages, Ordering::Relaxed);
+    match checkpoint_after_commit(before, pages) {
+        Checkpoint::Inline => {
+            metrics::counter!("db_inline_checkpoints_total").increment(1);
+            // Like SQLite's default hook: a failed checkpoint does not fail the commit.
+            let _ = wal.checkpoint();
+        }
+        Checkpoint::Background => CHECKPOINT_WANTED.notify_waiters(),
+        Checkpoint::None => {}
     }
     Ok(())
+}
+
+/// What a commit that took a WAL from `before` to `pages` pages asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Checkpoint {
+    /// The committing connection checkpoints now ([`INLINE_CHECKPOINT_PAGES`] reached).
+    Inline,
+    /// The background task checkpoints: the WAL went past another multiple of
+    /// [`CHECKPOINT_PAGES`] (or started over and reached the first).
+    Background,
+    None,
+}
+
+/// Asking for a background checkpoint on every commit past the threshold instead (as SQLite's
+/// own hook does for its inline one) kept a passive checkpoint running back to back under load,
+/// each one two fsyncs and a copy of the pages written since the last, none able to finish;
+/// with the WAL's truncation at each reset that churn was about a quarter of the suite's CPU per
+/// purchase (docs/benchmarks/happy-path.md).
+fn checkpoint_after_commit(before: i32, pages: i32) -> Checkpoint {
+    let marks = |p: i32| p.max(0) / CHECKPOINT_PAGES;
+    if pages >= INLINE_CHECKPOINT_PAGES {
+        Checkpoint::Inline
+    } else if marks(pages) > 0 && (pages < before || marks(pages) > marks(before)) {
+        Checkpoint::Background
+    } else {
+        Checkpoint::None
+    }
 }
 
 /// Runs one statement on `conn` (the caller holds the connection's mutex).
@@ -1025,6 +1063,51 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(rows.try_get::<i64>("n").expect("n"), 6000);
+    }
+
+    /// A stream of small commits asks the background task for one checkpoint per
+    /// [`CHECKPOINT_PAGES`] the WAL grew, not one per commit past the threshold (which kept
+    /// checkpoints running back to back: ~1,500 requests per WAL cycle here before the fix),
+    /// and the commit that reaches [`INLINE_CHECKPOINT_PAGES`] checkpoints itself.
+    #[test]
+    fn the_background_checkpoint_is_asked_for_once_per_checkpoint_pages() {
+        let mut asked = 0;
+        let mut inline = 0;
+        let mut before = 0;
+        // Two WAL cycles of 2-page commits, the WAL starting over after the inline checkpoint
+        // (a reset WAL's first commit leaves a few pages).
+        for _cycle in 0..2 {
+            let mut pages = 2;
+            loop {
+                match checkpoint_after_commit(before, pages) {
+                    Checkpoint::Background => asked += 1,
+                    Checkpoint::Inline => inline += 1,
+                    Checkpoint::None => {}
+                }
+                before = pages;
+                if pages >= INLINE_CHECKPOINT_PAGES {
+                    break;
+                }
+                pages += 2;
+            }
+        }
+        let per_cycle = INLINE_CHECKPOINT_PAGES / CHECKPOINT_PAGES - 1;
+        assert_eq!(
+            asked,
+            2 * per_cycle,
+            "one background checkpoint per mark crossed"
+        );
+        assert_eq!(inline, 2, "one inline checkpoint per cycle");
+        // A WAL that starts over and is past the first mark at once (a large first commit)
+        // asks again, though the mark's count did not grow.
+        assert_eq!(
+            checkpoint_after_commit(3 * CHECKPOINT_PAGES + 10, CHECKPOINT_PAGES + 5),
+            Checkpoint::Background
+        );
+        assert_eq!(
+            checkpoint_after_commit(0, CHECKPOINT_PAGES - 1),
+            Checkpoint::None
+        );
     }
 
     /// A write with `RETURNING` run on the `Db` commits at its last step: fetching one row must
