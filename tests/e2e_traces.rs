@@ -323,6 +323,12 @@ async fn one_purchase_is_one_trace(protocol: &str) {
             served.attr("http.response.status_code").as_deref(),
             Some(status)
         );
+        let error = served.span.status.as_ref().is_some_and(|s| s.code == 2);
+        assert_eq!(
+            error,
+            status == "500",
+            "a 5xx server span has the error status, a 200 not:\n{summary}"
+        );
     }
     let faulted = spans
         .iter()

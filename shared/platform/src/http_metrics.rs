@@ -105,10 +105,8 @@ pub async fn track(service: &'static str, request: Request, next: Next) -> Respo
             "request",
             otel.name = format_args!("{method} {route}"),
             otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
             http.request.method = method,
             http.route = route.as_str(),
-            http.response.status_code = tracing::field::Empty,
             request_id,
         );
         let _ = span.set_parent(telemetry::extract_context(headers));
@@ -185,9 +183,15 @@ impl InFlight {
             crate::exemplars::observe_buy(status, seconds, trace_id.filter(|t| !t.is_empty()));
         }
         if !self.span.is_disabled() {
-            self.span.record("http.response.status_code", status);
+            // Straight onto the OpenTelemetry span, not `Span::record`: the JSON log layer keeps
+            // each span's fields as a JSON string and a record parses and writes it again
+            // (1.5 % of ecommerce's CPU), for fields no log line shows (the answer's status is
+            // known only after the last line inside the request).
+            self.span
+                .set_attribute("http.response.status_code", i64::from(status));
             if status >= 500 || status == CLIENT_CLOSED_REQUEST {
-                self.span.record("otel.status_code", "error");
+                self.span
+                    .set_status(opentelemetry::trace::Status::error(""));
             }
         }
     }
