@@ -53,8 +53,40 @@ pub const WAL_RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
 /// again (a limit of 1 MiB made `ftruncate` and the file system's block allocation for the
 /// re-extended file ~12 % of the suite's CPU per purchase: docs/benchmarks/happy-path.md).
 /// The space comes back on demand: [`Db::reclaim_wal`] truncates the WAL to zero whenever the
-/// disk runs low ([`RESERVE_BYTES`]), and a clean stop leaves it empty.
+/// disk runs low ([`RESERVE_BYTES`]), and a clean stop leaves it empty. On a small file system
+/// the limit is [`SMALL_DISK_WAL_SIZE_LIMIT_BYTES`] instead (see [`wal_size_limit`]).
 pub const WAL_SIZE_LIMIT_BYTES: u64 = crate::sql::INLINE_CHECKPOINT_PAGES as u64 * (4096 + 24) + 32;
+
+/// The WAL size limit on a file system smaller than [`SMALL_DISK_BYTES`]: there a WAL kept at
+/// 16 MiB would leave the other databases too little room before the low-space reclaim
+/// truncates it (a full-disk fault sooner), so the WAL is cut back at each reset as before.
+pub const SMALL_DISK_WAL_SIZE_LIMIT_BYTES: u64 = 1 << 20;
+
+/// File systems smaller than this (64 WALs of [`WAL_SIZE_LIMIT_BYTES`], ~1 GiB) are small.
+pub const SMALL_DISK_BYTES: u64 = 64 * WAL_SIZE_LIMIT_BYTES;
+
+/// `journal_size_limit` for a database whose file is (or will be) `path`, in bytes:
+/// [`WAL_SIZE_LIMIT_BYTES`], or [`SMALL_DISK_WAL_SIZE_LIMIT_BYTES`] when the file system
+/// holding it is smaller than [`SMALL_DISK_BYTES`] or cannot be read (`statvfs` of the
+/// file's directory). `None` (no file: in-memory): the small limit, which never matters there.
+pub fn wal_size_limit(path: Option<&Path>) -> u64 {
+    let dir = path.and_then(Path::parent).map(|d| {
+        if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        }
+    });
+    let large = dir.is_some_and(|dir| {
+        nix::sys::statvfs::statvfs(dir)
+            .is_ok_and(|fs| fs.blocks().saturating_mul(fs.fragment_size()) >= SMALL_DISK_BYTES)
+    });
+    if large {
+        WAL_SIZE_LIMIT_BYTES
+    } else {
+        SMALL_DISK_WAL_SIZE_LIMIT_BYTES
+    }
+}
 
 /// The pools [`close_all`] closes, once [`close_at_exit`] asked for it (the `ftshop` binary
 /// does; tests, which open many short-lived pools in one process, do not).
@@ -308,6 +340,7 @@ impl Db {
     }
 
     async fn connect_sqlite(url: &str) -> anyhow::Result<Self> {
+        let wal_limit = wal_size_limit(sqlite_file(url));
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
@@ -316,7 +349,7 @@ impl Db {
             // error does, see `StorageFault`), and costs a round trip to that thread, two
             // context switches, on every acquire (docs/benchmarks/happy-path.md).
             .test_before_acquire(false)
-            .after_connect(|conn, _meta| {
+            .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     // WAL lets Store replicas in separate processes share one file; the busy
                     // timeout makes a writer wait for the lock instead of failing at once.
@@ -325,7 +358,7 @@ impl Db {
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     conn.execute(AssertSqlSafe(format!(
-                        "PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}"
+                        "PRAGMA journal_size_limit = {wal_limit}"
                     )))
                     .await?;
                     Ok(())
@@ -1268,6 +1301,71 @@ mod tests {
             .await
             .expect("empty start");
         assert!(db.check_file().is_ok());
+    }
+
+    /// A busy WAL keeps its file on a large disk (`WAL_SIZE_LIMIT_BYTES`, the hot-path step of
+    /// docs/benchmarks/happy-path.md) but is cut back to 1 MiB at each reset on a small one (a
+    /// 32 MB tmpfs, as the storage-fault tests use), on the pool's connections and on the
+    /// direct one alike. Failed before `wal_size_limit` (16 MiB on the tmpfs too).
+    #[tokio::test]
+    async fn the_wal_size_limit_follows_the_size_of_the_disk() {
+        async fn limits(db: &Db) -> (i64, i64) {
+            let pooled: i64 = sqlx::query_scalar("PRAGMA journal_size_limit")
+                .fetch_one(&db.pool)
+                .await
+                .expect("pool");
+            let direct: i64 = crate::sql::query("PRAGMA journal_size_limit")
+                .fetch_one(db)
+                .await
+                .expect("direct")
+                .try_get_at(0)
+                .expect("value");
+            (pooled, direct)
+        }
+        let large = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(None, large.path(), "large").await.expect("db");
+        let expected =
+            if wal_size_limit(Some(&large.path().join("large.db"))) == WAL_SIZE_LIMIT_BYTES {
+                WAL_SIZE_LIMIT_BYTES
+            } else {
+                // A temp dir on a file system under ~1 GiB (a small /tmp): small there too.
+                eprintln!("the temp dir's file system is small; both limits are the small one");
+                SMALL_DISK_WAL_SIZE_LIMIT_BYTES
+            };
+        let expected = i64::try_from(expected).expect("fits");
+        assert_eq!(limits(&db).await, (expected, expected));
+        db.close().await;
+
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("small");
+        std::fs::create_dir(&dir).expect("mount point");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "cannot mount a tmpfs (needs root): CI must run this test"
+            );
+            eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+            return;
+        }
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(dir.clone());
+        let db = Db::connect(None, &dir, "small").await.expect("db");
+        let small = i64::try_from(SMALL_DISK_WAL_SIZE_LIMIT_BYTES).expect("fits");
+        assert_eq!(limits(&db).await, (small, small));
+        db.close().await;
     }
 
     /// Issue F2: on a disk smaller than SQLite's auto-checkpoint (about 4 MiB of WAL), the WAL

@@ -601,7 +601,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 0; PRAGMA synchronous = NORMAL; \
          PRAGMA foreign_keys = ON; PRAGMA journal_size_limit = {};",
-        crate::db::WAL_SIZE_LIMIT_BYTES
+        crate::db::wal_size_limit(Some(path))
     ))?;
     // Replaces SQLite's automatic checkpoint (also a WAL hook): the commit that crosses the
     // threshold asks for a checkpoint instead of running it on this (runtime) thread.
