@@ -4,7 +4,8 @@
 # bare axum endpoint (examples/bare_axum.rs), all in the same run. For each target it reports
 # throughput and latency (wrk) beside the CPU each purchase costs: utime + stime of the suite's
 # six service processes (from /proc/<pid>/stat, before and after the wrk run; wrk and the
-# supervisor excluded), divided by the purchases answered 2xx. At the end, the suite at rest:
+# supervisor excluded), divided by the purchases answered 2xx, and the whole machine's busy time
+# (/proc/stat, wrk and kernel threads included) per purchase. At the end, the suite at rest:
 # CPU share of a core and RSS of all seven processes (six services + supervisor).
 # Writes docs/benchmarks/runs/happy-path.txt (raw wrk output and the table).
 #

@@ -13,8 +13,9 @@ cpu_ticks() {
   echo "$u $s"
 }
 # Busy clock ticks of the whole machine (every CPU, every process and kernel thread: user, nice,
-# system, irq, softirq, steal), from the "cpu" line of /proc/stat.
-machine_busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# system, irq, softirq; not steal, the time the host ran something else), from the "cpu" line
+# of /proc/stat.
+machine_busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 # Context switches (voluntary + involuntary) summed over every thread of the given pids.
 ctx_switches() {
   local pid t=0

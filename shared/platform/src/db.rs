@@ -228,10 +228,17 @@ impl Db {
             let mut seen = storage_health().last_full_at();
             let mut tick = tokio::time::interval(WAL_RECLAIM_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Registered before any work and again before each checkpoint: `notify_waiters`
+            // keeps no permit, and the hook asks only once per `CHECKPOINT_PAGES`, so a request
+            // made while a checkpoint or a reclaim runs must still find a registered waiter.
+            let mut wanted = std::pin::pin!(crate::sql::CHECKPOINT_WANTED.notified());
+            wanted.as_mut().enable();
             while !db.pool.is_closed() {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    () = crate::sql::CHECKPOINT_WANTED.notified(), if db.direct.is_some() => {
+                    () = &mut wanted, if db.direct.is_some() => {
+                        wanted.set(crate::sql::CHECKPOINT_WANTED.notified());
+                        wanted.as_mut().enable();
                         if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                             .execute(&db.pool)
                             .await

@@ -625,8 +625,8 @@ pub const INLINE_CHECKPOINT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
 pub(crate) static CHECKPOINT_WANTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// The WAL's size in pages after the last commit the hook saw (process-wide, as the hook: each
-/// service process has one database; with two, their commits interleave here and a WAL past
-/// [`CHECKPOINT_PAGES`] may ask on more commits than once per mark, as it did before).
+/// service process has one database; with two, their commits interleave here, so a WAL may ask
+/// more often than once per mark, or miss a mark; the inline checkpoint bounds it either way).
 static WAL_PAGES_SEEN: AtomicI32 = AtomicI32::new(0);
 
 fn checkpoint_wanted(
@@ -659,9 +659,9 @@ enum Checkpoint {
 
 /// Asking for a background checkpoint on every commit past the threshold instead (as SQLite's
 /// own hook does for its inline one) kept a passive checkpoint running back to back under load,
-/// each one two fsyncs and a copy of the pages written since the last, none able to finish;
-/// with the WAL's truncation at each reset that churn was about a quarter of the suite's CPU per
-/// purchase (docs/benchmarks/happy-path.md).
+/// each one two fsyncs and a copy of the pages written since the last, none able to finish
+/// (together with the WAL's truncation at each reset, about a quarter of the suite's CPU per
+/// purchase, most of it the truncation's: docs/benchmarks/happy-path.md).
 fn checkpoint_after_commit(before: i32, pages: i32) -> Checkpoint {
     let marks = |p: i32| p.max(0) / CHECKPOINT_PAGES;
     if pages >= INLINE_CHECKPOINT_PAGES {
