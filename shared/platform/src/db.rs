@@ -1310,6 +1310,46 @@ mod tests {
         assert!(db.check_file().is_ok());
     }
 
+    /// A tmpfs of `size` mounted on `dir` (created here), unmounted when dropped. `None` (the
+    /// test skips, saying why) when mounting is not permitted; a failure instead under `CI`,
+    /// so CI never skips.
+    struct SmallTmpfs(PathBuf);
+
+    impl SmallTmpfs {
+        fn mount(dir: &Path, size: &str) -> Option<SmallTmpfs> {
+            std::fs::create_dir(dir).expect("mount point");
+            let mounted = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !mounted {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "cannot mount a tmpfs (needs root): CI must run this test"
+                );
+                eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+                return None;
+            }
+            Some(SmallTmpfs(dir.to_owned()))
+        }
+    }
+
+    impl Drop for SmallTmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
     /// A busy WAL keeps its file on a large disk (`WAL_SIZE_LIMIT_BYTES`, the hot-path step of
     /// docs/benchmarks/happy-path.md) but is cut back to 1 MiB at each reset on a small one (a
     /// 32 MB tmpfs, as the storage-fault tests use), on the pool's connections and on the
@@ -1331,44 +1371,20 @@ mod tests {
         }
         let large = tempfile::tempdir().expect("tempdir");
         let db = Db::connect(None, large.path(), "large").await.expect("db");
-        let expected =
-            if wal_size_limit(Some(&large.path().join("large.db"))) == WAL_SIZE_LIMIT_BYTES {
-                WAL_SIZE_LIMIT_BYTES
-            } else {
-                // A temp dir on a file system under ~1 GiB (a small /tmp): small there too.
-                eprintln!("the temp dir's file system is small; both limits are the small one");
-                SMALL_DISK_WAL_SIZE_LIMIT_BYTES
-            };
+        let expected = wal_size_limit(Some(&large.path().join("large.db")));
+        if expected != WAL_SIZE_LIMIT_BYTES {
+            // A temp dir on a file system under ~1 GiB (a small /tmp): small there too.
+            eprintln!("the temp dir's file system is small; both limits are the small one");
+        }
         let expected = i64::try_from(expected).expect("fits");
         assert_eq!(limits(&db).await, (expected, expected));
         db.close().await;
 
         let root = tempfile::tempdir().expect("tempdir");
         let dir = root.path().join("small");
-        std::fs::create_dir(&dir).expect("mount point");
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "cannot mount a tmpfs (needs root): CI must run this test"
-            );
-            eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+        let Some(_unmount) = SmallTmpfs::mount(&dir, "32m") else {
             return;
-        }
-        struct Unmount(PathBuf);
-        impl Drop for Unmount {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.0)
-                    .status();
-            }
-        }
-        let _unmount = Unmount(dir.clone());
+        };
         let db = Db::connect(None, &dir, "small").await.expect("db");
         let small = i64::try_from(SMALL_DISK_WAL_SIZE_LIMIT_BYTES).expect("fits");
         assert_eq!(limits(&db).await, (small, small));
@@ -1384,30 +1400,9 @@ mod tests {
     async fn a_wal_that_filled_the_disk_is_checkpointed_and_writes_succeed_again() {
         let root = tempfile::tempdir().expect("tempdir");
         let dir = root.path().join("small");
-        std::fs::create_dir(&dir).expect("mount point");
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "cannot mount a tmpfs (needs root): CI must run this test"
-            );
-            eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+        let Some(_unmount) = SmallTmpfs::mount(&dir, "1m") else {
             return;
-        }
-        struct Unmount(PathBuf);
-        impl Drop for Unmount {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.0)
-                    .status();
-            }
-        }
-        let _unmount = Unmount(dir.clone());
+        };
 
         let db = Db::connect(None, &dir, "small").await.expect("db");
         sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
