@@ -2,13 +2,14 @@
 //!
 //! The one rule that matters is in [`Inventory::sell`]: stock is decremented by a single
 //! conditional `UPDATE`, so it can never go below zero whatever the concurrency, and the sale is
-//! recorded in the same transaction. With SQLite shared by several processes, a transaction
-//! must write first: a deferred transaction that reads and then writes can fail with
+//! recorded atomically with it: in the same statement on PostgreSQL (one round trip), in the
+//! same transaction on SQLite. With SQLite shared by several processes, a transaction must
+//! write first: a deferred transaction that reads and then writes can fail with
 //! `SQLITE_BUSY_SNAPSHOT` when another process wrote in between.
 
 use std::time::Duration;
 
-use ftshop_platform::db::{Db, is_unique_violation, now_millis};
+use ftshop_platform::db::{Backend, Db, is_unique_violation, now_millis};
 use ftshop_platform::repository::{Read, ReadCache};
 use ftshop_platform::sql::{self, Row};
 use serde::{Deserialize, Serialize};
@@ -201,33 +202,96 @@ impl Inventory {
         // A key seen before is found by the sale's own insert below (its unique index), not by
         // a lookup first: a replay is rare, and the lookup cost every sale a round trip to the
         // database (docs/benchmarks/happy-path.md). The decrement a replay made is rolled back.
+        let sale = Sale {
+            transaction_id: uuid::Uuid::now_v7().to_string(),
+            product_id: product_id.to_owned(),
+            value_cents: 0,
+            stock_left: 0,
+        };
+        let recorded = match self.db.backend {
+            Backend::Postgres => self.record_sale_in_one_statement(sale, key).await,
+            Backend::Sqlite => self.record_sale_in_a_transaction(sale, key).await,
+        };
+        match (recorded, key) {
+            (Ok(Some(sale)), _) => Ok(SellOutcome::Sold(sale)),
+            (Ok(None), _) => {
+                // Out of stock (or unknown) now, but the key may have sold a unit before.
+                if let Some(key) = key
+                    && let Some(sale) = self.sale_by_key(key).await?
+                {
+                    return replay(sale, product_id);
+                }
+                Err(match self.product_row(product_id).await? {
+                    Some(_) => SellError::OutOfStock(product_id.to_owned()),
+                    None => SellError::UnknownProduct(product_id.to_owned()),
+                })
+            }
+            // A concurrent request with the same key committed first (our decrement was undone
+            // with the failed insert): answer with its sale.
+            (Err(err), Some(key)) if is_unique_violation(&err) => {
+                match self.sale_by_key(key).await? {
+                    Some(earlier) => replay(earlier, product_id),
+                    None => Err(err.into()),
+                }
+            }
+            (Err(err), _) => Err(err.into()),
+        }
+    }
+
+    /// PostgreSQL: the decrement and the sale's insert in one statement (a data-modifying
+    /// `WITH`, https://www.postgresql.org/docs/current/queries-with.html#QUERIES-WITH-MODIFYING),
+    /// so a sale is one round trip to the server instead of four (BEGIN, UPDATE, INSERT,
+    /// COMMIT), and the product's row lock is held for that one statement and its commit. The
+    /// statement is atomic: a unique violation of the key undoes the decrement with it.
+    /// `Ok(None)`: nothing sold (out of stock, or no such product).
+    async fn record_sale_in_one_statement(
+        &self,
+        mut sale: Sale,
+        key: Option<&str>,
+    ) -> Result<Option<Sale>, sqlx::Error> {
+        let row = sql::query(
+            "WITH sold AS (\
+                 UPDATE products SET stock = stock - 1 WHERE id = $1 AND stock > 0 \
+                 RETURNING id, value_cents, stock) \
+             INSERT INTO sales \
+             (transaction_id, product_id, value_cents, stock_left, idempotency_key, created_at) \
+             SELECT $2, id, value_cents, stock, $3, $4 FROM sold \
+             RETURNING value_cents, stock_left",
+        )
+        .bind(&sale.product_id)
+        .bind(&sale.transaction_id)
+        .bind(key)
+        .bind(now_millis())
+        .fetch_optional(&self.db)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        sale.value_cents = row.try_get("value_cents")?;
+        sale.stock_left = row.try_get("stock_left")?;
+        Ok(Some(sale))
+    }
+
+    /// SQLite (no data-modifying `WITH`; a statement costs no round trip there): the
+    /// decrement, then the insert, in one `BEGIN IMMEDIATE` transaction. Rolled back when
+    /// nothing was sold or the insert failed. `Ok(None)`: nothing sold.
+    async fn record_sale_in_a_transaction(
+        &self,
+        mut sale: Sale,
+        key: Option<&str>,
+    ) -> Result<Option<Sale>, sqlx::Error> {
         let mut tx = self.db.begin().await?;
         let sold = sql::query(
             "UPDATE products SET stock = stock - 1 WHERE id = $1 AND stock > 0 \
              RETURNING value_cents, stock",
         )
-        .bind(product_id)
+        .bind(&sale.product_id)
         .fetch_optional(&mut tx)
         .await?;
         let Some(row) = sold else {
             tx.rollback().await?;
-            // Out of stock (or unknown) now, but the key may have sold a unit before.
-            if let Some(key) = key
-                && let Some(sale) = self.sale_by_key(key).await?
-            {
-                return replay(sale, product_id);
-            }
-            return Err(match self.product_row(product_id).await? {
-                Some(_) => SellError::OutOfStock(product_id.to_owned()),
-                None => SellError::UnknownProduct(product_id.to_owned()),
-            });
+            return Ok(None);
         };
-        let sale = Sale {
-            transaction_id: uuid::Uuid::now_v7().to_string(),
-            product_id: product_id.to_owned(),
-            value_cents: row.try_get("value_cents")?,
-            stock_left: row.try_get("stock")?,
-        };
+        sale.value_cents = row.try_get("value_cents")?;
+        sale.stock_left = row.try_get("stock")?;
         let recorded = sql::query(
             "INSERT INTO sales \
              (transaction_id, product_id, value_cents, stock_left, idempotency_key, created_at) \
@@ -241,21 +305,21 @@ impl Inventory {
         .bind(now_millis())
         .execute(&mut tx)
         .await;
-        match (recorded, key) {
-            (Ok(_), _) => {
+        match recorded {
+            Ok(_) => {
                 tx.commit().await?;
-                Ok(SellOutcome::Sold(sale))
+                Ok(Some(sale))
             }
-            // A concurrent request with the same key committed first: undo our decrement and
-            // answer with its sale.
-            (Err(err), Some(key)) if is_unique_violation(&err) => {
+            // Undo the decrement before the caller looks the key up (the lookup needs the
+            // connection this transaction holds).
+            Err(err) if is_unique_violation(&err) => {
                 tx.rollback().await?;
-                match self.sale_by_key(key).await? {
-                    Some(earlier) => replay(earlier, product_id),
-                    None => Err(err.into()),
-                }
+                Err(err)
             }
-            (Err(err), _) => Err(err.into()),
+            // Dropping the transaction rolls it back (or, when SQLite already ended it after
+            // a storage fault, leaves the connection to be reopened) and keeps this error,
+            // which is what the storage-fault classification needs.
+            Err(err) => Err(err),
         }
     }
 
