@@ -199,7 +199,7 @@ impl Inventory {
         product_id: &str,
         key: Option<&str>,
     ) -> Result<SellOutcome, SellError> {
-        // A key seen before is found by the sale's own insert below (its unique index), not by
+        // A key seen before is found by the sale's own insert (its unique index), not by
         // a lookup first: a replay is rare, and the lookup cost every sale a round trip to the
         // database (docs/benchmarks/happy-path.md). The decrement a replay made is rolled back.
         let sale = Sale {
@@ -316,9 +316,9 @@ impl Inventory {
                 tx.rollback().await?;
                 Err(err)
             }
-            // Dropping the transaction rolls it back (or, when SQLite already ended it after
-            // a storage fault, leaves the connection to be reopened) and keeps this error,
-            // which is what the storage-fault classification needs.
+            // Dropping the transaction rolls it back (SQLite may already have ended it after
+            // a storage fault; a connection still inside one is reopened at its next use) and
+            // keeps this error, which is what the storage-fault classification needs.
             Err(err) => Err(err),
         }
     }
