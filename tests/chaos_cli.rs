@@ -148,7 +148,7 @@ fn unknown_scenarios_proxy_cut_without_servers_and_remote_servers_are_refused() 
 fn a_disk_full_run_on_a_tmpfs_fills_and_frees_it_and_every_invariant_holds() {
     let out = tempfile::tempdir().expect("tempdir");
     let data = tempfile::tempdir().expect("tempdir");
-    let Some(_tmpfs) = common::Tmpfs::mount(data.path(), "48m") else {
+    let Some(_tmpfs) = ftshop_platform::db::testing::Tmpfs::mount(data.path(), "48m") else {
         return;
     };
     let output = chaos(&[

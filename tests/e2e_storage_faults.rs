@@ -18,7 +18,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Suite, Tmpfs, eventually, get_json};
+use common::{Suite, eventually, get_json};
+use ftshop_platform::db::testing::Tmpfs;
 use serde_json::{Value, json};
 
 const TMPFS_SIZE: &str = "32m";

@@ -961,6 +961,46 @@ fn sqlite_file(url: &str) -> Option<&Path> {
 pub mod testing {
     use super::*;
 
+    /// A tmpfs of `size` (`mount -o size=`, e.g. `"32m"`) mounted over the existing directory
+    /// `dir`, unmounted (lazily) when dropped: the small disk of the storage-fault tests. `None`
+    /// (with the reason printed) when mounting is not permitted (it needs root); a panic instead
+    /// when `CI` is set, so CI never skips.
+    pub struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+                .arg("tmpfs")
+                .arg(dir)
+                .status();
+            match status {
+                Ok(s) if s.success() => Some(Tmpfs(dir.to_owned())),
+                other => {
+                    let why = format!(
+                        "cannot mount a tmpfs on {} ({other:?}); needs root",
+                        dir.display()
+                    );
+                    assert!(
+                        std::env::var_os("CI").is_none(),
+                        "{why}: CI must run this test"
+                    );
+                    eprintln!("SKIPPED: {why}");
+                    None
+                }
+            }
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
     /// Server used by the PostgreSQL tests; override with `FTSHOP_TEST_POSTGRES_URL`.
     pub fn admin_url() -> String {
         std::env::var("FTSHOP_TEST_POSTGRES_URL")
@@ -1310,46 +1350,6 @@ mod tests {
         assert!(db.check_file().is_ok());
     }
 
-    /// A tmpfs of `size` mounted on `dir` (created here), unmounted when dropped. `None` (the
-    /// test skips, saying why) when mounting is not permitted; a failure instead under `CI`,
-    /// so CI never skips.
-    struct SmallTmpfs(PathBuf);
-
-    impl SmallTmpfs {
-        fn mount(dir: &Path, size: &str) -> Option<SmallTmpfs> {
-            std::fs::create_dir(dir).expect("mount point");
-            let mounted = std::process::Command::new("mount")
-                .args([
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    &format!("size={size},mode=0700"),
-                    "tmpfs",
-                ])
-                .arg(dir)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !mounted {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "cannot mount a tmpfs (needs root): CI must run this test"
-                );
-                eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
-                return None;
-            }
-            Some(SmallTmpfs(dir.to_owned()))
-        }
-    }
-
-    impl Drop for SmallTmpfs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-
     /// A busy WAL keeps its file on a large disk (`WAL_SIZE_LIMIT_BYTES`, the hot-path step of
     /// docs/benchmarks/happy-path.md) but is cut back to 1 MiB at each reset on a small one (a
     /// 32 MB tmpfs, as the storage-fault tests use), on the pool's connections and on the
@@ -1382,7 +1382,8 @@ mod tests {
 
         let root = tempfile::tempdir().expect("tempdir");
         let dir = root.path().join("small");
-        let Some(_unmount) = SmallTmpfs::mount(&dir, "32m") else {
+        std::fs::create_dir(&dir).expect("mount point");
+        let Some(_unmount) = testing::Tmpfs::mount(&dir, "32m") else {
             return;
         };
         let db = Db::connect(None, &dir, "small").await.expect("db");
@@ -1400,7 +1401,8 @@ mod tests {
     async fn a_wal_that_filled_the_disk_is_checkpointed_and_writes_succeed_again() {
         let root = tempfile::tempdir().expect("tempdir");
         let dir = root.path().join("small");
-        let Some(_unmount) = SmallTmpfs::mount(&dir, "1m") else {
+        std::fs::create_dir(&dir).expect("mount point");
+        let Some(_unmount) = testing::Tmpfs::mount(&dir, "1m") else {
             return;
         };
 
