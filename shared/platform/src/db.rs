@@ -30,7 +30,9 @@ pub struct Db {
     pub backend: Backend,
     /// The SQLite file this pool opened (`None` on PostgreSQL and in-memory SQLite).
     pub file: Option<DbFile>,
-    pub(crate) guard: crate::repository::Guard,
+    /// Shared: a `Db` is cloned per request (axum state, middleware), and the guard's
+    /// policies are several reference-counted handles each.
+    pub(crate) guard: std::sync::Arc<crate::repository::Guard>,
     /// The connection [`crate::sql`] runs SQLite statements on, on the caller's thread (`None`
     /// on PostgreSQL and in-memory SQLite, where that API uses the pool).
     pub(crate) direct: Option<crate::sql::Direct>,
@@ -379,7 +381,7 @@ impl Db {
             pool,
             backend: Backend::Sqlite,
             file: None,
-            guard: crate::repository::Guard::new(),
+            guard: std::sync::Arc::new(crate::repository::Guard::new()),
             direct: None,
             last_reclaim: std::sync::Arc::default(),
         })
@@ -440,7 +442,7 @@ impl Db {
             pool,
             backend: Backend::Postgres,
             file: None,
-            guard: crate::repository::Guard::new(),
+            guard: std::sync::Arc::new(crate::repository::Guard::new()),
             direct: None,
             last_reclaim: std::sync::Arc::default(),
         })
@@ -560,7 +562,8 @@ impl Db {
 /// that was there when the pool opened it.
 #[derive(Debug, Clone)]
 pub struct DbFile {
-    path: PathBuf,
+    /// Shared: cloned with the [`Db`], per request.
+    path: std::sync::Arc<Path>,
     dev: u64,
     ino: u64,
 }
@@ -571,7 +574,7 @@ impl DbFile {
         let meta =
             std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
         Ok(Self {
-            path: path.to_owned(),
+            path: path.into(),
             dev: meta.dev(),
             ino: meta.ino(),
         })
@@ -585,7 +588,7 @@ impl DbFile {
         if !std::fs::metadata(Path::new(&wal)).is_ok_and(|m| m.len() > 0) {
             return false;
         }
-        nix::sys::statvfs::statvfs(&self.path).is_ok_and(|fs| {
+        nix::sys::statvfs::statvfs(&*self.path).is_ok_and(|fs| {
             let free = fs.blocks_available().saturating_mul(fs.fragment_size());
             free < RESERVE_BYTES
         })
