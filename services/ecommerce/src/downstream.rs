@@ -392,11 +392,9 @@ impl Downstreams {
         request_id: &str,
         timeout: Duration,
     ) -> Result<(), StepError> {
-        let req = self
-            .post(base, "/bonus")
-            .json(&serde_json::json!({
-                "user": user, "bonus": points, "transaction_id": transaction_id,
-            }));
+        let req = self.post(base, "/bonus").json(&serde_json::json!({
+            "user": user, "bonus": points, "transaction_id": transaction_id,
+        }));
         let _: serde_json::Value = self
             .call(Step::Bonus, base, req, request_id, timeout)
             .await?;

@@ -364,19 +364,25 @@ pub async fn due_orders(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Erro
     db.run(|| due_orders_once(db, limit)).await
 }
 
+/// The order worker's scan: deferred orders due now, and claims abandoned mid-purchase.
+const DUE_ORDERS_SQL: &str = "SELECT order_id, user_id, product_id, status, attempts, value_cents, rate_exact, response, version, promised_by, traceparent FROM orders \
+     WHERE ft = 1 AND ((status = 'pending' AND next_attempt_at <= $1) \
+        OR (status = 'processing' AND updated_at < $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $1))) \
+     ORDER BY created_at LIMIT $3";
+
+/// The backlog gauges' counts of deferred orders, all and past their promise.
+const PENDING_ORDERS_SQL: &str =
+    "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM orders WHERE status = 'pending'";
+const LATE_ORDERS_SQL: &str = "SELECT COUNT(*) AS n FROM orders WHERE status = 'pending' AND promised_by IS NOT NULL AND promised_by < $1";
+
 async fn due_orders_once(db: &Db, limit: i64) -> Result<Vec<DueOrder>, sqlx::Error> {
     let now = now_millis();
-    let rows = sql::query(
-        "SELECT order_id, user_id, product_id, status, attempts, value_cents, rate_exact, response, version, promised_by, traceparent FROM orders \
-         WHERE ft = 1 AND ((status = 'pending' AND next_attempt_at <= $1) \
-            OR (status = 'processing' AND updated_at < $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $1))) \
-         ORDER BY created_at LIMIT $3",
-    )
-    .bind(now)
-    .bind(now - ABANDONED_AFTER_MS)
-    .bind(limit)
-    .fetch_all(db)
-    .await?;
+    let rows = sql::query(DUE_ORDERS_SQL)
+        .bind(now)
+        .bind(now - ABANDONED_AFTER_MS)
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
     rows.iter()
         .map(|row| {
             Ok(DueOrder {
@@ -718,11 +724,7 @@ pub async fn backlog(db: &Db) -> Result<Backlog, sqlx::Error> {
 
 async fn backlog_once(db: &Db) -> Result<Backlog, sqlx::Error> {
     let now = now_millis();
-    let orders = sql::query(
-        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM orders WHERE status = 'pending'",
-    )
-    .fetch_one(db)
-    .await?;
+    let orders = sql::query(PENDING_ORDERS_SQL).fetch_one(db).await?;
     let outbox = sql::query(
         "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM bonus_outbox WHERE dead_lettered_at IS NULL",
     )
@@ -733,12 +735,7 @@ async fn backlog_once(db: &Db) -> Result<Backlog, sqlx::Error> {
     )
     .fetch_one(db)
     .await?;
-    let late = sql::query(
-        "SELECT COUNT(*) AS n FROM orders WHERE status = 'pending' AND promised_by IS NOT NULL AND promised_by < $1",
-    )
-    .bind(now)
-    .fetch_one(db)
-    .await?;
+    let late = sql::query(LATE_ORDERS_SQL).bind(now).fetch_one(db).await?;
     let age = |oldest: Option<i64>| oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
     Ok(Backlog {
         pending_orders: orders.try_get("n")?,
@@ -936,4 +933,44 @@ fn decimal_column(row: &Row, column: &str) -> Result<Option<Decimal>, sqlx::Erro
             })
     })
     .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scans by status (the order worker's, the backlog gauges') find their rows through
+    /// `orders_due`: after `orders_status` was dropped (migration 0009), no lookup by status
+    /// reads the whole table. SQLite's plan; PostgreSQL has the same index.
+    #[tokio::test]
+    async fn lookups_by_status_use_an_index_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(None, dir.path(), "ecommerce")
+            .await
+            .expect("db");
+        db.migrate(&crate::SQLITE_MIGRATIONS, &crate::POSTGRES_MIGRATIONS)
+            .await
+            .expect("migrations");
+        for statement in [DUE_ORDERS_SQL, PENDING_ORDERS_SQL, LATE_ORDERS_SQL] {
+            let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN QUERY PLAN {statement}"
+            )))
+            .fetch_all(&db.pool)
+            .await
+            .expect("plan")
+            .iter()
+            .map(|row| sqlx::Row::try_get::<String, _>(row, "detail").expect("detail"))
+            .collect();
+            assert!(
+                plan.iter().all(|step| !step.starts_with("SCAN orders")),
+                "{statement}: {plan:?}"
+            );
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains("USING INDEX orders_due")),
+                "{statement}: {plan:?}"
+            );
+        }
+        db.close().await;
+    }
 }
