@@ -2,13 +2,26 @@
 //! request id and the W3C trace context of its own client span (`POST /sell`, a child of the
 //! current span: the purchase's, or the resilience policy's attempt span), is measured (`http_client_request_duration_seconds`) and fails with a
 //! [`StepError`] that names the step, so the client learns which hop broke.
+//!
+//! The calls go through hyper-util's pooled HTTP/1 client directly, not reqwest: reqwest's
+//! layers on top of the same pool (URL re-parsing for redirects, a retry layer, its body and
+//! timeout wrappers) cost 13-15 µs of CPU per call on the benchmark machine against 30-39 µs for
+//! the whole call without them (docs/benchmarks/happy-path.md, "The fifth round"), and every
+//! purchase makes two such calls. What reqwest gave that is needed here is kept: a connect
+//! timeout, a deadline over the whole exchange (headers and body), keep-alive pooling, and the
+//! errors classified as before (see [`StepError::may_have_happened`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use bytes::Bytes;
 use ftshop_platform::money::{Decimal, RateBand};
 use ftshop_platform::{Problem, REQUEST_ID_HEADER};
+use http::{HeaderValue, Method, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -47,26 +60,48 @@ impl Step {
 /// give up on work nobody will read.
 pub const DEADLINE_HEADER: &str = "x-ftshop-deadline-ms";
 
-fn transport_error(step: Step, err: reqwest::Error, timeout: Duration) -> StepError {
-    if err.is_timeout() {
-        StepError::Timeout {
-            step,
-            after: timeout,
-        }
-    } else if err.is_decode() {
+/// The HTTP client: plain HTTP/1.1 (the suite's services talk HTTP on their private network,
+/// TLS ends in front of ecommerce), bodies sent whole.
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The largest answer read from a downstream (a product, a rate, a sale or a problem is well
+/// under 1 KiB): a longer one is an unreadable answer, not a buffer grown without bound.
+pub const MAX_ANSWER_BYTES: usize = ftshop_platform::MAX_BODY_BYTES;
+
+/// A failed exchange with the client: `never_sent` only when the connection could not be made,
+/// so the request provably never reached the service.
+fn client_error(step: Step, err: &hyper_util::client::legacy::Error) -> StepError {
+    StepError::Transport {
+        step,
+        cause: ftshop_platform::error_chain(err),
+        never_sent: err.is_connect(),
+    }
+}
+
+/// A failed read of an answer's body: too long (unreadable), or the connection broke after the
+/// request was sent (it may have been acted on).
+fn body_error(step: Step, err: &(dyn std::error::Error + 'static)) -> StepError {
+    if err.is::<http_body_util::LengthLimitError>() {
         StepError::Decode {
             step,
-            cause: err.to_string(),
+            cause: format!("answer longer than {MAX_ANSWER_BYTES} bytes"),
         }
     } else {
-        let cause =
-            std::error::Error::source(&err).map_or_else(|| err.to_string(), |s| s.to_string());
         StepError::Transport {
             step,
-            cause,
-            never_sent: err.is_connect(),
+            cause: ftshop_platform::error_chain(err),
+            never_sent: false,
         }
     }
+}
+
+/// One outgoing call before its common headers: method, URI, the JSON body of a POST and an
+/// idempotency key.
+struct Outgoing<'a> {
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+    idempotency_key: Option<&'a str>,
 }
 
 /// Why a downstream call failed.
@@ -198,21 +233,23 @@ pub struct Sale {
 
 /// Where the downstream services live and how to reach them.
 pub struct Downstreams {
-    http: reqwest::Client,
+    http: HttpClient,
     stores: Vec<String>,
     exchanges: Vec<String>,
     fidelity: String,
     timeout: Duration,
     next_store: AtomicUsize,
     next_exchange: AtomicUsize,
-    /// The URLs of the calls every purchase makes (`/sell` on each Store replica, `/bonus`),
-    /// parsed once: reqwest parses a `String` URL at each call (URL parsing was 2.5 % of
-    /// ecommerce's CPU, 2.2 % after this: reqwest's redirect layer parses it again;
-    /// docs/benchmarks/happy-path.md).
-    hot_urls: Vec<(String, reqwest::Url)>,
+    /// The URIs of the calls every purchase makes (`/sell` on each Store replica, `/bonus`),
+    /// parsed once rather than at each call (URL parsing was 2.5 % of ecommerce's CPU).
+    hot_uris: Vec<(String, Uri)>,
 }
 
 impl Downstreams {
+    /// The client for the given base URLs (`http://host:port`, a trailing `/` ignored) and the
+    /// naive path's per-call `timeout` (also the connect timeout).
+    ///
+    /// Errors: no Store or Exchange URL, or a URL that is not `http://` with a host.
     pub fn new(
         stores: &[String],
         exchanges: &[String],
@@ -225,43 +262,101 @@ impl Downstreams {
             "at least one --exchange-url is needed"
         );
         let trim = |u: &String| u.trim().trim_end_matches('/').to_owned();
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .connect_timeout(timeout)
-            .build()?;
         let stores: Vec<String> = stores.iter().map(trim).collect();
+        let exchanges: Vec<String> = exchanges.iter().map(trim).collect();
         let fidelity = fidelity.trim().trim_end_matches('/').to_owned();
-        let hot_urls = stores
+        for base in stores
+            .iter()
+            .chain(&exchanges)
+            .chain(std::iter::once(&fidelity))
+        {
+            let uri: Uri = base
+                .parse()
+                .map_err(|err| anyhow::anyhow!("downstream URL {base:?}: {err}"))?;
+            anyhow::ensure!(
+                uri.scheme_str() == Some("http") && uri.host().is_some(),
+                "downstream URL {base:?}: an http://host[:port] URL is needed (the services \
+                 talk plain HTTP on their network; put TLS in front of ecommerce)"
+            );
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        connector.set_nodelay(true);
+        let http = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(64)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        let hot_uris = stores
             .iter()
             .map(|base| format!("{base}/sell"))
             .chain(std::iter::once(format!("{fidelity}/bonus")))
             .filter_map(|url| {
-                let parsed = reqwest::Url::parse(&url).ok()?;
+                let parsed = url.parse().ok()?;
                 Some((url, parsed))
             })
             .collect();
         Ok(Self {
             http,
             stores,
-            exchanges: exchanges.iter().map(trim).collect(),
+            exchanges,
             fidelity,
             timeout,
             next_store: AtomicUsize::new(0),
             next_exchange: AtomicUsize::new(0),
-            hot_urls,
+            hot_uris,
         })
     }
 
-    /// A POST to `{base}{path}`, its URL parsed once when it is one of [`Self::hot_urls`], else
-    /// parsed by reqwest at the call (an invalid URL is then the call's error, as before).
-    fn post(&self, base: &str, path: &str) -> reqwest::RequestBuilder {
-        let parsed = self.hot_urls.iter().find(|(url, _)| {
+    /// The URI `{base}{path}`: parsed once when it is one of [`Self::hot_uris`], else now. An
+    /// invalid one (bases are checked at start and ids are URL-safe, so none is expected) fails
+    /// the step before anything is sent.
+    fn uri(&self, step: Step, base: &str, path: &str) -> Result<Uri, StepError> {
+        let parsed = self.hot_uris.iter().find(|(url, _)| {
             url.len() == base.len() + path.len() && url.starts_with(base) && url.ends_with(path)
         });
         match parsed {
-            Some((_, url)) => self.http.post(url.clone()),
-            None => self.http.post(format!("{base}{path}")),
+            Some((_, uri)) => Ok(uri.clone()),
+            None => format!("{base}{path}")
+                .parse()
+                .map_err(|err: http::uri::InvalidUri| StepError::Transport {
+                    step,
+                    cause: format!("invalid URL {base}{path}: {err}"),
+                    never_sent: true,
+                }),
         }
+    }
+
+    /// A GET of `{base}{path}`.
+    fn get(&self, step: Step, base: &str, path: &str) -> Result<Outgoing<'static>, StepError> {
+        Ok(Outgoing {
+            method: Method::GET,
+            uri: self.uri(step, base, path)?,
+            body: Bytes::new(),
+            idempotency_key: None,
+        })
+    }
+
+    /// A POST of `body` as JSON to `{base}{path}`.
+    fn post<'a>(
+        &self,
+        step: Step,
+        base: &str,
+        path: &str,
+        body: &impl Serialize,
+        idempotency_key: Option<&'a str>,
+    ) -> Result<Outgoing<'a>, StepError> {
+        let body = serde_json::to_vec(body).map_err(|err| StepError::Transport {
+            step,
+            cause: format!("request body: {err}"),
+            never_sent: true,
+        })?;
+        Ok(Outgoing {
+            method: Method::POST,
+            uri: self.uri(step, base, path)?,
+            body: Bytes::from(body),
+            idempotency_key,
+        })
     }
 
     /// Round-robin over replicas: the naive path spreads load but never fails over.
@@ -338,7 +433,7 @@ impl Downstreams {
         timeout: Duration,
     ) -> Result<Product, StepError> {
         // Ids are validated to URL-safe characters (`validate_id`), so no encoding is needed.
-        let req = self.http.get(format!("{base}/product?product={id}"));
+        let req = self.get(Step::Product, base, &format!("/product?product={id}"))?;
         self.call(Step::Product, base, req, request_id, timeout)
             .await
     }
@@ -353,7 +448,7 @@ impl Downstreams {
             .call(
                 Step::Exchange,
                 base,
-                self.http.get(format!("{base}/exchange")),
+                self.get(Step::Exchange, base, "/exchange")?,
                 request_id,
                 timeout,
             )
@@ -377,10 +472,13 @@ impl Downstreams {
         request_id: &str,
         timeout: Duration,
     ) -> Result<Sale, StepError> {
-        let req = self
-            .post(base, "/sell")
-            .header("idempotency-key", idempotency_key)
-            .json(&serde_json::json!({ "product": product }));
+        let req = self.post(
+            Step::Sell,
+            base,
+            "/sell",
+            &serde_json::json!({ "product": product }),
+            Some(idempotency_key),
+        )?;
         self.call(Step::Sell, base, req, request_id, timeout).await
     }
 
@@ -393,9 +491,15 @@ impl Downstreams {
         request_id: &str,
         timeout: Duration,
     ) -> Result<(), StepError> {
-        let req = self.post(base, "/bonus").json(&serde_json::json!({
-            "user": user, "bonus": points, "transaction_id": transaction_id,
-        }));
+        let req = self.post(
+            Step::Bonus,
+            base,
+            "/bonus",
+            &serde_json::json!({
+                "user": user, "bonus": points, "transaction_id": transaction_id,
+            }),
+            None,
+        )?;
         let _: serde_json::Value = self
             .call(Step::Bonus, base, req, request_id, timeout)
             .await?;
@@ -406,7 +510,7 @@ impl Downstreams {
         &self,
         step: Step,
         base: &str,
-        request: reqwest::RequestBuilder,
+        request: Outgoing<'_>,
         request_id: &str,
         timeout: Duration,
     ) -> Result<T, StepError> {
@@ -469,38 +573,101 @@ impl Downstreams {
         replicas.iter().position(|b| b == base).map_or(0, |i| i + 1)
     }
 
+    /// Sends `request` with the request id, the trace context of `span` and the deadline
+    /// header; reads the whole answer within `timeout` (connect, send, headers and body).
     async fn send<T: DeserializeOwned>(
         &self,
         step: Step,
-        request: reqwest::RequestBuilder,
+        request: Outgoing<'_>,
         request_id: &str,
         span: &tracing::Span,
         timeout: Duration,
     ) -> Result<T, StepError> {
-        let mut trace_headers = axum::http::HeaderMap::new();
-        ftshop_platform::telemetry::inject_context(span, &mut trace_headers);
-        let request = request
-            .timeout(timeout)
+        let not_sent = |err: http::Error| StepError::Transport {
+            step,
+            cause: format!("request not built: {err}"),
+            never_sent: true,
+        };
+        let mut builder = http::Request::builder()
+            .method(request.method)
+            .uri(request.uri)
             .header(REQUEST_ID_HEADER, request_id)
-            .headers(trace_headers)
-            .header(DEADLINE_HEADER, timeout.as_millis().to_string());
-        let response = request
-            .send()
+            .header(
+                DEADLINE_HEADER,
+                u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            );
+        if let Some(key) = request.idempotency_key {
+            builder = builder.header("idempotency-key", key);
+        }
+        if !request.body.is_empty() {
+            builder = builder.header(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        if let Some(headers) = builder.headers_mut() {
+            ftshop_platform::telemetry::inject_context(span, headers);
+        }
+        let request = builder.body(Full::new(request.body)).map_err(not_sent)?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|err| client_error(step, &err))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|err| body_error(step, &*err))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        let (status, body) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|e| transport_error(step, e, timeout))?;
-        let status = response.status();
+            .map_err(|_| StepError::Timeout {
+                step,
+                after: timeout,
+            })??;
         if !status.is_success() {
-            let detail = response.json::<Problem>().await.ok().and_then(|p| p.detail);
+            let detail = serde_json::from_slice::<Problem>(&body)
+                .ok()
+                .and_then(|p| p.detail);
             return Err(StepError::Status {
                 step,
                 status,
                 detail,
             });
         }
-        response
-            .json::<T>()
+        serde_json::from_slice(&body).map_err(|err| StepError::Decode {
+            step,
+            cause: err.to_string(),
+        })
+    }
+
+    /// Whether `GET {base}/health/live` answers 2xx within 300 ms.
+    async fn is_live(&self, base: &str) -> bool {
+        let Ok(uri) = format!("{base}/health/live").parse::<Uri>() else {
+            return false;
+        };
+        let Ok(request) = http::Request::get(uri).body(Full::new(Bytes::new())) else {
+            return false;
+        };
+        let probe = async {
+            let response = self.http.request(request).await.ok()?;
+            let status = response.status();
+            // Read to the end, so the connection goes back to the pool.
+            Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .ok()?;
+            Some(status.is_success())
+        };
+        tokio::time::timeout(Duration::from_millis(300), probe)
             .await
-            .map_err(|e| transport_error(step, e, timeout))
+            .ok()
+            .flatten()
+            .unwrap_or(false)
     }
 
     /// Readiness: every kind of downstream has at least one live replica.
@@ -513,16 +680,11 @@ impl Downstreams {
         let mut summary = Vec::new();
         let mut down = Vec::new();
         for (name, urls) in groups {
-            let probes = urls.iter().map(|u| {
-                self.http
-                    .get(format!("{u}/health/live"))
-                    .timeout(Duration::from_millis(300))
-                    .send()
-            });
+            let probes = urls.iter().map(|u| self.is_live(u));
             let live = futures::future::join_all(probes)
                 .await
                 .into_iter()
-                .filter(|r| r.as_ref().is_ok_and(|r| r.status().is_success()))
+                .filter(|live| *live)
                 .count();
             summary.push(format!("{name} {live}/{}", urls.len()));
             if live == 0 {
@@ -548,5 +710,301 @@ fn story_outcome(outcome: &str) -> crate::story::AttemptOutcome {
         "server_error" => O::ServerError,
         "unreachable" => O::Unreachable,
         _ => O::DecodeError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests state their expectations by unwrapping
+
+    //! Every way a call can fail, against raw sockets, and the class each one gets: the class
+    //! decides whether a sale is in doubt ([`StepError::may_have_happened`]).
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const TIMEOUT: Duration = Duration::from_millis(300);
+
+    /// Reads one request (head and `content-length` body) and returns it as text.
+    async fn read_request(stream: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                return String::from_utf8_lossy(&buf).into_owned();
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+        }
+    }
+
+    /// A server that hands each connection to `handle`; its base URL.
+    async fn raw_server<F, Fut>(handle: F) -> String
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(handle(stream));
+            }
+        });
+        base
+    }
+
+    /// A server that reads each request and writes `answer` (a whole HTTP/1.1 response).
+    async fn answering(answer: &'static str) -> String {
+        raw_server(move |mut stream| async move {
+            loop {
+                let request = read_request(&mut stream).await;
+                if request.is_empty() {
+                    return;
+                }
+                if stream.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+    }
+
+    fn downstreams(base: &str) -> Downstreams {
+        Downstreams::new(&[base.to_owned()], &[base.to_owned()], base, TIMEOUT).unwrap()
+    }
+
+    async fn sell(base: &str) -> Result<Sale, StepError> {
+        downstreams(base)
+            .sell_at(base, "p-1", "key-1", "req-1", TIMEOUT)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_was_never_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let err = sell(&base).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StepError::Transport {
+                    never_sent: true,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!err.may_have_happened());
+        assert!(err.to_string().contains("onnection refused"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_after_the_request_may_have_acted() {
+        let base = raw_server(|mut stream| async move {
+            read_request(&mut stream).await;
+            drop(stream);
+        })
+        .await;
+        let err = sell(&base).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StepError::Transport {
+                    never_sent: false,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.may_have_happened());
+    }
+
+    #[tokio::test]
+    async fn no_answer_within_the_timeout_is_a_timeout() {
+        let base = raw_server(|mut stream| async move {
+            read_request(&mut stream).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+        let started = Instant::now();
+        let err = sell(&base).await.unwrap_err();
+        assert!(matches!(err, StepError::Timeout { .. }), "{err:?}");
+        assert!(err.may_have_happened());
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_after_the_head_is_a_timeout() {
+        let base = raw_server(|mut stream| async move {
+            read_request(&mut stream).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n{\"transaction_id\":";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+        let err = sell(&base).await.unwrap_err();
+        assert!(matches!(err, StepError::Timeout { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_cut_mid_body_may_have_acted() {
+        let base = raw_server(|mut stream| async move {
+            read_request(&mut stream).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n{\"transaction_id\":";
+            stream.write_all(head.as_bytes()).await.unwrap();
+        })
+        .await;
+        let err = sell(&base).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StepError::Transport {
+                    never_sent: false,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_answer_is_a_decode_error() {
+        let base = answering(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\nnot json!",
+        )
+        .await;
+        let err = sell(&base).await.unwrap_err();
+        assert!(matches!(err, StepError::Decode { .. }), "{err:?}");
+        assert!(err.may_have_happened());
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_the_limit_is_a_decode_error() {
+        let base = raw_server(|mut stream| async move {
+            read_request(&mut stream).await;
+            let length = MAX_ANSWER_BYTES + 1;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let _ = stream.write_all(&vec![b' '; length]).await;
+        })
+        .await;
+        let err = sell(&base).await.unwrap_err();
+        assert!(matches!(err, StepError::Decode { .. }), "{err:?}");
+        assert!(err.to_string().contains("longer than"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_error_status_carries_the_problem_detail() {
+        let base = answering(
+            "HTTP/1.1 409 Conflict\r\ncontent-type: application/problem+json\r\ncontent-length: 70\r\n\r\n{\"type\":\"about:blank\",\"title\":\"Conflict\",\"status\":409,\"detail\":\"gone\"}",
+        )
+        .await;
+        let err = sell(&base).await.unwrap_err();
+        match &err {
+            StepError::Status { status, detail, .. } => {
+                assert_eq!(*status, StatusCode::CONFLICT);
+                assert_eq!(detail.as_deref(), Some("gone"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!err.may_have_happened());
+        assert_eq!(
+            err.to_problem().kind,
+            "https://ftshop.dev/problems/out-of-stock"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sale_sends_its_headers_and_body_and_reuses_the_connection() {
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        let base = raw_server(move |mut stream| {
+            let seen = seen_tx.clone();
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                loop {
+                    let request = read_request(&mut stream).await;
+                    if request.is_empty() {
+                        return;
+                    }
+                    seen.send(request).unwrap();
+                    let body = r#"{"transaction_id":"t-1"}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    stream.write_all(answer.as_bytes()).await.unwrap();
+                }
+            }
+        })
+        .await;
+        let calls = downstreams(&base);
+        for _ in 0..3 {
+            let sale = calls
+                .sell_at(&base, "p-1", "key-1", "req-1", TIMEOUT)
+                .await
+                .unwrap();
+            assert_eq!(sale.transaction_id, "t-1");
+        }
+        let request = seen_rx.recv().await.unwrap().to_ascii_lowercase();
+        for line in [
+            "post /sell http/1.1",
+            "x-request-id: req-1",
+            "idempotency-key: key-1",
+            "content-type: application/json",
+            "x-ftshop-deadline-ms: 300",
+            "content-length: 17",
+            "{\"product\":\"p-1\"}",
+        ] {
+            assert!(request.contains(line), "{line:?} missing in {request}");
+        }
+        assert!(request.contains("\r\nhost: 127.0.0.1:"), "{request}");
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "kept alive");
+    }
+
+    #[test]
+    fn only_http_urls_with_a_host_are_accepted() {
+        for bad in [
+            "https://store:8080",
+            "ftp://store",
+            "store:8080",
+            "not a url",
+            "http://",
+        ] {
+            let result = Downstreams::new(
+                &[bad.to_owned()],
+                &["http://127.0.0.1:9".to_owned()],
+                "http://127.0.0.1:9",
+                TIMEOUT,
+            );
+            assert!(result.is_err(), "{bad:?} accepted");
+        }
+        assert!(
+            Downstreams::new(
+                &["http://store-1:8080/".to_owned()],
+                &["http://127.0.0.1:9".to_owned()],
+                " http://fidelity:8080 ",
+                TIMEOUT,
+            )
+            .is_ok()
+        );
     }
 }

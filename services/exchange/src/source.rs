@@ -407,9 +407,9 @@ impl UpstreamRate {
             if err.is_timeout() {
                 FetchError::Timeout(self.timeout)
             } else if err.is_decode() {
-                FetchError::Decode(error_chain(&err.without_url()))
+                FetchError::Decode(ftshop_platform::error_chain(&err.without_url()))
             } else {
-                FetchError::Transport(error_chain(&err.without_url()))
+                FetchError::Transport(ftshop_platform::error_chain(&err.without_url()))
             }
         };
         let mut trace_headers = reqwest::header::HeaderMap::new();
@@ -430,19 +430,6 @@ impl UpstreamRate {
         let body: serde_json::Value = response.json().await.map_err(classify)?;
         rate_at(&body, &self.pointer, band)
     }
-}
-
-/// `error: cause: root cause`, since reqwest's own message alone ("error sending request")
-/// does not say what went wrong.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Reads the rate at `pointer` as an exact decimal inside `band`. Numbers are read through

@@ -28,3 +28,16 @@ pub use problem::Problem;
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Largest request body any service accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An error and its causes, `error: cause: root cause`: an HTTP client's own message alone
+/// ("error sending request", "client error (Connect)") does not say what went wrong.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -648,14 +648,6 @@ mod tests {
             };
         }
         let request = |exporting_calls: bool| {
-            let log = tracing::info_span!(
-                "request",
-                service = "store",
-                method = "POST",
-                path = "/sell",
-                request_id = "0191f3a2-7c4e-7d3a-9b1e-2f4a5c6d7e8f"
-            );
-            let _log = log.enter();
             let server = tracing::info_span!(
                 target: "ftshop::http",
                 "request",
@@ -726,6 +718,15 @@ mod tests {
                 "OpenTelemetry SDK, no endpoint (this branch's default)",
                 &|| request(false),
             );
+        });
+        let trace_only =
+            tracing_subscriber::registry().with(trace_layer(off.tracer("bench"), false));
+        tracing::subscriber::with_default(trace_only, || {
+            time("  of which the trace layer alone", &|| request(false));
+        });
+        let log_only = tracing_subscriber::registry().with(log_layer!());
+        tracing::subscriber::with_default(log_only, || {
+            time("  of which the log layer alone", &|| request(false));
         });
         // Exporting, minus the export itself (no processor: spans are built, then dropped).
         let on = SdkTracerProvider::builder().build();
