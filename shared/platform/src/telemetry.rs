@@ -96,7 +96,7 @@ pub fn init(service: &'static str, instance: Option<&str>) {
                             .with_span_list(true),
                         json: true,
                     })
-                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .fmt_fields(LogFields)
                     .with_writer(std::io::stderr)
                     .with_filter(log_filter()),
             )
@@ -519,6 +519,156 @@ where
     }
 }
 
+/// The fields of a span as the JSON log lines show them (`"span": {...}`): what
+/// tracing-subscriber's `JsonFields` writes, minus the `otel.*` fields (the span's name, kind
+/// and status in the trace: they repeat the method and route, or mean nothing in a log line),
+/// written straight into the span's text instead of through a map of `serde_json::Value`s.
+///
+/// Why not `JsonFields` itself: the fmt layer formats a span's fields when the span opens,
+/// whether any line is ever logged inside it or not, so this runs for every request in every
+/// service; `JsonFields` builds a `BTreeMap` of values and a `String` per field first
+/// (`request_tracing_cost` measures both). Escaping follows RFC 8259 section 7 (`"`, `\` and
+/// the control characters), which is all JSON requires of a string.
+pub struct LogFields;
+
+impl<'w> FormatFields<'w> for LogFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = LogFieldsVisitor {
+            writer: &mut writer,
+            empty: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        let LogFieldsVisitor { empty, result, .. } = visitor;
+        result?;
+        writer.write_str(if empty { "{}" } else { "}" })
+    }
+
+    /// Fields recorded after the span opened: merged into its object (a field recorded again
+    /// appears twice; a JSON reader, and the line's formatter, keep the later value).
+    fn add_fields(
+        &self,
+        current: &'w mut tracing_subscriber::fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut more = String::new();
+        self.format_fields(Writer::new(&mut more), fields)?;
+        if more == "{}" {
+            return Ok(());
+        }
+        if current.fields.is_empty() || current.fields == "{}" {
+            current.fields = more;
+        } else {
+            current.fields.pop();
+            current.fields.push(',');
+            current.fields.push_str(&more[1..]);
+        }
+        Ok(())
+    }
+}
+
+struct LogFieldsVisitor<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    empty: bool,
+    result: std::fmt::Result,
+}
+
+impl LogFieldsVisitor<'_, '_> {
+    /// Writes `"name":` and then the value, unless the field is trace-only (`otel.*`).
+    fn entry(
+        &mut self,
+        field: &tracing::field::Field,
+        value: impl FnOnce(&mut dyn std::fmt::Write) -> std::fmt::Result,
+    ) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("otel.") {
+            return;
+        }
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        let separator = if self.empty { '{' } else { ',' };
+        self.empty = false;
+        let writer: &mut dyn std::fmt::Write = self.writer;
+        self.result = writer
+            .write_char(separator)
+            .and_then(|()| write_json_str(writer, |w| w.write_str(name)))
+            .and_then(|()| writer.write_char(':'))
+            .and_then(|()| value(writer));
+    }
+}
+
+impl tracing::field::Visit for LogFieldsVisitor<'_, '_> {
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        // As serde_json writes an `f64`: NaN and the infinities have no JSON form.
+        self.entry(field, |w| {
+            if value.is_finite() {
+                write!(w, "{value}")
+            } else {
+                w.write_str("null")
+            }
+        });
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.entry(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.entry(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.entry(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.entry(field, |w| write_json_str(w, |w| w.write_str(value)));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.entry(field, |w| write_json_str(w, |w| write!(w, "{value:?}")));
+    }
+}
+
+/// Writes what `text` writes as one JSON string: quoted, with `"`, `\` and the control
+/// characters escaped (RFC 8259, section 7).
+fn write_json_str(
+    writer: &mut dyn std::fmt::Write,
+    text: impl FnOnce(&mut dyn std::fmt::Write) -> std::fmt::Result,
+) -> std::fmt::Result {
+    struct Escaping<'a>(&'a mut dyn std::fmt::Write);
+    impl std::fmt::Write for Escaping<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let mut plain = 0;
+            for (i, c) in s.char_indices() {
+                let escape = match c {
+                    '"' => "\\\"",
+                    '\\' => "\\\\",
+                    '\n' => "\\n",
+                    '\r' => "\\r",
+                    '\t' => "\\t",
+                    c if c < ' ' => "",
+                    _ => continue,
+                };
+                self.0.write_str(&s[plain..i])?;
+                if escape.is_empty() {
+                    write!(self.0, "\\u{:04x}", u32::from(c))?;
+                } else {
+                    self.0.write_str(escape)?;
+                }
+                plain = i + c.len_utf8();
+            }
+            self.0.write_str(&s[plain..])
+        }
+    }
+    writer.write_char('"')?;
+    text(&mut Escaping(writer))?;
+    writer.write_char('"')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -639,10 +789,14 @@ mod tests {
         );
         macro_rules! log_layer {
             () => {
+                log_layer!(LogFields)
+            };
+            ($fields:expr) => {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .with_current_span(true)
                     .with_span_list(true)
+                    .fmt_fields($fields)
                     .with_writer(std::io::sink)
                     .with_filter(log_filter())
             };
@@ -671,7 +825,8 @@ mod tests {
                 }
                 std::hint::black_box(out);
             }
-            server.record("http.response.status_code", 200);
+            // As `http_metrics` sets it: onto the OpenTelemetry span, not through `record`.
+            server.set_attribute("http.response.status_code", 200);
         };
         let time = |label: &str, f: &dyn Fn()| {
             for _ in 0..1000 {
@@ -685,7 +840,9 @@ mod tests {
             println!("{label:58} {ns:>6} ns per request");
         };
         // What this replaced: a log span and a `trace` span with formatted ids, no OpenTelemetry.
-        let old = tracing_subscriber::registry().with(log_layer!());
+        let old = tracing_subscriber::registry().with(log_layer!(
+            tracing_subscriber::fmt::format::JsonFields::new()
+        ));
         tracing::subscriber::with_default(old, || {
             time("hand-written context (before)", &|| {
                 let log = tracing::info_span!(
@@ -728,6 +885,15 @@ mod tests {
         tracing::subscriber::with_default(log_only, || {
             time("  of which the log layer alone", &|| request(false));
         });
+        let json_fields = tracing_subscriber::registry().with(log_layer!(
+            tracing_subscriber::fmt::format::JsonFields::new()
+        ));
+        tracing::subscriber::with_default(json_fields, || {
+            time(
+                "  the log layer alone with JsonFields (before LogFields)",
+                &|| request(false),
+            );
+        });
         // Exporting, minus the export itself (no processor: spans are built, then dropped).
         let on = SdkTracerProvider::builder().build();
         let exporting = tracing_subscriber::registry()
@@ -739,6 +905,82 @@ mod tests {
                 &|| request(true),
             );
         });
+    }
+
+    /// A span's fields in a log line are what `JsonFields` gives, minus `otel.*`: the same
+    /// values, escaped the same way, for every kind of field, also after a `record`.
+    #[test]
+    #[allow(clippy::unwrap_used)] // a test states its expectations by unwrapping
+    fn log_fields_are_json_fields_without_the_trace_only_ones() {
+        use std::sync::Mutex;
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        fn span_of_a_line<N>(fields: N) -> serde_json::Value
+        where
+            N: for<'w> FormatFields<'w> + Send + Sync + 'static,
+        {
+            let lines = Lines::default();
+            let writer = lines.clone();
+            let subscriber = tracing_subscriber::registry().with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .fmt_fields(fields)
+                    .with_writer(move || writer.clone()),
+            );
+            tracing::subscriber::with_default(subscriber, || {
+                let odd = "quote \" backslash \\ newline \n tab \t bell \u{7} nul \u{0} é 😀";
+                let span = tracing::info_span!(
+                    target: "ftshop::http",
+                    "request",
+                    otel.name = format_args!("{} {}", "POST", "/sell"),
+                    otel.kind = "server",
+                    http.route = "/sell",
+                    text = odd,
+                    shown = %odd,
+                    debugged = ?odd,
+                    count = 42_u64,
+                    delta = -7_i64,
+                    ratio = 0.25_f64,
+                    nan = f64::NAN,
+                    yes = true,
+                    r#type = "raw",
+                    later = tracing::field::Empty,
+                );
+                span.record("later", "recorded");
+                span.record("count", 43_u64);
+                let _in = span.enter();
+                tracing::info!("inside");
+            });
+            let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+            let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            line["span"].clone()
+        }
+        let ours = span_of_a_line(LogFields);
+        let mut theirs = span_of_a_line(tracing_subscriber::fmt::format::JsonFields::new());
+        theirs
+            .as_object_mut()
+            .unwrap()
+            .retain(|key, _| !key.starts_with("otel."));
+        assert_eq!(ours, theirs);
+        assert_eq!(
+            ours["text"],
+            "quote \" backslash \\ newline \n tab \t bell \u{7} nul \u{0} é 😀"
+        );
+        assert_eq!(ours["count"], 43);
+        assert_eq!(ours["later"], "recorded");
+        assert_eq!(ours["type"], "raw");
+        assert!(ours["nan"].is_null());
+        assert!(ours.get("otel.name").is_none());
     }
 
     #[test]
