@@ -628,6 +628,20 @@ impl tracing::field::Visit for LogFieldsVisitor<'_, '_> {
         self.entry(field, |w| write_json_str(w, |w| w.write_str(value)));
     }
 
+    /// An array of numbers, as `JsonFields` writes bytes.
+    fn record_bytes(&mut self, field: &tracing::field::Field, value: &[u8]) {
+        self.entry(field, |w| {
+            w.write_char('[')?;
+            for (i, byte) in value.iter().enumerate() {
+                if i > 0 {
+                    w.write_char(',')?;
+                }
+                write!(w, "{byte}")?;
+            }
+            w.write_char(']')
+        });
+    }
+
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         self.entry(field, |w| write_json_str(w, |w| write!(w, "{value:?}")));
     }
@@ -953,6 +967,9 @@ mod tests {
                     ratio = 0.25_f64,
                     nan = f64::NAN,
                     yes = true,
+                    big = 1e300_f64,
+                    negative_zero = -0.0_f64,
+                    bytes = &b"\x00\xff"[..],
                     r#type = "raw",
                     later = tracing::field::Empty,
                 );
