@@ -5,11 +5,14 @@
 //!
 //! The calls go through hyper-util's pooled HTTP/1 client directly, not reqwest: reqwest's
 //! layers on top of the same pool (URL re-parsing for redirects, a retry layer, its body and
-//! timeout wrappers) cost 13-15 µs of CPU per call on the benchmark machine against 30-39 µs for
+//! timeout wrappers) cost 12-15 µs of CPU per call on the benchmark machine against 31-46 µs for
 //! the whole call without them (docs/benchmarks/happy-path.md, "The fifth round"), and every
 //! purchase makes two such calls. What reqwest gave that is needed here is kept: a connect
-//! timeout, a deadline over the whole exchange (headers and body), keep-alive pooling, and the
-//! errors classified as before (see [`StepError::may_have_happened`]).
+//! timeout, a deadline over the whole exchange (headers and body), keep-alive pooling, TCP
+//! keepalive, and the decisions of [`StepError::may_have_happened`]. Two classes changed, both
+//! to what happened: a connection that could not be made within the connect timeout is
+//! `Transport { never_sent: true }` (reqwest said `Timeout`, in doubt), and a body cut in the
+//! middle is `Transport` (reqwest said `Decode`; both are in doubt).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -67,6 +70,22 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// The largest answer read from a downstream (a product, a rate, a sale or a problem is well
 /// under 1 KiB): a longer one is an unreadable answer, not a buffer grown without bound.
 pub const MAX_ANSWER_BYTES: usize = ftshop_platform::MAX_BODY_BYTES;
+
+/// How long an idle pooled connection is kept: under the servers' own idle close (their
+/// `header_read_timeout`, 10 s, `ftshop_platform::server::ServerLimits`), so a request is not
+/// written into a connection the server is closing at that moment (it would fail after the
+/// write, a sale in doubt for nothing).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The whole body of an answer, at most [`MAX_ANSWER_BYTES`].
+async fn read_body(
+    response: http::Response<hyper::body::Incoming>,
+) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+        .collect()
+        .await?
+        .to_bytes())
+}
 
 /// A failed exchange with the client: `never_sent` only when the connection could not be made,
 /// so the request provably never reached the service.
@@ -249,7 +268,8 @@ impl Downstreams {
     /// The client for the given base URLs (`http://host:port`, a trailing `/` ignored) and the
     /// naive path's per-call `timeout` (also the connect timeout).
     ///
-    /// Errors: no Store or Exchange URL, or a URL that is not `http://` with a host.
+    /// Errors: no Store or Exchange URL, or a URL that is not `http://` with a host, or has a
+    /// query.
     pub fn new(
         stores: &[String],
         exchanges: &[String],
@@ -274,17 +294,22 @@ impl Downstreams {
                 .parse()
                 .map_err(|err| anyhow::anyhow!("downstream URL {base:?}: {err}"))?;
             anyhow::ensure!(
-                uri.scheme_str() == Some("http") && uri.host().is_some(),
-                "downstream URL {base:?}: an http://host[:port] URL is needed (the services \
-                 talk plain HTTP on their network; put TLS in front of ecommerce)"
+                uri.scheme_str() == Some("http") && uri.host().is_some() && uri.query().is_none(),
+                "downstream URL {base:?}: an http://host[:port][/path] URL without a query is \
+                 needed (the services talk plain HTTP on their network; put TLS in front of \
+                 ecommerce)"
             );
         }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         connector.set_nodelay(true);
+        // TCP keepalive as reqwest set it: a peer that vanished is noticed on an idle connection.
+        connector.set_keepalive(Some(Duration::from_secs(15)));
+        connector.set_keepalive_interval(Some(Duration::from_secs(15)));
+        connector.set_keepalive_retries(Some(3));
         let http = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_max_idle_per_host(64)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
         let hot_uris = stores
@@ -609,36 +634,37 @@ impl Downstreams {
             ftshop_platform::telemetry::inject_context(span, headers);
         }
         let request = builder.body(Full::new(request.body)).map_err(not_sent)?;
-        let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|err| client_error(step, &err))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|err| body_error(step, &*err))?
-                .to_bytes();
-            Ok((status, body))
+        // One deadline over connect, send, head and body.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = |_| StepError::Timeout {
+            step,
+            after: timeout,
         };
-        let (status, body) = tokio::time::timeout(timeout, exchange)
+        let response = tokio::time::timeout_at(deadline, self.http.request(request))
             .await
-            .map_err(|_| StepError::Timeout {
-                step,
-                after: timeout,
-            })??;
+            .map_err(timed_out)?
+            .map_err(|err| client_error(step, &err))?;
+        let status = response.status();
+        let body = tokio::time::timeout_at(deadline, read_body(response));
         if !status.is_success() {
-            let detail = serde_json::from_slice::<Problem>(&body)
+            // The status is the answer; its problem's detail is read if it can be (a body cut,
+            // late or too long does not turn an out-of-stock into a sale in doubt).
+            let detail = body
+                .await
                 .ok()
-                .and_then(|p| p.detail);
+                .and_then(Result::ok)
+                .and_then(|body| serde_json::from_slice::<Problem>(&body).ok())
+                .and_then(|problem| problem.detail);
             return Err(StepError::Status {
                 step,
                 status,
                 detail,
             });
         }
+        let body = body
+            .await
+            .map_err(timed_out)?
+            .map_err(|err| body_error(step, &*err))?;
         serde_json::from_slice(&body).map_err(|err| StepError::Decode {
             step,
             cause: err.to_string(),
@@ -657,10 +683,7 @@ impl Downstreams {
             let response = self.http.request(request).await.ok()?;
             let status = response.status();
             // Read to the end, so the connection goes back to the pool.
-            Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .ok()?;
+            read_body(response).await.ok()?;
             Some(status.is_success())
         };
         tokio::time::timeout(Duration::from_millis(300), probe)
@@ -932,6 +955,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_error_status_wins_over_a_body_cut_or_late() {
+        for stall in [false, true] {
+            let base = raw_server(move |mut stream| async move {
+                read_request(&mut stream).await;
+                let head = "HTTP/1.1 409 Conflict\r\ncontent-type: application/problem+json\r\ncontent-length: 70\r\n\r\n{\"type\":";
+                stream.write_all(head.as_bytes()).await.unwrap();
+                if stall {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            })
+            .await;
+            let err = sell(&base).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StepError::Status {
+                        status: StatusCode::CONFLICT,
+                        detail: None,
+                        ..
+                    }
+                ),
+                "stall {stall}: {err:?}"
+            );
+            assert!(!err.may_have_happened());
+        }
+    }
+
+    #[tokio::test]
     async fn a_sale_sends_its_headers_and_body_and_reuses_the_connection() {
         let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -988,6 +1039,7 @@ mod tests {
             "store:8080",
             "not a url",
             "http://",
+            "http://store:8080/?a=1",
         ] {
             let result = Downstreams::new(
                 &[bad.to_owned()],
@@ -999,7 +1051,10 @@ mod tests {
         }
         assert!(
             Downstreams::new(
-                &["http://store-1:8080/".to_owned()],
+                &[
+                    "http://store-1:8080/".to_owned(),
+                    "http://gateway/store-2".to_owned()
+                ],
                 &["http://127.0.0.1:9".to_owned()],
                 " http://fidelity:8080 ",
                 TIMEOUT,

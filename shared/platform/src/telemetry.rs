@@ -584,11 +584,11 @@ impl LogFieldsVisitor<'_, '_> {
         field: &tracing::field::Field,
         value: impl FnOnce(&mut dyn std::fmt::Write) -> std::fmt::Result,
     ) {
+        // (`tracing`'s macros already strip a raw identifier's `r#`.)
         let name = field.name();
         if self.result.is_err() || name.starts_with("otel.") {
             return;
         }
-        let name = name.strip_prefix("r#").unwrap_or(name);
         let separator = if self.empty { '{' } else { ',' };
         self.empty = false;
         let writer: &mut dyn std::fmt::Write = self.writer;
@@ -602,10 +602,11 @@ impl LogFieldsVisitor<'_, '_> {
 
 impl tracing::field::Visit for LogFieldsVisitor<'_, '_> {
     fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
-        // As serde_json writes an `f64`: NaN and the infinities have no JSON form.
+        // As serde_json writes an `f64` (`Debug`: `1.0`, `1e300`, `-0.0`, each a JSON number);
+        // NaN and the infinities have no JSON form.
         self.entry(field, |w| {
             if value.is_finite() {
-                write!(w, "{value}")
+                write!(w, "{value:?}")
             } else {
                 w.write_str("null")
             }
@@ -648,7 +649,9 @@ impl tracing::field::Visit for LogFieldsVisitor<'_, '_> {
 }
 
 /// Writes what `text` writes as one JSON string: quoted, with `"`, `\` and the control
-/// characters escaped (RFC 8259, section 7).
+/// characters escaped (RFC 8259, section 7). A value whose `Debug` or `Display` fails keeps what
+/// it wrote before failing and the string is still closed: an error here would leave the span
+/// without its fields, and tracing-subscriber's JSON line formatter panics on such a span.
 fn write_json_str(
     writer: &mut dyn std::fmt::Write,
     text: impl FnOnce(&mut dyn std::fmt::Write) -> std::fmt::Result,
@@ -679,7 +682,7 @@ fn write_json_str(
         }
     }
     writer.write_char('"')?;
-    text(&mut Escaping(writer))?;
+    let _value_failed = text(&mut Escaping(writer));
     writer.write_char('"')
 }
 
@@ -785,7 +788,7 @@ mod tests {
 
     /// The per-request cost of the tracing work, in release:
     /// `cargo test --release -p ftshop-platform --lib -- --ignored --nocapture request_tracing_cost`.
-    /// One request as a service sees it (the log span of `server.rs`, the server span with its
+    /// One request as a service sees it (the server span with its
     /// parent from `traceparent`, two outgoing calls whose client spans are trace-only), under
     /// the layers `init` installs, no log line written; against the hand-written trace context
     /// this replaced (one `trace` span with the ids formatted as fields).
@@ -921,35 +924,40 @@ mod tests {
         });
     }
 
+    /// A log writer into a shared buffer.
+    struct SharedBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedBuffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// A span's fields in a log line are what `JsonFields` gives, minus `otel.*`: the same
     /// values, escaped the same way, for every kind of field, also after a `record`.
     #[test]
     #[allow(clippy::unwrap_used)] // a test states its expectations by unwrapping
     fn log_fields_are_json_fields_without_the_trace_only_ones() {
-        use std::sync::Mutex;
-        #[derive(Clone, Default)]
-        struct Lines(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Lines {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         fn span_of_a_line<N>(fields: N) -> serde_json::Value
         where
             N: for<'w> FormatFields<'w> + Send + Sync + 'static,
         {
-            let lines = Lines::default();
-            let writer = lines.clone();
+            let lines = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+            let sink = lines.clone();
             let subscriber = tracing_subscriber::registry().with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .with_current_span(true)
                     .fmt_fields(fields)
-                    .with_writer(move || writer.clone()),
+                    .with_writer(move || SharedBuffer(sink.clone())),
             );
             tracing::subscriber::with_default(subscriber, || {
                 let odd = "quote \" backslash \\ newline \n tab \t bell \u{7} nul \u{0} é 😀";
@@ -968,6 +976,8 @@ mod tests {
                     nan = f64::NAN,
                     yes = true,
                     big = 1e300_f64,
+                    one = 1.0_f64,
+                    tiny = 5e-324_f64,
                     negative_zero = -0.0_f64,
                     bytes = &b"\x00\xff"[..],
                     r#type = "raw",
@@ -978,7 +988,7 @@ mod tests {
                 let _in = span.enter();
                 tracing::info!("inside");
             });
-            let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+            let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
             let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
             line["span"].clone()
         }
@@ -989,6 +999,8 @@ mod tests {
             .unwrap()
             .retain(|key, _| !key.starts_with("otel."));
         assert_eq!(ours, theirs);
+        assert_eq!(ours["one"].as_f64(), Some(1.0));
+        assert!(ours["one"].is_f64(), "1.0 stays a float: {}", ours["one"]);
         assert_eq!(
             ours["text"],
             "quote \" backslash \\ newline \n tab \t bell \u{7} nul \u{0} é 😀"
@@ -998,6 +1010,38 @@ mod tests {
         assert_eq!(ours["type"], "raw");
         assert!(ours["nan"].is_null());
         assert!(ours.get("otel.name").is_none());
+    }
+
+    /// A value whose `Debug` fails leaves what it wrote, and the line is still logged (with
+    /// `JsonFields` the same span panics: `format!` on a failing `Debug`).
+    #[test]
+    #[allow(clippy::unwrap_used)] // a test states its expectations by unwrapping
+    fn a_failing_value_still_gives_a_json_line() {
+        struct Failing;
+        impl std::fmt::Debug for Failing {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("half \"way")?;
+                Err(std::fmt::Error)
+            }
+        }
+        let lines = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .fmt_fields(LogFields)
+                .with_writer(move || SharedBuffer(sink.clone())),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", failing = ?Failing, after = 1_u64);
+            let _in = span.enter();
+            tracing::info!("inside");
+        });
+        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["span"]["failing"], "half \"way");
+        assert_eq!(line["span"]["after"], 1);
     }
 
     #[test]
