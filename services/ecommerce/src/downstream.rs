@@ -818,6 +818,37 @@ mod tests {
             .await
     }
 
+    /// A server that answers with `head` (a status line, headers and the start of a body) and
+    /// then stalls (`stall`) or closes the connection.
+    async fn answering_half(head: &'static str, stall: bool) -> String {
+        raw_server(move |mut stream| async move {
+            read_request(&mut stream).await;
+            stream.write_all(head.as_bytes()).await.unwrap();
+            if stall {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+        .await
+    }
+
+    /// The head of a sale's answer and the first bytes of its 40-byte body.
+    const HALF_A_SALE: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n{\"transaction_id\":";
+
+    /// A transport error after the request may have been sent: a sale in doubt.
+    fn assert_sent_and_broken(err: &StepError) {
+        assert!(
+            matches!(
+                err,
+                StepError::Transport {
+                    never_sent: false,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.may_have_happened());
+    }
+
     #[tokio::test]
     async fn a_refused_connection_was_never_sent() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -845,18 +876,7 @@ mod tests {
             drop(stream);
         })
         .await;
-        let err = sell(&base).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StepError::Transport {
-                    never_sent: false,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        assert!(err.may_have_happened());
+        assert_sent_and_broken(&sell(&base).await.unwrap_err());
     }
 
     #[tokio::test]
@@ -875,36 +895,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_that_stalls_after_the_head_is_a_timeout() {
-        let base = raw_server(|mut stream| async move {
-            read_request(&mut stream).await;
-            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n{\"transaction_id\":";
-            stream.write_all(head.as_bytes()).await.unwrap();
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        })
-        .await;
+        let base = answering_half(HALF_A_SALE, true).await;
         let err = sell(&base).await.unwrap_err();
         assert!(matches!(err, StepError::Timeout { .. }), "{err:?}");
     }
 
     #[tokio::test]
     async fn a_connection_cut_mid_body_may_have_acted() {
-        let base = raw_server(|mut stream| async move {
-            read_request(&mut stream).await;
-            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n{\"transaction_id\":";
-            stream.write_all(head.as_bytes()).await.unwrap();
-        })
-        .await;
-        let err = sell(&base).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StepError::Transport {
-                    never_sent: false,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        let base = answering_half(HALF_A_SALE, false).await;
+        assert_sent_and_broken(&sell(&base).await.unwrap_err());
     }
 
     #[tokio::test]
@@ -956,16 +955,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_error_status_wins_over_a_body_cut_or_late() {
+        let head = "HTTP/1.1 409 Conflict\r\ncontent-type: application/problem+json\r\ncontent-length: 70\r\n\r\n{\"type\":";
         for stall in [false, true] {
-            let base = raw_server(move |mut stream| async move {
-                read_request(&mut stream).await;
-                let head = "HTTP/1.1 409 Conflict\r\ncontent-type: application/problem+json\r\ncontent-length: 70\r\n\r\n{\"type\":";
-                stream.write_all(head.as_bytes()).await.unwrap();
-                if stall {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-            })
-            .await;
+            let base = answering_half(head, stall).await;
             let err = sell(&base).await.unwrap_err();
             assert!(
                 matches!(

@@ -707,6 +707,7 @@ mod tests {
 
     #[test]
     fn a_hop_continues_the_callers_trace_and_baggage() {
+        let _serial = one_at_a_time();
         propagators();
         let provider = SdkTracerProvider::builder().build();
         let subscriber = tracing_subscriber::registry()
@@ -751,6 +752,7 @@ mod tests {
 
     #[test]
     fn without_export_a_hop_still_continues_the_trace() {
+        let _serial = one_at_a_time();
         propagators();
         let provider = SdkTracerProvider::builder()
             .with_sampler(Sampler::AlwaysOff)
@@ -795,6 +797,7 @@ mod tests {
     #[test]
     #[ignore = "a measurement, run by hand in release"]
     fn request_tracing_cost() {
+        let _serial = one_at_a_time();
         propagators();
         const N: u32 = 50_000;
         let mut incoming = http::HeaderMap::new();
@@ -924,6 +927,18 @@ mod tests {
         });
     }
 
+    /// Serialises the tests that install a subscriber or the global propagators. `tracing` caches each callsite's interest
+    /// from the subscribers alive when the callsite is first seen: a test's subscriber alive in
+    /// another thread at that moment (one without filters) decided whether a span of this test
+    /// was disabled, and `without_export_a_hop_still_continues_the_trace` failed about one run
+    /// in ten (2 of 25 before the log-field tests were added, 5 of 20 after).
+    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        static SUBSCRIBER_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        SUBSCRIBER_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// A log writer into a shared buffer.
     struct SharedBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
 
@@ -941,25 +956,37 @@ mod tests {
         }
     }
 
+    /// The one JSON line logged while `log` runs, span fields written by `fields`.
+    #[allow(clippy::unwrap_used)] // a test states its expectations by unwrapping
+    fn json_line<N>(fields: N, log: impl FnOnce()) -> serde_json::Value
+    where
+        N: for<'w> FormatFields<'w> + Send + Sync + 'static,
+    {
+        let lines = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .fmt_fields(fields)
+                .with_writer(move || SharedBuffer(sink.clone())),
+        );
+        tracing::subscriber::with_default(subscriber, log);
+        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        serde_json::from_str(text.trim()).unwrap()
+    }
+
     /// A span's fields in a log line are what `JsonFields` gives, minus `otel.*`: the same
     /// values, escaped the same way, for every kind of field, also after a `record`.
     #[test]
     #[allow(clippy::unwrap_used)] // a test states its expectations by unwrapping
     fn log_fields_are_json_fields_without_the_trace_only_ones() {
+        let _serial = one_at_a_time();
         fn span_of_a_line<N>(fields: N) -> serde_json::Value
         where
             N: for<'w> FormatFields<'w> + Send + Sync + 'static,
         {
-            let lines = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-            let sink = lines.clone();
-            let subscriber = tracing_subscriber::registry().with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .fmt_fields(fields)
-                    .with_writer(move || SharedBuffer(sink.clone())),
-            );
-            tracing::subscriber::with_default(subscriber, || {
+            let line = json_line(fields, || {
                 let odd = "quote \" backslash \\ newline \n tab \t bell \u{7} nul \u{0} é 😀";
                 let span = tracing::info_span!(
                     target: "ftshop::http",
@@ -988,8 +1015,6 @@ mod tests {
                 let _in = span.enter();
                 tracing::info!("inside");
             });
-            let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
-            let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
             line["span"].clone()
         }
         let ours = span_of_a_line(LogFields);
@@ -1017,6 +1042,7 @@ mod tests {
     #[test]
     #[allow(clippy::unwrap_used)] // a test states its expectations by unwrapping
     fn a_failing_value_still_gives_a_json_line() {
+        let _serial = one_at_a_time();
         struct Failing;
         impl std::fmt::Debug for Failing {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1024,28 +1050,18 @@ mod tests {
                 Err(std::fmt::Error)
             }
         }
-        let lines = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-        let sink = lines.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .with_current_span(true)
-                .fmt_fields(LogFields)
-                .with_writer(move || SharedBuffer(sink.clone())),
-        );
-        tracing::subscriber::with_default(subscriber, || {
+        let line = json_line(LogFields, || {
             let span = tracing::info_span!("request", failing = ?Failing, after = 1_u64);
             let _in = span.enter();
             tracing::info!("inside");
         });
-        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
-        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(line["span"]["failing"], "half \"way");
         assert_eq!(line["span"]["after"], 1);
     }
 
     #[test]
     fn a_stored_traceparent_becomes_a_link() {
+        let _serial = one_at_a_time();
         propagators();
         let provider = SdkTracerProvider::builder().build();
         let subscriber = tracing_subscriber::registry()
@@ -1068,8 +1084,11 @@ mod tests {
 
     #[test]
     fn parses_the_spec_example_and_refuses_malformed_values() {
+        let _serial = one_at_a_time();
         let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        // The same global propagators as every other test here (a different one, set while
+        // another test ran, dropped that test's baggage).
+        propagators();
         let parsed = parse_traceparent(header).expect("valid traceparent");
         assert_eq!(
             parsed.trace_id().to_string(),
