@@ -425,11 +425,12 @@ fn plan(
             .collect::<anyhow::Result<_>>()?
     };
     let shown_host = if args.host.is_unspecified() {
-        "127.0.0.1".to_owned()
+        std::net::IpAddr::from([127, 0, 0, 1])
     } else {
-        args.host.to_string()
+        args.host
     };
-    let url_of = |port: u16| format!("http://{shown_host}:{port}");
+    // `SocketAddr` writes an IPv6 host in brackets (`http://[::1]:8081`).
+    let url_of = |port: u16| format!("http://{}", std::net::SocketAddr::new(shown_host, port));
     let mut members: Vec<Member> = offsets
         .iter()
         .zip(&ports)

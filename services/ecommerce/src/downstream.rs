@@ -8,11 +8,13 @@
 //! timeout wrappers) cost 12-15 µs of CPU per call on the benchmark machine against 31-46 µs for
 //! the whole call without them (docs/benchmarks/happy-path.md, "The fifth round"), and every
 //! purchase makes two such calls. What reqwest gave that is needed here is kept: a connect
-//! timeout, a deadline over the whole exchange (headers and body), keep-alive pooling, TCP
-//! keepalive, and the decisions of [`StepError::may_have_happened`]. Two classes changed, both
-//! to what happened: a connection that could not be made within the connect timeout is
-//! `Transport { never_sent: true }` (reqwest said `Timeout`, in doubt), and a body cut in the
-//! middle is `Transport` (reqwest said `Decode`; both are in doubt).
+//! timeout, a deadline over the whole exchange (headers and body), keep-alive pooling, and the
+//! decisions of [`StepError::may_have_happened`]. A body cut in the middle is now `Transport`
+//! (reqwest said `Decode`; both are in doubt). A connect that times out is `Transport {
+//! never_sent: true }` only where the call's deadline is longer than the connect timeout (the
+//! bonus dispatcher's); on a purchase the deadline, set first, ends it as a `Timeout`, in doubt,
+//! as before. Redirects are not followed: a 3xx is a `Decode` error (in doubt: a `303` after a
+//! POST means the action was done).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -268,8 +270,8 @@ impl Downstreams {
     /// The client for the given base URLs (`http://host:port`, a trailing `/` ignored) and the
     /// naive path's per-call `timeout` (also the connect timeout).
     ///
-    /// Errors: no Store or Exchange URL, or a URL that is not `http://` with a host, or has a
-    /// query.
+    /// Errors: no Store or Exchange URL, or a URL that is not `http://` with a host and a valid
+    /// port, or has a query, a fragment or credentials.
     pub fn new(
         stores: &[String],
         exchanges: &[String],
@@ -293,20 +295,31 @@ impl Downstreams {
             let uri: Uri = base
                 .parse()
                 .map_err(|err| anyhow::anyhow!("downstream URL {base:?}: {err}"))?;
+            // `http::Uri` drops a fragment and keeps an invalid port as `None` (the connector would
+            // then use port 80), and a user name and password would be dropped without a word.
+            let authority = uri.authority().map_or("", |a| a.as_str());
+            let after_host = match authority.strip_prefix('[') {
+                Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+                None => authority.find(':').map_or("", |i| &authority[i..]),
+            };
+            let port_ok = after_host
+                .strip_prefix(':')
+                .is_none_or(|port| port.parse::<u16>().is_ok())
+                && (after_host.is_empty() || after_host.starts_with(':'));
             anyhow::ensure!(
-                uri.scheme_str() == Some("http") && uri.host().is_some() && uri.query().is_none(),
-                "downstream URL {base:?}: an http://host[:port][/path] URL without a query is \
-                 needed (the services talk plain HTTP on their network; put TLS in front of \
+                uri.scheme_str() == Some("http")
+                    && uri.host().is_some_and(|h| !h.is_empty())
+                    && port_ok
+                    && uri.query().is_none()
+                    && !base.contains(['#', '@']),
+                "downstream URL {base:?}: an http://host[:port][/path] URL (no query, fragment \
+                 or credentials) is needed (the services talk plain HTTP on their network; put TLS in front of \
                  ecommerce)"
             );
         }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         connector.set_nodelay(true);
-        // TCP keepalive as reqwest set it: a peer that vanished is noticed on an idle connection.
-        connector.set_keepalive(Some(Duration::from_secs(15)));
-        connector.set_keepalive_interval(Some(Duration::from_secs(15)));
-        connector.set_keepalive_retries(Some(3));
         let http = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_max_idle_per_host(64)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -645,6 +658,13 @@ impl Downstreams {
             .map_err(timed_out)?
             .map_err(|err| client_error(step, &err))?;
         let status = response.status();
+        if status.is_redirection() {
+            // Not a refusal (a `303` says the POST was acted on) nor an answer: in doubt.
+            return Err(StepError::Decode {
+                step,
+                cause: format!("answered {status}; redirects are not followed"),
+            });
+        }
         let body = tokio::time::timeout_at(deadline, read_body(response));
         if !status.is_success() {
             // The status is the answer; its problem's detail is read if it can be (a body cut,
@@ -907,6 +927,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_redirect_is_in_doubt() {
+        let base =
+            answering("HTTP/1.1 303 See Other\r\nlocation: /sales/1\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        let err = sell(&base).await.unwrap_err();
+        assert!(matches!(err, StepError::Decode { .. }), "{err:?}");
+        assert!(err.may_have_happened());
+    }
+
+    #[tokio::test]
     async fn an_unreadable_answer_is_a_decode_error() {
         let base = answering(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\nnot json!",
@@ -1032,6 +1062,12 @@ mod tests {
             "not a url",
             "http://",
             "http://store:8080/?a=1",
+            "http://store:8080#x",
+            "http://store:99999",
+            "http://store:abc",
+            "http://:8080",
+            "http://user:pw@store:8080",
+            "http://[::1]:70000",
         ] {
             let result = Downstreams::new(
                 &[bad.to_owned()],
@@ -1045,7 +1081,8 @@ mod tests {
             Downstreams::new(
                 &[
                     "http://store-1:8080/".to_owned(),
-                    "http://gateway/store-2".to_owned()
+                    "http://gateway/store-2".to_owned(),
+                    "http://[::1]:8081".to_owned()
                 ],
                 &["http://127.0.0.1:9".to_owned()],
                 " http://fidelity:8080 ",
