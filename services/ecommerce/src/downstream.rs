@@ -116,6 +116,36 @@ fn body_error(step: Step, err: &(dyn std::error::Error + 'static)) -> StepError 
     }
 }
 
+/// A downstream base URL ecommerce can call: `http://host[:port][/path]`. Errors for anything
+/// else: another scheme, an empty host, an invalid port, a query, a fragment or credentials.
+fn check_base_url(base: &str) -> anyhow::Result<()> {
+    let uri: Uri = base
+        .parse()
+        .map_err(|err| anyhow::anyhow!("downstream URL {base:?}: {err}"))?;
+    // `http::Uri` drops a fragment and keeps an invalid port as `None` (the connector would
+    // then use port 80), and a user name and password would be dropped without a word.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let after_host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+        None => authority.find(':').map_or("", |i| &authority[i..]),
+    };
+    let port_ok = after_host
+        .strip_prefix(':')
+        .is_none_or(|port| port.parse::<u16>().is_ok())
+        && (after_host.is_empty() || after_host.starts_with(':'));
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http")
+            && uri.host().is_some_and(|h| !h.is_empty())
+            && port_ok
+            && uri.query().is_none()
+            && !base.contains(['#', '@']),
+        "downstream URL {base:?}: an http://host[:port][/path] URL (no query, fragment \
+         or credentials) is needed (the services talk plain HTTP on their network; put \
+         TLS in front of ecommerce)"
+    );
+    Ok(())
+}
+
 /// One outgoing call before its common headers: method, URI, the JSON body of a POST and an
 /// idempotency key.
 struct Outgoing<'a> {
@@ -292,30 +322,7 @@ impl Downstreams {
             .chain(&exchanges)
             .chain(std::iter::once(&fidelity))
         {
-            let uri: Uri = base
-                .parse()
-                .map_err(|err| anyhow::anyhow!("downstream URL {base:?}: {err}"))?;
-            // `http::Uri` drops a fragment and keeps an invalid port as `None` (the connector would
-            // then use port 80), and a user name and password would be dropped without a word.
-            let authority = uri.authority().map_or("", |a| a.as_str());
-            let after_host = match authority.strip_prefix('[') {
-                Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
-                None => authority.find(':').map_or("", |i| &authority[i..]),
-            };
-            let port_ok = after_host
-                .strip_prefix(':')
-                .is_none_or(|port| port.parse::<u16>().is_ok())
-                && (after_host.is_empty() || after_host.starts_with(':'));
-            anyhow::ensure!(
-                uri.scheme_str() == Some("http")
-                    && uri.host().is_some_and(|h| !h.is_empty())
-                    && port_ok
-                    && uri.query().is_none()
-                    && !base.contains(['#', '@']),
-                "downstream URL {base:?}: an http://host[:port][/path] URL (no query, fragment \
-                 or credentials) is needed (the services talk plain HTTP on their network; put TLS in front of \
-                 ecommerce)"
-            );
+            check_base_url(base)?;
         }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
