@@ -349,6 +349,9 @@ impl Db {
     }
 
     async fn connect_sqlite(url: &str) -> anyhow::Result<Self> {
+        // Before the first connection: every SQLite connection of the process (the pool's and
+        // the direct one) writes a commit's WAL frames with one call (ftshop_sqlite_wal).
+        ftshop_sqlite_wal::register().map_err(|why| anyhow::anyhow!("SQLite VFS: {why}"))?;
         let wal_limit = wal_size_limit(sqlite_file(url));
         let pool = AnyPoolOptions::new()
             .max_connections(8)

@@ -1,0 +1,523 @@
+//! A SQLite VFS shim over the `unix` VFS that writes each WAL commit with one `pwrite`.
+//!
+//! **Why.** SQLite writes a transaction into the WAL frame by frame, and each frame with two
+//! `write` calls: its 24-byte header, then the page (`walWriteOneFrame` in `sqlite3.c`). A
+//! purchase commits ~16 frames over three databases, so ~32 `pwrite64` calls, and the WAL's
+//! writes were 10-13 % of each writing service's CPU (docs/benchmarks/happy-path.md, the sixth
+//! round): most of it is the kernel's fixed cost per call (the inode lock, `file_modified`,
+//! the page-cache lookup of each folio touched), not the copy. A transaction's frames are
+//! contiguous in the file, so this shim keeps them in a buffer and writes them with one call
+//! when the commit frame arrives. No SQLite option does this (the bundled 3.51 has none), and no
+//! maintained crate offers a pass-through shim of the `unix` VFS; Turso's rewrite of SQLite
+//! writes a commit's frames with one `pwritev` for the same reason (its `append_frames_vectored`).
+//!
+//! **What stays exactly as SQLite does it.** Every other file (the database, its `-shm`,
+//! journals, temporary files) is the `unix` VFS's own object. On the WAL, a write that is not
+//! contiguous with the buffer, and every other call (read, sync, truncate, size, file control,
+//! close), first writes what is buffered, so SQLite never observes the file without a write it
+//! was told had succeeded; the buffer is written before the write that completes the commit
+//! frame returns, and that write's result is the buffer's: a full disk fails the commit
+//! (`SQLITE_FULL`) before the wal-index header that publishes the frames is written, as when
+//! SQLite's own last write fails. So readers, other processes (the Store replicas share one
+//! file) and recovery after a crash see the same file, at the same moments, as without the
+//! shim; a crash before the commit frame is written loses an uncommitted transaction, as it
+//! would anyway.
+//!
+//! **Frames of a transaction that never commits.** A transaction larger than the page cache
+//! spills pages into the WAL before its commit (frames without the commit mark), and may then
+//! roll back. Those frames lie past the last committed frame and SQLite forgets them; buffered
+//! here, written later, they could land on frames that another connection committed in the
+//! meantime. So the shim also wraps each main database file, only to see its connection give up
+//! the WAL's write lock (`xShmLock` unlocking `WAL_WRITE_LOCK`, slot 0): a write transaction is
+//! over then, committed (its buffer already written) or rolled back, and what is still buffered
+//! belonged to a rolled-back transaction and is dropped. The database file finds its WAL with
+//! `sqlite3_database_file_object`, the API SQLite provides to VFS shims for that.
+//!
+//! Registered as the process's default VFS by [`register`] (`ftshop_platform::db` does it before
+//! its first connection), so the direct connection of `ftshop_platform::sql` and the sqlx pool's
+//! connections both use it. Source of the file format:
+//! <https://sqlite.org/walformat.html> (frame header: page number, then the database size in
+//! pages after a commit, 0 for other frames).
+
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rusqlite::ffi;
+
+/// The VFS's registered name.
+pub const VFS_NAME: &CStr = c"ftshop-wal";
+
+/// Bytes of a WAL frame header.
+const FRAME_HEADER: usize = 24;
+
+/// Most bytes written with one call: the `unix` VFS writes at most this much per `pwrite`
+/// (`seekAndWriteFd` masks the length with `0x1ffff`, and a length that masks to 0 is reported
+/// as a full disk), so a larger transaction goes out in pieces of up to this size.
+const MAX_WRITE: usize = 0x1ffff;
+
+/// A buffer's capacity kept after a write; a larger one (a big transaction's) is given back.
+const KEEP_CAPACITY: usize = 64 << 10;
+
+/// Frames appended, writes made to the file, and rolled-back bytes dropped, since start
+/// (process-wide; for tests and the benchmark notes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// `xWrite` calls SQLite made on WAL files.
+    pub writes: u64,
+    /// Writes this shim made to WAL files (one per commit on the happy path).
+    pub flushes: u64,
+    /// Buffers dropped when a write lock was released without a commit.
+    pub discarded: u64,
+}
+
+static WRITES: AtomicU64 = AtomicU64::new(0);
+static FLUSHES: AtomicU64 = AtomicU64::new(0);
+static DISCARDED: AtomicU64 = AtomicU64::new(0);
+
+/// See [`Stats`].
+pub fn stats() -> Stats {
+    Stats {
+        writes: WRITES.load(Ordering::Relaxed),
+        flushes: FLUSHES.load(Ordering::Relaxed),
+        discarded: DISCARDED.load(Ordering::Relaxed),
+    }
+}
+
+/// Registers the shim as the default VFS (once per process; later calls return the first
+/// result). Must run before the first SQLite connection opens, or that connection keeps `unix`.
+///
+/// # Errors
+/// The `unix` VFS is missing (not a Unix build of SQLite) or registration failed.
+pub fn register() -> Result<(), String> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            // SAFETY: sqlite3_vfs_find is thread-safe and returns a VFS that lives for the
+            // process (the built-in "unix").
+            let base = unsafe { ffi::sqlite3_vfs_find(c"unix".as_ptr()) };
+            if base.is_null() {
+                return Err("SQLite has no `unix` VFS".to_owned());
+            }
+            // SAFETY: `base` is a valid VFS; copied by value.
+            let mut vfs = unsafe { *base };
+            let base_size = usize::try_from(vfs.szOsFile).map_err(|e| e.to_string())?;
+            let extra_offset = base_size.next_multiple_of(std::mem::align_of::<Extra>());
+            vfs.szOsFile = c_int::try_from(extra_offset + std::mem::size_of::<Extra>())
+                .map_err(|e| e.to_string())?;
+            vfs.zName = VFS_NAME.as_ptr();
+            vfs.pNext = std::ptr::null_mut();
+            vfs.xOpen = Some(x_open);
+            // The other methods stay `unix`'s: they do not depend on the file object's size.
+            if SHIM.set(Shim { base, extra_offset }).is_err() {
+                return Err("VFS shim set twice".to_owned());
+            }
+            // Leaked: a registered VFS lives for the process, and SQLite writes its `pNext`, so
+            // no Rust reference to it is kept.
+            let vfs: *mut ffi::sqlite3_vfs = Box::into_raw(Box::new(vfs));
+            // SAFETY: `vfs` is valid for the process; `1` makes it the default.
+            let rc = unsafe { ffi::sqlite3_vfs_register(vfs, 1) };
+            if rc == ffi::SQLITE_OK {
+                Ok(())
+            } else {
+                Err(format!("sqlite3_vfs_register failed: {rc}"))
+            }
+        })
+        .clone()
+}
+
+/// The name of the process's default VFS (`ftshop-wal` after [`register`]).
+pub fn default_vfs_name() -> String {
+    // SAFETY: sqlite3_vfs_find(NULL) returns the default VFS or null; a VFS's name is a C
+    // string that lives as long as the VFS (registered VFSes live for the process).
+    unsafe {
+        let vfs = ffi::sqlite3_vfs_find(std::ptr::null());
+        if vfs.is_null() || (*vfs).zName.is_null() {
+            return String::new();
+        }
+        CStr::from_ptr((*vfs).zName).to_string_lossy().into_owned()
+    }
+}
+
+struct Shim {
+    base: *mut ffi::sqlite3_vfs,
+    /// Where [`Extra`] starts in a file object (after the `unix` VFS's own object).
+    extra_offset: usize,
+}
+
+// SAFETY: the pointers are to process-lifetime VFS objects, read only after registration.
+unsafe impl Send for Shim {}
+// SAFETY: as above.
+unsafe impl Sync for Shim {}
+
+static SHIM: OnceLock<Shim> = OnceLock::new();
+
+/// What the shim keeps after the `unix` VFS's file object: the `unix` methods, and the WAL
+/// buffer (owned by the WAL file, shared with its database file).
+#[repr(C)]
+struct Extra {
+    base_methods: *const ffi::sqlite3_io_methods,
+    /// `Arc::into_raw` of the WAL's buffer, or null (a database whose WAL is not open).
+    wal: *const Mutex<WalBuffer>,
+}
+
+#[derive(Default)]
+struct WalBuffer {
+    data: Vec<u8>,
+    /// File offset of `data[0]`.
+    start: i64,
+    /// Offset where the page of a buffered commit frame's header goes: writing it completes the
+    /// commit.
+    commit_page_at: Option<i64>,
+}
+
+fn shim() -> &'static Shim {
+    // Set before the VFS is registered, so before SQLite can call into it.
+    SHIM.get()
+        .expect("the VFS shim is registered before a file opens")
+}
+
+/// # Safety
+/// `file` is a file object allocated with this VFS's `szOsFile`.
+unsafe fn extra(file: *mut ffi::sqlite3_file) -> *mut Extra {
+    // SAFETY: the object is `szOsFile` bytes, `Extra` at `extra_offset` within it.
+    unsafe { file.cast::<u8>().add(shim().extra_offset).cast::<Extra>() }
+}
+
+/// # Safety
+/// `file` is an open file of this VFS.
+unsafe fn base(file: *mut ffi::sqlite3_file) -> &'static ffi::sqlite3_io_methods {
+    // SAFETY: set at open to `unix`'s methods, which live for the process.
+    unsafe { &*(*extra(file)).base_methods }
+}
+
+unsafe extern "C" fn x_open(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let shim = shim();
+    // SAFETY: `base` is `unix`, whose xOpen fills the front of the object as usual.
+    let rc = unsafe {
+        let Some(open) = (*shim.base).xOpen else {
+            return ffi::SQLITE_ERROR;
+        };
+        open(shim.base, name, file, flags, out_flags)
+    };
+    // SAFETY: `file` is ours (szOsFile bytes); on failure SQLite does not call xClose.
+    unsafe {
+        if rc != ffi::SQLITE_OK || (*file).pMethods.is_null() {
+            (*file).pMethods = std::ptr::null();
+            return rc;
+        }
+        let ours = extra(file);
+        ours.write(Extra {
+            base_methods: (*file).pMethods,
+            wal: std::ptr::null(),
+        });
+        if flags & ffi::SQLITE_OPEN_WAL != 0 {
+            let wal = Arc::new(Mutex::new(WalBuffer::default()));
+            // Link the database file (same connection, opened before its WAL) to this buffer.
+            let db = ffi::sqlite3_database_file_object(name);
+            if !db.is_null() && std::ptr::eq((*db).pMethods, &DB_METHODS) {
+                let db_extra = extra(db);
+                let old = std::mem::replace(&mut (*db_extra).wal, Arc::into_raw(Arc::clone(&wal)));
+                if !old.is_null() {
+                    drop(Arc::from_raw(old));
+                }
+            }
+            (*ours).wal = Arc::into_raw(wal);
+            (*file).pMethods = &WAL_METHODS;
+        } else if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
+            (*file).pMethods = &DB_METHODS;
+        } else {
+            // Journals, temporary files: the `unix` object as it is.
+            (*file).pMethods = (*ours).base_methods;
+        }
+    }
+    ffi::SQLITE_OK
+}
+
+/// The WAL buffer of `file` (a WAL file or a database file), if any.
+///
+/// # Safety
+/// `file` is an open file of this VFS.
+unsafe fn wal_of(file: *mut ffi::sqlite3_file) -> Option<&'static Mutex<WalBuffer>> {
+    // SAFETY: the pointer is an `Arc::into_raw` kept alive by this file until its close.
+    unsafe { (*extra(file)).wal.as_ref() }
+}
+
+fn lock(wal: &Mutex<WalBuffer>) -> std::sync::MutexGuard<'_, WalBuffer> {
+    // A panic cannot happen while it is held (no code that panics runs under it); if one did,
+    // the buffer is still consistent.
+    wal.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Writes the buffer of a WAL file through `unix`'s xWrite and empties it (also on failure:
+/// SQLite treats a failed write as not made and rolls the transaction back).
+///
+/// # Safety
+/// `file` is an open WAL file of this VFS.
+unsafe fn flush(file: *mut ffi::sqlite3_file, buf: &mut WalBuffer) -> c_int {
+    buf.commit_page_at = None;
+    if buf.data.is_empty() {
+        return ffi::SQLITE_OK;
+    }
+    let Ok(len) = c_int::try_from(buf.data.len()) else {
+        buf.data.clear();
+        return ffi::SQLITE_IOERR_WRITE;
+    };
+    FLUSHES.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: `unix`'s xWrite on its own file object, with our buffer.
+    let rc = unsafe {
+        match base(file).xWrite {
+            Some(write) => write(file, buf.data.as_ptr().cast(), len, buf.start),
+            None => ffi::SQLITE_IOERR_WRITE,
+        }
+    };
+    buf.data.clear();
+    if buf.data.capacity() > KEEP_CAPACITY {
+        buf.data.shrink_to(KEEP_CAPACITY);
+    }
+    rc
+}
+
+/// Writes what is buffered before an operation that must see the file as SQLite wrote it.
+///
+/// # Safety
+/// `file` is an open WAL file of this VFS.
+unsafe fn settle(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match wal_of(file) {
+            Some(wal) => flush(file, &mut lock(wal)),
+            None => ffi::SQLITE_OK,
+        }
+    }
+}
+
+unsafe extern "C" fn wal_write(
+    file: *mut ffi::sqlite3_file,
+    data: *const c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    WRITES.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: SQLite passes `amount` readable bytes at `data`, on an open WAL file of ours.
+    unsafe {
+        let Some(wal) = wal_of(file) else {
+            return match base(file).xWrite {
+                Some(write) => write(file, data, amount, offset),
+                None => ffi::SQLITE_IOERR_WRITE,
+            };
+        };
+        let Ok(len) = usize::try_from(amount) else {
+            return ffi::SQLITE_IOERR_WRITE;
+        };
+        let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
+        let mut buf = lock(wal);
+        let end = buf.start + buf.data.len() as i64;
+        if !buf.data.is_empty() && (offset != end || buf.data.len() + len > MAX_WRITE) {
+            // An overwrite of an earlier frame, a new place, or a full buffer: what is buffered
+            // goes first.
+            let rc = flush(file, &mut buf);
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+        }
+        if len > MAX_WRITE {
+            // Larger than one call can write (never, with pages of at most 64 KiB).
+            let rc = flush(file, &mut buf);
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+            return match base(file).xWrite {
+                Some(write) => write(file, data, amount, offset),
+                None => ffi::SQLITE_IOERR_WRITE,
+            };
+        }
+        if buf.data.is_empty() {
+            buf.start = offset;
+        }
+        buf.data.extend_from_slice(bytes);
+        let completes_commit = buf.commit_page_at == Some(offset);
+        if len == FRAME_HEADER && bytes[4..8] != [0, 0, 0, 0] {
+            // A commit frame's header (database size after the commit, non-zero): its page
+            // follows right after it.
+            buf.commit_page_at = Some(offset + FRAME_HEADER as i64);
+        } else if completes_commit {
+            return flush(file, &mut buf);
+        }
+        ffi::SQLITE_OK
+    }
+}
+
+unsafe extern "C" fn wal_close(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: an open WAL file of ours; after this SQLite never uses it again.
+    unsafe {
+        let extra = extra(file);
+        let wal = std::mem::replace(&mut (*extra).wal, std::ptr::null());
+        if !wal.is_null() {
+            let wal = Arc::from_raw(wal);
+            // A connection closes its WAL after its transaction ended (write lock released, buffer
+            // written or dropped); anything left is a rolled-back transaction's.
+            let mut buf = lock(&wal);
+            if !buf.data.is_empty() {
+                DISCARDED.fetch_add(1, Ordering::Relaxed);
+                buf.data.clear();
+            }
+        }
+        match base(file).xClose {
+            Some(close) => close(file),
+            None => ffi::SQLITE_OK,
+        }
+    }
+}
+
+unsafe extern "C" fn db_close(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: an open database file of ours; after this SQLite never uses it again.
+    unsafe {
+        let extra = extra(file);
+        let wal = std::mem::replace(&mut (*extra).wal, std::ptr::null());
+        if !wal.is_null() {
+            drop(Arc::from_raw(wal));
+        }
+        match base(file).xClose {
+            Some(close) => close(file),
+            None => ffi::SQLITE_OK,
+        }
+    }
+}
+
+/// `WAL_WRITE_LOCK`'s slot in the wal-index's lock array (`sqlite3.c`: `#define WAL_WRITE_LOCK 0`).
+const WAL_WRITE_LOCK: c_int = 0;
+
+unsafe extern "C" fn db_shm_lock(
+    file: *mut ffi::sqlite3_file,
+    offset: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: an open database file of ours.
+    unsafe {
+        if flags & ffi::SQLITE_SHM_UNLOCK != 0
+            && offset <= WAL_WRITE_LOCK
+            && offset + n > WAL_WRITE_LOCK
+            && let Some(wal) = wal_of(file)
+        {
+            // The write transaction is over: a commit wrote its buffer at the commit frame, so
+            // anything left belongs to a rolled-back one (see the module docs).
+            let mut buf = lock(wal);
+            if !buf.data.is_empty() {
+                DISCARDED.fetch_add(1, Ordering::Relaxed);
+                buf.data.clear();
+            }
+            buf.commit_page_at = None;
+        }
+        match base(file).xShmLock {
+            Some(shm_lock) => shm_lock(file, offset, n, flags),
+            None => ffi::SQLITE_IOERR_SHMLOCK,
+        }
+    }
+}
+
+/// Forwarders to `unix`'s methods; `$settle` writes a WAL's buffer first.
+macro_rules! forward {
+    ($name:ident, $method:ident, $settle:expr, ($($arg:ident: $ty:ty),*) -> $ret:ty, $missing:expr) => {
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file $(, $arg: $ty)*) -> $ret {
+            // SAFETY: an open file of ours; the arguments are SQLite's, passed on unchanged.
+            unsafe {
+                if $settle {
+                    let rc = settle(file);
+                    if rc != ffi::SQLITE_OK {
+                        return rc;
+                    }
+                }
+                match base(file).$method {
+                    Some(method) => method(file $(, $arg)*),
+                    None => $missing,
+                }
+            }
+        }
+    };
+}
+
+forward!(wal_read, xRead, true, (data: *mut c_void, amount: c_int, offset: ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_READ);
+forward!(wal_truncate, xTruncate, true, (size: ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_TRUNCATE);
+forward!(wal_sync, xSync, true, (flags: c_int) -> c_int, ffi::SQLITE_IOERR_FSYNC);
+forward!(wal_file_size, xFileSize, true, (size: *mut ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_FSTAT);
+forward!(wal_file_control, xFileControl, true, (op: c_int, arg: *mut c_void) -> c_int, ffi::SQLITE_NOTFOUND);
+
+forward!(pass_read, xRead, false, (data: *mut c_void, amount: c_int, offset: ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_READ);
+forward!(pass_write, xWrite, false, (data: *const c_void, amount: c_int, offset: ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_WRITE);
+forward!(pass_truncate, xTruncate, false, (size: ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_TRUNCATE);
+forward!(pass_sync, xSync, false, (flags: c_int) -> c_int, ffi::SQLITE_IOERR_FSYNC);
+forward!(pass_file_size, xFileSize, false, (size: *mut ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_FSTAT);
+forward!(pass_lock, xLock, false, (level: c_int) -> c_int, ffi::SQLITE_IOERR_LOCK);
+forward!(pass_unlock, xUnlock, false, (level: c_int) -> c_int, ffi::SQLITE_IOERR_UNLOCK);
+forward!(pass_check_reserved_lock, xCheckReservedLock, false, (out: *mut c_int) -> c_int, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK);
+forward!(pass_file_control, xFileControl, false, (op: c_int, arg: *mut c_void) -> c_int, ffi::SQLITE_NOTFOUND);
+forward!(pass_sector_size, xSectorSize, false, () -> c_int, 4096);
+forward!(pass_device_characteristics, xDeviceCharacteristics, false, () -> c_int, 0);
+forward!(pass_shm_map, xShmMap, false, (page: c_int, page_size: c_int, extend: c_int, out: *mut *mut c_void) -> c_int, ffi::SQLITE_IOERR_SHMMAP);
+forward!(pass_shm_unmap, xShmUnmap, false, (delete: c_int) -> c_int, ffi::SQLITE_OK);
+forward!(pass_fetch, xFetch, false, (offset: ffi::sqlite3_int64, amount: c_int, out: *mut *mut c_void) -> c_int, ffi::SQLITE_OK);
+forward!(pass_unfetch, xUnfetch, false, (offset: ffi::sqlite3_int64, page: *mut c_void) -> c_int, ffi::SQLITE_OK);
+
+unsafe extern "C" fn pass_shm_barrier(file: *mut ffi::sqlite3_file) {
+    // SAFETY: an open file of ours.
+    unsafe {
+        if let Some(barrier) = base(file).xShmBarrier {
+            barrier(file);
+        }
+    }
+}
+
+static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 3,
+    xClose: Some(wal_close),
+    xRead: Some(wal_read),
+    xWrite: Some(wal_write),
+    xTruncate: Some(wal_truncate),
+    xSync: Some(wal_sync),
+    xFileSize: Some(wal_file_size),
+    xLock: Some(pass_lock),
+    xUnlock: Some(pass_unlock),
+    xCheckReservedLock: Some(pass_check_reserved_lock),
+    xFileControl: Some(wal_file_control),
+    xSectorSize: Some(pass_sector_size),
+    xDeviceCharacteristics: Some(pass_device_characteristics),
+    xShmMap: Some(pass_shm_map),
+    xShmLock: Some(pass_shm_lock),
+    xShmBarrier: Some(pass_shm_barrier),
+    xShmUnmap: Some(pass_shm_unmap),
+    xFetch: Some(pass_fetch),
+    xUnfetch: Some(pass_unfetch),
+};
+
+static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 3,
+    xClose: Some(db_close),
+    xRead: Some(pass_read),
+    xWrite: Some(pass_write),
+    xTruncate: Some(pass_truncate),
+    xSync: Some(pass_sync),
+    xFileSize: Some(pass_file_size),
+    xLock: Some(pass_lock),
+    xUnlock: Some(pass_unlock),
+    xCheckReservedLock: Some(pass_check_reserved_lock),
+    xFileControl: Some(pass_file_control),
+    xSectorSize: Some(pass_sector_size),
+    xDeviceCharacteristics: Some(pass_device_characteristics),
+    xShmMap: Some(pass_shm_map),
+    xShmLock: Some(db_shm_lock),
+    xShmBarrier: Some(pass_shm_barrier),
+    xShmUnmap: Some(pass_shm_unmap),
+    xFetch: Some(pass_fetch),
+    xUnfetch: Some(pass_unfetch),
+};
+
+forward!(pass_shm_lock, xShmLock, false, (offset: c_int, n: c_int, flags: c_int) -> c_int, ffi::SQLITE_IOERR_SHMLOCK);

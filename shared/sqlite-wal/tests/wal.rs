@@ -1,0 +1,243 @@
+//! The shim against real SQLite files: each commit is one write, and nothing SQLite wrote is
+//! lost or misplaced, with rolled-back spills, reads inside a transaction, and two processes on
+//! one file. Each test runs in this test binary's own process (the counters are process-wide),
+//! one at a time.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn open(path: &Path) -> Connection {
+    ftshop_sqlite_wal::register().expect("register");
+    let conn = Connection::open(path).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+    )
+    .expect("pragmas");
+    conn
+}
+
+/// A connection through SQLite's own `unix` VFS, to check what the shim wrote.
+fn open_plain(path: &Path) -> Connection {
+    let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), c"unix")
+        .expect("open plain");
+    conn.execute_batch("PRAGMA busy_timeout = 5000;")
+        .expect("pragmas");
+    conn
+}
+
+fn integrity(conn: &Connection) -> String {
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check")
+}
+
+fn count(conn: &Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).expect("count")
+}
+
+#[test]
+fn the_default_vfs_is_the_shim() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conn = open(&dir.path().join("a.db"));
+    let name: String = conn
+        .query_row("PRAGMA main.journal_mode", [], |r| r.get(0))
+        .expect("journal mode");
+    assert_eq!(name, "wal");
+    let vfs = ftshop_sqlite_wal::default_vfs_name();
+    assert_eq!(vfs, "ftshop-wal");
+}
+
+#[test]
+fn a_commit_of_many_frames_is_one_write() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conn = open(&dir.path().join("a.db"));
+    conn.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX t_v ON t (v);",
+    )
+    .expect("schema");
+    for round in 0..20 {
+        let before = ftshop_sqlite_wal::stats();
+        let tx = conn.unchecked_transaction().expect("begin");
+        for i in 0..50 {
+            tx.execute(
+                "INSERT INTO t (v) VALUES (?1)",
+                [format!("{round}-{i}-{}", "x".repeat(200))],
+            )
+            .expect("insert");
+        }
+        tx.commit().expect("commit");
+        let after = ftshop_sqlite_wal::stats();
+        let writes = after.writes - before.writes;
+        // At least the table's and the index's pages: two calls per frame from SQLite...
+        assert!(writes >= 6, "round {round}: {writes} writes from SQLite");
+        // ...and one to the file (the first commit also writes the WAL header: contiguous).
+        assert_eq!(after.flushes - before.flushes, 1, "round {round}");
+    }
+    drop(conn);
+    let plain = open_plain(&dir.path().join("a.db"));
+    assert_eq!(integrity(&plain), "ok");
+    assert_eq!(count(&plain, "SELECT COUNT(*) FROM t"), 1000);
+}
+
+/// A transaction bigger than the page cache spills frames into the WAL before its commit; rolled
+/// back, those frames must never be written later over frames another connection committed.
+#[test]
+fn a_rolled_back_spill_never_lands_on_frames_committed_after_it() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a.db");
+    let a = open(&path);
+    a.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT, pad BLOB);")
+        .expect("schema");
+    let b = open(&path);
+    for round in 0..5 {
+        // An empty WAL: rolling back then reads nothing from it (the pages come back from the
+        // database file), so nothing makes the shim write A's buffered frames.
+        b.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("checkpoint");
+        let before = ftshop_sqlite_wal::stats();
+        // A spills: a tiny cache and ~100 pages of rows.
+        a.execute_batch("PRAGMA cache_size = 5; BEGIN IMMEDIATE;")
+            .expect("begin");
+        for _ in 0..100 {
+            a.execute("INSERT INTO t (who, pad) VALUES ('a', zeroblob(3000))", [])
+                .expect("insert a");
+        }
+        a.execute_batch("ROLLBACK;").expect("rollback");
+        let after = ftshop_sqlite_wal::stats();
+        assert!(
+            after.discarded > before.discarded,
+            "round {round}: the spill should have been buffered and dropped: {before:?} {after:?}"
+        );
+        // B commits where A's spill was (more frames than A spilled: one transaction each).
+        for i in 0..150 {
+            b.execute(
+                "INSERT INTO t (who, pad) VALUES ('b', ?1)",
+                [vec![i as u8; 500]],
+            )
+            .expect("insert b");
+        }
+        // A commits again, elsewhere in the WAL.
+        a.execute("INSERT INTO t (who, pad) VALUES ('a', x'01')", [])
+            .expect("insert a after");
+    }
+    drop(a);
+    drop(b);
+    let plain = open_plain(&path);
+    assert_eq!(integrity(&plain), "ok");
+    assert_eq!(count(&plain, "SELECT COUNT(*) FROM t WHERE who = 'b'"), 750);
+    assert_eq!(count(&plain, "SELECT COUNT(*) FROM t WHERE who = 'a'"), 5);
+    let bad: i64 = count(
+        &plain,
+        "SELECT COUNT(*) FROM t WHERE who = 'b' AND length(pad) != 500",
+    );
+    assert_eq!(bad, 0);
+}
+
+/// Pages spilled inside a transaction are read back from the WAL before its commit: the read
+/// must see them.
+#[test]
+fn a_transaction_reads_back_what_it_spilled() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a.db");
+    let conn = open(&path);
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, pad BLOB);")
+        .expect("schema");
+    conn.execute_batch("PRAGMA cache_size = 5; BEGIN IMMEDIATE;")
+        .expect("begin");
+    for i in 0..300 {
+        conn.execute("INSERT INTO t (n, pad) VALUES (?1, zeroblob(2000))", [i])
+            .expect("insert");
+    }
+    let sum: i64 = conn
+        .query_row("SELECT SUM(n) FROM t", [], |r| r.get(0))
+        .expect("sum inside");
+    assert_eq!(sum, (0..300).sum::<i64>());
+    conn.execute_batch("COMMIT;").expect("commit");
+    drop(conn);
+    let plain = open_plain(&path);
+    assert_eq!(integrity(&plain), "ok");
+    assert_eq!(count(&plain, "SELECT SUM(n) FROM t"), (0..300).sum::<i64>());
+}
+
+const CHILD_ENV: &str = "FTSHOP_WAL_TEST_CHILD_DB";
+const CHILD_ROWS: i64 = 1500;
+
+/// Two processes (as the two Store replicas) write one file through the shim, one row per
+/// transaction, at the same time: every row is there and the file is sound.
+#[test]
+fn two_processes_on_one_file_lose_no_commit() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shared.db");
+    open(&path)
+        .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT, n INTEGER, pad BLOB);")
+        .expect("schema");
+    let exe = std::env::current_exe().expect("test binary");
+    let children: Vec<_> = ["p1", "p2"]
+        .iter()
+        .map(|who| {
+            std::process::Command::new(&exe)
+                .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
+                .env(CHILD_ENV, &path)
+                .env("FTSHOP_WAL_TEST_WHO", who)
+                .spawn()
+                .expect("spawn child")
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().expect("wait").success(), "a writer failed");
+    }
+    let plain = open_plain(&path);
+    assert_eq!(integrity(&plain), "ok");
+    for who in ["p1", "p2"] {
+        let n = plain
+            .query_row(
+                "SELECT COUNT(*), COUNT(DISTINCT n) FROM t WHERE who = ?1",
+                [who],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .expect("count");
+        assert_eq!(n, (CHILD_ROWS, CHILD_ROWS), "{who}");
+    }
+}
+
+/// The writer of `two_processes_on_one_file_lose_no_commit` (does nothing when run alone).
+#[test]
+fn child_writer() {
+    let Some(path) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let who = std::env::var("FTSHOP_WAL_TEST_WHO").expect("who");
+    let conn = open(Path::new(&path));
+    for n in 0..CHILD_ROWS {
+        // Sizes vary so that frames and pages differ between the two writers.
+        let pad = vec![1u8; usize::try_from(n % 7).expect("small") * 300];
+        loop {
+            match conn.execute(
+                "INSERT INTO t (who, n, pad) VALUES (?1, ?2, ?3)",
+                rusqlite::params![who, n, pad],
+            ) {
+                Ok(_) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy => {}
+                Err(err) => panic!("insert: {err}"),
+            }
+        }
+        if n % 500 == 0 {
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+    }
+}
