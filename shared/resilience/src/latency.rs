@@ -79,15 +79,18 @@ impl LatencyEstimator {
         samples.push_back(took);
     }
 
-    /// The `q` quantile (0..=1) of the recorded durations; `None` below `min_samples`.
+    /// The `q` quantile (0..=1) of the recorded durations (nearest rank); `None` below
+    /// `min_samples`. Called for every guarded call: a selection of the one rank (`O(n)`), not a
+    /// sort of the window.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        let mut sorted: Vec<Duration> = self.lock().iter().copied().collect();
-        if sorted.len() < self.min_samples {
+        let mut samples: Vec<Duration> = self.lock().iter().copied().collect();
+        if samples.len() < self.min_samples {
             return None;
         }
-        sorted.sort_unstable();
-        let rank = ((q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize).max(1);
-        sorted.get(rank - 1).copied()
+        let rank = ((q.clamp(0.0, 1.0) * samples.len() as f64).ceil() as usize).max(1);
+        let index = rank.min(samples.len()) - 1;
+        let (_, nth, _) = samples.select_nth_unstable(index);
+        Some(*nth)
     }
 
     /// The timeout for the next call: `multiple × p99` clamped to `[floor, ceiling]`, or the
@@ -116,6 +119,29 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// Every quantile is the nearest-rank value of the sorted window, whatever the order the
+    /// durations came in.
+    #[test]
+    fn quantiles_are_the_nearest_rank_of_the_sorted_window() {
+        let est = LatencyEstimator::try_new(100, 1, 1.0, ms(0), ms(1000)).unwrap();
+        // A permutation of 1..=97 ms (97 is prime, 37 is coprime with it), then 3 repeats.
+        let mut seen: Vec<Duration> = Vec::new();
+        for i in 0..97u64 {
+            let d = ms((i * 37) % 97 + 1);
+            est.record(d);
+            seen.push(d);
+        }
+        for d in [ms(5), ms(50), ms(96)] {
+            est.record(d);
+            seen.push(d);
+        }
+        seen.sort_unstable();
+        for q in [0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0] {
+            let rank = ((q * seen.len() as f64).ceil() as usize).max(1);
+            assert_eq!(est.quantile(q), Some(seen[rank - 1]), "q = {q}");
+        }
     }
 
     #[test]
