@@ -30,10 +30,19 @@ fn block(conn: &Connection, start: u32) -> f64 {
     for i in start..start + BLOCK {
         let user = format!("user-{}", i % 1000);
         conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        conn.prepare_cached("INSERT INTO credits (transaction_id, user, points) VALUES (?1, ?2, ?3)")
-            .expect("prepare")
-            .execute(rusqlite::params![format!("{:032x}", u128::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)), user, 10])
-            .expect("insert");
+        conn.prepare_cached(
+            "INSERT INTO credits (transaction_id, user, points) VALUES (?1, ?2, ?3)",
+        )
+        .expect("prepare")
+        .execute(rusqlite::params![
+            format!(
+                "{:032x}",
+                u128::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
+            ),
+            user,
+            10
+        ])
+        .expect("insert");
         conn.prepare_cached("INSERT INTO balances (user, points) VALUES (?1, ?2) ON CONFLICT (user) DO UPDATE SET points = points + excluded.points")
             .expect("prepare")
             .execute(rusqlite::params![user, 10])
@@ -46,7 +55,9 @@ fn block(conn: &Connection, start: u32) -> f64 {
 fn main() {
     ftshop_sqlite_wal::register().expect("register");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = std::env::args().nth(1).map_or_else(|| tmp.path().to_owned(), Into::into);
+    let dir = std::env::args()
+        .nth(1)
+        .map_or_else(|| tmp.path().to_owned(), Into::into);
     let unix = open(&dir.join("unix.db"), c"unix");
     let shim = open(&dir.join("shim.db"), ftshop_sqlite_wal::VFS_NAME);
     let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -62,7 +73,15 @@ fn main() {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     println!("µs per transaction, {BLOCKS} blocks of {BLOCK} each, interleaved:");
-    println!("unix: {:.2} mean {:?}", mean(&a), a.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>());
-    println!("shim: {:.2} mean {:?}", mean(&b), b.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>());
+    println!(
+        "unix: {:.2} mean {:?}",
+        mean(&a),
+        a.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>()
+    );
+    println!(
+        "shim: {:.2} mean {:?}",
+        mean(&b),
+        b.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>()
+    );
     println!("shim stats: {:?}", ftshop_sqlite_wal::stats());
 }

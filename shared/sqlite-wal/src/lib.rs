@@ -11,27 +11,30 @@
 //! maintained crate offers a pass-through shim of the `unix` VFS; Turso's rewrite of SQLite
 //! writes a commit's frames with one `pwritev` for the same reason (its `append_frames_vectored`).
 //!
-//! **What stays exactly as SQLite does it.** Every other file (the database, its `-shm`,
-//! journals, temporary files) is the `unix` VFS's own object. On the WAL, a write that is not
-//! contiguous with the buffer, and every other call (read, sync, truncate, size, file control,
-//! close), first writes what is buffered, so SQLite never observes the file without a write it
-//! was told had succeeded; the buffer is written before the write that completes the commit
-//! frame returns, and that write's result is the buffer's: a full disk fails the commit
-//! (`SQLITE_FULL`) before the wal-index header that publishes the frames is written, as when
-//! SQLite's own last write fails. So readers, other processes (the Store replicas share one
-//! file) and recovery after a crash see the same file, at the same moments, as without the
-//! shim; a crash before the commit frame is written loses an uncommitted transaction, as it
-//! would anyway.
-//!
-//! **Frames of a transaction that never commits.** A transaction larger than the page cache
-//! spills pages into the WAL before its commit (frames without the commit mark), and may then
-//! roll back. Those frames lie past the last committed frame and SQLite forgets them; buffered
-//! here, written later, they could land on frames that another connection committed in the
-//! meantime. So the shim also wraps each main database file, only to see its connection give up
-//! the WAL's write lock (`xShmLock` unlocking `WAL_WRITE_LOCK`, slot 0): a write transaction is
-//! over then, committed (its buffer already written) or rolled back, and what is still buffered
-//! belonged to a rolled-back transaction and is dropped. The database file finds its WAL with
-//! `sqlite3_database_file_object`, the API SQLite provides to VFS shims for that.
+//! **What reaches the file, and when.** Every other file (the database, its `-shm`, journals,
+//! temporary files) is the `unix` VFS's own object. On the WAL only *appends* are buffered: a
+//! write that lands where this connection's previous write ended, or the first write of a write
+//! transaction. Every other write (a frame overwritten in place, the checksums that
+//! `walRewriteChecksums` rewrites) goes to the file at once, after the buffer. The buffer is
+//! written, before the call returns, by the write that completes a commit frame (its page, after
+//! the header whose "database size after commit" is non-zero), and before any other operation
+//! on the WAL (read, sync, truncate, size, file control, close); so SQLite never reads the file
+//! without what it was told was written, and the commit's result is the buffer's: a full disk
+//! fails it (`SQLITE_FULL`) before the wal-index header that publishes it is written, as
+//! SQLite's own last write would. A failed write before a read, sync or truncate is reported as
+//! `SQLITE_IOERR_WRITE`, which makes SQLite roll the whole transaction back. Two hooks on the
+//! main database file (found with `sqlite3_database_file_object`, the API SQLite gives VFS shims
+//! for that) bound what can stay buffered: its `xShmBarrier`, called before a wal-index header
+//! is published, writes anything still buffered (bytes after a commit frame: the padding of
+//! `synchronous = FULL` with `psow=0`); its `xShmLock` releasing the WAL write lock (slot 0)
+//! writes what is left while the lock is still held (frames that a rolled-back transaction
+//! spilled, past the last committed frame, where SQLite itself would have written them at once):
+//! written any later, they could land on frames another connection committed since. Frames thus
+//! reach the file a little later than without the shim, but always before anything reads them,
+//! before they are published, and before the write lock is released; a crash before that loses
+//! a transaction that had not committed. Tests (`tests/wal.rs`) check each of these, including
+//! recovery from a copy of the files taken while the writer runs (as after a crash) and two
+//! processes on one file (the Store replicas share one).
 //!
 //! Registered as the process's default VFS by [`register`] (`ftshop_platform::db` does it before
 //! its first connection), so the direct connection of `ftshop_platform::sql` and the sqlx pool's
@@ -59,28 +62,31 @@ const MAX_WRITE: usize = 0x1ffff;
 /// A buffer's capacity kept after a write; a larger one (a big transaction's) is given back.
 const KEEP_CAPACITY: usize = 64 << 10;
 
-/// Frames appended, writes made to the file, and rolled-back bytes dropped, since start
-/// (process-wide; for tests and the benchmark notes).
+/// SQLite's writes to WAL files, the shim's writes of its buffers, and buffers written by
+/// something other than their commit, since start (process-wide; for tests and the benchmark
+/// notes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     /// `xWrite` calls SQLite made on WAL files.
     pub writes: u64,
     /// Writes this shim made to WAL files (one per commit on the happy path).
     pub flushes: u64,
-    /// Buffers dropped when a write lock was released without a commit.
-    pub discarded: u64,
+    /// Buffers written by something other than their own commit frame: the release of the
+    /// write lock (a rolled-back transaction's spilled frames), a barrier before a wal-index
+    /// header is published, or the WAL's close.
+    pub late: u64,
 }
 
 static WRITES: AtomicU64 = AtomicU64::new(0);
 static FLUSHES: AtomicU64 = AtomicU64::new(0);
-static DISCARDED: AtomicU64 = AtomicU64::new(0);
+static LATE: AtomicU64 = AtomicU64::new(0);
 
 /// See [`Stats`].
 pub fn stats() -> Stats {
     Stats {
         writes: WRITES.load(Ordering::Relaxed),
         flushes: FLUSHES.load(Ordering::Relaxed),
-        discarded: DISCARDED.load(Ordering::Relaxed),
+        late: LATE.load(Ordering::Relaxed),
     }
 }
 
@@ -161,15 +167,27 @@ struct Extra {
     wal: *const Mutex<WalBuffer>,
 }
 
-#[derive(Default)]
 struct WalBuffer {
+    /// The WAL file this buffer belongs to (null once it is closed): the database's hooks write
+    /// through it.
+    file: *mut ffi::sqlite3_file,
     data: Vec<u8>,
     /// File offset of `data[0]`.
     start: i64,
     /// Offset where the page of a buffered commit frame's header goes: writing it completes the
     /// commit.
     commit_page_at: Option<i64>,
+    /// Where this connection's next append to the WAL goes (just past the last byte it wrote or
+    /// buffered), or `None` at the start of a write transaction (the first write may start a
+    /// buffer wherever it lands). Only an append is buffered: every other write (a frame
+    /// overwritten in place, the checksums rewritten by `walRewriteChecksums`) goes to the file
+    /// at once, after the buffer.
+    next_append: Option<i64>,
 }
+
+// SAFETY: `file` is used only under the buffer's mutex, by the connection that owns both files
+// (SQLite uses a connection from one thread at a time).
+unsafe impl Send for WalBuffer {}
 
 fn shim() -> &'static Shim {
     // Set before the VFS is registered, so before SQLite can call into it.
@@ -218,7 +236,13 @@ unsafe extern "C" fn x_open(
             wal: std::ptr::null(),
         });
         if flags & ffi::SQLITE_OPEN_WAL != 0 {
-            let wal = Arc::new(Mutex::new(WalBuffer::default()));
+            let wal = Arc::new(Mutex::new(WalBuffer {
+                file,
+                data: Vec::new(),
+                start: 0,
+                commit_page_at: None,
+                next_append: None,
+            }));
             // Link the database file (same connection, opened before its WAL) to this buffer.
             let db = ffi::sqlite3_database_file_object(name);
             if !db.is_null() && std::ptr::eq((*db).pMethods, &DB_METHODS) {
@@ -240,10 +264,11 @@ unsafe extern "C" fn x_open(
     ffi::SQLITE_OK
 }
 
-/// The WAL buffer of `file` (a WAL file or a database file), if any.
+/// The WAL buffer of `file` (a WAL file or a database file), if any. The reference is valid
+/// while `file` is open (its `Arc` is released at its close), not for `'static`.
 ///
 /// # Safety
-/// `file` is an open file of this VFS.
+/// `file` is an open file of this VFS, and the reference is not kept past its close.
 unsafe fn wal_of(file: *mut ffi::sqlite3_file) -> Option<&'static Mutex<WalBuffer>> {
     // SAFETY: the pointer is an `Arc::into_raw` kept alive by this file until its close.
     unsafe { (*extra(file)).wal.as_ref() }
@@ -256,15 +281,19 @@ fn lock(wal: &Mutex<WalBuffer>) -> std::sync::MutexGuard<'_, WalBuffer> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Writes the buffer of a WAL file through `unix`'s xWrite and empties it (also on failure:
+/// Writes the buffer through `unix`'s xWrite on its WAL file and empties it (also on failure:
 /// SQLite treats a failed write as not made and rolls the transaction back).
 ///
 /// # Safety
-/// `file` is an open WAL file of this VFS.
-unsafe fn flush(file: *mut ffi::sqlite3_file, buf: &mut WalBuffer) -> c_int {
-    buf.commit_page_at = None;
+/// `buf.file`, when not null, is an open WAL file of this VFS.
+unsafe fn flush(buf: &mut WalBuffer) -> c_int {
     if buf.data.is_empty() {
         return ffi::SQLITE_OK;
+    }
+    let file = buf.file;
+    if file.is_null() {
+        buf.data.clear();
+        return ffi::SQLITE_IOERR_WRITE;
     }
     let Ok(len) = c_int::try_from(buf.data.len()) else {
         buf.data.clear();
@@ -285,7 +314,10 @@ unsafe fn flush(file: *mut ffi::sqlite3_file, buf: &mut WalBuffer) -> c_int {
     rc
 }
 
-/// Writes what is buffered before an operation that must see the file as SQLite wrote it.
+/// Writes what is buffered before an operation that must see the file as SQLite wrote it. A
+/// failure is reported as `SQLITE_IOERR_WRITE` whatever its cause: an I/O error makes SQLite roll
+/// the whole transaction back, where `SQLITE_FULL` from a read could roll back only the statement
+/// and let the transaction commit without the frames that failed here.
 ///
 /// # Safety
 /// `file` is an open WAL file of this VFS.
@@ -293,7 +325,10 @@ unsafe fn settle(file: *mut ffi::sqlite3_file) -> c_int {
     // SAFETY: forwarded contract.
     unsafe {
         match wal_of(file) {
-            Some(wal) => flush(file, &mut lock(wal)),
+            Some(wal) => match flush(&mut lock(wal)) {
+                ffi::SQLITE_OK => ffi::SQLITE_OK,
+                _ => ffi::SQLITE_IOERR_WRITE,
+            },
             None => ffi::SQLITE_OK,
         }
     }
@@ -308,48 +343,50 @@ unsafe extern "C" fn wal_write(
     WRITES.fetch_add(1, Ordering::Relaxed);
     // SAFETY: SQLite passes `amount` readable bytes at `data`, on an open WAL file of ours.
     unsafe {
+        let direct = |file| match base(file).xWrite {
+            Some(write) => write(file, data, amount, offset),
+            None => ffi::SQLITE_IOERR_WRITE,
+        };
         let Some(wal) = wal_of(file) else {
-            return match base(file).xWrite {
-                Some(write) => write(file, data, amount, offset),
-                None => ffi::SQLITE_IOERR_WRITE,
-            };
+            return direct(file);
         };
         let Ok(len) = usize::try_from(amount) else {
             return ffi::SQLITE_IOERR_WRITE;
         };
-        let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
         let mut buf = lock(wal);
-        let end = buf.start + buf.data.len() as i64;
-        if !buf.data.is_empty() && (offset != end || buf.data.len() + len > MAX_WRITE) {
-            // An overwrite of an earlier frame, a new place, or a full buffer: what is buffered
-            // goes first.
-            let rc = flush(file, &mut buf);
+        let append = buf.next_append.is_none_or(|next| next == offset);
+        buf.next_append = Some(offset + i64::from(amount));
+        if !append || len > MAX_WRITE {
+            // Not an append (an overwritten frame, a rewritten checksum), or more than one call
+            // can write: what is buffered goes first, then this, straight to the file.
+            buf.commit_page_at = None;
+            let rc = flush(&mut buf);
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
+            return direct(file);
         }
-        if len > MAX_WRITE {
-            // Larger than one call can write (never, with pages of at most 64 KiB).
-            let rc = flush(file, &mut buf);
+        // Decided before a flush for room below, which must not forget it.
+        let completes_commit = buf.commit_page_at == Some(offset);
+        if !buf.data.is_empty() && buf.data.len() + len > MAX_WRITE {
+            let rc = flush(&mut buf);
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
-            return match base(file).xWrite {
-                Some(write) => write(file, data, amount, offset),
-                None => ffi::SQLITE_IOERR_WRITE,
-            };
         }
         if buf.data.is_empty() {
             buf.start = offset;
         }
-        buf.data.extend_from_slice(bytes);
-        let completes_commit = buf.commit_page_at == Some(offset);
-        if len == FRAME_HEADER && bytes[4..8] != [0, 0, 0, 0] {
+        buf.data
+            .extend_from_slice(std::slice::from_raw_parts(data.cast::<u8>(), len));
+        if completes_commit {
+            buf.commit_page_at = None;
+            return flush(&mut buf);
+        }
+        if len == FRAME_HEADER && buf.data[buf.data.len() - FRAME_HEADER + 4..][..4] != [0; 4] {
             // A commit frame's header (database size after the commit, non-zero): its page
-            // follows right after it.
+            // follows right after it (`walWriteOneFrame`).
             buf.commit_page_at = Some(offset + FRAME_HEADER as i64);
-        } else if completes_commit {
-            return flush(file, &mut buf);
         }
         ffi::SQLITE_OK
     }
@@ -362,13 +399,14 @@ unsafe extern "C" fn wal_close(file: *mut ffi::sqlite3_file) -> c_int {
         let wal = std::mem::replace(&mut (*extra).wal, std::ptr::null());
         if !wal.is_null() {
             let wal = Arc::from_raw(wal);
-            // A connection closes its WAL after its transaction ended (write lock released, buffer
-            // written or dropped); anything left is a rolled-back transaction's.
+            // Empty unless the connection held its write lock to the end (locking_mode =
+            // EXCLUSIVE never releases it): SQLite's own writes, so they go to the file.
             let mut buf = lock(&wal);
             if !buf.data.is_empty() {
-                DISCARDED.fetch_add(1, Ordering::Relaxed);
-                buf.data.clear();
+                LATE.fetch_add(1, Ordering::Relaxed);
+                let _ = flush(&mut buf);
             }
+            buf.file = std::ptr::null_mut();
         }
         match base(file).xClose {
             Some(close) => close(file),
@@ -403,23 +441,57 @@ unsafe extern "C" fn db_shm_lock(
 ) -> c_int {
     // SAFETY: an open database file of ours.
     unsafe {
-        if flags & ffi::SQLITE_SHM_UNLOCK != 0
-            && offset <= WAL_WRITE_LOCK
-            && offset + n > WAL_WRITE_LOCK
+        let covers_write_lock = offset <= WAL_WRITE_LOCK && offset + n > WAL_WRITE_LOCK;
+        if covers_write_lock
+            && flags & ffi::SQLITE_SHM_UNLOCK != 0
             && let Some(wal) = wal_of(file)
         {
-            // The write transaction is over: a commit wrote its buffer at the commit frame, so
-            // anything left belongs to a rolled-back one (see the module docs).
+            // The write transaction is over, and the lock still held until the call below: what
+            // is left (frames of a rolled-back transaction that spilled, past the last committed
+            // frame) is written now, as SQLite wrote it, while no other connection can append
+            // there. Never later: by then another writer may have committed frames at the same
+            // place.
             let mut buf = lock(wal);
             if !buf.data.is_empty() {
-                DISCARDED.fetch_add(1, Ordering::Relaxed);
-                buf.data.clear();
+                LATE.fetch_add(1, Ordering::Relaxed);
+                let _ = flush(&mut buf);
             }
             buf.commit_page_at = None;
         }
-        match base(file).xShmLock {
+        let rc = match base(file).xShmLock {
             Some(shm_lock) => shm_lock(file, offset, n, flags),
             None => ffi::SQLITE_IOERR_SHMLOCK,
+        };
+        if rc == ffi::SQLITE_OK
+            && covers_write_lock
+            && flags & ffi::SQLITE_SHM_LOCK != 0
+            && flags & ffi::SQLITE_SHM_EXCLUSIVE != 0
+            && let Some(wal) = wal_of(file)
+        {
+            // A write transaction starts: its first write may start a buffer wherever it lands
+            // (after another process's frames, or at a restarted WAL's header).
+            lock(wal).next_append = None;
+        }
+        rc
+    }
+}
+
+/// `xShmBarrier` on a database: SQLite is about to publish a wal-index header (or has read
+/// one); everything it wrote to the WAL is in the file first. Normally nothing is buffered here
+/// (a commit is written with its last page); this covers bytes written after the commit frame,
+/// such as the tail of a frame padded to a sector with `synchronous = FULL` and `psow=0`.
+unsafe extern "C" fn db_shm_barrier(file: *mut ffi::sqlite3_file) {
+    // SAFETY: an open database file of ours.
+    unsafe {
+        if let Some(wal) = wal_of(file) {
+            let mut buf = lock(wal);
+            if !buf.data.is_empty() {
+                LATE.fetch_add(1, Ordering::Relaxed);
+                let _ = flush(&mut buf);
+            }
+        }
+        if let Some(barrier) = base(file).xShmBarrier {
+            barrier(file);
         }
     }
 }
@@ -514,7 +586,7 @@ static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xDeviceCharacteristics: Some(pass_device_characteristics),
     xShmMap: Some(pass_shm_map),
     xShmLock: Some(db_shm_lock),
-    xShmBarrier: Some(pass_shm_barrier),
+    xShmBarrier: Some(db_shm_barrier),
     xShmUnmap: Some(pass_shm_unmap),
     xFetch: Some(pass_fetch),
     xUnfetch: Some(pass_unfetch),

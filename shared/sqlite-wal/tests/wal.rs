@@ -91,7 +91,8 @@ fn a_commit_of_many_frames_is_one_write() {
 }
 
 /// A transaction bigger than the page cache spills frames into the WAL before its commit; rolled
-/// back, those frames must never be written later over frames another connection committed.
+/// back, those frames must never be written later over frames another connection committed
+/// (with no hook at the write lock's release this test finds "Rowid 549 out of order").
 #[test]
 fn a_rolled_back_spill_never_lands_on_frames_committed_after_it() {
     let _one = one_at_a_time();
@@ -117,8 +118,9 @@ fn a_rolled_back_spill_never_lands_on_frames_committed_after_it() {
         a.execute_batch("ROLLBACK;").expect("rollback");
         let after = ftshop_sqlite_wal::stats();
         assert!(
-            after.discarded > before.discarded,
-            "round {round}: the spill should have been buffered and dropped: {before:?} {after:?}"
+            after.late > before.late,
+            "round {round}: the spill should have been buffered, then written at the write \
+             lock's release: {before:?} {after:?}"
         );
         // B commits where A's spill was (more frames than A spilled: one transaction each).
         for i in 0..150 {
@@ -240,4 +242,118 @@ fn child_writer() {
             let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         }
     }
+}
+
+/// The database as a crash would leave it: the database file and its WAL copied while the
+/// writer is still open (no checkpoint at close), opened elsewhere through `unix`, so SQLite
+/// rebuilds the wal-index from the WAL's frames and checksums alone.
+fn recovered_copy(path: &Path) -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = path.file_name().expect("file name");
+    std::fs::copy(path, dir.path().join(name)).expect("copy db");
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let mut wal_copy = dir.path().join(name).into_os_string();
+    wal_copy.push("-wal");
+    std::fs::copy(&wal, &wal_copy).expect("copy wal");
+    let conn = open_plain(&dir.path().join(name));
+    (dir, conn)
+}
+
+fn pages_of_rows(conn: &Connection, rows: i64) {
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, pad BLOB);")
+        .expect("schema");
+    let tx = conn.unchecked_transaction().expect("begin");
+    for id in 1..=rows {
+        // One row per page.
+        tx.execute(
+            "INSERT INTO t (id, n, pad) VALUES (?1, 0, zeroblob(3000))",
+            [id],
+        )
+        .expect("insert");
+    }
+    tx.commit().expect("commit");
+}
+
+/// Commits of every size from 1 to 70 frames, across the point where a buffer is written for
+/// room (a review found the commit page of a 32-frame commit lost there): each is read by
+/// another connection at once, and all of them survive a crash.
+#[test]
+fn commits_of_every_size_reach_the_file() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a.db");
+    let conn = open(&path);
+    pages_of_rows(&conn, 80);
+    let reader = open_plain(&path);
+    let mut expected = 0;
+    for k in 1..=70 {
+        conn.execute("UPDATE t SET n = n + 1 WHERE id <= ?1", [k])
+            .expect("update");
+        expected += k;
+        assert_eq!(
+            count(&reader, "SELECT SUM(n) FROM t"),
+            expected,
+            "after a commit of {k} pages"
+        );
+    }
+    let (_copy, recovered) = recovered_copy(&path);
+    assert_eq!(integrity(&recovered), "ok");
+    assert_eq!(count(&recovered, "SELECT SUM(n) FROM t"), expected);
+}
+
+/// A transaction that spills pages and then changes them again makes SQLite rewrite its frames'
+/// checksums at the commit (header writes in place, the commit frame's last): a crash right
+/// after must still find the commit (a review found the last header left in a buffer).
+#[test]
+fn a_commit_with_rewritten_checksums_survives_a_crash() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a.db");
+    let conn = open(&path);
+    pages_of_rows(&conn, 60);
+    conn.execute_batch("PRAGMA cache_size = 5; BEGIN IMMEDIATE;")
+        .expect("begin");
+    for _ in 0..2 {
+        // Every page twice: the second pass finds pages already spilled to the WAL.
+        conn.execute("UPDATE t SET n = n + 10", []).expect("update");
+    }
+    conn.execute_batch("COMMIT;").expect("commit");
+    conn.execute("UPDATE t SET n = n + 1 WHERE id = 1", [])
+        .expect("one more");
+    let expected = 60 * 20 + 1;
+    assert_eq!(count(&open_plain(&path), "SELECT SUM(n) FROM t"), expected);
+    let (_copy, recovered) = recovered_copy(&path);
+    assert_eq!(integrity(&recovered), "ok");
+    assert_eq!(count(&recovered, "SELECT SUM(n) FROM t"), expected);
+}
+
+/// `synchronous = FULL` without powersafe overwrite pads a commit to a sector with copies of
+/// its last frame, split around a sync: the bytes after the commit frame reach the file too.
+#[test]
+fn padded_commits_with_synchronous_full_reach_the_file() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a.db");
+    ftshop_sqlite_wal::register().expect("register");
+    let uri = format!("file:{}?psow=0", path.display());
+    let conn = Connection::open_with_flags(
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .expect("open");
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+        .expect("pragmas");
+    pages_of_rows(&conn, 10);
+    let reader = open_plain(&path);
+    for i in 1..=20 {
+        conn.execute("UPDATE t SET n = n + 1 WHERE id = ?1", [i % 10 + 1])
+            .expect("update");
+        assert_eq!(count(&reader, "SELECT SUM(n) FROM t"), i, "commit {i}");
+    }
+    let (_copy, recovered) = recovered_copy(&path);
+    assert_eq!(integrity(&recovered), "ok");
+    assert_eq!(count(&recovered, "SELECT SUM(n) FROM t"), 20);
 }
