@@ -22,14 +22,16 @@
 //! without what it was told was written, and the commit's result is the buffer's: a full disk
 //! fails it (`SQLITE_FULL`) before the wal-index header that publishes it is written, as
 //! SQLite's own last write would. A failed write before a read, sync or truncate is reported as
-//! `SQLITE_IOERR_WRITE`, which makes SQLite roll the whole transaction back. Two hooks on the
+//! `SQLITE_IOERR_WRITE`, which makes SQLite roll the whole transaction back. Three hooks on the
 //! main database file (found with `sqlite3_database_file_object`, the API SQLite gives VFS shims
 //! for that) bound what can stay buffered: its `xShmBarrier`, called before a wal-index header
 //! is published, writes anything still buffered (bytes after a commit frame: the padding of
-//! `synchronous = FULL` with `psow=0`); its `xShmLock` releasing the WAL write lock (slot 0)
-//! writes what is left while the lock is still held (frames that a rolled-back transaction
-//! spilled, past the last committed frame, where SQLite itself would have written them at once):
-//! written any later, they could land on frames another connection committed since. Frames thus
+//! `synchronous = FULL` with `psow=0`); its `xShmLock` releasing the WAL write lock (slot 0),
+//! and its `xUnlock` lowering the file lock (in `locking_mode = EXCLUSIVE`, where SQLite takes no
+//! shared-memory locks, that lock is what keeps other writers out), write what is left while the
+//! lock is still held (frames that a rolled-back transaction spilled, past the last committed
+//! frame, where SQLite itself would have written them at once): written any later, they could
+//! land on frames another connection committed since. Frames thus
 //! reach the file a little later than without the shim, but always before anything reads them,
 //! before they are published, and before the write lock is released; a crash before that loses
 //! a transaction that had not committed. Tests (`tests/wal.rs`) check each of these, including
@@ -357,14 +359,19 @@ unsafe extern "C" fn wal_write(
         let append = buf.next_append.is_none_or(|next| next == offset);
         buf.next_append = Some(offset + i64::from(amount));
         if !append || len > MAX_WRITE {
-            // Not an append (an overwritten frame, a rewritten checksum), or more than one call
-            // can write: what is buffered goes first, then this, straight to the file.
-            buf.commit_page_at = None;
+            // Not an append (an overwritten frame, a rewritten checksum, a commit's first frame
+            // when no write lock was seen: exclusive locking mode), or more than one call can
+            // write: what is buffered goes first, then this, straight to the file.
             let rc = flush(&mut buf);
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
-            return direct(file);
+            let rc = direct(file);
+            buf.commit_page_at = (rc == ffi::SQLITE_OK
+                && len == FRAME_HEADER
+                && std::slice::from_raw_parts(data.cast::<u8>(), len)[4..8] != [0; 4])
+                .then_some(offset + FRAME_HEADER as i64);
+            return rc;
         }
         // Decided before a flush for room below, which must not forget it.
         let completes_commit = buf.commit_page_at == Some(offset);
@@ -476,6 +483,27 @@ unsafe extern "C" fn db_shm_lock(
     }
 }
 
+/// `xUnlock` on a database: the connection lowers its lock on the database file (in exclusive
+/// locking mode, the lock that kept every other connection out of the WAL). Anything still
+/// buffered (a rolled-back transaction's spilled frames: exclusive mode never releases the WAL
+/// write lock through `xShmLock`) is written while that lock is still held.
+unsafe extern "C" fn db_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    // SAFETY: an open database file of ours.
+    unsafe {
+        if let Some(wal) = wal_of(file) {
+            let mut buf = lock(wal);
+            if !buf.data.is_empty() {
+                LATE.fetch_add(1, Ordering::Relaxed);
+                let _ = flush(&mut buf);
+            }
+        }
+        match base(file).xUnlock {
+            Some(unlock) => unlock(file, level),
+            None => ffi::SQLITE_IOERR_UNLOCK,
+        }
+    }
+}
+
 /// `xShmBarrier` on a database: SQLite is about to publish a wal-index header (or has read
 /// one); everything it wrote to the WAL is in the file first. Normally nothing is buffered here
 /// (a commit is written with its last page); this covers bytes written after the commit frame,
@@ -579,7 +607,7 @@ static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xSync: Some(pass_sync),
     xFileSize: Some(pass_file_size),
     xLock: Some(pass_lock),
-    xUnlock: Some(pass_unlock),
+    xUnlock: Some(db_unlock),
     xCheckReservedLock: Some(pass_check_reserved_lock),
     xFileControl: Some(pass_file_control),
     xSectorSize: Some(pass_sector_size),
