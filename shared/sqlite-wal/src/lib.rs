@@ -409,10 +409,7 @@ unsafe extern "C" fn wal_close(file: *mut ffi::sqlite3_file) -> c_int {
             // Empty unless the connection held its write lock to the end (locking_mode =
             // EXCLUSIVE never releases it): SQLite's own writes, so they go to the file.
             let mut buf = lock(&wal);
-            if !buf.data.is_empty() {
-                LATE.fetch_add(1, Ordering::Relaxed);
-                let _ = flush(&mut buf);
-            }
+            write_leftovers(&mut buf);
             buf.file = std::ptr::null_mut();
         }
         match base(file).xClose {
@@ -434,6 +431,22 @@ unsafe extern "C" fn db_close(file: *mut ffi::sqlite3_file) -> c_int {
             Some(close) => close(file),
             None => ffi::SQLITE_OK,
         }
+    }
+}
+
+/// Writes what a hook finds still buffered (see the module docs: the bytes are SQLite's own
+/// writes, and the lock that keeps other writers off them is still held). An error here cannot
+/// reach SQLite (these calls return nothing it acts on), so the bytes stay out of the file: for a
+/// rolled-back transaction's frames that changes nothing; for the padding after a commit frame
+/// (`synchronous = FULL`, `psow=0`) it leaves what a crash during that write would.
+///
+/// # Safety
+/// `buf.file`, when not null, is an open WAL file of this VFS.
+unsafe fn write_leftovers(buf: &mut WalBuffer) {
+    if !buf.data.is_empty() {
+        LATE.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded contract.
+        let _ = unsafe { flush(buf) };
     }
 }
 
@@ -459,10 +472,7 @@ unsafe extern "C" fn db_shm_lock(
             // there. Never later: by then another writer may have committed frames at the same
             // place.
             let mut buf = lock(wal);
-            if !buf.data.is_empty() {
-                LATE.fetch_add(1, Ordering::Relaxed);
-                let _ = flush(&mut buf);
-            }
+            write_leftovers(&mut buf);
             buf.commit_page_at = None;
         }
         let rc = match base(file).xShmLock {
@@ -492,10 +502,7 @@ unsafe extern "C" fn db_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_
     unsafe {
         if let Some(wal) = wal_of(file) {
             let mut buf = lock(wal);
-            if !buf.data.is_empty() {
-                LATE.fetch_add(1, Ordering::Relaxed);
-                let _ = flush(&mut buf);
-            }
+            write_leftovers(&mut buf);
         }
         match base(file).xUnlock {
             Some(unlock) => unlock(file, level),
@@ -513,10 +520,7 @@ unsafe extern "C" fn db_shm_barrier(file: *mut ffi::sqlite3_file) {
     unsafe {
         if let Some(wal) = wal_of(file) {
             let mut buf = lock(wal);
-            if !buf.data.is_empty() {
-                LATE.fetch_add(1, Ordering::Relaxed);
-                let _ = flush(&mut buf);
-            }
+            write_leftovers(&mut buf);
         }
         if let Some(barrier) = base(file).xShmBarrier {
             barrier(file);
