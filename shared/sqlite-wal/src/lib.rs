@@ -24,9 +24,11 @@
 //! SQLite's own last write would. A failed write before a read, sync or truncate is reported as
 //! `SQLITE_IOERR_WRITE`, which makes SQLite roll the whole transaction back. Three hooks on the
 //! main database file (found with `sqlite3_database_file_object`, the API SQLite gives VFS shims
-//! for that) bound what can stay buffered: its `xShmBarrier`, called before a wal-index header
-//! is published, writes anything still buffered (bytes after a commit frame: the padding of
-//! `synchronous = FULL` with `psow=0`); its `xShmLock` releasing the WAL write lock (slot 0),
+//! for that) bound what can stay buffered (after a commit frame nothing is: what SQLite appends after
+//! it in the same transaction, the padding of `synchronous = FULL` with `psow=0`, goes straight
+//! to the file so that its error reaches SQLite): its `xShmBarrier`, called before a wal-index
+//! header is published, writes anything still buffered; its `xShmLock` releasing the WAL write
+//! lock (slot 0),
 //! and its `xUnlock` lowering the file lock (in `locking_mode = EXCLUSIVE`, where SQLite takes no
 //! shared-memory locks, that lock is what keeps other writers out), write what is left while the
 //! lock is still held (frames that a rolled-back transaction spilled, past the last committed
@@ -185,6 +187,12 @@ struct WalBuffer {
     /// overwritten in place, the checksums rewritten by `walRewriteChecksums`) goes to the file
     /// at once, after the buffer.
     next_append: Option<i64>,
+    /// A commit of this write transaction was written: what SQLite appends after it (the
+    /// padding of `synchronous = FULL` with `psow=0`) goes straight to the file, so that its
+    /// write's error reaches SQLite. Cleared when a write transaction starts (slot 0 taken);
+    /// in exclusive locking mode, where that is never seen, nothing is buffered after the first
+    /// commit.
+    after_commit: bool,
 }
 
 // SAFETY: `file` is used only under the buffer's mutex, by the connection that owns both files
@@ -244,6 +252,7 @@ unsafe extern "C" fn x_open(
                 start: 0,
                 commit_page_at: None,
                 next_append: None,
+                after_commit: false,
             }));
             // Link the database file (same connection, opened before its WAL) to this buffer.
             let db = ffi::sqlite3_database_file_object(name);
@@ -356,7 +365,7 @@ unsafe extern "C" fn wal_write(
             return ffi::SQLITE_IOERR_WRITE;
         };
         let mut buf = lock(wal);
-        let append = buf.next_append.is_none_or(|next| next == offset);
+        let append = !buf.after_commit && buf.next_append.is_none_or(|next| next == offset);
         buf.next_append = Some(offset + i64::from(amount));
         if !append || len > MAX_WRITE {
             // Not an append (an overwritten frame, a rewritten checksum, a commit's first frame
@@ -373,7 +382,6 @@ unsafe extern "C" fn wal_write(
                 .then_some(offset + FRAME_HEADER as i64);
             return rc;
         }
-        // Decided before a flush for room below, which must not forget it.
         let completes_commit = buf.commit_page_at == Some(offset);
         if !buf.data.is_empty() && buf.data.len() + len > MAX_WRITE {
             let rc = flush(&mut buf);
@@ -388,6 +396,7 @@ unsafe extern "C" fn wal_write(
             .extend_from_slice(std::slice::from_raw_parts(data.cast::<u8>(), len));
         if completes_commit {
             buf.commit_page_at = None;
+            buf.after_commit = true;
             return flush(&mut buf);
         }
         if len == FRAME_HEADER && buf.data[buf.data.len() - FRAME_HEADER + 4..][..4] != [0; 4] {
@@ -487,7 +496,9 @@ unsafe extern "C" fn db_shm_lock(
         {
             // A write transaction starts: its first write may start a buffer wherever it lands
             // (after another process's frames, or at a restarted WAL's header).
-            lock(wal).next_append = None;
+            let mut buf = lock(wal);
+            buf.next_append = None;
+            buf.after_commit = false;
         }
         rc
     }
@@ -512,9 +523,9 @@ unsafe extern "C" fn db_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_
 }
 
 /// `xShmBarrier` on a database: SQLite is about to publish a wal-index header (or has read
-/// one); everything it wrote to the WAL is in the file first. Normally nothing is buffered here
-/// (a commit is written with its last page); this covers bytes written after the commit frame,
-/// such as the tail of a frame padded to a sector with `synchronous = FULL` and `psow=0`.
+/// one); everything it wrote to the WAL is in the file first. Nothing should be buffered here (a
+/// commit is written with its last page, and what follows it goes straight to the file): a
+/// second line of defence.
 unsafe extern "C" fn db_shm_barrier(file: *mut ffi::sqlite3_file) {
     // SAFETY: an open database file of ours.
     unsafe {
