@@ -9,6 +9,9 @@ use std::sync::{Mutex, OnceLock};
 
 use rusqlite::{Connection, OpenFlags, ffi};
 
+mod common;
+use common::{count, integrity, open_plain};
+
 /// 0: no fault; 1: every WAL write fails; 2: only a short write at a 4 KiB boundary (the tail of
 /// a frame padded after a sync point).
 static FAULT: AtomicU8 = AtomicU8::new(0);
@@ -110,10 +113,6 @@ fn install() -> std::sync::MutexGuard<'static, ()> {
     guard
 }
 
-fn count(conn: &Connection, sql: &str) -> i64 {
-    conn.query_row(sql, [], |r| r.get(0)).expect("count")
-}
-
 /// A full disk when the shim writes its buffer before SQLite reads spilled pages back: SQLite
 /// must roll the whole transaction back (as for its own failed write), not only the statement
 /// and then commit without those frames.
@@ -161,12 +160,8 @@ fn a_failed_write_before_a_read_rolls_the_transaction_back() {
     );
     assert!(statement.is_err());
     let committed = !conn.is_autocommit() && conn.execute_batch("COMMIT;").is_ok();
-    let plain =
-        Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), c"unix").expect("plain");
-    let integrity: String = plain
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity");
-    assert_eq!(integrity, "ok");
+    let plain = open_plain(&path);
+    assert_eq!(integrity(&plain), "ok");
     assert!(
         !committed,
         "the transaction must not commit after its frames were lost"
@@ -213,8 +208,7 @@ fn a_failed_write_of_a_commit_padding_fails_the_commit() {
         FAILED.load(Ordering::SeqCst) > failed_before,
         "the fault was not hit"
     );
-    let reader =
-        Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), c"unix").expect("reader");
+    let reader = open_plain(&path);
     let seen = reader.query_row(
         "SELECT n, pad = ?1 FROM t WHERE id = 1",
         [vec![0xABu8; 3500]],

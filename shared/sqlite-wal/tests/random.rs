@@ -6,9 +6,10 @@
 //! failure names its seed; `FTSHOP_WAL_SEEDS=N` runs more seeds (default 2). Written by a review
 //! of the shim, which ran it with 25 seeds.
 
-use std::path::Path;
-
 use rusqlite::{Connection, OpenFlags};
+
+mod common;
+use common::recovered_copy;
 
 /// A 64-bit LCG (Knuth's MMIX constants): enough to choose operations reproducibly.
 struct Lcg(u64);
@@ -32,19 +33,6 @@ fn digest(conn: &Connection) -> Result<(i64, i64, i64), rusqlite::Error> {
         [],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )
-}
-
-fn recovered(path: &Path) -> (tempfile::TempDir, Connection) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(path, dir.path().join("a.db")).expect("copy db");
-    let wal = format!("{}-wal", path.display());
-    if Path::new(&wal).exists() {
-        std::fs::copy(&wal, dir.path().join("a.db-wal")).expect("copy wal");
-    }
-    let conn =
-        Connection::open_with_flags_and_vfs(dir.path().join("a.db"), OpenFlags::default(), c"unix")
-            .expect("open copy");
-    (dir, conn)
 }
 
 /// `mode`: 0 normal, 1 exclusive after the WAL opened, 2 exclusive before (index in memory).
@@ -147,7 +135,7 @@ fn run(seed: u64, mode: u32, psow: bool) -> Result<(), String> {
                 return Err(format!("{}: reader {seen:?} != {want:?}", at(step)));
             }
         }
-        let (_copy, copy) = recovered(&path);
+        let (_copy, copy) = recovered_copy(&path);
         let integrity: String = copy
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .map_err(|e| format!("{}: recovered {e}", at(step)))?;

@@ -8,6 +8,9 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags};
 
+mod common;
+use common::{count, integrity, open_plain, recovered_copy};
+
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -24,24 +27,6 @@ fn open(path: &Path) -> Connection {
     )
     .expect("pragmas");
     conn
-}
-
-/// A connection through SQLite's own `unix` VFS, to check what the shim wrote.
-fn open_plain(path: &Path) -> Connection {
-    let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), c"unix")
-        .expect("open plain");
-    conn.execute_batch("PRAGMA busy_timeout = 5000;")
-        .expect("pragmas");
-    conn
-}
-
-fn integrity(conn: &Connection) -> String {
-    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity_check")
-}
-
-fn count(conn: &Connection, sql: &str) -> i64 {
-    conn.query_row(sql, [], |r| r.get(0)).expect("count")
 }
 
 #[test]
@@ -244,22 +229,6 @@ fn child_writer() {
             let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         }
     }
-}
-
-/// The database as a crash would leave it: the database file and its WAL copied while the
-/// writer is still open (no checkpoint at close), opened elsewhere through `unix`, so SQLite
-/// rebuilds the wal-index from the WAL's frames and checksums alone.
-fn recovered_copy(path: &Path) -> (tempfile::TempDir, Connection) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let name = path.file_name().expect("file name");
-    std::fs::copy(path, dir.path().join(name)).expect("copy db");
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let mut wal_copy = dir.path().join(name).into_os_string();
-    wal_copy.push("-wal");
-    std::fs::copy(&wal, &wal_copy).expect("copy wal");
-    let conn = open_plain(&dir.path().join(name));
-    (dir, conn)
 }
 
 fn pages_of_rows(conn: &Connection, rows: i64) {
