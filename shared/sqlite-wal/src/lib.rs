@@ -364,6 +364,11 @@ unsafe extern "C" fn wal_write(
         let Ok(len) = usize::try_from(amount) else {
             return ffi::SQLITE_IOERR_WRITE;
         };
+        let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
+        // A commit frame's header (database size after the commit, non-zero): its page follows
+        // right after it (`walWriteOneFrame`), and writing that page completes the commit.
+        let commit_page =
+            (len == FRAME_HEADER && bytes[4..8] != [0; 4]).then_some(offset + FRAME_HEADER as i64);
         let mut buf = lock(wal);
         let append = !buf.after_commit && buf.next_append.is_none_or(|next| next == offset);
         buf.next_append = Some(offset + i64::from(amount));
@@ -376,10 +381,7 @@ unsafe extern "C" fn wal_write(
                 return rc;
             }
             let rc = direct(file);
-            buf.commit_page_at = (rc == ffi::SQLITE_OK
-                && len == FRAME_HEADER
-                && std::slice::from_raw_parts(data.cast::<u8>(), len)[4..8] != [0; 4])
-                .then_some(offset + FRAME_HEADER as i64);
+            buf.commit_page_at = commit_page.filter(|_| rc == ffi::SQLITE_OK);
             return rc;
         }
         let completes_commit = buf.commit_page_at == Some(offset);
@@ -392,17 +394,14 @@ unsafe extern "C" fn wal_write(
         if buf.data.is_empty() {
             buf.start = offset;
         }
-        buf.data
-            .extend_from_slice(std::slice::from_raw_parts(data.cast::<u8>(), len));
+        buf.data.extend_from_slice(bytes);
         if completes_commit {
             buf.commit_page_at = None;
             buf.after_commit = true;
             return flush(&mut buf);
         }
-        if len == FRAME_HEADER && buf.data[buf.data.len() - FRAME_HEADER + 4..][..4] != [0; 4] {
-            // A commit frame's header (database size after the commit, non-zero): its page
-            // follows right after it (`walWriteOneFrame`).
-            buf.commit_page_at = Some(offset + FRAME_HEADER as i64);
+        if commit_page.is_some() {
+            buf.commit_page_at = commit_page;
         }
         ffi::SQLITE_OK
     }
