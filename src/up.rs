@@ -791,9 +791,22 @@ async fn terminate(child: &mut Child, name: &str) {
     let _ = child.kill().await;
 }
 
+/// The HTTP client settings for talking to the members (liveness at start, the control room):
+/// they answer plain HTTP on this host, so no proxy from the environment applies and no TLS
+/// roots are loaded. reqwest's default loads the system's roots (rustls-platform-verifier reads
+/// and parses every certificate under /etc/ssl/certs): under callgrind that was 85 % of the
+/// supervisor's start-up instructions, twice (one per client), with the roots kept in memory.
+pub(crate) fn member_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only(std::iter::empty::<reqwest::Certificate>())
+}
+
 /// Polls every member's `/health/live` until all answer or `limit` passes.
 async fn wait_until_live(members: &[Member], limit: Duration) -> bool {
-    let client = reqwest::Client::new();
+    let Ok(client) = member_client().build() else {
+        return false;
+    };
     let deadline = Instant::now() + limit;
     for member in members {
         loop {

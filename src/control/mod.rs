@@ -137,8 +137,7 @@ impl Room {
 
 /// Serves the control room until `settings.stop` is cancelled.
 pub fn start(bound: Bound, settings: Settings) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
+    let http = crate::up::member_client()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(5))
         .connect_timeout(Duration::from_secs(1))
