@@ -40,7 +40,11 @@ if ! command -v wrk >/dev/null; then
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk
 fi
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-  cargo build --release -p ftshop --bin ftshop --example bare_axum
+  # Two builds: built together, the example's dev-dependencies would change the features of
+  # the binary's dependencies, hence its symbols, and build/symbol-order.ld (named for the
+  # README's `cargo build --release`) would match it by wildcard only (build.rs).
+  cargo build --release -p ftshop --bin ftshop
+  cargo build --release -p ftshop --example bare_axum
 fi
 BIN="${FTSHOP_BIN:-./target/release/ftshop}"
 BARE_BIN=./target/release/examples/bare_axum
