@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""Writes lld's symbol ordering file for `ftshop` from callgrind profiles of the running suite.
+"""Writes build/symbol-order.ld, `ftshop`'s code layout, from callgrind profiles of the suite.
 
 Usage: symbol-order.py BIN OUT CALLGRIND_FILE...
 
 Each callgrind file is one process of `ftshop up` (the supervisor or a member), recorded with
 `--demangle=no --compress-strings=no --compress-pos=no` (scripts/build/symbol-order.sh). The
-functions of BIN that ran in any of them are written to OUT, one mangled symbol per line, grouped
-by the set of roles (supervisor, ecommerce, store, exchange, fidelity) that ran them, and hottest
-first (instructions, summed over the processes) within a group. Linked with lld's
-`--symbol-ordering-file` (build.rs), the code each process runs then sits on a few contiguous
+functions of BIN that ran in any of them are written to OUT as a linker script that puts their
+sections first in `.text`, grouped by the set of roles (supervisor, ecommerce, store, exchange,
+fidelity) that ran them, and hottest first (instructions, summed over the processes) within a
+group. Linked with it (build.rs), the code each process runs then sits on a few contiguous
 pages instead of being spread over the whole text, so a process maps (and keeps resident) far
 fewer pages of the binary: the kernel maps code in 64 KiB windows around each fault
 ("fault-around"), so one function touched per window used to map all of it.
@@ -74,9 +74,9 @@ def text_symbols(binpath):
 HEADER = """\
 /* The code `ftshop up` runs, laid out together: written by scripts/build/symbol-order.sh from
  * callgrind traces of the suite (start-up, purchases, idle, stop), used by build.rs for release
- * builds with lld. Each line is one function's section (-ffunction-sections), in the order of
- * the trace; a Rust symbol's hash is a wildcard, because it changes with the path and toolchain
- * the binary is built with. Regenerate it, never edit it by hand. */
+ * builds with lld. Each line is one function's section (-ffunction-sections): first by exact
+ * symbol, then again with the symbol's hash as a wildcard (the hash changes with the toolchain,
+ * Cargo.lock and the features a build resolves). Regenerate it, never edit it by hand. */
 """
 
 
