@@ -15,30 +15,88 @@
 //! why it is a linker script and not lld's `--symbol-ordering-file`, which takes exact names
 //! only.
 //!
-//! Used only where the linker is known to be lld: a release build for `x86_64-unknown-linux-gnu`
-//! (rustc's default linker there is its own lld since Rust 1.90) with no linker chosen in
-//! cargo's configuration or `RUSTFLAGS`. `FTSHOP_SYMBOL_ORDER=0` turns it off.
+//! Used for release builds for `x86_64-unknown-linux-gnu` only (the target it was profiled on),
+//! and only when the linker this build uses takes the script: build.rs first links an empty
+//! program with it, with the same rustc, target, `RUSTFLAGS` and configured linker. rustc's
+//! default linker there, its own lld (since Rust 1.90), takes it, and so does GNU ld; gold and
+//! mold (`mold -run` too, which swaps the linker behind rustc's back) do not, and the build goes
+//! on without the layout and says so in a warning. `FTSHOP_SYMBOL_ORDER=0` turns it off.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn main() {
-    println!("cargo::rerun-if-changed=build/symbol-order.ld");
     println!("cargo::rerun-if-env-changed=FTSHOP_SYMBOL_ORDER");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/symbol-order.ld");
+    // A missing path named here would make cargo rerun this script (and rebuild the crate) on
+    // every build.
+    if file.is_file() {
+        println!("cargo::rerun-if-changed=build/symbol-order.ld");
+    } else {
+        println!("cargo::rerun-if-changed=build.rs");
+    }
     let wanted = std::env::var("FTSHOP_SYMBOL_ORDER").as_deref() != Ok("0");
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
     let target = std::env::var("TARGET").unwrap_or_default();
-    // A linker set in `.cargo/config.toml` (`target.<triple>.linker`) reaches build scripts as
-    // RUSTC_LINKER; one set in RUSTFLAGS (`-C linker=`, `-C link-arg=-fuse-ld=...`,
-    // `-C linker-features`) shows in CARGO_ENCODED_RUSTFLAGS.
-    let other_linker = std::env::var_os("RUSTC_LINKER").is_some()
-        || std::env::var("CARGO_ENCODED_RUSTFLAGS")
-            .is_ok_and(|flags| flags.contains("linker") || flags.contains("fuse-ld"));
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/symbol-order.ld");
-    if wanted && release && target == "x86_64-unknown-linux-gnu" && !other_linker && file.is_file()
-    {
-        // The script ends with `INSERT AFTER .init`: it names what goes first in `.text` and
-        // leaves the rest of lld's default layout as it is (every other function still lands
-        // in `.text`, after the named ones).
-        println!("cargo::rustc-link-arg-bins=-Wl,-T,{}", file.display());
+    if !(wanted && release && target == "x86_64-unknown-linux-gnu" && file.is_file()) {
+        return;
     }
+    // Two arguments, not `-Wl,-T,<path>`: the compiler driver splits `-Wl,` at every comma,
+    // and a checkout path may hold one.
+    let args = [
+        "-Xlinker".to_owned(),
+        format!("--script={}", file.display()),
+    ];
+    match probe(&target, &args) {
+        Ok(()) => {
+            for arg in &args {
+                println!("cargo::rustc-link-arg-bins={arg}");
+            }
+        }
+        Err(why) => println!(
+            "cargo::warning=code layout off (build/symbol-order.ld; see docs/development.md): {why}"
+        ),
+    }
+}
+
+/// Links an empty program with `args` the way this build will link its binaries.
+fn probe(target: &str, args: &[String]) -> Result<(), String> {
+    let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| e.to_string())?);
+    let source = out.join("layout_probe.rs");
+    std::fs::write(&source, "fn main() {}\n").map_err(|e| e.to_string())?;
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let mut command = Command::new(rustc);
+    command
+        .arg("--target")
+        .arg(target)
+        .arg("-o")
+        .arg(out.join("layout_probe"))
+        .arg(&source);
+    if let Ok(flags) = std::env::var("CARGO_ENCODED_RUSTFLAGS") {
+        command.args(flags.split('\x1f').filter(|f| !f.is_empty()));
+    }
+    if let Ok(linker) = std::env::var("RUSTC_LINKER") {
+        command.arg("-C").arg(format!("linker={linker}"));
+    }
+    for arg in args {
+        command.arg("-C").arg(format!("link-arg={arg}"));
+    }
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The linker's own complaint, not rustc's or the compiler driver's summary of it.
+    let first = stderr
+        .lines()
+        .find(|l| {
+            (l.contains("error") || l.contains("fatal"))
+                && !l.contains("linking with")
+                && !l.contains("collect2")
+        })
+        .or_else(|| stderr.lines().next())
+        .unwrap_or("the link failed");
+    Err(first.trim().to_owned())
 }

@@ -804,8 +804,12 @@ pub(crate) fn member_client() -> reqwest::ClientBuilder {
 
 /// Polls every member's `/health/live` until all answer or `limit` passes.
 async fn wait_until_live(members: &[Member], limit: Duration) -> bool {
-    let Ok(client) = member_client().build() else {
-        return false;
+    let client = match member_client().build() {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("[up] cannot build the HTTP client for the liveness checks: {e}");
+            return false;
+        }
     };
     let deadline = Instant::now() + limit;
     for member in members {

@@ -82,12 +82,14 @@ HEADER = """\
 
 def section_pattern(symbol):
     """The glob for SYMBOL's section in any build: legacy Rust symbols end with a 16-digit hash
-    (`17h<hex>E`), v0 ones carry crate disambiguators (`Cs<base62>_`); both change from one
-    build path or toolchain to another."""
-    symbol = re.sub(r"17h[0-9a-f]{16}E$", "17h*E", symbol)
-    if symbol.startswith("_R"):
-        symbol = re.sub(r"Cs[0-9A-Za-z]+_", "Cs*_", symbol)
-    return symbol
+    (`17h<hex>E`), v0 ones carry crate disambiguators (`Cs<base62>_`), and LTO may add a
+    numbered suffix (`.1234`) to a local symbol; all three change from one toolchain,
+    Cargo.lock or feature set to another (and the suffix with the code)."""
+    stem = re.sub(r"(\.[0-9]+)+$", "", symbol)
+    pattern = re.sub(r"17h[0-9a-f]{16}E$", "17h*E", stem)
+    if pattern.startswith("_R"):
+        pattern = re.sub(r"Cs[0-9A-Za-z]+_", "Cs*_", pattern)
+    return pattern + ("*" if stem != symbol else "")
 
 
 def main():
@@ -123,7 +125,8 @@ def main():
     # where its first matching line says.
     exact = list(dict.fromkeys(name for fn in ordered for name in aliases[symbols[fn]]))
     patterns = list(dict.fromkeys(section_pattern(name) for name in exact))
-    patterns = [p for p in patterns if p not in set(exact)]
+    exact_set = set(exact)
+    patterns = [p for p in patterns if p not in exact_set]
     with open(out, "w") as f:
         f.write(HEADER)
         f.write("SECTIONS\n{\n  .text : {\n")
