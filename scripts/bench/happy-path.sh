@@ -7,6 +7,7 @@
 # supervisor excluded), divided by the purchases answered 2xx, and the whole machine's busy time
 # (/proc/stat, wrk and kernel threads included) per purchase. At the end, the suite at rest:
 # CPU share of a core and RSS of all seven processes (six services + supervisor).
+# Installs wrk and jq from Debian's packages when missing.
 # Writes docs/benchmarks/runs/happy-path.txt (raw wrk output and the table).
 #
 # Usage: scripts/bench/happy-path.sh [duration] [connections]     e.g.  20s 32
@@ -35,9 +36,9 @@ PORT_BASE="${PORT_BASE:-24080}"
 OUT="${OUT:-docs/benchmarks/runs/happy-path.txt}"
 export CARGO_INCREMENTAL=0
 
-if ! command -v wrk >/dev/null; then
+if ! command -v wrk >/dev/null || ! command -v jq >/dev/null; then
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo=sudo
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk jq
 fi
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   # Two builds: built together, the example's dev-dependencies would change the features of

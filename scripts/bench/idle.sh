@@ -14,6 +14,10 @@ SECONDS_MEASURED="${1:-30}"
 BIN="${FTSHOP_BIN:-./target/release/ftshop}"
 SETTLE="${SETTLE:-10}"
 BASE="${PORT_BASE:-27080}"
+if ! command -v jq >/dev/null; then
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq jq
+fi
 TCK=$(getconf CLK_TCK)
 DIR="$(mktemp -d)"
 UP=""
