@@ -80,6 +80,14 @@ HEADER = """\
 """
 
 
+def compiler(binpath):
+    """The rustc that built BIN, from its `.comment` section (exact names match its builds)."""
+    out = subprocess.run(["readelf", "-p", ".comment", binpath], capture_output=True,
+                         text=True).stdout
+    found = re.search(r"rustc version [^\n]*?\)", out)
+    return found.group(0) if found else "an unknown rustc"
+
+
 def section_pattern(symbol):
     """The glob for SYMBOL's section in any build: legacy Rust symbols end with a 16-digit hash
     (`17h<hex>E`), v0 ones carry crate disambiguators (`Cs<base62>_`), and LTO may add a
@@ -129,6 +137,7 @@ def main():
     patterns = [p for p in patterns if p not in exact_set]
     with open(out, "w") as f:
         f.write(HEADER)
+        f.write(f"/* Made from a build by {compiler(binpath)}. */\n")
         f.write("SECTIONS\n{\n  .text : {\n")
         f.write("".join(f"    *(.text.{p} .text.unlikely.{p})\n" for p in exact + patterns))
         f.write("  }\n}\nINSERT AFTER .init;\n")
