@@ -27,6 +27,10 @@ use std::process::Command;
 
 fn main() {
     println!("cargo::rerun-if-env-changed=FTSHOP_SYMBOL_ORDER");
+    // `mold -run` swaps the linker through these, unseen by cargo's own change detection: a
+    // probe's verdict from a build without them must not be reused by one with them.
+    println!("cargo::rerun-if-env-changed=LD_PRELOAD");
+    println!("cargo::rerun-if-env-changed=MOLD_PATH");
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/symbol-order.ld");
     // A missing path named here would make cargo rerun this script (and rebuild the crate) on
     // every build.
@@ -63,7 +67,12 @@ fn main() {
 fn probe(target: &str, args: &[String]) -> Result<(), String> {
     let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| e.to_string())?);
     let source = out.join("layout_probe.rs");
-    std::fs::write(&source, "fn main() {}\n").map_err(|e| e.to_string())?;
+    // Documented, so that `RUSTFLAGS=-D missing_docs` does not fail the probe for another reason.
+    std::fs::write(
+        &source,
+        "//! Link probe for build/symbol-order.ld.\nfn main() {}\n",
+    )
+    .map_err(|e| e.to_string())?;
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
     let mut command = Command::new(rustc);
     command

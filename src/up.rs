@@ -807,7 +807,7 @@ async fn wait_until_live(members: &[Member], limit: Duration) -> bool {
     let client = match member_client().build() {
         Ok(client) => client,
         Err(e) => {
-            eprintln!("[up] cannot build the HTTP client for the liveness checks: {e}");
+            eprintln!("[up] cannot build the HTTP client for the liveness checks: {e:?}");
             return false;
         }
     };

@@ -74,7 +74,7 @@ def text_symbols(binpath):
 HEADER = """\
 /* The code `ftshop up` runs, laid out together: written by scripts/build/symbol-order.sh from
  * callgrind traces of the suite (start-up, purchases, idle, stop), used by build.rs for release
- * builds with lld. Each line is one function's section (-ffunction-sections): first by exact
+ * builds (lld or GNU ld). Each line is one function's section (-ffunction-sections): first by exact
  * symbol, then again with the symbol's hash as a wildcard (the hash changes with the toolchain,
  * Cargo.lock and the features a build resolves). Regenerate it, never edit it by hand. */
 """
