@@ -32,9 +32,10 @@ fn main() {
     println!("cargo::rerun-if-env-changed=LD_PRELOAD");
     println!("cargo::rerun-if-env-changed=MOLD_PATH");
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/symbol-order.ld");
+    let present = file.is_file();
     // A missing path named here would make cargo rerun this script (and rebuild the crate) on
     // every build.
-    if file.is_file() {
+    if present {
         println!("cargo::rerun-if-changed=build/symbol-order.ld");
     } else {
         println!("cargo::rerun-if-changed=build.rs");
@@ -42,7 +43,7 @@ fn main() {
     let wanted = std::env::var("FTSHOP_SYMBOL_ORDER").as_deref() != Ok("0");
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
     let target = std::env::var("TARGET").unwrap_or_default();
-    if !(wanted && release && target == "x86_64-unknown-linux-gnu" && file.is_file()) {
+    if !(wanted && release && target == "x86_64-unknown-linux-gnu" && present) {
         return;
     }
     // Two arguments, not `-Wl,-T,<path>`: the compiler driver splits `-Wl,` at every comma,

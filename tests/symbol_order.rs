@@ -5,14 +5,12 @@
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[test]
 fn the_code_layout_script_links_a_program_that_runs_unchanged() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("build/symbol-order.ld");
-    let text = std::fs::read_to_string(&script).expect("build/symbol-order.ld");
+    let (script, text) = script();
     assert!(
         text.trim_end().ends_with("INSERT AFTER .init;"),
         "the script must only add to lld's default layout"
@@ -79,10 +77,7 @@ fn the_code_layout_script_links_a_program_that_runs_unchanged() {
 fn every_wildcard_line_stands_for_functions_the_script_names_exactly() {
     // The wildcard lines are what a build with another toolchain or feature set gets; with the
     // profiled toolchain the exact lines match first, so the link above does not exercise them.
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("build/symbol-order.ld"),
-    )
-    .expect("build/symbol-order.ld");
+    let (_, text) = script();
     let (wildcards, exact): (Vec<String>, Vec<String>) = section_names(&text)
         .into_iter()
         .partition(|name| name.contains('*'));
@@ -98,6 +93,13 @@ fn every_wildcard_line_stands_for_functions_the_script_names_exactly() {
             "{pattern} matches none of the exact names"
         );
     }
+}
+
+/// The script's path and text.
+fn script() -> (PathBuf, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/symbol-order.ld");
+    let text = std::fs::read_to_string(&path).expect("build/symbol-order.ld");
+    (path, text)
 }
 
 /// The section names the script lists, `NAME` of each `*(.text.NAME .text.unlikely.NAME)`.

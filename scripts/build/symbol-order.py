@@ -31,7 +31,7 @@ def role_of(cmd):
     words = cmd.split()
     if "up" in words[1:2]:
         return "supervisor"
-    if "serve" in words and words.index("serve") + 1 < len(words):
+    if "serve" in words[:-1]:
         return words[words.index("serve") + 1]
     return None
 
@@ -115,7 +115,7 @@ def main():
             if fn in symbols:
                 ran_by[fn].add(role)
                 heat[fn] += n
-    missing = {"supervisor", "ecommerce", "store", "exchange", "fidelity"} - roles
+    missing = set(ROLE_ORDER) - roles
     if missing:
         sys.exit(f"symbol-order.py: no profile of {sorted(missing)}")
 
